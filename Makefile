@@ -1,0 +1,45 @@
+# Entry points of the project. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+
+.PHONY: help setup test lint format lock clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(STAMP) ## Create .venv and install the pinned dependencies (once; re-runs when requirements change)
+
+$(STAMP): requirements.txt requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.11; run make with PYTHON=python3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	touch $@
+
+test: setup ## Run the test suite (CPU only, no network)
+	$(BIN)/python -m pytest
+
+lint: setup ## Check the code with ruff
+	$(BIN)/ruff check .
+
+format: setup ## Sort imports and apply ruff's safe fixes
+	$(BIN)/ruff check --fix .
+
+lock: ## Re-resolve requirements.txt in a scratch venv and rewrite requirements.lock
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	.lock-venv/bin/python -m pip install --quiet -r requirements.txt
+	{ echo "# Full resolved environment of requirements.txt (pip freeze on x86_64, Python 3.11)."; \
+	  echo "# Regenerate with: make lock"; .lock-venv/bin/python -m pip freeze; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf .lock-venv
+
+clean: ## Remove the virtualenv and Python caches (not data/ or metrics/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

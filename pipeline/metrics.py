@@ -1,0 +1,135 @@
+"""Re-identification ranking metrics: CMC and mAP under the two protocols in common use.
+
+Two protocols differ by 0.5-3 points on MARS, so both are supported and the number of valid
+queries is always reported:
+
+- ``official`` (the MARS-evaluation MATLAB code): the gallery is every test tracklet, queries
+  included. Junk = gallery pid -1, or same pid AND same camera; junk is skipped without advancing
+  the rank. AP by the trapezoid rule: walking the ranked non-junk list,
+  ``ap += (recall - old_recall) * (old_precision + precision) / 2`` with ``old_precision = 1`` at
+  the start. CMC and mAP are divided by ALL queries (a query without a true match scores 0).
+- ``torchreid``: the caller passes the gallery without the queries and without pid -1. Junk = same
+  pid AND same camera only. AP = mean of the precision at each true match. Queries without a true
+  match are skipped; CMC and mAP are divided by the valid queries.
+
+Arrays: ``distmat`` (num_q, num_g) distances, smaller = more similar; ``q_pids``, ``q_camids``
+(num_q,); ``g_pids``, ``g_camids`` (num_g,). Ranking uses a stable sort, so ties keep gallery order.
+Queries are processed in blocks, so memory stays bounded (a MARS problem, 1980 x 12180, needs a few
+tens of MB beyond the distance matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.params import PROTOCOLS
+
+
+def evaluate_rank(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 20,
+    protocol: str = "official",
+    block_size: int = 128,
+) -> dict:
+    """CMC curve and mAP of a ranking problem.
+
+    Returns:
+        ``cmc``: float64 array of length ``max_rank``, cmc[k] = fraction of queries whose first true
+        match is within the top k+1 (after junk removal); ``mAP``: float in [0, 1];
+        ``num_valid_queries``: queries with at least one true match in the gallery;
+        ``num_queries``: all queries.
+    """
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protocol)
+    num_q = distmat.shape[0]
+
+    first_hit = np.empty(num_q, dtype=np.int64)  # 0-based rank of the first true match, -1 if none
+    ap = np.empty(num_q, dtype=np.float64)
+    for start in range(0, num_q, block_size):
+        block = slice(start, min(start + block_size, num_q))
+        first_hit[block], ap[block] = _rank_block(
+            distmat[block], q_pids[block], q_camids[block], g_pids, g_camids, protocol)
+
+    valid = first_hit >= 0
+    num_valid = int(valid.sum())
+    hits = np.zeros((num_q, max_rank), dtype=np.float64)
+    ranks = np.arange(max_rank)
+    hits[valid] = first_hit[valid, None] <= ranks[None, :]
+    if protocol == "official":
+        denominator = num_q
+    else:
+        denominator = num_valid
+        hits, ap = hits[valid], ap[valid]
+    if denominator == 0:
+        raise ValueError("no query has a true match in the gallery: check the ids and cameras")
+    return {
+        "cmc": hits.sum(axis=0) / denominator,
+        "mAP": float(ap.sum() / denominator),
+        "num_valid_queries": num_valid,
+        "num_queries": num_q,
+    }
+
+
+def _rank_block(distmat, q_pids, q_camids, g_pids, g_camids, protocol):
+    """First-hit rank and AP of each query of a block (b queries x num_g gallery items)."""
+    order = np.argsort(distmat, axis=1, kind="stable")  # (b, num_g)
+    pids, cams = g_pids[order], g_camids[order]  # (b, num_g), ranked
+    same_pid = pids == q_pids[:, None]
+    same_cam = cams == q_camids[:, None]
+    junk = same_pid & same_cam
+    if protocol == "official":
+        junk |= pids == -1
+    keep = ~junk
+    match = same_pid & ~same_cam & keep  # true matches (junk removed)
+    position = np.cumsum(keep, axis=1)  # 1-based rank among non-junk items
+    found = np.cumsum(match, axis=1)  # true matches seen so far
+    num_good = found[:, -1]
+    has_match = num_good > 0
+
+    first = np.where(has_match, np.argmax(match, axis=1), 0)  # index in the ranked list
+    first_hit = np.where(has_match, position[np.arange(len(order)), first] - 1, -1)
+
+    precision = np.where(match, found / np.maximum(position, 1), 0.0)
+    if protocol == "official":
+        # precision at the previous non-junk item; 1 before the first item (trapezoid rule)
+        prev = np.where(position > 1, (found - 1) / np.maximum(position - 1, 1), 1.0)
+        precision = np.where(match, (prev + precision) / 2, 0.0)
+    ap = precision.sum(axis=1) / np.maximum(num_good, 1)
+    return first_hit, np.where(has_match, ap, 0.0)
+
+
+def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protocol):
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if distmat.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (num_q, num_g), got shape {distmat.shape}")
+    num_q, num_g = distmat.shape
+    for name, arr, n in [("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q),
+                         ("g_pids", g_pids, num_g), ("g_camids", g_camids, num_g)]:
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match distmat {distmat.shape}, "
+                             f"got {arr.shape}")
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if np.isnan(distmat).any():
+        raise ValueError("distmat contains NaN: the features are broken")
+
+
+def pairwise_distance(q_feats: np.ndarray, g_feats: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (num_q, num_g) between query and gallery features.
+
+    For L2-normalised features this is ``2 - 2 cos``, so it ranks like cosine similarity. Computed
+    in float64 and clamped at 0 (rounding can give tiny negatives), returned as float32.
+    """
+    q = np.asarray(q_feats, dtype=np.float64)
+    g = np.asarray(g_feats, dtype=np.float64)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"expected features (num_q, E) and (num_g, E), got {q.shape}, {g.shape}")
+    dist = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
+    return np.maximum(dist, 0.0).astype(np.float32)

@@ -1,0 +1,331 @@
+"""DRSA: Diversity Regularized Spatiotemporal Attention (Li et al., CVPR 2018), in one file.
+
+Read top to bottom: the backbone (res5c grids), spatial attention (eq. 1-3), the enhancement E
+(eq. 4), temporal pooling (eq. 11-13), the DRSA heads that put them together (eq. 14-15), the
+baseline head, and the wrapper that runs the backbone on frames first, so that the same heads serve
+cached res5c grids and end-to-end training.
+
+Tensor letters, used in every shape comment: B clips, N frames per clip, K attention heads,
+D channels of the backbone's last block, H x W its grid, L = H * W cells, E embedding size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from pipeline.params import ModelParams
+
+# Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- backbone ------------------------------------------------------------------------------------
+
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+}
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet from conv1 to its last block (res5c for ResNet-50, paper §3.2).
+
+    (B, 3, H, W) -> (B, D, H/32, W/32): a 256x128 frame gives an 8x4 grid of D = 2048 (ResNet-50)
+    or 512 (ResNet-18/34) channels. Submodule names are torchvision's, so its state dicts load.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: "
+                             f"{', '.join(_RESNETS)}")
+        net = _RESNETS[name][0](weights=None)
+        self.name = name
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = net.fc.in_features  # D
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, H/32, W/32)
+        return x
+
+
+def build_backbone(name: str, init: str) -> Backbone:
+    """A backbone initialised from ``init``: ``imagenet`` (torchvision's weights), ``scratch``
+    (random, torchvision's init), or the path of a checkpoint written by this pipeline or a plain
+    torchvision state dict."""
+    backbone = Backbone(name)
+    if init == "scratch":
+        return backbone
+    state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model.init={init}: the weights do not fit a {name} backbone "
+                         f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})")
+    return backbone
+
+
+def imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for backbone ``name``, from the torch hub cache.
+
+    Downloads them when the machine is online; offline, the error says where to place the file.
+    """
+    weights = _RESNETS[name][1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(path), progress=False)
+        except Exception as err:  # any network failure: say how to get going offline
+            path.unlink(missing_ok=True)
+            raise FileNotFoundError(
+                f"model.init=imagenet: the ImageNet weights of {name} are not cached at {path} "
+                f"and could not be downloaded ({type(err).__name__}: {err}). Download "
+                f"{weights.url} on a machine with internet and copy it to {path} (set TORCH_HOME "
+                "to use another cache folder), or set model.init=scratch."
+            ) from err
+    return _drop_classifier(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
+    """Backbone weights from a checkpoint: this pipeline's (``{"model": state_dict, ...}`` whose
+    backbone keys start with ``backbone.``) or a plain torchvision ResNet state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init: {path} is neither 'imagenet', 'scratch' nor an "
+                                "existing checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model.init: {path} holds a {type(state).__name__}, not a state dict")
+    prefixed = {k.removeprefix("backbone."): v for k, v in state.items()
+                if k.startswith("backbone.")}
+    return prefixed or _drop_classifier(state)
+
+
+def _drop_classifier(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+# --- spatial attention (eq. 1-3) -----------------------------------------------------------------
+
+
+class SpatialAttention(nn.Module):
+    """K spatial attention heads, each a small two-layer scorer over the L grid cells.
+
+    ``e[n,k,l] = w'_k . relu(W_k f[n,l] + b_k) + b'_k`` (eq. 1), ``s[n,k] = softmax_l e[n,k]``
+    (eq. 2), ``x[n,k] = sum_l s[n,k,l] f[n,l]`` (eq. 3). The K first layers W_k (d x D) are stored
+    stacked as one (K*d x D) linear layer: the same maths as K separate layers, one matmul.
+    """
+
+    def __init__(self, D: int, K: int, d: int) -> None:
+        super().__init__()
+        self.K, self.d = K, d
+        self.hidden = nn.Linear(D, K * d)  # W_k, b_k of the K heads
+        bound = d ** -0.5  # nn.Linear's default init range for a d -> 1 layer
+        self.score_weight = nn.Parameter(torch.empty(K, d).uniform_(-bound, bound))  # w'_k
+        self.score_bias = nn.Parameter(torch.zeros(K))  # b'_k
+
+    def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """f: (B', L, D) cell features of B' frames -> gated features (B', K, D), maps (B', K, L)."""
+        Bp, L, _ = f.shape
+        h = F.relu(self.hidden(f)).view(Bp, L, self.K, self.d)  # (B', L, K, d)
+        e = torch.einsum("blkc,kc->bkl", h, self.score_weight)  # (B', K, L)
+        e = e + self.score_bias[None, :, None]
+        s = torch.softmax(e.float(), dim=-1)  # (B', K, L), fp32 softmax even under autocast
+        x = s.to(f.dtype) @ f  # (B', K, L) @ (B', L, D) -> (B', K, D)
+        return x, s
+
+
+# --- enhancement E (eq. 4) -----------------------------------------------------------------------
+
+
+class Enhancement(nn.Module):
+    """E of eq. 4: ``x̂[n,k] = E(x[n,k])``, an enhanced variant of each spatial gated feature.
+
+    The paper says only that E pools information across frames and "follows the past work on
+    second-order pooling"; its supplementary, which defines E, is unavailable and no public code
+    shows it. Two choices are offered:
+
+    - ``identity``: x̂ = x, for the ablation.
+    - ``second_order`` (default): for each head k, the clip's second-order statistic of that part,
+      ``M_k = (1/N) sum_m u[m,k] u[m,k]^T`` with ``u = x / ||x||`` (the average outer product of
+      the part's L2-normalised features over the N frames, as in second-order pooling), is applied
+      to each frame's feature and added through a learned per-head gate:
+      ``x̂[n,k] = x[n,k] + gamma_k * M_k x[n,k]``.
+      ``M_k x`` re-weights x towards the directions the part takes consistently across the clip
+      and away from what only one frame shows (an occluder, a misaligned crop): information pooled
+      across frames, as eq. 4 asks. It never forms the D x D matrix:
+      ``M_k x[n] = (1/N) sum_m (u[m] . x[n]) u[m]`` costs one N x N Gram matrix per head.
+      The gates start at 0, so the module starts as the identity (like a zero-initialised
+      residual branch) and training opens each gate as far as it helps; a checkpoint's gammas
+      show how much was used. Why this default: it is the reading of "second-order pooling across
+      frames" that keeps one feature per (frame, head), which eq. 11-13 need, at O(N^2 D) cost.
+      The matrix logarithm / power normalisation of the original second-order pooling (for
+      descriptors that are the matrix itself) is not needed here, since M_k is only applied.
+    """
+
+    def __init__(self, kind: str, K: int) -> None:
+        super().__init__()
+        if kind not in ("identity", "second_order"):
+            raise ValueError(f"model.enhancement: unknown enhancement {kind!r}; expected "
+                             "'identity' or 'second_order'")
+        self.kind = kind
+        if kind == "second_order":
+            self.gamma = nn.Parameter(torch.zeros(K))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, N, K, D) -> (B, N, K, D)."""
+        if self.kind == "identity":
+            return x
+        N = x.shape[1]
+        xk = x.transpose(1, 2)  # (B, K, N, D)
+        u = F.normalize(xk, dim=-1)  # (B, K, N, D)
+        gram = xk @ u.transpose(-1, -2)  # (B, K, N, N): gram[n, m] = x[n] . u[m]
+        pooled = (gram @ u) / N  # (B, K, N, D) = M_k x[n]
+        return x + self.gamma[None, None, :, None] * pooled.transpose(1, 2)  # (B, N, K, D)
+
+
+# --- temporal pooling (eq. 11-13) ----------------------------------------------------------------
+
+
+class TemporalPooling(nn.Module):
+    """Per-head pooling of the N frames' enhanced features into one feature per head.
+
+    ``attention`` (eq. 11-13): ``e[n,k] = w_k . x̂[n,k] + b_k``, ``t[:,k] = softmax_n e[:,k]``
+    (eq. 12 prints a plain ratio; the text says softmax), ``x_k = sum_n t[n,k] x̂[n,k]``.
+    ``avg`` and ``max`` are the paper's ablations. The attention parameters start at 0, i.e. as
+    average pooling, and exist whatever the kind, so checkpoints of all kinds share one state-dict
+    layout (the attention stage trains with ``avg`` first, then switches to ``attention``).
+    """
+
+    def __init__(self, kind: str, K: int, D: int) -> None:
+        super().__init__()
+        if kind not in ("attention", "avg", "max"):
+            raise ValueError(f"model.temporal_pooling: unknown pooling {kind!r}; expected "
+                             "'attention', 'avg' or 'max'")
+        self.kind = kind
+        self.weight = nn.Parameter(torch.zeros(K, D))  # w_{t,k}
+        self.bias = nn.Parameter(torch.zeros(K))  # b_{t,k}
+
+    def forward(self, x: Tensor, kind: str | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, N, K, D) -> pooled (B, K, D) and frame weights t (B, N, K), summing to 1 over N.
+
+        For ``max`` pooling, t[n,k] is the fraction of the D channels whose maximum came from
+        frame n, so it reads like the attention weights.
+        """
+        kind = kind or self.kind
+        B, N, K, D = x.shape
+        if kind == "attention":
+            e = torch.einsum("bnkd,kd->bnk", x, self.weight) + self.bias  # (B, N, K)
+            t = torch.softmax(e.float(), dim=1)  # (B, N, K), over frames
+            return torch.einsum("bnk,bnkd->bkd", t.to(x.dtype), x), t
+        if kind == "avg":
+            return x.mean(dim=1), x.new_full((B, N, K), 1.0 / N, dtype=torch.float32)
+        if kind == "max":
+            pooled, argmax = x.max(dim=1)  # (B, K, D) each
+            counts = F.one_hot(argmax, N).float().mean(dim=2)  # (B, K, N)
+            return pooled, counts.transpose(1, 2)  # (B, N, K)
+        raise ValueError(f"unknown temporal pooling {kind!r}")
+
+
+# --- the heads -----------------------------------------------------------------------------------
+
+
+class HeadOutput(NamedTuple):
+    embedding: Tensor  # (B, E), L2-normalised
+    spatial: Tensor | None  # (B, N, K, L) spatial attention maps, None for the baseline
+    temporal: Tensor | None  # (B, N, K) temporal weights, None for the baseline
+
+
+class DRSA(nn.Module):
+    """The DRSA heads on res5c grids: K spatial attentions, E, per-head temporal pooling, then the
+    K part features concatenated (eq. 15), one FC to E dimensions, L2-normalised (§4.2)."""
+
+    def __init__(self, cfg: ModelParams, in_channels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, K = in_channels, cfg.K
+        self.spatial = SpatialAttention(D, K, cfg.d)
+        self.enhance = Enhancement(cfg.enhancement, K)
+        self.temporal = TemporalPooling(cfg.temporal_pooling, K, D)
+        self.embed = nn.Linear(K * D, cfg.embed_dim)
+
+    def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
+        """grids: (B, N, D, H, W) res5c grids of B clips of N frames.
+
+        ``temporal_pooling`` overrides ``model.temporal_pooling`` for this call (the attention
+        stage's first phase pools with ``avg``).
+        """
+        B, N, D, H, W = grids.shape
+        grids = grids.to(self.embed.weight.dtype)  # the cache stores fp16
+        f = grids.flatten(3).transpose(2, 3).reshape(B * N, H * W, D)  # (B*N, L, D)
+        x, s = self.spatial(f)  # (B*N, K, D), (B*N, K, L)
+        K = s.shape[1]
+        x = self.enhance(x.view(B, N, K, D))  # (B, N, K, D)
+        x, t = self.temporal(x, temporal_pooling)  # (B, K, D), (B, N, K)
+        embedding = F.normalize(self.embed(x.flatten(1)), dim=1)  # (B, K*D) -> (B, E)
+        return HeadOutput(embedding, s.view(B, N, K, H * W), t)
+
+
+class BaselineHead(nn.Module):
+    """The paper's Baseline: each frame's grid averaged over space, the N frames averaged over
+    time, one FC to E dimensions, L2-normalised."""
+
+    def __init__(self, cfg: ModelParams, in_channels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Linear(in_channels, cfg.embed_dim)
+
+    def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
+        """grids: (B, N, D, H, W) -> embedding (B, E); ``temporal_pooling`` is ignored."""
+        grids = grids.to(self.embed.weight.dtype)
+        x = grids.mean(dim=(1, 3, 4))  # (B, D): over frames and cells
+        return HeadOutput(F.normalize(self.embed(x), dim=1), None, None)
+
+
+HEADS = {"drsa": DRSA, "baseline": BaselineHead}
+
+
+class VideoReIDNet(nn.Module):
+    """Backbone then heads: frames (B, N, 3, H, W) -> the heads' output. Used end to end (joint
+    fine-tuning, the baseline); the heads alone run on cached res5c grids."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, frames: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
+        B, N = frames.shape[:2]
+        grids = self.backbone(frames.flatten(0, 1))  # (B*N, 3, H, W) -> (B*N, D, h, w)
+        grids = grids.view(B, N, *grids.shape[1:])  # (B, N, D, h, w)
+        return self.head(grids, temporal_pooling)
+
+
+def build_model(cfg: ModelParams, head: str = "drsa", init: str | None = None) -> VideoReIDNet:
+    """Backbone (initialised from ``init``, default ``cfg.init``) plus the named head."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected one of: {', '.join(HEADS)}")
+    backbone = build_backbone(cfg.backbone, cfg.init if init is None else init)
+    return VideoReIDNet(backbone, HEADS[head](cfg, backbone.out_channels))
+
+
+def grid_size(height: int, width: int) -> tuple[int, int]:
+    """The (H, W) grid a ResNet gives for an input of ``height`` x ``width`` pixels."""
+    def down(size: int) -> int:  # conv1 (stride 2), maxpool, then layers 2-4 (stride 2 each)
+        for _ in range(5):
+            size = (size + 1) // 2
+        return size
+    return down(height), down(width)
+

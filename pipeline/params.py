@@ -1,0 +1,312 @@
+"""Typed, validated parameters, loaded from ``params.yaml``.
+
+Every knob of the project exists once: a field of one of the frozen dataclasses below, with its
+default (the paper's value where the paper gives one) and a one-line comment. ``load_params``
+reads the YAML file, applies command-line style overrides, and checks every value: an unknown key,
+a value of the wrong type or one outside its range raises ``ParamsError`` naming the dotted key
+(``model.K``) and what was expected. Nothing is coerced silently, except an int where a float is
+expected.
+
+Range rules live in each field's ``metadata`` (``choices``, ``ge``, ``gt``, ``lt``, ``nonempty``)
+so that the rule sits next to the field it guards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Names accepted by the choice-valued keys. The dataset modules register exactly these names.
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONE_INITS = ("imagenet", "scratch")  # ... or a path to a checkpoint file
+ENHANCEMENTS = ("identity", "second_order")
+TEMPORAL_POOLINGS = ("attention", "avg", "max")
+DIVERSITY_KINDS = ("hellinger", "sparse", "none")
+LOSSES = ("oim", "softmax")
+PROTOCOLS = ("official", "torchreid")
+VIDEO_DATASETS = ("synthetic", "mars", "ilidsvid", "prid2011", "dukev")
+IMAGE_DATASETS = (
+    "synthetic", "market1501", "dukemtmcreid", "cuhk03", "cuhk01", "viper", "cuhksysu", "3dpes",
+)
+
+
+class ParamsError(ValueError):
+    """A params value that is unknown, missing, of the wrong type or out of its range."""
+
+
+# --- field helpers: the validation rule sits in the field's metadata -----------------------------
+
+
+def choice(default: str, options: tuple[str, ...]) -> Any:
+    """A string field restricted to ``options``."""
+    return field(default=default, metadata={"choices": options})
+
+
+def choices(default: list[str], options: tuple[str, ...]) -> Any:
+    """A non-empty list field whose items are restricted to ``options``."""
+    return field(default_factory=lambda: list(default),
+                 metadata={"choices": options, "nonempty": True})
+
+
+def at_least(default: int | float, lower: int | float) -> Any:
+    """A number field with ``value >= lower``."""
+    return field(default=default, metadata={"ge": lower})
+
+
+def positive(default: float) -> Any:
+    """A number field with ``value > 0``."""
+    return field(default=default, metadata={"gt": 0})
+
+
+def unit_interval(default: float) -> Any:
+    """A number field in the half-open interval [0, 1)."""
+    return field(default=default, metadata={"ge": 0, "lt": 1})
+
+
+def section(factory: Any) -> Any:
+    """A nested section built by ``factory`` when absent from the file."""
+    return field(default_factory=factory)
+
+
+# --- the sections --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataParams:
+    video: list[str] = choices(["synthetic"], VIDEO_DATASETS)  # video sets, one pipeline branch each
+    image: list[str] = choices(["synthetic"], IMAGE_DATASETS)  # image sets pooled for pretraining
+    height: int = at_least(256, 32)  # input height in pixels (paper: 256)
+    width: int = at_least(128, 32)  # input width in pixels (paper: 128)
+    num_workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str = choice("resnet50", BACKBONES)  # CNN up to its last block (paper: ResNet-50, res5c)
+    init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
+    N: int = at_least(6, 1)  # frames per clip = restricted-random-sampling chunks (paper §3.1)
+    K: int = at_least(6, 1)  # spatial attention heads (paper: 6)
+    d: int = at_least(256, 1)  # hidden width of each spatial attention head, eq. 1 (paper: 256)
+    embed_dim: int = at_least(128, 1)  # size of the final L2-normalised embedding (paper: 128)
+    enhancement: str = choice("second_order", ENHANCEMENTS)  # E of eq. 4 (model.Enhancement)
+    temporal_pooling: str = choice("attention", TEMPORAL_POOLINGS)  # eq. 11-13, or avg / max
+
+
+@dataclass(frozen=True)
+class LossParams:
+    kind: str = choice("oim", LOSSES)  # identity loss: OIM (paper §3.5) or a softmax classifier
+    oim_scalar: float = positive(10.0)  # OIM inverse temperature (10 original; 100 gives NaNs)
+    oim_momentum: float = unit_interval(0.5)  # OIM lookup-table momentum m
+    diversity: str = choice("hellinger", DIVERSITY_KINDS)  # Q (eq. 9), Q' = sparse (eq. 10), none
+    diversity_weight: float = at_least(1.0, 0.0)  # coefficient of the diversity term in the loss
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = at_least(20, 1)  # passes over the training identities
+    identities_per_batch: int = at_least(8, 1)  # P: identities per global batch
+    instances_per_identity: int = at_least(4, 1)  # M: tracklets (or images) per identity in a batch
+    lr: float = positive(0.1)  # SGD learning rate before the step (paper: 0.1)
+    lr_step_epoch: int = at_least(15, 0)  # epoch at which lr is multiplied by lr_gamma
+    lr_gamma: float = field(default=0.1, metadata={"gt": 0, "le": 1})  # 0.1 -> 0.01 (paper)
+    momentum: float = unit_interval(0.9)  # SGD momentum
+    weight_decay: float = at_least(5.0e-4, 0.0)  # SGD L2 weight decay
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    # Phase 1, CNN fixed: spatial heads with average temporal pooling (paper: SpaAtn+Q).
+    spatial: TrainParams = section(lambda: TrainParams(epochs=20, lr_step_epoch=15))
+    # Phase 2, CNN fixed: all heads jointly with temporal attention (paper: SpaAtn+Q+TemAtn).
+    temporal: TrainParams = section(lambda: TrainParams(epochs=20, lr_step_epoch=15))
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    max_frames_per_tracklet: int = at_least(0, 0)  # 0: every frame; else evenly spaced cap
+    batch_size: int = at_least(64, 1)  # frames per backbone forward pass
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    protocols: list[str] = choices(["official", "torchreid"], PROTOCOLS)  # see metrics.py
+    max_rank: int = at_least(20, 1)  # length of the CMC curve
+    batch_size: int = at_least(32, 1)  # tracklets per forward pass at test time
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = at_least(0, 0)  # seeds every RNG (python, numpy, torch, samplers)
+    data: DataParams = section(DataParams)
+    model: ModelParams = section(ModelParams)
+    loss: LossParams = section(LossParams)
+    # Backbone on the pooled image sets, N = 1 frame per sample.
+    pretrain: TrainParams = section(lambda: TrainParams(epochs=40, lr_step_epoch=30))
+    # Backbone on each video set's training tracklets; also the paper's Baseline.
+    finetune: TrainParams = section(lambda: TrainParams(epochs=20, lr_step_epoch=15))
+    cache: CacheParams = section(CacheParams)
+    attention: AttentionParams = section(AttentionParams)
+    # Whole network, CNN included, end to end per dataset (paper: "Ind").
+    joint: TrainParams = section(lambda: TrainParams(epochs=10, lr_step_epoch=7))
+    evaluate: EvaluateParams = section(EvaluateParams)
+
+
+# --- loading and checking ------------------------------------------------------------------------
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> Params:
+    """Read, override and validate the params file.
+
+    Args:
+        path: YAML file; every section is optional, missing keys take their defaults.
+        overrides: dotted keys to replace, either a mapping (``{"model.K": 8}``) or
+            ``"key=value"`` strings whose values are parsed as YAML (``["model.K=8"]``).
+
+    Returns:
+        The validated, frozen ``Params``.
+
+    Raises:
+        ParamsError: naming the file or the dotted key and what was expected.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(raw, key, value)
+    try:
+        return from_dict(Params, raw)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build and validate dataclass ``cls`` from a plain mapping (a params section or the config a
+    checkpoint stored). ``prefix`` is the dotted path of ``data``, used in error messages."""
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, "
+                          f"got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key {prefix}{unknown[0]!s}; the keys of "
+                          f"{prefix.rstrip('.') or 'the top level'} are: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        key = prefix + name
+        values[name] = _check(value, hints[name], fields[name].metadata, key)
+    return cls(**values)
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain nested dict of a params dataclass (for checkpoints and metrics files)."""
+    return dataclasses.asdict(params)
+
+
+def _check(value: Any, tp: Any, rules: Mapping[str, Any], key: str) -> Any:
+    """Type-check ``value`` against annotation ``tp`` and the range ``rules`` of its field."""
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {_show(value)}")
+        if rules.get("nonempty") and not value:
+            raise ParamsError(f"{key}: expected a non-empty list")
+        (item_tp,) = typing.get_args(tp)
+        return [_check(v, item_tp, rules, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{key}: union annotations are not supported")  # programming error
+    value = _check_scalar(value, tp, key)
+    _check_range(value, rules, key)
+    return value
+
+
+def _check_scalar(value: Any, tp: type, key: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamsError(f"{key}: expected true or false, got {_show(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ParamsError(f"{key}: expected an integer, got {_show(value)}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        hint = ""
+        if isinstance(value, str) and _looks_numeric(value):
+            hint = (" (YAML reads a float without a dot, like 1e-4, as a string: "
+                    "write it as 1.0e-4)")
+        raise ParamsError(f"{key}: expected a number, got {_show(value)}{hint}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ParamsError(f"{key}: expected a string, got {_show(value)}")
+    raise TypeError(f"{key}: unsupported annotation {tp!r}")  # programming error
+
+
+def _check_range(value: Any, rules: Mapping[str, Any], key: str) -> None:
+    if "choices" in rules and value not in rules["choices"]:
+        raise ParamsError(f"{key}: unknown value {value!r}; expected one of: "
+                          f"{', '.join(rules['choices'])}")
+    bounds = [("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")]
+    for name, ok, symbol in bounds:
+        if name in rules and not ok(value, rules[name]):
+            expected = " and ".join(f"{s} {rules[n]}" for n, _, s in bounds if n in rules)
+            raise ParamsError(f"{key}: expected a value {expected}, got {value!r}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override {item!r}: expected KEY=VALUE, like model.K=8")
+        parsed[key.strip()] = yaml.safe_load(text)
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating absent sections."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"override {key}: {'.'.join(parents[:i + 1])} is not a section")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,112 @@
+"""Frame and batch sampling.
+
+- ``restricted_random_sample``: the paper's restricted random sampling (RRS, §3.1), which turns a
+  tracklet of any length into N frames spread over its whole duration.
+- ``IdentityBatchSampler``: P identities x M samples per batch, the composition OIM and
+  identity-level losses train best with; shards each global batch across data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def chunk_bounds(num_frames: int, num_chunks: int) -> list[tuple[int, int]]:
+    """Half-open frame ranges of the ``num_chunks`` equal-duration chunks of a tracklet.
+
+    Chunk i is ``[b_i, max(b_{i+1}, b_i + 1))`` with ``b_i = floor(i * F / N)``: every chunk holds
+    at least one frame, so a tracklet shorter than N repeats frames instead of padding.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a tracklet needs at least one frame, got num_frames={num_frames}")
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+    starts = [i * num_frames // num_chunks for i in range(num_chunks + 1)]
+    return [(starts[i], max(starts[i + 1], starts[i] + 1)) for i in range(num_chunks)]
+
+
+def restricted_random_sample(
+    num_frames: int, num_chunks: int, train: bool, rng: np.random.Generator | None = None
+) -> list[int]:
+    """Indices of the N frames that represent a tracklet (paper §3.1).
+
+    Args:
+        num_frames: F, frames in the tracklet (in temporal order).
+        num_chunks: N, chunks of equal duration = frames returned.
+        train: draw one frame uniformly at random from each chunk; otherwise take each chunk's
+            first frame (the paper's test-time rule, deterministic).
+        rng: the generator used in training (required when ``train``).
+
+    Returns:
+        N frame indices in increasing (temporal) order.
+    """
+    bounds = chunk_bounds(num_frames, num_chunks)
+    if not train:
+        return [start for start, _ in bounds]
+    if rng is None:
+        raise ValueError("restricted_random_sample(train=True) needs a numpy Generator rng")
+    lows = np.array([start for start, _ in bounds])
+    highs = np.array([stop for _, stop in bounds])
+    return [int(i) for i in rng.integers(lows, highs)]
+
+
+class IdentityBatchSampler:
+    """Batches of P identities x M samples, for ``DataLoader(batch_sampler=...)``.
+
+    Each epoch shuffles the identities, cuts them into groups of P (the incomplete last group is
+    dropped, so every batch has the same composition) and draws M samples of each identity:
+    without replacement when it has at least M, otherwise with replacement.
+
+    Under data-parallel training every rank builds the same global batches (same seed, same epoch)
+    and keeps the slice ``[rank::world_size]`` of each, so the global batch size is P x M whatever
+    the number of GPUs. Call ``set_epoch`` before each epoch, as with DistributedSampler.
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        identities_per_batch: int,
+        instances_per_identity: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if identities_per_batch < 1 or instances_per_identity < 1:
+            raise ValueError("identities_per_batch and instances_per_identity must be >= 1, got "
+                             f"{identities_per_batch} and {instances_per_identity}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        batch_size = identities_per_batch * instances_per_identity
+        if batch_size % world_size:
+            raise ValueError(f"the global batch of {identities_per_batch} x "
+                             f"{instances_per_identity} = {batch_size} samples does not split "
+                             f"evenly over {world_size} ranks")
+        pids = np.asarray(pids)
+        self.identities = np.unique(pids)
+        if len(self.identities) < identities_per_batch:
+            raise ValueError(f"{len(self.identities)} identities cannot fill a batch of "
+                             f"identities_per_batch={identities_per_batch}")
+        # sample indices of each identity, in dataset order
+        self.members = {int(p): np.flatnonzero(pids == p) for p in self.identities}
+        self.P, self.M = identities_per_batch, instances_per_identity
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.identities) // self.P
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.identities)
+        for b in range(len(self)):
+            batch = []
+            for pid in order[b * self.P:(b + 1) * self.P]:
+                members = self.members[int(pid)]
+                replace = len(members) < self.M
+                batch.extend(int(i) for i in rng.choice(members, self.M, replace=replace))
+            yield batch[self.rank::self.world_size]
