@@ -30,7 +30,7 @@ def diversity_penalty(S: Tensor, kind: str) -> Tensor:
         A scalar: 0 for disjoint fields, K(K-1) for K identical fields (``hellinger``).
     """
     if S.dim() < 2:
-        raise ValueError(f"diversity_penalty expects maps of shape (..., K, L), got {tuple(S.shape)}")
+        raise ValueError(f"diversity_penalty expects maps (..., K, L), got {tuple(S.shape)}")
     if kind == "hellinger":
         R = S.clamp_min(_SQRT_EPS).sqrt()
     elif kind == "sparse":

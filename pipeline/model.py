@@ -138,7 +138,7 @@ class SpatialAttention(nn.Module):
         self.score_bias = nn.Parameter(torch.zeros(K))  # b'_k
 
     def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
-        """f: (B', L, D) cell features of B' frames -> gated features (B', K, D), maps (B', K, L)."""
+        """f: (B', L, D) cells of B' frames -> gated features (B', K, D), maps (B', K, L)."""
         Bp, L, _ = f.shape
         h = F.relu(self.hidden(f)).view(Bp, L, self.K, self.d)  # (B', L, K, d)
         e = torch.einsum("blkc,kc->bkl", h, self.score_weight)  # (B', K, L)
@@ -226,7 +226,7 @@ class TemporalPooling(nn.Module):
         frame n, so it reads like the attention weights.
         """
         kind = kind or self.kind
-        B, N, K, D = x.shape
+        B, N, K, _ = x.shape
         if kind == "attention":
             e = torch.einsum("bnkd,kd->bnk", x, self.weight) + self.bias  # (B, N, K)
             t = torch.softmax(e.float(), dim=1)  # (B, N, K), over frames

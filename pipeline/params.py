@@ -80,7 +80,7 @@ def section(factory: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataParams:
-    video: list[str] = choices(["synthetic"], VIDEO_DATASETS)  # video sets, one pipeline branch each
+    video: list[str] = choices(["synthetic"], VIDEO_DATASETS)  # video sets, one branch each
     image: list[str] = choices(["synthetic"], IMAGE_DATASETS)  # image sets pooled for pretraining
     height: int = at_least(256, 32)  # input height in pixels (paper: 256)
     width: int = at_least(128, 32)  # input width in pixels (paper: 128)
@@ -89,7 +89,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: str = choice("resnet50", BACKBONES)  # CNN up to its last block (paper: ResNet-50, res5c)
+    backbone: str = choice("resnet50", BACKBONES)  # CNN to its last block (paper: ResNet-50)
     init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
     N: int = at_least(6, 1)  # frames per clip = restricted-random-sampling chunks (paper §3.1)
     K: int = at_least(6, 1)  # spatial attention heads (paper: 6)
@@ -268,7 +268,7 @@ def _check_range(value: Any, rules: Mapping[str, Any], key: str) -> None:
                           f"{', '.join(rules['choices'])}")
     bounds = [("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
               ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")]
-    for name, ok, symbol in bounds:
+    for name, ok, _ in bounds:
         if name in rules and not ok(value, rules[name]):
             expected = " and ".join(f"{s} {rules[n]}" for n, _, s in bounds if n in rules)
             raise ParamsError(f"{key}: expected a value {expected}, got {value!r}")
