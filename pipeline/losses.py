@@ -72,9 +72,12 @@ class OIMLoss(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Loss of L2-normalised features ``x`` (B, E) with identity labels ``y`` (B,)."""
         _check_labels(y, self.lut.shape[0], x)
+        # The matmul saves the LUT for the backward pass and _update then writes it in place:
+        # a copy keeps the pre-batch LUT for backward (else autograd raises a version error).
+        lut = self.lut.clone() if self.training else self.lut
         # fp32 for the softmax whatever the autocast state (OIM is prone to overflow in half)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = self.scalar * x.float() @ self.lut.t()  # (B, C)
+            logits = self.scalar * x.float() @ lut.t()  # (B, C)
             loss = F.cross_entropy(logits, y)
         if self.training:
             self._update(x.detach().float(), y)

@@ -47,6 +47,8 @@ def evaluate_rank(
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
     _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protocol)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     num_q = distmat.shape[0]
 
     first_hit = np.empty(num_q, dtype=np.int64)  # 0-based rank of the first true match, -1 if none
@@ -66,7 +68,7 @@ def evaluate_rank(
     else:
         denominator = num_valid
         hits, ap = hits[valid], ap[valid]
-    if denominator == 0:
+    if num_valid == 0:  # under either protocol the scores would mean nothing
         raise ValueError("no query has a true match in the gallery: check the ids and cameras")
     return {
         "cmc": hits.sum(axis=0) / denominator,
@@ -110,6 +112,9 @@ def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, protoco
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_q, num_g), got shape {distmat.shape}")
     num_q, num_g = distmat.shape
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat needs at least one query and one gallery item, got shape "
+                         f"{distmat.shape}")
     for name, arr, n in [("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q),
                          ("g_pids", g_pids, num_g), ("g_camids", g_camids, num_g)]:
         if arr.shape != (n,):

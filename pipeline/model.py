@@ -68,7 +68,11 @@ def build_backbone(name: str, init: str) -> Backbone:
     if init == "scratch":
         return backbone
     state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        raise ValueError(f"model.init={init}: the weights do not fit a {name} backbone "
+                         f"({str(err)[:500]})") from err
     if missing or unexpected:
         raise ValueError(f"model.init={init}: the weights do not fit a {name} backbone "
                          f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})")
@@ -143,7 +147,8 @@ class SpatialAttention(nn.Module):
         h = F.relu(self.hidden(f)).view(Bp, L, self.K, self.d)  # (B', L, K, d)
         e = torch.einsum("blkc,kc->bkl", h, self.score_weight)  # (B', K, L)
         e = e + self.score_bias[None, :, None]
-        s = torch.softmax(e.float(), dim=-1)  # (B', K, L), fp32 softmax even under autocast
+        # (B', K, L); at least fp32 even under autocast, without downcasting float64
+        s = torch.softmax(e, dim=-1, dtype=torch.promote_types(e.dtype, torch.float32))
         x = s.to(f.dtype) @ f  # (B', K, L) @ (B', L, D) -> (B', K, D)
         return x, s
 
@@ -229,7 +234,8 @@ class TemporalPooling(nn.Module):
         B, N, K, _ = x.shape
         if kind == "attention":
             e = torch.einsum("bnkd,kd->bnk", x, self.weight) + self.bias  # (B, N, K)
-            t = torch.softmax(e.float(), dim=1)  # (B, N, K), over frames
+            # (B, N, K), over frames; at least fp32, as in SpatialAttention
+            t = torch.softmax(e, dim=1, dtype=torch.promote_types(e.dtype, torch.float32))
             return torch.einsum("bnk,bnkd->bkd", t.to(x.dtype), x), t
         if kind == "avg":
             return x.mean(dim=1), x.new_full((B, N, K), 1.0 / N, dtype=torch.float32)

@@ -1,0 +1,590 @@
+"""Tests of pipeline/model.py: shapes, invariants, the paper's equations against slow reference
+loops, gradients, cached-grid vs end-to-end forward, and backbone initialisation (offline).
+
+Small and CPU-only: ResNet-18 on 64x32 (2x1 grid) or 128x64 (4x2 grid) frames, heads on random
+grids; one ResNet-50 forward at the paper's 256x128 (8x4 grid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+import torchvision
+from torch.testing import assert_close
+
+from pipeline.model import (
+    DRSA,
+    Backbone,
+    BaselineHead,
+    Enhancement,
+    SpatialAttention,
+    TemporalPooling,
+    VideoReIDNet,
+    build_backbone,
+    build_model,
+    grid_size,
+)
+from pipeline.params import ModelParams
+
+ENHANCEMENTS = ["identity", "second_order"]
+POOLINGS = ["attention", "avg", "max"]
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ImageNet weights, as cached by torch.hub
+
+
+def small_cfg(**changes) -> ModelParams:
+    """A ResNet-18 DRSA small enough for CPU tests."""
+    cfg = ModelParams(backbone="resnet18", init="scratch", N=3, K=2, d=8, embed_dim=8)
+    return dataclasses.replace(cfg, **changes)
+
+
+def open_gates(head: DRSA) -> DRSA:
+    """Give the zero-initialised parameters (gamma, temporal attention) non-zero values, so that
+    the enhancement and the temporal attention actually act."""
+    with torch.no_grad():
+        if head.enhance.kind == "second_order":
+            head.enhance.gamma.uniform_(0.5, 1.5)
+        head.temporal.weight.normal_(0.0, 0.5)
+        head.temporal.bias.normal_()
+        head.spatial.score_bias.normal_()
+    return head
+
+
+def random_grids(B=2, N=3, D=16, H=3, W=2, seed=0) -> torch.Tensor:
+    """Non-negative (post-ReLU, like res5c) grids (B, N, D, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, N, D, H, W, generator=g).relu()
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test may download: an empty torch hub cache and a download function that fails."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_download(url, dst, *args, **kwargs):
+        raise OSError(f"offline (test tried to download {url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+
+
+# --- shapes ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_resnet50_at_256x128_gives_the_papers_8x4_grid():
+    """Paper §3.2: 256x128 -> 8x4 grid (L = 32) of D = 2048; default K = 6, E = 128."""
+    torch.manual_seed(0)
+    cfg = ModelParams(backbone="resnet50", init="scratch", N=2)
+    model = build_model(cfg).eval()
+    grids = []
+    model.backbone.register_forward_hook(lambda m, i, out: grids.append(out.shape))
+    out = model(torch.randn(1, 2, 3, 256, 128))
+    assert grids == [torch.Size([2, 2048, 8, 4])]
+    assert model.backbone.out_channels == 2048
+    assert grid_size(256, 128) == (8, 4)
+    assert out.embedding.shape == (1, 128)
+    assert out.spatial.shape == (1, 2, 6, 32)
+    assert out.temporal.shape == (1, 2, 6)
+    assert torch.isfinite(out.embedding).all()
+
+
+@torch.no_grad()
+def test_resnet18_at_128x64_gives_a_4x2_grid_of_512():
+    """Another backbone and size: D = 512, 4x2 grid, L = 8."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg(K=3, embed_dim=16)).eval()
+    out = model(torch.randn(2, 3, 3, 128, 64))
+    assert model.backbone.out_channels == 512
+    assert model.backbone(torch.randn(1, 3, 128, 64)).shape == (1, 512, 4, 2)
+    assert out.embedding.shape == (2, 16)
+    assert out.spatial.shape == (2, 3, 3, 8)
+    assert out.temporal.shape == (2, 3, 3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("height", "width"),
+                         [(64, 32), (65, 33), (97, 31), (100, 50), (33, 63), (128, 64),
+                          (161, 79), (256, 128)])
+def test_grid_size_matches_the_real_backbone(height, width):
+    """grid_size (used to size things before running the CNN) agrees with ResNet-18's output."""
+    backbone = Backbone("resnet18").eval()
+    out = backbone(torch.zeros(1, 3, height, width))
+    assert tuple(out.shape[2:]) == grid_size(height, width)
+
+
+@pytest.mark.parametrize("enhancement", ENHANCEMENTS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize(("N", "K"), [(3, 2), (1, 2), (4, 1), (1, 1)])
+def test_head_outputs_are_normalised_distributions(enhancement, pooling, N, K):
+    """Every (E, pooling) combination, K = 1 and N = 1 included: right shapes, spatial maps
+    non-negative and summing to 1 over L, temporal weights summing to 1 over N, unit
+    embeddings."""
+    torch.manual_seed(0)
+    cfg = small_cfg(N=N, K=K, enhancement=enhancement, temporal_pooling=pooling)
+    head = open_gates(DRSA(cfg, in_channels=16))
+    out = head(random_grids(B=3, N=N, D=16, H=3, W=2))
+    assert out.embedding.shape == (3, 8)
+    assert out.spatial.shape == (3, N, K, 6)
+    assert out.temporal.shape == (3, N, K)
+    assert (out.spatial >= 0).all()
+    assert (out.temporal >= 0).all()
+    assert_close(out.spatial.sum(-1), torch.ones(3, N, K))
+    assert_close(out.temporal.sum(1), torch.ones(3, K))
+    assert_close(out.embedding.norm(dim=1), torch.ones(3))
+    if N == 1:  # a single frame takes all the temporal weight
+        assert_close(out.temporal, torch.ones(3, 1, K))
+
+
+def test_baseline_head_is_mean_pool_then_fc():
+    """Baseline: mean over frames and cells, one FC, L2-normalised; no attention outputs."""
+    torch.manual_seed(0)
+    head = BaselineHead(small_cfg(), in_channels=16)
+    grids = random_grids()
+    out = head(grids)
+    expected = torch.nn.functional.normalize(head.embed(grids.mean(dim=(1, 3, 4))), dim=1)
+    assert_close(out.embedding, expected)
+    assert out.spatial is None
+    assert out.temporal is None
+
+
+# --- gradients ------------------------------------------------------------------------------------
+
+
+def diversity_like(spatial: torch.Tensor) -> torch.Tensor:
+    """||sqrt(S) sqrt(S)^T - I||_F^2 per image (the Hellinger term, eq. 9), summed."""
+    R = spatial.sqrt()  # (B, N, K, L)
+    eye = torch.eye(R.shape[2])
+    return ((R @ R.transpose(-1, -2) - eye) ** 2).sum()
+
+
+# b'_k (eq. 1) and b_{t,k} (eq. 11) add the same constant to every logit of a softmax (over the
+# L cells, over the N frames), which cancels: their gradient is zero by construction. They stay
+# for fidelity to the equations; the test checks that their gradient exists and is ~0.
+SHIFT_INVARIANT = {"head.spatial.score_bias", "head.temporal.bias"}
+
+
+def backward_all(pooling: str) -> dict[str, torch.Tensor | None]:
+    torch.manual_seed(0)
+    model = build_model(small_cfg(enhancement="second_order", temporal_pooling=pooling)).train()
+    out = model(torch.randn(2, 3, 3, 64, 32))
+    target = torch.randn(out.embedding.shape)
+    loss = (out.embedding * target).sum() + 0.1 * diversity_like(out.spatial)
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_every_parameter_gets_a_gradient_with_temporal_attention():
+    """End to end with temporal attention and second-order E, from their zero initialisation:
+    every parameter (backbone included) gets a finite gradient, non-zero for all but the two
+    softmax-shift-invariant biases; gamma and w_t in particular are not stuck at 0."""
+    grads = backward_all("attention")
+    assert any(name.startswith("backbone.") for name in grads)
+    for name, grad in grads.items():
+        assert grad is not None, name
+        assert torch.isfinite(grad).all(), name
+        if name in SHIFT_INVARIANT:
+            assert grad.abs().max() < 1e-5, name
+        else:
+            assert grad.abs().max() > 0, name
+    assert (grads["head.enhance.gamma"] != 0).all()
+    assert (grads["head.temporal.weight"].abs().sum(dim=1) > 0).all()  # every head k
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_avg_and_max_pooling_leave_only_the_temporal_attention_unused(pooling):
+    """With avg/max pooling, TemporalPooling.weight/bias are unused by design (kept so every kind
+    shares one state-dict layout): no gradient for them, a finite non-zero one for the rest."""
+    grads = backward_all(pooling)
+    unused = {"head.temporal.weight", "head.temporal.bias"}
+    for name, grad in grads.items():
+        if name in unused:
+            assert grad is None, name
+            continue
+        assert grad is not None, name
+        assert torch.isfinite(grad).all(), name
+        if name not in SHIFT_INVARIANT:
+            assert grad.abs().max() > 0, name
+
+
+@pytest.mark.parametrize("module", ["spatial", "second_order", "attention", "max"])
+def test_gradcheck_float64(module):
+    """Analytic gradients of each component agree with finite differences (float64)."""
+    torch.manual_seed(0)
+    if module == "spatial":
+        layer = SpatialAttention(D=4, K=2, d=3).double()
+        x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)  # (B', L, D)
+    else:
+        if module == "second_order":
+            layer = Enhancement("second_order", K=2).double()
+            with torch.no_grad():
+                layer.gamma.copy_(torch.tensor([0.7, -1.3]))
+        else:
+            layer = TemporalPooling(module, K=2, D=4).double()
+            with torch.no_grad():
+                layer.weight.normal_()
+        x = torch.randn(2, 3, 2, 4, dtype=torch.float64, requires_grad=True)  # (B, N, K, D)
+    assert torch.autograd.gradcheck(lambda inp: layer(inp)[0], (x,))
+
+
+# --- the equations against slow reference implementations ---------------------------------------
+
+
+def test_spatial_attention_matches_eq_1_to_3():
+    """Explicit per-(n, k, l) loops of eq. 1-3 with W_k = rows [k*d, (k+1)*d) of hidden."""
+    torch.manual_seed(0)
+    D, K, d, L = 5, 3, 4, 6
+    att = SpatialAttention(D, K, d).double()
+    with torch.no_grad():
+        att.score_bias.normal_()
+    f = torch.randn(2, L, D, dtype=torch.float64)  # (B', L, D)
+    x, s = att(f)
+    W, b = att.hidden.weight, att.hidden.bias
+    for n in range(2):
+        for k in range(K):
+            W_k, b_k = W[k * d:(k + 1) * d], b[k * d:(k + 1) * d]
+            e = torch.stack([att.score_weight[k] @ torch.relu(W_k @ f[n, cell] + b_k)
+                             + att.score_bias[k] for cell in range(L)])  # eq. 1
+            s_ref = torch.exp(e) / torch.exp(e).sum()  # eq. 2
+            x_ref = sum(s_ref[cell] * f[n, cell] for cell in range(L))  # eq. 3
+            assert_close(s[n, k], s_ref)
+            assert_close(x[n, k], x_ref)
+
+
+def test_temporal_attention_matches_eq_11_to_13():
+    """e[n,k] = w_k . x̂[n,k] + b_k, t = softmax over frames, x_k = sum_n t[n,k] x̂[n,k]."""
+    torch.manual_seed(0)
+    B, N, K, D = 2, 4, 3, 5
+    pool = TemporalPooling("attention", K, D).double()
+    with torch.no_grad():
+        pool.weight.normal_()
+        pool.bias.normal_()
+    x = torch.randn(B, N, K, D, dtype=torch.float64)
+    pooled, t = pool(x)
+    for b in range(B):
+        for k in range(K):
+            e = torch.stack([pool.weight[k] @ x[b, n, k] + pool.bias[k] for n in range(N)])
+            t_ref = torch.exp(e) / torch.exp(e).sum()
+            assert_close(t[b, :, k], t_ref)
+            assert_close(pooled[b, k], sum(t_ref[n] * x[b, n, k] for n in range(N)))
+
+
+def test_max_pooling_and_its_frame_weights():
+    """Max over frames per channel; t[n,k] = share of the D channels whose max is frame n's."""
+    torch.manual_seed(0)
+    B, N, K, D = 2, 4, 3, 7
+    x = torch.randn(B, N, K, D)
+    pooled, t = TemporalPooling("max", K, D)(x)
+    assert torch.equal(pooled, x.max(dim=1).values)
+    for b in range(B):
+        for k in range(K):
+            for n in range(N):
+                taken = sum(int(x[b, :, k, c].argmax() == n) for c in range(D))
+                assert t[b, n, k].item() == pytest.approx(taken / D)
+
+
+def test_avg_pooling_is_the_mean_over_frames():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 5)
+    pooled, t = TemporalPooling("avg", 3, 5)(x)
+    assert_close(pooled, x.mean(dim=1))
+    assert_close(t, torch.full((2, 4, 3), 0.25))
+
+
+def test_second_order_enhancement_matches_the_explicit_formula():
+    """x̂[n,k] = x[n,k] + gamma_k (1/N) sum_m u[m,k] u[m,k]^T x[n,k], u = x / ||x||, with the
+    D x D matrix M_k formed explicitly."""
+    torch.manual_seed(0)
+    B, N, K, D = 2, 4, 3, 5
+    enh = Enhancement("second_order", K).double()
+    with torch.no_grad():
+        enh.gamma.copy_(torch.tensor([0.5, -2.0, 1.5]))
+    x = torch.randn(B, N, K, D, dtype=torch.float64)
+    out = enh(x)
+    for b in range(B):
+        for k in range(K):
+            u = [x[b, m, k] / x[b, m, k].norm() for m in range(N)]
+            M_k = sum(torch.outer(u_m, u_m) for u_m in u) / N  # (D, D)
+            for n in range(N):
+                assert_close(out[b, n, k], x[b, n, k] + enh.gamma[k] * (M_k @ x[b, n, k]))
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_drsa_head_composes_the_components_cell_by_cell(pooling):
+    """The head = spatial attention on each frame's cells (cell l = h * W + w, row-major), E on
+    the (N, K, D) features of the clip, temporal pooling, concat of the K parts, FC, L2 norm
+    (eq. 14-15), rebuilt here one clip and one frame at a time."""
+    torch.manual_seed(0)
+    head = open_gates(DRSA(small_cfg(N=3, K=2, temporal_pooling=pooling), in_channels=16))
+    grids = random_grids(B=2, N=3, D=16, H=3, W=2)
+    out = head(grids)
+    for b in range(2):
+        xs = []
+        for n in range(3):
+            cells = torch.stack([grids[b, n, :, h, w] for h in range(3) for w in range(2)])
+            x, s = head.spatial(cells[None])  # (1, K, D), (1, K, L)
+            assert_close(out.spatial[b, n], s[0])
+            xs.append(x[0])
+        x_hat = head.enhance(torch.stack(xs)[None])  # (1, N, K, D)
+        pooled, t = head.temporal(x_hat)  # (1, K, D), (1, N, K)
+        assert_close(out.temporal[b], t[0])
+        embedding = torch.nn.functional.normalize(head.embed(pooled.flatten()), dim=0)
+        assert_close(out.embedding[b], embedding)
+
+
+def test_identity_and_closed_gate_enhancements_are_exactly_the_identity():
+    """identity returns its input; second_order starts with gamma = 0, i.e. as the identity."""
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(Enhancement("identity", 4)(x), x)
+    enh = Enhancement("second_order", 4)
+    assert torch.equal(enh.gamma.detach(), torch.zeros(4))
+    assert torch.equal(enh(x), x)
+
+
+def test_temporal_attention_starts_as_average_pooling():
+    """w_t = 0, b_t = 0 at init: softmax of equal scores = 1/N, i.e. average pooling."""
+    x = torch.randn(2, 4, 3, 5)
+    att = TemporalPooling("attention", 3, 5)
+    avg = TemporalPooling("avg", 3, 5)
+    assert_close(att(x)[0], avg(x)[0])
+    assert_close(att(x)[1], avg(x)[1])
+
+
+def test_enhancement_and_temporal_attention_use_the_other_frames():
+    """Eq. 4 pools across frames: changing frame 1 changes frame 0's x̂ (second_order only), and
+    frame 0's temporal weight (a softmax over the clip)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 2, 5)
+    x2 = x.clone()
+    x2[:, 1] = torch.randn(2, 2, 5)
+    enh = Enhancement("second_order", 2)
+    with torch.no_grad():
+        enh.gamma.fill_(1.0)
+    assert not torch.allclose(enh(x)[:, 0], enh(x2)[:, 0])
+    assert torch.equal(Enhancement("identity", 2)(x2)[:, 0], x[:, 0])
+    pool = TemporalPooling("attention", 2, 5)
+    with torch.no_grad():
+        pool.weight.normal_()
+    assert not torch.allclose(pool(x)[1][:, 0], pool(x2)[1][:, 0])
+
+
+@pytest.mark.parametrize("enhancement", ENHANCEMENTS)
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_embedding_is_invariant_to_frame_order(enhancement, pooling):
+    """Spatial attention and E are per-frame equivariant (E's statistic is a sum over frames)
+    and every pooling is symmetric in the frames: permuting the N frames permutes the maps and
+    temporal weights and leaves the embedding unchanged."""
+    torch.manual_seed(0)
+    cfg = small_cfg(N=4, enhancement=enhancement, temporal_pooling=pooling)
+    head = open_gates(DRSA(cfg, in_channels=16))
+    grids = random_grids(N=4)
+    perm = torch.tensor([2, 0, 3, 1])
+    out, out_p = head(grids), head(grids[:, perm])
+    assert_close(out_p.embedding, out.embedding)
+    assert_close(out_p.spatial, out.spatial[:, perm])
+    assert_close(out_p.temporal, out.temporal[:, perm])
+
+
+# --- cached grids, dtypes, overrides --------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_cached_grids_give_the_end_to_end_output():
+    """Eval mode: res5c grids computed frame by frame, in a shuffled order, then re-assembled as
+    (B, N, D, H, W) like the feature cache does, give the same head output as model(frames);
+    fp16 grids (the cache's dtype) are cast and give a close result."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg()).eval()
+    open_gates(model.head)
+    B, N = 2, 3
+    frames = torch.randn(B, N, 3, 128, 64)
+    cache = {}
+    for flat in torch.randperm(B * N).tolist():
+        b, n = divmod(flat, N)
+        cache[b, n] = model.backbone(frames[b, n][None])[0]  # (D, H, W)
+    grids = torch.stack([torch.stack([cache[b, n] for n in range(N)]) for b in range(B)])
+    assert grids.shape == (B, N, 512, 4, 2)
+
+    expected = model(frames)
+    cached = model.head(grids)
+    for got, want in zip(cached, expected, strict=True):
+        assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+    half = model.head(grids.half())
+    assert half.embedding.dtype == torch.float32
+    assert_close(half.embedding, expected.embedding, atol=1e-2, rtol=1e-2)
+    assert_close(half.temporal, expected.temporal, atol=1e-2, rtol=1e-2)
+
+
+def test_temporal_pooling_override_uses_the_named_pooling():
+    """forward(..., temporal_pooling="avg") on an attention model equals an avg-configured model
+    with the same weights, and differs from the model's own attention pooling."""
+    torch.manual_seed(0)
+    att_head = open_gates(DRSA(small_cfg(temporal_pooling="attention"), in_channels=16))
+    avg_head = DRSA(small_cfg(temporal_pooling="avg"), in_channels=16)
+    avg_head.load_state_dict(att_head.state_dict())
+    grids = random_grids()
+    overridden = att_head(grids, temporal_pooling="avg")
+    assert_close(overridden.embedding, avg_head(grids).embedding)
+    assert_close(overridden.temporal, torch.full((2, 3, 2), 1 / 3))
+    assert not torch.allclose(overridden.embedding, att_head(grids).embedding)
+    max_head = DRSA(small_cfg(temporal_pooling="max"), in_channels=16)
+    max_head.load_state_dict(att_head.state_dict())
+    assert_close(att_head(grids, temporal_pooling="max").embedding, max_head(grids).embedding)
+
+
+@torch.no_grad()
+def test_video_net_passes_the_override_to_the_head():
+    torch.manual_seed(0)
+    model = build_model(small_cfg()).eval()
+    open_gates(model.head)
+    frames = torch.randn(1, 3, 3, 64, 32)
+    assert_close(model(frames, temporal_pooling="avg").temporal, torch.full((1, 3, 2), 1 / 3))
+    assert not torch.allclose(model(frames).temporal, torch.full((1, 3, 2), 1 / 3))
+
+
+# --- backbone initialisation ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A plain torchvision ResNet-18 state dict (fc.* included) and the model it came from."""
+    torch.manual_seed(123)
+    net = torchvision.models.resnet18(weights=None)
+    path = tmp_path_factory.mktemp("weights") / "resnet18_torchvision.pth"
+    torch.save(net.state_dict(), path)
+    return path, net
+
+
+def assert_backbone_equals(backbone: Backbone, state: dict[str, torch.Tensor]) -> None:
+    """Every backbone tensor equals the saved one of the same name."""
+    own = backbone.state_dict()
+    expected = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    assert set(own) == set(expected)
+    for key, value in own.items():
+        assert torch.equal(value, expected[key]), key
+
+
+@torch.no_grad()
+def test_scratch_backbone_works():
+    """scratch: random torchvision init, runs, and differs between seeds (not loaded)."""
+    torch.manual_seed(0)
+    first = build_backbone("resnet18", "scratch")
+    torch.manual_seed(1)
+    second = build_backbone("resnet18", "scratch")
+    out = first.eval()(torch.randn(1, 3, 64, 32))
+    assert out.shape == (1, 512, 2, 1)
+    assert torch.isfinite(out).all()
+    assert not torch.equal(first.conv1.weight, second.conv1.weight)
+
+
+def test_init_from_a_pipeline_checkpoint(tmp_path):
+    """{"model": state_dict} of a VideoReIDNet: its backbone.* tensors are loaded."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg())
+    with torch.no_grad():
+        model.backbone.bn1.running_mean.normal_()  # buffers travel too
+    path = tmp_path / "finetune.pt"
+    torch.save({"model": model.state_dict(), "epoch": 3}, path)
+    torch.manual_seed(1)
+    backbone = build_backbone("resnet18", str(path))
+    assert_backbone_equals(backbone, model.backbone.state_dict())
+    built = build_model(small_cfg(init=str(path)))
+    assert_backbone_equals(built.backbone, model.backbone.state_dict())
+
+
+def test_init_from_a_torchvision_state_dict(resnet18_file):
+    """A plain torchvision ResNet state dict: fc.* dropped, the rest loaded."""
+    path, net = resnet18_file
+    torch.manual_seed(1)
+    assert_backbone_equals(build_backbone("resnet18", str(path)), net.state_dict())
+
+
+def test_init_from_a_missing_file_names_it(tmp_path):
+    path = tmp_path / "no" / "such.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        build_backbone("resnet18", str(path))
+
+
+def test_init_from_a_file_without_a_state_dict(tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ValueError, match="not a state dict"):
+        build_backbone("resnet18", str(path))
+
+
+@pytest.mark.parametrize("target", ["resnet50", "resnet34"])
+def test_init_with_another_backbones_weights_is_a_value_error(resnet18_file, target):
+    """ResNet-18 weights into ResNet-50 (shape mismatches) or ResNet-34 (missing blocks)."""
+    path, _ = resnet18_file
+    with pytest.raises(ValueError, match=f"model.init=.*{target}"):
+        build_backbone(target, str(path))
+
+
+def test_imagenet_offline_explains_where_to_put_the_weights(monkeypatch, tmp_path):
+    """No cached file and no network: FileNotFoundError naming the expected cache path and the
+    model.init=scratch way out; no partial file is left behind."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert torch.hub.get_dir() == str(tmp_path / "hub")
+    expected = tmp_path / "hub" / "checkpoints" / RESNET18_FILE
+    calls = []
+
+    def offline(url, dst, *args, **kwargs):
+        calls.append((url, dst))
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        build_backbone("resnet18", "imagenet")
+    message = str(info.value)
+    assert str(expected) in message
+    assert "model.init=scratch" in message
+    assert "offline" in message
+    assert calls == [(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url, str(expected))]
+    assert not expected.exists()
+
+
+def test_imagenet_uses_the_cached_file(monkeypatch, tmp_path, resnet18_file):
+    """A file at <TORCH_HOME>/hub/checkpoints/resnet18-f37072fd.pth is loaded without download."""
+    _, net = resnet18_file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / RESNET18_FILE
+    cached.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), cached)
+    torch.manual_seed(1)
+    assert_backbone_equals(build_backbone("resnet18", "imagenet"), net.state_dict())
+
+
+# --- unknown names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Backbone("vgg16"), "model.backbone"),
+        (lambda: build_backbone("resnet101", "scratch"), "model.backbone"),
+        (lambda: build_model(small_cfg(backbone="alexnet")), "model.backbone"),
+        (lambda: Enhancement("third_order", 2), "model.enhancement"),
+        (lambda: DRSA(small_cfg(enhancement="bogus"), 16), "model.enhancement"),
+        (lambda: TemporalPooling("median", 2, 16), "model.temporal_pooling"),
+        (lambda: DRSA(small_cfg(temporal_pooling="lstm"), 16), "model.temporal_pooling"),
+        (lambda: build_model(small_cfg(), head="transformer"), "unknown head 'transformer'"),
+        (lambda: DRSA(small_cfg(), 16)(random_grids(), temporal_pooling="median"), "median"),
+    ],
+)
+def test_unknown_names_raise_value_errors_naming_the_key(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_video_net_composes_backbone_and_head():
+    """VideoReIDNet = backbone on the B*N frames, reshaped to (B, N, D, h, w), then the head."""
+    torch.manual_seed(0)
+    backbone = Backbone("resnet18").eval()
+    head = BaselineHead(small_cfg(), backbone.out_channels)
+    net = VideoReIDNet(backbone, head)
+    frames = torch.randn(2, 3, 3, 64, 32)
+    with torch.no_grad():
+        grids = backbone(frames.flatten(0, 1)).view(2, 3, 512, 2, 1)
+        assert_close(net(frames).embedding, head(grids).embedding)
