@@ -88,6 +88,30 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class SyntheticParams:
+    seed: int = at_least(0, 0)  # the generator's own seed (the training seed does not change data)
+    train_identities: int = field(default=64, metadata={"ge": 1, "le": 4000})  # video train ids
+    test_identities: int = field(default=64, metadata={"ge": 1, "le": 4000})  # video test ids
+    image_identities: int = at_least(128, 1)  # further ids, single images, for pretraining
+    images_per_identity: int = at_least(6, 1)  # images of each pretraining identity
+    cameras: int = field(default=3, metadata={"ge": 2, "le": 9})  # each id walks past every one
+    tracklets_per_camera: int = at_least(1, 1)  # 1 to this many tracklets per id and camera
+    min_length: int = at_least(3, 1)  # shortest tracklet, in frames
+    max_length: int = field(default=40, metadata={"ge": 1, "le": 999})  # longest tracklet
+    occlusion_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})  # occluded tracklets
+    sibling_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})  # one-part variants
+    distractor_tracklets: int = at_least(8, 0)  # pid 0 tracklets of unrelated people (test set)
+    junk_tracklets: int = at_least(8, 0)  # pid -1 tracklets without a person (test set)
+    height: int = at_least(128, 32)  # rendered frame height in pixels
+    width: int = at_least(64, 16)  # rendered frame width in pixels
+
+    def __post_init__(self) -> None:
+        if self.min_length > self.max_length:
+            raise ParamsError(f"synthetic.min_length: expected a value <= synthetic.max_length "
+                              f"({self.max_length}), got {self.min_length}")
+
+
+@dataclass(frozen=True)
 class ModelParams:
     backbone: str = choice("resnet50", BACKBONES)  # CNN to its last block (paper: ResNet-50)
     init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
@@ -145,6 +169,7 @@ class EvaluateParams:
 class Params:
     seed: int = at_least(0, 0)  # seeds every RNG (python, numpy, torch, samplers)
     data: DataParams = section(DataParams)
+    synthetic: SyntheticParams = section(SyntheticParams)
     model: ModelParams = section(ModelParams)
     loss: LossParams = section(LossParams)
     # Backbone on the pooled image sets, N = 1 frame per sample.

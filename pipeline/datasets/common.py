@@ -1,0 +1,81 @@
+"""Shared pieces of the dataset readers: the canonical tables and the layout checks.
+
+Every reader returns one of two canonical tables, so nothing downstream knows a dataset's layout:
+
+- video: one row per tracklet, columns ``pid`` (int; -1 junk and 0 distractors kept where the set
+  has them), ``camid`` (int, the camera number of the set's own naming), ``subset`` ("train" or
+  "test"), ``is_query`` (bool), ``frames`` (list of absolute image paths in temporal order).
+- image: one row per image, columns ``pid``, ``camid``, ``path``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+VIDEO_COLUMNS = ["pid", "camid", "subset", "is_query", "frames"]
+IMAGE_COLUMNS = ["pid", "camid", "path"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(ValueError):
+    """Data that does not match the layout or the protocol a reader expects."""
+
+
+def require(path: Path, what: str) -> Path:
+    """``path`` if it exists, else a DatasetError naming it and what it should be."""
+    if not path.exists():
+        raise DatasetError(f"expected {what} at {path}, which does not exist")
+    return path
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder``, in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def by_frame_number(paths: Iterable[Path], pattern: str) -> list[Path]:
+    """``paths`` sorted by the frame number that ``pattern``'s first group captures from each file
+    name, never by listing order. A name the pattern does not match is a DatasetError."""
+    regex = re.compile(pattern)
+    keyed = []
+    for path in paths:
+        match = regex.search(path.name)
+        if match is None:
+            raise DatasetError(f"{path}: cannot parse a frame number from the file name "
+                               f"(expected a name matching {pattern!r})")
+        keyed.append((int(match.group(1)), path.name, path))
+    return [path for *_, path in sorted(keyed)]
+
+
+def confined(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing a path (from a split or name file) that leaves ``root``."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DatasetError(f"{relative!r} (from a split or name file) points outside {root}")
+    return path
+
+
+def video_table(rows: list[dict], source: Path) -> pd.DataFrame:
+    """The canonical video table from reader rows, with dtypes fixed and basic invariants checked:
+    no empty tracklet, queries only among test tracklets."""
+    table = pd.DataFrame(rows, columns=VIDEO_COLUMNS)
+    table = table.astype({"pid": "int64", "camid": "int64", "subset": "object", "is_query": "bool"})
+    empty = table[table["frames"].map(len) == 0]
+    if len(empty):
+        raise DatasetError(f"{source}: tracklet of pid {empty.iloc[0]['pid']} camera "
+                           f"{empty.iloc[0]['camid']} has no frames")
+    if (table["is_query"] & (table["subset"] != "test")).any():
+        raise DatasetError(f"{source}: a query tracklet is not in the test subset")
+    return table.reset_index(drop=True)
+
+
+def image_table(rows: list[dict], source: Path) -> pd.DataFrame:
+    """The canonical image table (pid, camid, path); an empty one is an error."""
+    if not rows:
+        raise DatasetError(f"{source}: no images found")
+    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    return table.astype({"pid": "int64", "camid": "int64"}).reset_index(drop=True)
