@@ -116,7 +116,7 @@ def extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBER
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise FileNotFoundError(f"archive {archive} not found")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=dest.parent))
     try:
         if zipfile.is_zipfile(archive):
@@ -129,6 +129,7 @@ def extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBER
                 tf.extractall(tmp, filter="data")
         else:
             raise ValueError(f"{archive} is neither a zip nor a tar archive")
+        dest.mkdir(exist_ok=True)  # only now: a refused archive must not create it
         entries = []
         for entry in sorted(tmp.iterdir()):
             target = dest / entry.name
@@ -151,10 +152,11 @@ def _check_name(name: str, archive: Path) -> None:
         raise UnsafeArchiveError(f"{archive}: member {name!r} leaves the target folder via '..'")
 
 
-def _check_link(name: str, target: str, archive: Path) -> None:
-    """A link member must point inside the extraction folder."""
+def _check_link(name: str, target: str, archive: Path, hard: bool = False) -> None:
+    """A link member must point inside the extraction folder. A symlink's target is relative to
+    the member's folder, a (tar) hard link's to the archive root."""
     link_target = PurePosixPath(target.replace("\\", "/"))
-    resolved = PurePosixPath(name).parent / link_target
+    resolved = (PurePosixPath() if hard else PurePosixPath(name).parent) / link_target
     depth = 0
     for part in resolved.parts:
         depth += -1 if part == ".." else (0 if part == "." else 1)
@@ -191,6 +193,6 @@ def _check_tar(tf: tarfile.TarFile, archive: Path, max_members: int, max_bytes: 
         if member.issym():
             _check_link(member.name, member.linkname, archive)
         elif member.islnk():
-            _check_link("", member.linkname, archive)  # hard links are relative to the root
+            _check_link(member.name, member.linkname, archive, hard=True)
         elif not (member.isfile() or member.isdir()):
             raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a device or fifo")

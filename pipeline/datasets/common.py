@@ -10,6 +10,8 @@ Every reader returns one of two canonical tables, so nothing downstream knows a 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,3 +81,72 @@ def image_table(rows: list[dict], source: Path) -> pd.DataFrame:
         raise DatasetError(f"{source}: no images found")
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     return table.astype({"pid": "int64", "camid": "int64"}).reset_index(drop=True)
+
+
+# --- the canonical tables on disk -----------------------------------------------------------------
+# Frame and image paths are stored relative to the dataset root, which is recorded once per file,
+# so an index stays valid when the repository moves.
+
+
+def save_video_index(table: pd.DataFrame, root: Path, path: Path) -> None:
+    """Write a video table as JSON: ``{"root": ..., "tracklets": [{pid, camid, subset,
+    is_query, frames: [relative paths]}, ...]}``."""
+    root = Path(root)
+    records = [{"pid": int(r.pid), "camid": int(r.camid), "subset": r.subset,
+                "is_query": bool(r.is_query),
+                "frames": [str(Path(f).relative_to(root)) for f in r.frames]}
+               for r in table.itertuples(index=False)]
+    _write_json(path, {"root": str(root), "tracklets": records})
+
+
+def load_video_index(path: Path) -> pd.DataFrame:
+    """Read a table written by ``save_video_index``; frames become paths under its root again."""
+    content = json.loads(Path(path).read_text())
+    root = Path(content["root"])
+    rows = [{**r, "frames": [root / f for f in r["frames"]]} for r in content["tracklets"]]
+    return video_table(rows, Path(path))
+
+
+def save_image_index(table: pd.DataFrame, root: Path, path: Path) -> None:
+    """Write an image table as JSON: ``{"root": ..., "images": [{pid, camid, path}, ...]}``."""
+    root = Path(root)
+    records = [{"pid": int(r.pid), "camid": int(r.camid),
+                "path": str(Path(r.path).relative_to(root))} for r in table.itertuples(index=False)]
+    _write_json(path, {"root": str(root), "images": records})
+
+
+def load_image_index(path: Path) -> pd.DataFrame:
+    content = json.loads(Path(path).read_text())
+    root = Path(content["root"])
+    return image_table([{**r, "path": root / r["path"]} for r in content["images"]], Path(path))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+# --- invariants the protocols rely on -------------------------------------------------------------
+
+
+def check_video_invariants(table: pd.DataFrame, source: str) -> None:
+    """Train and test identities are disjoint (junk -1 and distractors 0 aside), every query has a
+    test tracklet of its identity in another camera, and every frame file exists."""
+    people = table[table["pid"] > 0]
+    overlap = set(people.loc[people["subset"] == "train", "pid"]) & set(
+        people.loc[people["subset"] == "test", "pid"])
+    if overlap:
+        raise DatasetError(f"{source}: train and test share identities {sorted(overlap)[:10]}")
+    test = table[table["subset"] == "test"]
+    cams = test.groupby("pid")["camid"].agg(set)
+    for row in test[test["is_query"]].itertuples():
+        if not cams.get(row.pid, set()) - {row.camid}:
+            raise DatasetError(f"{source}: query pid {row.pid} (camera {row.camid}) has no test "
+                               "tracklet in another camera, so it can never be matched")
+    for frames in table["frames"]:
+        for frame in frames:
+            if not os.path.isfile(frame):
+                raise DatasetError(f"{source}: frame {frame} listed in the index does not exist")

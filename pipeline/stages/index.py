@@ -1,0 +1,105 @@
+"""Stage ``index``: rewrite every dataset into the canonical tables, check the invariants the
+protocols rely on, and record the statistics.
+
+Writes ``<out>/<name>/split_<k>.json`` for each video set and each of its standard splits,
+``<out>/<name>/images.json`` for each image set, and ``--stats`` (a DVC metrics file): identities,
+tracklets and frames per subset, queries, junk and distractors. Prints the same as a table.
+
+    python -m pipeline.stages.index --params params.yaml --raw data/raw --out data/index \
+        --stats metrics/datasets.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.datasets import index_images, index_video, num_splits
+from pipeline.datasets.common import check_video_invariants, save_image_index, save_video_index
+from pipeline.params import load_params
+from pipeline.stages.common import format_table, run, write_json
+
+log = logging.getLogger("index")
+
+
+def video_stats(table: pd.DataFrame) -> dict:
+    """Statistics of one split of a video set, the way dataset papers report them."""
+    lengths = table["frames"].map(len)
+    stats = {}
+    for subset in ("train", "test"):
+        part = table[table["subset"] == subset]
+        stats[subset] = {
+            "ids": int(part.loc[part["pid"] > 0, "pid"].nunique()),
+            "tracklets": len(part),
+            "frames": int(lengths[part.index].sum()),
+            "cameras": int(part["camid"].nunique()),
+        }
+    test = table[table["subset"] == "test"]
+    stats["test"].update({
+        "queries": int(test["is_query"].sum()),
+        "query_ids": int(test.loc[test["is_query"], "pid"].nunique()),
+        "junk_tracklets": int((test["pid"] == -1).sum()),
+        "distractor_tracklets": int((test["pid"] == 0).sum()),
+    })
+    stats["frames_per_tracklet"] = {"min": int(lengths.min()), "mean": float(lengths.mean()),
+                                    "max": int(lengths.max())}
+    return stats
+
+
+def image_stats(table: pd.DataFrame) -> dict:
+    return {"ids": int(table["pid"].nunique()), "images": len(table),
+            "cameras": int(table["camid"].nunique())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stats", type=Path, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+
+    # build the whole index beside its destination, then swap it in
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
+    stats: dict = {"video": {}, "image": {}}
+    rows = []
+    try:
+        for name in params.data.video:
+            stats["video"][name] = {}
+            for split in range(num_splits(name)):
+                log.info("%s: indexing split %d", name, split)
+                table = index_video(name, args.raw / name, split)
+                check_video_invariants(table, f"{name} split {split}")
+                save_video_index(table, args.raw / name, tmp / name / f"split_{split}.json")
+                s = stats["video"][name][f"split_{split}"] = video_stats(table)
+                rows.append([name, split, s["train"]["ids"], s["train"]["tracklets"],
+                             s["test"]["ids"], s["test"]["tracklets"], s["test"]["queries"],
+                             s["train"]["frames"] + s["test"]["frames"]])
+        for name in params.data.image:
+            log.info("%s: indexing images", name)
+            table = index_images(name, args.raw / name)
+            save_image_index(table, args.raw / name, tmp / name / "images.json")
+            stats["image"][name] = image_stats(table)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        tmp.rename(args.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(args.stats, stats)
+
+    print(format_table(["video set", "split", "train ids", "train tracklets", "test ids",
+                        "test tracklets", "queries", "frames"], rows))
+    print(format_table(["image set", "ids", "images", "cameras"],
+                       [[n, s["ids"], s["images"], s["cameras"]]
+                        for n, s in stats["image"].items()]))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,210 @@
+"""The download and index stages, run as their command lines, and through DVC on a tiny config."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import yaml
+from PIL import Image
+
+from pipeline.datasets import DatasetError
+from pipeline.datasets.common import load_image_index, load_video_index
+from pipeline.stages import download, index
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SYNTHETIC = {
+    "train_identities": 4, "test_identities": 4, "image_identities": 3, "images_per_identity": 2,
+    "cameras": 2, "tracklets_per_camera": 1, "min_length": 2, "max_length": 6,
+    "distractor_tracklets": 1, "junk_tracklets": 1, "height": 32, "width": 16,
+}
+
+
+def write_params(folder: Path, video=("synthetic",), image=("synthetic",), **synthetic) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"video": list(video), "image": list(image)},
+        "synthetic": {**TINY_SYNTHETIC, **synthetic},
+    }))
+    return path
+
+
+def run_stages(tmp_path: Path, params: Path) -> dict:
+    download.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--archives",
+                   str(tmp_path / "archives"), "--manifest", str(tmp_path / "download.json")])
+    index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
+                str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+    return json.loads((tmp_path / "stats.json").read_text())
+
+
+def test_synthetic_download_and_index(tmp_path, capsys):
+    stats = run_stages(tmp_path, write_params(tmp_path))
+    table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
+    images = load_image_index(tmp_path / "index" / "synthetic" / "images.json")
+    # the tables on disk point at real files under the dataset root
+    assert all(Path(f).is_file() for frames in table["frames"] for f in frames)
+    assert all(Path(p).is_file() for p in images["path"])
+    video = stats["video"]["synthetic"]["split_0"]
+    assert video["train"]["ids"] == 4 and video["test"]["ids"] == 4
+    assert video["train"]["tracklets"] == 4 * 2
+    assert video["test"]["tracklets"] == 4 * 2 + 1 + 1  # + a distractor and a junk tracklet
+    assert video["test"]["queries"] == 4
+    assert video["test"]["junk_tracklets"] == 1 and video["test"]["distractor_tracklets"] == 1
+    assert stats["image"]["synthetic"] == {"ids": 3, "images": 6, "cameras": 2}
+    assert video["frames_per_tracklet"]["min"] >= 2 and video["frames_per_tracklet"]["max"] <= 6
+    printed = capsys.readouterr().out
+    assert "train tracklets" in printed and "synthetic" in printed
+
+
+def test_synthetic_regenerates_only_when_its_params_change(tmp_path):
+    params = write_params(tmp_path)
+    run_stages(tmp_path, params)
+    manifest = json.loads((tmp_path / "download.json").read_text())
+    stamp = tmp_path / "raw" / "synthetic" / "identities.json"
+    before = stamp.stat().st_mtime_ns
+    run_stages(tmp_path, params)
+    assert stamp.stat().st_mtime_ns == before  # same params: left alone
+    assert json.loads((tmp_path / "download.json").read_text()) == manifest
+    run_stages(tmp_path, write_params(tmp_path, seed=1))
+    changed = json.loads((tmp_path / "download.json").read_text())
+    assert changed["synthetic"]["sha256"] != manifest["synthetic"]["sha256"]
+
+
+def fabricate_ilidsvid(base: Path, people: int = 4) -> None:
+    """A miniature iLIDS-VID in the layout of iLIDS-VID.tar."""
+    for cam in (1, 2):
+        for p in range(1, people + 1):
+            folder = base / "i-LIDS-VID" / "sequences" / f"cam{cam}" / f"person{p:03d}"
+            folder.mkdir(parents=True)
+            for frame in (5, 40, 300):
+                Image.new("RGB", (4, 8)).save(folder / f"cam{cam}_person{p:03d}_{frame:05d}.png")
+    splits = base / "train-test people splits"
+    splits.mkdir()
+    ls_set = np.array([[1, 2, 3, 4], [3, 4, 1, 2]] * 5, dtype=np.float64)
+    scipy.io.savemat(splits / "train_test_splits_ilidsvid.mat", {"ls_set": ls_set})
+
+
+def test_real_set_from_a_user_archive(tmp_path):
+    tree = tmp_path / "tree"
+    fabricate_ilidsvid(tree)
+    archives = tmp_path / "archives" / "ilidsvid"
+    archives.mkdir(parents=True)
+    with tarfile.open(archives / "iLIDS-VID.tar", "w") as tar:
+        for entry in sorted(tree.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    # the published md5 belongs to the real archive: a fabricated one must be refused...
+    params = write_params(tmp_path, video=["ilidsvid"], image=["synthetic"])
+    with pytest.raises(DatasetError, match="does not match the published"):
+        run_stages(tmp_path, params)
+    assert not (tmp_path / "raw" / "ilidsvid" / "i-LIDS-VID").exists()
+
+
+def test_real_set_extracted_from_an_archive_without_published_md5(tmp_path):
+    archives = tmp_path / "archives" / "prid2011"
+    archives.mkdir(parents=True)
+    with zipfile.ZipFile(archives / "prid_2011.zip", "w") as zf:
+        for cam in ("cam_a", "cam_b"):
+            for person in range(1, 5):
+                for frame in range(1, 28):
+                    zf.writestr(f"prid_2011/multi_shot/{cam}/person_{person:04d}/{frame:04d}.png",
+                                png_bytes())
+    stats = run_stages(tmp_path, write_params(tmp_path, video=["prid2011"], image=["synthetic"]))
+    manifest = json.loads((tmp_path / "download.json").read_text())
+    assert manifest["prid2011"]["source"] == "archives"
+    assert list(manifest["prid2011"]["md5"]) == ["prid_2011.zip"]
+    assert manifest["prid2011"]["files"] == 2 * 4 * 27
+    split = stats["video"]["prid2011"]["split_3"]
+    assert split["train"]["ids"] == 2 and split["test"]["ids"] == 2
+    assert split["test"]["queries"] == 2 and split["frames_per_tracklet"]["min"] == 27
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_real_set_already_extracted(tmp_path):
+    fabricate_ilidsvid(tmp_path / "raw" / "ilidsvid")
+    stats = run_stages(tmp_path, write_params(tmp_path, video=["ilidsvid"], image=["synthetic"]))
+    manifest = json.loads((tmp_path / "download.json").read_text())
+    assert manifest["ilidsvid"]["source"] == "extracted"
+    assert manifest["ilidsvid"]["files"] == 2 * 4 * 3 + 1
+    assert sorted(stats["video"]["ilidsvid"]) == [f"split_{k}" for k in range(10)]
+    split0 = stats["video"]["ilidsvid"]["split_0"]
+    assert split0["test"]["queries"] == 2 and split0["train"]["ids"] == 2
+    table = load_video_index(tmp_path / "index" / "ilidsvid" / "split_1.json")
+    assert sorted(table.loc[table["subset"] == "test", "pid"].unique()) == [3, 4]
+
+
+def test_missing_real_set_says_where_to_get_it(tmp_path):
+    params = write_params(tmp_path, video=["mars"], image=["synthetic"])
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.stages.download", "--params", str(params), "--raw",
+         str(tmp_path / "raw"), "--archives", str(tmp_path / "archives"), "--manifest",
+         str(tmp_path / "download.json")],
+        cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "bbox_train.zip, bbox_test.zip" in result.stderr
+    assert str(tmp_path / "archives" / "mars") in result.stderr
+    assert "info/" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "download.json").exists()
+
+
+def test_index_refuses_a_vanished_frame(tmp_path):
+    params = write_params(tmp_path)
+    run_stages(tmp_path, params)
+    victim = next((tmp_path / "raw" / "synthetic" / "video" / "bbox_test").rglob("*.jpg"))
+    victim.unlink()
+    before = sorted(p.name for p in (tmp_path / "index").iterdir())
+    with pytest.raises(DatasetError, match="does not exist"):
+        index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
+                    str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+    # the previous index is untouched and no temporary folder is left beside it
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_dvc_pipeline_and_what_model_params_rerun(tmp_path):
+    """`dvc repro` runs download and index; changing model.K leaves both up to date."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "pipeline", work / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (work / "data" / "archives").mkdir(parents=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["synthetic"].update(TINY_SYNTHETIC)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    env_path = f"{Path(sys.executable).parent}:{Path('/usr/bin')}:{Path('/bin')}"
+
+    def sh(*cmd):
+        return subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True,
+                              env={"PATH": env_path, "HOME": str(tmp_path)}).stdout
+
+    sh("git", "init", "-q")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
+       "-m", "init")
+    sh(*dvc, "repro")
+    assert (work / "metrics" / "datasets.json").is_file()
+    assert (work / "data" / "index" / "synthetic" / "split_0.json").is_file()
+    params["model"]["K"] = 8
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "up to date" in sh(*dvc, "status")
+    params["synthetic"]["seed"] = 3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh(*dvc, "status")
+    assert "download:" in status and "modified:           synthetic" in status
