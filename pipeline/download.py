@@ -13,6 +13,7 @@ Downloaded files are only ever read as archives or images: never executed or imp
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -85,7 +86,10 @@ def fetch(url: str, dest: str | Path, md5: str | None = None, timeout: float = 6
     except urllib.error.HTTPError as err:
         if err.code != 416:  # 416: the .part already holds every byte
             raise DownloadError(f"downloading {url}: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        if isinstance(err, http.client.IncompleteRead):  # a chunked body cut: keep what came
+            with open(part, "ab") as out:
+                out.write(err.partial)
         raise DownloadError(f"downloading {url} to {part} failed ({err}); run again to resume "
                             "from the bytes already received") from err
     if total is not None and part.stat().st_size < total:

@@ -74,6 +74,11 @@ def test_synthetic_regenerates_only_when_its_params_change(tmp_path):
     run_stages(tmp_path, params)
     assert stamp.stat().st_mtime_ns == before  # same params: left alone
     assert json.loads((tmp_path / "download.json").read_text()) == manifest
+    # a set made by another version of the generator is stale
+    made = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**made, "generator": "older"}))
+    run_stages(tmp_path, params)
+    assert json.loads(stamp.read_text())["generator"] == made["generator"]
     run_stages(tmp_path, write_params(tmp_path, seed=1))
     changed = json.loads((tmp_path / "download.json").read_text())
     assert changed["synthetic"]["sha256"] != manifest["synthetic"]["sha256"]

@@ -53,14 +53,6 @@ def by_frame_number(paths: Iterable[Path], pattern: str) -> list[Path]:
     return [path for *_, path in sorted(keyed)]
 
 
-def confined(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing a path (from a split or name file) that leaves ``root``."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DatasetError(f"{relative!r} (from a split or name file) points outside {root}")
-    return path
-
-
 def video_table(rows: list[dict], source: Path) -> pd.DataFrame:
     """The canonical video table from reader rows, with dtypes fixed and basic invariants checked:
     no empty tracklet, queries only among test tracklets."""

@@ -53,6 +53,9 @@ def index(root: Path, split_id: int = 0) -> pd.DataFrame:
     if order.min() < 1 or order.max() > len(people):
         raise DatasetError(f"{root / SPLIT_FILE}: split {split_id} names person indices up to "
                            f"{order.max()}, but {sequences / 'cam1'} holds {len(people)} people")
+    if len(set(order)) != len(order):
+        raise DatasetError(f"{root / SPLIT_FILE}: split {split_id} lists a person index more than "
+                           "once")
     num_test = len(order) // 2
     subsets = {people[i - 1]: "test" for i in order[:num_test]}
     subsets |= {people[i - 1]: "train" for i in order[num_test:]}

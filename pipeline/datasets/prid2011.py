@@ -75,6 +75,8 @@ def _split(root: Path, eligible: list[int], split_id: int) -> tuple[list[int], l
         order = np.random.default_rng([SPLIT_SEED, split_id]).permutation(eligible)
         half = len(order) // 2
         return sorted(int(p) for p in order[half:2 * half]), sorted(int(p) for p in order[:half])
+    if split_id < 0:  # a negative index would silently pick a split from the end of the list
+        raise DatasetError(f"{path}: split_id must be >= 0, got {split_id}")
     try:
         splits = json.loads(path.read_text())
         split = splits[split_id]
@@ -83,7 +85,12 @@ def _split(root: Path, eligible: list[int], split_id: int) -> tuple[list[int], l
         raise DatasetError(f"{path}: expected a list of at least {split_id + 1} splits "
                            '{"train": [...], "test": [...]} of person numbers or folder names '
                            f"({type(err).__name__}: {err})") from err
-    unknown = sorted(set(people["train"] + people["test"]) - set(eligible))
+    listed = people["train"] + people["test"]
+    repeated = sorted({p for p in listed if listed.count(p) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: split {split_id} lists people more than once (or in both "
+                           f"train and test): {repeated[:10]}")
+    unknown = sorted(set(listed) - set(eligible))
     if unknown:
         raise DatasetError(f"{path}: split {split_id} names people without a tracklet of at least "
                            f"{MIN_FRAMES} frames in both cameras: {unknown[:10]}")

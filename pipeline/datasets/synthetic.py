@@ -33,6 +33,7 @@ Everything is drawn with PIL primitives and numpy array operations, deterministi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -113,17 +114,28 @@ def sibling(base: Identity, rng: np.random.Generator) -> Identity:
     return dataclasses.replace(base, **changes)
 
 
+def appearance(ident: Identity) -> Identity:
+    """``ident`` with the fields ``draw_person`` does not show reset: the hair under a hat, the
+    texture colour of a plain torso, the colour of a missing bag. Two identities look alike
+    exactly when their appearances are equal."""
+    return dataclasses.replace(
+        ident, hair=0 if ident.hat >= 0 else ident.hair,
+        texture_colour=0 if TEXTURES[ident.texture] == "plain" else ident.texture_colour,
+        bag_colour=0 if BAGS[ident.bag] == "none" else ident.bag_colour)
+
+
 def make_identities(count: int, sibling_rate: float, rng: np.random.Generator) -> list[Identity]:
-    """``count`` distinct identities, about ``sibling_rate`` of them one-part variants."""
+    """``count`` identities that all look different, about ``sibling_rate`` of them one-part
+    variants (a variant whose change would not show is drawn again)."""
     identities: list[Identity] = []
-    seen: set[Identity] = set()
+    seen: set[Identity] = set()  # appearances
     while len(identities) < count:
         if identities and rng.random() < sibling_rate:
             candidate = sibling(identities[int(rng.integers(len(identities)))], rng)
         else:
             candidate = random_identity(rng)
-        if candidate not in seen:
-            seen.add(candidate)
+        if appearance(candidate) not in seen:
+            seen.add(appearance(candidate))
             identities.append(candidate)
     return identities
 
@@ -253,6 +265,11 @@ def render_tracklet(ident: Identity | None, camera: Camera, backdrop: np.ndarray
 # --- the dataset ----------------------------------------------------------------------------------
 
 
+def generator_version() -> str:
+    """A hash of this module's source: a set on disk made by other code is stale."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def generate(cfg: SyntheticParams, root: str | Path) -> Path:
     """Write the dataset under ``root`` (replaced whole, atomically) and return ``root``."""
     root = Path(root)
@@ -281,7 +298,7 @@ def _write(cfg: SyntheticParams, out: Path) -> None:
     video = out / "video"
     train_ids = range(1, cfg.train_identities + 1)
     test_ids = range(cfg.train_identities + 1, cfg.train_identities + cfg.test_identities + 1)
-    manifest = {"params": dataclasses.asdict(cfg),
+    manifest = {"params": dataclasses.asdict(cfg), "generator": generator_version(),
                 "cameras": [dataclasses.asdict(c) for c in cameras], "identities": {}}
 
     for subset, pids in (("train", train_ids), ("test", test_ids)):

@@ -48,15 +48,17 @@ def layout_error(name: str, root: Path, video: bool, image: bool) -> str | None:
 
 
 def prepare_synthetic(cfg: SyntheticParams, root: Path) -> dict:
-    """Generate the synthetic set unless ``root`` already holds one made with ``cfg``."""
+    """Generate the synthetic set unless ``root`` already holds one made with ``cfg`` by this
+    version of the generator."""
     stamp = root / "identities.json"
     wanted = dataclasses.asdict(cfg)
-    if stamp.exists() and json.loads(stamp.read_text()).get("params") == wanted:
+    made = json.loads(stamp.read_text()) if stamp.exists() else {}
+    if made.get("params") == wanted and made.get("generator") == synthetic.generator_version():
         log.info("synthetic: %s is up to date", root)
     else:
         log.info("synthetic: generating into %s", root)
         synthetic.generate(cfg, root)
-    return {"source": "generated", "params": wanted}
+    return {"source": "generated", "params": wanted, "generator": synthetic.generator_version()}
 
 
 def prepare_real(name: str, root: Path, archive_dir: Path, raw: Path, video: bool,

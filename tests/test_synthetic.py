@@ -1,0 +1,321 @@
+"""The synthetic re-id set: read back by the MARS and Market-1501 readers, with the real protocols'
+split invariants, deterministic from its seed, and with the parts, occluders and camera effects
+that its docstring promises."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import index_images, index_video, synthetic
+from pipeline.datasets.synthetic import (
+    CLOTHES,
+    Camera,
+    Identity,
+    generate,
+    make_identities,
+    random_identity,
+    render_tracklet,
+    sibling,
+)
+from pipeline.params import ParamsError, SyntheticParams, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 6  # frames per clip (model.N): the set must have tracklets shorter than that
+TINY = SyntheticParams(train_identities=6, test_identities=6, image_identities=4,
+                       images_per_identity=2, cameras=2, tracklets_per_camera=2, min_length=2,
+                       max_length=9, distractor_tracklets=2, junk_tracklets=2, height=64, width=32)
+# the part groups of synthetic.PARTS: a sibling changes the fields of exactly one of them
+GROUPS = {"head": ("hair", "hat"), "torso": ("torso",), "texture": ("texture", "texture_colour"),
+          "legs": ("legs", "shorts"), "shoes": ("shoes",), "bag": ("bag", "bag_colour")}
+PLAIN = Camera(gain=1.0, cast=(1.0, 1.0, 1.0), mirror=False, scale=0.85, noise=0.0, background=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return generate(TINY, tmp_path_factory.mktemp("tiny") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tiny_root):
+    return index_video("synthetic", tiny_root)
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every file's relative path and bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def changed_groups(a: Identity, b: Identity) -> list[str]:
+    return [g for g, names in GROUPS.items()
+            if any(getattr(a, n) != getattr(b, n) for n in names)]
+
+
+def identity_parts(entry: dict) -> tuple:
+    """An identities.json entry without its split: the identity's fields, in order."""
+    return tuple(entry[f.name] for f in dataclasses.fields(Identity))
+
+
+# --- the set as the readers see it ----------------------------------------------------------------
+
+
+def test_tiny_set_reads_back_with_the_configured_counts(tiny_root, tiny_video):
+    """Per identity 1..tracklets_per_camera tracklets in every camera; lengths in range."""
+    video = tiny_video
+    people = video[video["pid"] > 0]
+    assert sorted(people.loc[people["subset"] == "train", "pid"].unique()) == list(range(1, 7))
+    assert sorted(people.loc[people["subset"] == "test", "pid"].unique()) == list(range(7, 13))
+    per_camera = people.groupby(["pid", "camid"]).size()
+    assert per_camera.between(1, TINY.tracklets_per_camera).all()
+    assert (people.groupby("pid")["camid"].nunique() == TINY.cameras).all()
+    per_pid = people.groupby("pid").size()
+    assert per_pid.between(TINY.cameras, TINY.cameras * TINY.tracklets_per_camera).all()
+    assert per_pid.nunique() > 1  # the number of tracklets does vary
+
+    lengths = video["frames"].map(len)
+    assert lengths.between(TINY.min_length, TINY.max_length).all()
+    assert (lengths < N).any()
+    assert lengths.nunique() > 3
+
+
+def test_tiny_set_frames_are_in_order_and_on_disk(tiny_video):
+    for row in tiny_video.itertuples():
+        numbers = [int(re.search(r"F(\d+)\.jpg$", p.name).group(1)) for p in row.frames]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert all(p.is_file() for p in row.frames)
+        assert {p.parent.name for p in row.frames} == {"00-1" if row.pid == -1
+                                                        else f"{row.pid:04d}"}
+
+
+def test_tiny_set_images(tiny_root):
+    """images_per_identity Market-1501-named images for each of the image identities."""
+    table = index_images("synthetic", tiny_root)
+    assert len(table) == TINY.image_identities * TINY.images_per_identity
+    assert table.groupby("pid").size().to_dict() == {p: 2 for p in range(1, 5)}
+    assert table["camid"].between(1, TINY.cameras).all()
+    assert all(Path(p).is_file() for p in table["path"])
+
+
+def test_split_invariants(tiny_video):
+    """Disjoint train/test ids; one query per test id, with gallery tracklets in the other
+    cameras; distractors (0) and junk (-1) in the test set only, never queries."""
+    video = tiny_video
+    train, test = video[video["subset"] == "train"], video[video["subset"] == "test"]
+    assert not set(train["pid"]) & set(test["pid"])
+    queries = test[test["is_query"]]
+    assert sorted(queries["pid"]) == list(range(7, 13))
+    for query in queries.itertuples():
+        gallery = test[(test["pid"] == query.pid) & ~test["is_query"]]
+        assert set(gallery["camid"]) >= set(range(1, TINY.cameras + 1)) - {query.camid}
+    assert (test["pid"] == 0).sum() == TINY.distractor_tracklets
+    assert (test["pid"] == -1).sum() == TINY.junk_tracklets
+    assert not test.loc[test["pid"] <= 0, "is_query"].any()
+    assert (train["pid"] > 0).all()
+    assert not train["is_query"].any()
+
+
+def test_identities_are_distinct_across_splits(tiny_root):
+    """identities.json: every identity once, image identities none of the video ones."""
+    manifest = json.loads((tiny_root / "identities.json").read_text())
+    entries = manifest["identities"]
+    assert len(entries) == 6 + 6 + 4
+    parts = {key: identity_parts(e) for key, e in entries.items()}
+    assert len(set(parts.values())) == len(parts)
+    video_parts = {parts[k] for k, e in entries.items() if e["subset"] in ("train", "test")}
+    image_parts = {parts[k] for k, e in entries.items() if e["subset"] == "images"}
+    assert len(image_parts) == 4
+    assert not image_parts & video_parts
+    assert {e["subset"] for k, e in entries.items() if k.startswith("image-")} == {"images"}
+
+
+# --- determinism and the atomic write -------------------------------------------------------------
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tiny_root, tmp_path):
+    again = generate(TINY, tmp_path / "again")
+    assert tree_digest(again) == tree_digest(tiny_root)
+    other = generate(dataclasses.replace(TINY, seed=1), tmp_path / "other")
+    assert tree_digest(other) != tree_digest(tiny_root)
+
+
+def test_generate_replaces_the_root_whole(tmp_path):
+    """A stale file in the root is gone afterwards, and no temporary folder stays beside it."""
+    root = tmp_path / "synthetic"
+    root.mkdir()
+    (root / "stale.txt").write_text("old")
+    generate(TINY, root)
+    assert not (root / "stale.txt").exists()
+    assert (root / "identities.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+def test_failed_generation_keeps_the_old_root(tmp_path, monkeypatch):
+    """A generation that fails halfway leaves the previous set as it was, and no temp folder."""
+    root = tmp_path / "synthetic"
+    root.mkdir()
+    (root / "old.txt").write_text("old")
+
+    def broken(cfg, out):
+        (out / "half.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synthetic, "_write", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(TINY, root)
+    assert sorted(p.name for p in root.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
+
+
+# --- identities and siblings ----------------------------------------------------------------------
+
+
+def one_group_neighbours(identities: list[Identity]) -> int:
+    """How many identities differ from some other one in exactly one part group."""
+    return sum(any(len(changed_groups(a, b)) == 1 for b in identities if b is not a)
+               for a in identities)
+
+
+def test_groups_cover_every_field():
+    assert set(GROUPS) == set(synthetic.PARTS)
+    grouped = {n for names in GROUPS.values() for n in names}
+    assert grouped | {"skin"} == {f.name for f in dataclasses.fields(Identity)}
+
+
+def test_sibling_changes_exactly_one_group():
+    """Each draw changes at most one part group, nearly always exactly one, and every group
+    gets its turn."""
+    rng = np.random.default_rng(0)
+    counts = {g: 0 for g in GROUPS}
+    unchanged = 0
+    for _ in range(600):
+        base = random_identity(rng)
+        changed = changed_groups(base, sibling(base, rng))
+        assert len(changed) <= 1
+        unchanged += not changed
+        for g in changed:
+            counts[g] += 1
+    assert unchanged < 600 * 0.2
+    assert min(counts.values()) > 40
+
+
+def test_sibling_rate_controls_one_part_variants():
+    """sibling_rate 1: every identity has a one-group neighbour; 0: (almost) none has."""
+    with_siblings = make_identities(60, 1.0, np.random.default_rng(0))
+    without = make_identities(60, 0.0, np.random.default_rng(0))
+    assert one_group_neighbours(with_siblings) == 60
+    assert one_group_neighbours(without) <= 6
+
+
+def appearance_key(ident: Identity) -> tuple:
+    """What draw_person shows: hair only without a hat, the texture colour only on a textured
+    torso, the bag colour only with a bag."""
+    return (None if ident.hat >= 0 else ident.hair, ident.hat, ident.skin, ident.torso,
+            ident.texture, ident.texture_colour if ident.texture else None, ident.legs,
+            ident.shorts, ident.shoes, ident.bag, ident.bag_colour if ident.bag else None)
+
+
+@pytest.mark.parametrize("sibling_rate", [0.5, 1.0])
+def test_no_two_identities_look_alike(sibling_rate):
+    """A change to a part that is not drawn (hair under a hat, the colour of a missing bag or of a
+    plain torso's texture) does not count: every identity must look different."""
+    identities = make_identities(300, sibling_rate, np.random.default_rng(1))
+    assert len({appearance_key(i) for i in identities}) == 300
+
+
+# --- rendering: occluders and cameras -------------------------------------------------------------
+
+SUBJECT = Identity(hair=0, hat=-1, skin=0, torso=2, texture=1, texture_colour=3, legs=5,
+                   shorts=False, shoes=1, bag=1, bag_colour=7)  # bag "left", orange
+
+
+def band_rows(frame: np.ndarray, share: float = 0.6) -> tuple[np.ndarray, set[tuple]]:
+    """Rows where one palette colour covers at least ``share`` of the width, and those colours."""
+    rows, colours = [], set()
+    for y, row in enumerate(frame):
+        for colour in CLOTHES:
+            if (row == colour).all(axis=1).mean() >= share:
+                rows.append(y)
+                colours.add(tuple(int(v) for v in colour))
+    return np.asarray(rows), colours
+
+
+def test_occluders_hide_a_moving_band():
+    """Occluded: most frames carry a horizontal band of one constant palette colour, at varying
+    heights. Not occluded: no such band (the person alone is too narrow for it)."""
+    H, W = 64, 64
+    backdrop = np.random.default_rng(0).integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
+    frames = render_tracklet(SUBJECT, PLAIN, backdrop, 30, True, (H, W), np.random.default_rng(1))
+    bands = [band_rows(f) for f in frames]
+    occluded = [(rows, colours) for rows, colours in bands if len(rows)]
+    assert len(occluded) >= 15
+    assert len(set().union(*(c for _, c in occluded))) == 1  # one occluder colour per tracklet
+    for rows, _ in occluded:
+        assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))  # one contiguous band
+        assert len(rows) >= 0.2 * H
+    assert len({rows[0] for rows, _ in occluded}) >= 5
+
+    clear = render_tracklet(SUBJECT, PLAIN, backdrop, 30, False, (H, W), np.random.default_rng(1))
+    assert all(len(band_rows(f)[0]) == 0 for f in clear)
+
+
+def test_camera_gain_changes_brightness():
+    H, W = 128, 64
+    backdrop = synthetic.background(PLAIN, H, W)
+    dim, bright = (dataclasses.replace(PLAIN, gain=g) for g in (0.6, 1.2))
+    frames = [np.stack(render_tracklet(SUBJECT, cam, backdrop, 5, False, (H, W),
+                                       np.random.default_rng(3))).astype(float)
+              for cam in (dim, bright)]
+    assert frames[1].mean() > 1.4 * frames[0].mean()
+
+
+def bag_centroids(mirror: bool) -> list[float]:
+    """Column centroid of the bag colour in each frame, on a plain grey backdrop."""
+    H, W = 128, 64
+    backdrop = np.full((2 * H, 2 * W, 3), 90, dtype=np.uint8)
+    camera = dataclasses.replace(PLAIN, mirror=mirror)
+    frames = render_tracklet(SUBJECT, camera, backdrop, 10, False, (H, W),
+                             np.random.default_rng(4))
+    bag = CLOTHES[SUBJECT.bag_colour]
+    return [float(np.nonzero((f == bag).all(axis=2))[1].mean()) for f in frames]
+
+
+def test_mirrored_camera_moves_the_bag_to_the_other_side():
+    assert all(x < 32 for x in bag_centroids(mirror=False))
+    assert all(x > 32 for x in bag_centroids(mirror=True))
+
+
+# --- params and the default set -------------------------------------------------------------------
+
+
+def test_min_length_above_max_length_is_refused():
+    with pytest.raises(ParamsError, match=r"synthetic\.min_length"):
+        load_params(ROOT / "params.yaml", {"synthetic.min_length": 12, "synthetic.max_length": 8})
+    with pytest.raises(ParamsError, match=r"synthetic\.min_length"):
+        SyntheticParams(min_length=5, max_length=4)
+
+
+def test_default_set_sizes(tmp_path):
+    """The default config: 64 + 64 ids x 3 cameras, 8 + 8 extra test tracklets, 64 queries,
+    128 x 6 images."""
+    cfg = SyntheticParams()
+    root = generate(cfg, tmp_path / "synthetic")
+    video = index_video("synthetic", root)
+    train, test = video[video["subset"] == "train"], video[video["subset"] == "test"]
+    assert len(train) == 64 * 3
+    assert train["pid"].nunique() == 64
+    assert len(test) == 64 * 3 + 8 + 8
+    assert test["is_query"].sum() == 64
+    assert ((test["pid"] == 0).sum(), (test["pid"] == -1).sum()) == (8, 8)
+    assert video["frames"].map(len).between(cfg.min_length, cfg.max_length).all()
+    images = index_images("synthetic", root)
+    assert len(images) == 128 * 6
+    assert images["pid"].nunique() == 128
