@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import http.server
 import io
 import json
 import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -17,8 +21,9 @@ import scipy.io
 import yaml
 from PIL import Image
 
-from pipeline.datasets import DatasetError
+from pipeline.datasets import DatasetError, sources
 from pipeline.datasets.common import load_image_index, load_video_index
+from pipeline.download import md5sum
 from pipeline.stages import download, index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +218,36 @@ def test_dvc_pipeline_and_what_model_params_rerun(tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = sh(*dvc, "status")
     assert "download:" in status and "modified:           synthetic" in status
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (a random port) for the test's duration."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_real_set_downloaded_from_its_url(tmp_path, http_root, monkeypatch):
+    """A set with a public URL is fetched into the archives folder, md5-checked, extracted."""
+    served, base = http_root
+    tree = tmp_path / "tree"
+    fabricate_ilidsvid(tree)
+    with tarfile.open(served / "iLIDS-VID.tar", "w") as tar:
+        for entry in sorted(tree.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    archive = sources.Archive("iLIDS-VID.tar", md5sum(served / "iLIDS-VID.tar"),
+                              f"{base}/iLIDS-VID.tar")
+    monkeypatch.setitem(sources.SOURCES, "ilidsvid",
+                        dataclasses.replace(sources.SOURCES["ilidsvid"], archives=(archive,)))
+    stats = run_stages(tmp_path, write_params(tmp_path, video=["ilidsvid"], image=["synthetic"]))
+    assert (tmp_path / "archives" / "ilidsvid" / "iLIDS-VID.tar").is_file()
+    manifest = json.loads((tmp_path / "download.json").read_text())
+    assert manifest["ilidsvid"]["md5"] == {"iLIDS-VID.tar": archive.md5}
+    assert stats["video"]["ilidsvid"]["split_0"]["test"]["queries"] == 2
