@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -326,11 +327,11 @@ def _write(cfg: SyntheticParams, out: Path) -> None:
         info = video / "info"
         info.mkdir(parents=True, exist_ok=True)
         (info / f"{subset}_name.txt").write_text("".join(n + "\n" for n in names))
-        scipy.io.savemat(info / f"tracks_{subset}_info.mat",
-                         {f"track_{subset}_info": np.asarray(tracks, dtype=np.float64)})
+        _savemat(info / f"tracks_{subset}_info.mat",
+                 {f"track_{subset}_info": np.asarray(tracks, dtype=np.float64)})
         if subset == "test":
-            scipy.io.savemat(info / "query_IDX.mat",
-                             {"query_IDX": np.asarray(queries, dtype=np.float64)[None, :]})
+            _savemat(info / "query_IDX.mat",
+                     {"query_IDX": np.asarray(queries, dtype=np.float64)[None, :]})
 
     images = out / "images" / "bounding_box_train"
     images.mkdir(parents=True)
@@ -366,6 +367,15 @@ def _write_tracklet(folder: Path, pid: int, cam: int, tracklet_no: int, ident: I
         _save_jpeg(frame, pid_dir / name)
         names.append(name)
     return [start, len(names), pid, cam]
+
+
+def _savemat(path: Path, content: dict) -> None:
+    """``scipy.io.savemat`` with a fixed header: scipy stamps the creation time into the first 116
+    bytes, which would make two generations with the same seed differ."""
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, content)
+    header = b"MATLAB 5.0 MAT-file, written by pipeline.datasets.synthetic".ljust(116)
+    path.write_bytes(header + buffer.getvalue()[116:])
 
 
 def _save_jpeg(frame: np.ndarray, path: Path) -> None:
