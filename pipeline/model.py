@@ -39,10 +39,12 @@ class Backbone(nn.Module):
     """A torchvision ResNet from conv1 to its last block (res5c for ResNet-50, paper §3.2).
 
     (B, 3, H, W) -> (B, D, H/32, W/32): a 256x128 frame gives an 8x4 grid of D = 2048 (ResNet-50)
-    or 512 (ResNet-18/34) channels. Submodule names are torchvision's, so its state dicts load.
+    or 512 (ResNet-18/34) channels. ``last_stride=1`` removes the stride of the last block, a common
+    re-id choice that doubles the grid (H/16 x W/16): a 128x64 frame then also gives 8x4 cells.
+    Submodule names are torchvision's, so its state dicts load.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, last_stride: int = 2) -> None:
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: "
@@ -53,6 +55,12 @@ class Backbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_channels = net.fc.in_features  # D
+        if last_stride == 1:
+            first = self.layer4[0]  # stride: conv2 of a bottleneck, conv1 of a basic block
+            (first.conv2 if hasattr(first, "conv3") else first.conv1).stride = (1, 1)
+            first.downsample[0].stride = (1, 1)
+        elif last_stride != 2:
+            raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
@@ -60,11 +68,11 @@ class Backbone(nn.Module):
         return x
 
 
-def build_backbone(name: str, init: str) -> Backbone:
+def build_backbone(name: str, init: str, last_stride: int = 2) -> Backbone:
     """A backbone initialised from ``init``: ``imagenet`` (torchvision's weights), ``scratch``
     (random, torchvision's init), or the path of a checkpoint written by this pipeline or a plain
     torchvision state dict."""
-    backbone = Backbone(name)
+    backbone = Backbone(name, last_stride)
     if init == "scratch":
         return backbone
     state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
@@ -102,15 +110,17 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
 
 
 def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
-    """Backbone weights from a checkpoint: this pipeline's (``{"model": state_dict, ...}`` whose
-    backbone keys start with ``backbone.``) or a plain torchvision ResNet state dict."""
+    """Backbone weights from a checkpoint: this pipeline's (``{"state" or "model": state_dict}``
+    whose backbone keys start with ``backbone.``) or a plain torchvision ResNet state dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init: {path} is neither 'imagenet', 'scratch' nor an "
                                 "existing checkpoint file")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    for key in ("state", "model"):  # this pipeline's exported models and resume checkpoints
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise ValueError(f"model.init: {path} holds a {type(state).__name__}, not a state dict")
     prefixed = {k.removeprefix("backbone."): v for k, v in state.items()
@@ -261,7 +271,7 @@ class DRSA(nn.Module):
 
     def __init__(self, cfg: ModelParams, in_channels: int) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
         self.spatial = SpatialAttention(D, K, cfg.d)
         self.enhance = Enhancement(cfg.enhancement, K)
@@ -291,7 +301,7 @@ class BaselineHead(nn.Module):
 
     def __init__(self, cfg: ModelParams, in_channels: int) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.in_channels = cfg, in_channels
         self.embed = nn.Linear(in_channels, cfg.embed_dim)
 
     def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
@@ -323,14 +333,14 @@ def build_model(cfg: ModelParams, head: str = "drsa", init: str | None = None) -
     """Backbone (initialised from ``init``, default ``cfg.init``) plus the named head."""
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of: {', '.join(HEADS)}")
-    backbone = build_backbone(cfg.backbone, cfg.init if init is None else init)
+    backbone = build_backbone(cfg.backbone, cfg.init if init is None else init, cfg.last_stride)
     return VideoReIDNet(backbone, HEADS[head](cfg, backbone.out_channels))
 
 
-def grid_size(height: int, width: int) -> tuple[int, int]:
+def grid_size(height: int, width: int, last_stride: int = 2) -> tuple[int, int]:
     """The (H, W) grid a ResNet gives for an input of ``height`` x ``width`` pixels."""
-    def down(size: int) -> int:  # conv1 (stride 2), maxpool, then layers 2-4 (stride 2 each)
-        for _ in range(5):
+    def down(size: int) -> int:  # conv1, maxpool, layers 2-3 (stride 2 each), layer 4
+        for _ in range(4 if last_stride == 1 else 5):
             size = (size + 1) // 2
         return size
     return down(height), down(width)

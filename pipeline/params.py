@@ -31,7 +31,10 @@ TEMPORAL_POOLINGS = ("attention", "avg", "max")
 DIVERSITY_KINDS = ("hellinger", "sparse", "none")
 LOSSES = ("oim", "softmax")
 PROTOCOLS = ("official", "torchreid")
-VIDEO_DATASETS = ("synthetic", "mars", "ilidsvid", "prid2011", "dukev")
+# video sets and how many standard train/test splits each has
+VIDEO_SPLITS = {"synthetic": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10, "dukev": 1}
+VIDEO_DATASETS = tuple(VIDEO_SPLITS)
+DEVICES = ("auto", "cpu", "cuda")
 IMAGE_DATASETS = (
     "synthetic", "market1501", "dukemtmcreid", "cuhk03", "cuhk01", "viper", "cuhksysu", "3dpes",
 )
@@ -82,9 +85,20 @@ def section(factory: Any) -> Any:
 class DataParams:
     video: list[str] = choices(["synthetic"], VIDEO_DATASETS)  # video sets, one branch each
     image: list[str] = choices(["synthetic"], IMAGE_DATASETS)  # image sets pooled for pretraining
+    # split ids of the video sets; each (set, split) is a branch of its own
+    splits: list[int] = field(default_factory=lambda: [0], metadata={"ge": 0, "nonempty": True})
     height: int = at_least(256, 32)  # input height in pixels (paper: 256)
     width: int = at_least(128, 32)  # input width in pixels (paper: 128)
+    augment: bool = True  # training clips: random horizontal flip (whole clip) and small shifts
     num_workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
+
+    def __post_init__(self) -> None:
+        for name in self.video:
+            if name in VIDEO_SPLITS and max(self.splits) >= VIDEO_SPLITS[name]:
+                raise ParamsError(
+                    f"data.splits: {name} has {VIDEO_SPLITS[name]} split(s), so split ids must be "
+                    f"< {VIDEO_SPLITS[name]}, got {self.splits} (run sets with 10 splits, "
+                    "prid2011 and ilidsvid, in an experiment of their own)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class SyntheticParams:
 class ModelParams:
     backbone: str = choice("resnet50", BACKBONES)  # CNN to its last block (paper: ResNet-50)
     init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
+    last_stride: int = field(default=2, metadata={"choices": (1, 2)})  # 1 doubles the grid (H, W)
     N: int = at_least(6, 1)  # frames per clip = restricted-random-sampling chunks (paper §3.1)
     K: int = at_least(6, 1)  # spatial attention heads (paper: 6)
     d: int = at_least(256, 1)  # hidden width of each spatial attention head, eq. 1 (paper: 256)
@@ -166,6 +181,12 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class RuntimeParams:
+    device: str = choice("auto", DEVICES)  # auto: CUDA when available, else CPU
+    amp: bool = True  # bf16 autocast for the backbone on CUDA (losses and softmaxes stay fp32)
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = at_least(0, 0)  # seeds every RNG (python, numpy, torch, samplers)
     data: DataParams = section(DataParams)
@@ -181,6 +202,7 @@ class Params:
     # Whole network, CNN included, end to end per dataset (paper: "Ind").
     joint: TrainParams = section(lambda: TrainParams(epochs=10, lr_step_epoch=7))
     evaluate: EvaluateParams = section(EvaluateParams)
+    runtime: RuntimeParams = section(RuntimeParams)
 
 
 # --- loading and checking ------------------------------------------------------------------------
@@ -290,7 +312,7 @@ def _check_scalar(value: Any, tp: type, key: str) -> Any:
 def _check_range(value: Any, rules: Mapping[str, Any], key: str) -> None:
     if "choices" in rules and value not in rules["choices"]:
         raise ParamsError(f"{key}: unknown value {value!r}; expected one of: "
-                          f"{', '.join(rules['choices'])}")
+                          f"{', '.join(map(str, rules['choices']))}")
     bounds = [("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
               ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")]
     for name, ok, _ in bounds:

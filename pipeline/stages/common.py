@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pipeline.datasets import DatasetError
 from pipeline.download import DownloadError, UnsafeArchiveError
 from pipeline.params import ParamsError
@@ -37,7 +39,7 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (a temporary file, then rename)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -51,6 +53,11 @@ def write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows of equal keys as CSV (DVC plots read it), atomically."""
+    write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,151 @@
+"""Frames, clips and batches: what every training and test loader is made of.
+
+Randomness never comes from a global RNG: each training sample carries its own seed, derived from
+(seed, epoch, batch, position), which drives restricted random sampling and augmentation. So results
+do not depend on the number of DataLoader workers, and a resumed run replays exactly.
+
+Tensor letters: N frames per clip, D channels, H x W pixels (or grid cells for cached features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.datasets import DatasetError
+from pipeline.model import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.params import TrainParams
+from pipeline.sampling import IdentityBatchSampler, restricted_random_sample
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def load_frame(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """An image file as a normalised (3, H, W) float tensor, resized to ``size`` = (H, W)."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DatasetError(f"{path}: cannot read the image ({err})") from err
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+    return (pixels.float() / 255.0 - _MEAN) / _STD
+
+
+def augment_clip(clip: Tensor, rng: np.random.Generator) -> Tensor:
+    """The same random horizontal flip and shift (up to 1/16 of the size) for every frame of a
+    clip (N, 3, H, W), so the frames stay consistent with each other."""
+    if rng.random() < 0.5:
+        clip = clip.flip(-1)
+    H, W = clip.shape[-2:]
+    pad_h, pad_w = max(H // 16, 1), max(W // 16, 1)
+    padded = torch.nn.functional.pad(clip, (pad_w, pad_w, pad_h, pad_h), mode="replicate")
+    top, left = int(rng.integers(2 * pad_h + 1)), int(rng.integers(2 * pad_w + 1))
+    return padded[:, :, top:top + H, left:left + W]
+
+
+def train_labels(pids: Sequence[int]) -> dict[int, int]:
+    """Training identities -> contiguous class labels 0..C-1 (sorted by pid)."""
+    return {int(pid): label for label, pid in enumerate(sorted(set(int(p) for p in pids)))}
+
+
+class SeededBatches:
+    """Wraps an identity batch sampler: each index becomes ``(index, seed)`` with the seed
+    ``(seed, epoch, batch, position)``, the only source of sampling randomness."""
+
+    def __init__(self, sampler: IdentityBatchSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
+        epoch, rank = self.sampler.epoch, self.sampler.rank
+        for b, batch in enumerate(self.sampler):
+            yield [(i, (self.seed, epoch, b, rank, j)) for j, i in enumerate(batch)]
+
+
+def _split(item: int | tuple[int, tuple[int, ...]]) -> tuple[int, np.random.Generator | None]:
+    if isinstance(item, tuple):
+        index, seed = item
+        return index, np.random.default_rng(list(seed))
+    return item, None
+
+
+class ClipDataset(Dataset):
+    """Clips of N frames from the tracklets of a video table (or single images: N = 1, one frame
+    per row). Item: a row index at test time (each chunk's first frame), ``(index, seed)`` in
+    training (one random frame per chunk, augmented). Returns (clip (N, 3, H, W), label, index)."""
+
+    def __init__(self, frames: Sequence[Sequence[str | Path]], labels: Sequence[int],
+                 num_frames: int, size: tuple[int, int], augment: bool = False) -> None:
+        self.frames, self.labels = list(frames), list(labels)
+        self.num_frames, self.size, self.augment = num_frames, size, augment
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, item: int | tuple[int, tuple[int, ...]]) -> tuple[Tensor, int, int]:
+        index, rng = _split(item)
+        frames = self.frames[index]
+        picks = restricted_random_sample(len(frames), self.num_frames, rng is not None, rng)
+        clip = torch.stack([load_frame(frames[i], self.size) for i in picks])  # (N, 3, H, W)
+        if rng is not None and self.augment:
+            clip = augment_clip(clip, rng)
+        return clip, self.labels[index], index
+
+
+class CachedClipDataset(Dataset):
+    """Clips of N cached res5c grids (N, D, h, w) of one subset ("train" or "test") of a feature
+    cache: restricted random sampling over the cached frames of each tracklet. Items and returns
+    as ``ClipDataset``. The HDF5 file is opened lazily, once per worker process."""
+
+    def __init__(self, cache_path: str | Path, subset: str, num_frames: int,
+                 labels: dict[int, int] | None = None) -> None:
+        self.path, self.subset, self.num_frames = Path(cache_path), subset, num_frames
+        with h5py.File(self.path, "r") as f:
+            group = f[subset]
+            self.offsets = group["offsets"][:]
+            self.pids = group["pids"][:]
+        self.labels = [labels[int(p)] for p in self.pids] if labels else [-1] * len(self.pids)
+        self._grids = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, item: int | tuple[int, tuple[int, ...]]) -> tuple[Tensor, int, int]:
+        index, rng = _split(item)
+        if self._grids is None:
+            self._grids = h5py.File(self.path, "r")[self.subset]["grids"]
+        start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
+        picks = restricted_random_sample(stop - start, self.num_frames, rng is not None, rng)
+        unique, inverse = np.unique(picks, return_inverse=True)  # h5py reads increasing indices
+        grids = torch.from_numpy(self._grids[start + unique][inverse])  # (N, D, h, w) fp16
+        return grids.float(), self.labels[index], index
+
+
+def train_loader(dataset: Dataset, pids: Sequence[int], cfg: TrainParams, seed: int,
+                 num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """P x M identity batches of seeded samples."""
+    sampler = IdentityBatchSampler(pids, cfg.identities_per_batch, cfg.instances_per_identity,
+                                   seed=seed)
+    return DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    """Every item once, in order."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory)
+

@@ -1,0 +1,173 @@
+"""The res5c feature cache (HDF5) and batched feature extraction.
+
+With the CNN fixed, the attention heads only ever see res5c grids, so the cache stage computes them
+once and every attention experiment (K, d, diversity, enhancement, pooling, learning rates) trains
+on the file instead of re-running the backbone.
+
+File layout, one group per subset (``train``, ``test``)::
+
+    <subset>/grids        (F, D, h, w) float16, chunked one frame per chunk, F = cached frames
+    <subset>/offsets      (T + 1,) int64: tracklet t owns grids[offsets[t]:offsets[t + 1]]
+    <subset>/frame_index  (F,) int32: position of each cached frame in its tracklet
+    <subset>/pids, camids (T,) int64; is_query (T,) bool
+
+Attributes record what the grids depend on (``checkpoint_sha256``, ``backbone``, ``last_stride``,
+``height``, ``width``, ``max_frames_per_tracklet``); ``open_cache`` refuses a file whose attributes
+differ from what the caller expects. Grids are written batch by batch (memory does not grow with
+the dataset) into a temporary file that is renamed only when complete. Disk cost: D x h x w x 2
+bytes per frame, 128 KiB at 2048 x 8 x 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.data import load_frame
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+class CacheError(ValueError):
+    """A feature cache that is incomplete or was made from other inputs than expected."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_attrs(model_path: str | Path, payload: dict) -> dict:
+    """What the grids depend on (the backbone checkpoint's hash and architecture), as written by
+    the cache stage and checked by every reader."""
+    cfg = payload["model_params"]
+    return {"checkpoint_sha256": sha256_file(model_path), "backbone": cfg["backbone"],
+            "last_stride": cfg["last_stride"]}
+
+
+def select_frames(num_frames: int, cap: int) -> np.ndarray:
+    """Positions of the frames to cache: all of them (``cap`` 0), or ``cap`` evenly spaced ones."""
+    if cap <= 0 or num_frames <= cap:
+        return np.arange(num_frames)
+    return np.unique(np.linspace(0, num_frames - 1, cap).round().astype(np.int64))
+
+
+class _Frames(Dataset):
+    def __init__(self, paths: list[Path], size: tuple[int, int]) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return load_frame(self.paths[i], self.size)
+
+
+def write_cache(
+    path: str | Path,
+    backbone: nn.Module,
+    tables: dict[str, pd.DataFrame],
+    size: tuple[int, int],
+    attrs: dict,
+    max_frames: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
+) -> None:
+    """Run ``backbone`` over the selected frames of every tracklet and stream the grids to
+    ``path``. ``tables`` maps a subset name to its video table; ``attrs`` are stored as file
+    attributes (with ``max_frames_per_tracklet``, ``height``, ``width``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    probe = torch.zeros(1, 3, *size, device=device)
+    with torch.no_grad():
+        D, h, w = backbone(probe).shape[1:]
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0], "width": size[1],
+                            "max_frames_per_tracklet": max_frames})
+            for subset, table in tables.items():
+                picks = [select_frames(len(frames), max_frames) for frames in table["frames"]]
+                offsets = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
+                group = f.create_group(subset)
+                group["offsets"] = offsets.astype(np.int64)
+                group["frame_index"] = np.concatenate(picks).astype(np.int32)
+                group["pids"] = table["pid"].to_numpy(np.int64)
+                group["camids"] = table["camid"].to_numpy(np.int64)
+                group["is_query"] = table["is_query"].to_numpy(bool)
+                grids = group.create_dataset("grids", shape=(int(offsets[-1]), D, h, w),
+                                             dtype=np.float16, chunks=(1, D, h, w))
+                paths = [Path(frames[i]) for frames, p in zip(table["frames"], picks, strict=True)
+                         for i in p]
+                loader = DataLoader(_Frames(paths, size), batch_size=batch_size,
+                                    num_workers=num_workers, pin_memory=device.type == "cuda")
+                position = 0
+                for batch in tqdm(loader, desc=f"cache {subset}", unit="batch"):
+                    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16,
+                                                         enabled=autocast):
+                        out = backbone(batch.to(device, non_blocking=True))
+                    grids[position:position + len(batch)] = out.float().cpu().numpy()
+                    position += len(batch)
+                log.info("%s: %d tracklets, %d frames cached", subset, len(table), position)
+            f.attrs["complete"] = True
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_cache(path: str | Path, expect: dict) -> h5py.File:
+    """Open a cache for reading after checking it is complete and made from ``expect``'s inputs
+    (a mismatch is an error naming the attribute, never silently used)."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise CacheError(f"{path}: not a readable HDF5 feature cache ({err})") from err
+    try:
+        if not f.attrs.get("complete", False):
+            raise CacheError(f"{path}: incomplete feature cache (its writer was interrupted)")
+        for key, value in expect.items():
+            stored = f.attrs.get(key)
+            if stored is None or _plain(stored) != _plain(value):
+                raise CacheError(f"{path}: made with {key}={_plain(stored)!r}, but this run "
+                                 f"expects {key}={_plain(value)!r}: re-run the cache stage")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@torch.no_grad()
+def embed(model: Callable[[Tensor], object], loader: DataLoader, device: torch.device,
+          autocast: bool = False, desc: str = "embed") -> np.ndarray:
+    """Embeddings (num_items, E) of every item of a test loader, in order. ``model`` maps a
+    batch of clips (B, N, ...) to a ``HeadOutput``."""
+    chunks = []
+    for clips, _, _ in tqdm(loader, desc=desc, unit="batch"):
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            out = model(clips.to(device, non_blocking=True))
+        chunks.append(out.embedding.float().cpu().numpy())
+    return np.concatenate(chunks)

@@ -1,0 +1,103 @@
+"""Stage ``attention``: the DRSA heads trained on cached res5c grids, CNN fixed (paper §4.2).
+
+Phase 1 (``attention.spatial``): the K spatial attention heads with average temporal pooling, the
+identity loss plus the diversity term (paper: SpaAtn+Q). Phase 2 (``attention.temporal``):
+everything but the CNN, with ``model.temporal_pooling`` (paper: SpaAtn+Q+TemAtn). Training clips
+are restricted random samples of the cached frames. Both phases' heads are outputs: evaluate
+scores them both.
+
+    python -m pipeline.stages.attention --params params.yaml --cache data/cache/<set>-<k>.h5 \
+        --backbone data/models/<set>-<k>/finetune.pt --spatial data/models/<set>-<k>/spatial.pt \
+        --temporal data/models/<set>-<k>/temporal.pt \
+        --plots metrics/plots/loss/attention/<set>-<k> --scratch scratch/attention/<set>-<k>
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from pipeline.data import CachedClipDataset, train_labels, train_loader
+from pipeline.features import cache_attrs, open_cache
+from pipeline.losses import build_identity_loss
+from pipeline.model import DRSA
+from pipeline.params import load_params, to_dict
+from pipeline.stages.common import run, write_csv
+from pipeline.train import (
+    Step,
+    export_model,
+    fingerprint,
+    finish,
+    fit,
+    load,
+    pick_device,
+    seed_everything,
+)
+
+log = logging.getLogger("attention")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--backbone", type=Path, required=True,
+                        help="the fine-tuned model the cache was made with (checked)")
+    parser.add_argument("--spatial", type=Path, required=True, help="phase 1 heads")
+    parser.add_argument("--temporal", type=Path, required=True, help="phase 2 heads")
+    parser.add_argument("--plots", type=Path, required=True, help="folder of loss curve CSVs")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    seed_everything(p.seed)
+    device = pick_device(p.runtime)
+
+    expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": p.data.height,
+              "width": p.data.width}
+    with open_cache(args.cache, expect) as f:
+        D = f["train/grids"].shape[1]
+        pids = f["train/pids"][:]
+        cache_hash = f.attrs["checkpoint_sha256"]
+    labels = train_labels(pids)
+    dataset = CachedClipDataset(args.cache, "train", p.model.N, labels)
+    targets = [labels[int(pid)] for pid in pids]
+    log.info("%d training tracklets of %d identities, %d channels", len(pids), len(labels), D)
+
+    heads = DRSA(p.model, D)
+    criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
+    key = fingerprint("attention", p.seed, to_dict(p.model), to_dict(p.loss),
+                      to_dict(p.attention), p.data.num_workers, cache_hash)
+
+    # Phase 1: spatial heads, average temporal pooling; the temporal attention stays at its
+    # zero initialisation (= average pooling) and out of the optimizer.
+    for param in heads.temporal.parameters():
+        param.requires_grad_(False)
+    spatial_step = Step(lambda grids: heads(grids, "avg"), p.loss.diversity,
+                        p.loss.diversity_weight)
+    loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers)
+    spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
+                          args.scratch / "spatial.pt", key, desc="attention spatial")
+    export_model(args.spatial, heads.cpu(), dataclasses.replace(p.model, temporal_pooling="avg"),
+                 "drsa", {"stage": "attention.spatial",
+                          "criterion": criterion.cpu().state_dict()})
+
+    # Phase 2: everything but the CNN, with the configured temporal pooling.
+    for param in heads.temporal.parameters():
+        param.requires_grad_(True)
+    temporal_step = Step(heads, p.loss.diversity, p.loss.diversity_weight)
+    loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers)
+    temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
+                           args.scratch / "temporal.pt", key, desc="attention temporal")
+    export_model(args.temporal, heads.cpu(), p.model, "drsa",
+                 {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})
+
+    write_csv(args.plots / "spatial.csv", spatial_history)
+    write_csv(args.plots / "temporal.csv", temporal_history)
+    finish(args.scratch / "spatial.pt")
+    finish(args.scratch / "temporal.pt")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,122 @@
+"""Stage ``evaluate``: every model of one video set's split on its test protocol(s).
+
+Models (rows of the paper's Table 1): ``baseline`` (the fine-tuned backbone, frame features
+averaged), ``spatial`` (SpaAtn+Q: spatial heads, average temporal pooling), ``temporal``
+(SpaAtn+Q+TemAtn, or the configured pooling), ``joint`` (+Ind, end to end). The first three run on
+the cached res5c grids of their common fine-tuned backbone, ``joint`` on the frames. Test clips
+are the first frame of each of the N chunks (paper §4.2).
+
+Protocols (``evaluate.protocols``, see ``pipeline.metrics``): ``official`` ranks each query against
+every test tracklet; ``torchreid`` against the test tracklets that are neither queries nor junk.
+Metrics are fractions in [0, 1]: rank1, rank5, rank10, rank20, mAP, plus num_valid_queries and
+num_queries.
+
+    python -m pipeline.stages.evaluate --params params.yaml \
+        --index data/index/<set>/split_<k>.json --cache data/cache/<set>-<k>.h5 \
+        --models data/models/<set>-<k> --out metrics/eval/<set>-<k>.json \
+        --cmc metrics/plots/cmc/<set>-<k>.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data import CachedClipDataset, ClipDataset, eval_loader
+from pipeline.datasets.common import load_video_index
+from pipeline.features import cache_attrs, embed, open_cache
+from pipeline.metrics import evaluate_rank, pairwise_distance
+from pipeline.params import load_params
+from pipeline.stages.common import format_table, run, write_csv, write_json
+from pipeline.train import load, load_exported, pick_device, use_autocast
+
+log = logging.getLogger("evaluate")
+MODELS = ("baseline", "spatial", "temporal", "joint")
+RANKS = (1, 5, 10, 20)
+
+
+def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray) -> np.ndarray:
+    """Boolean mask of the test tracklets forming the gallery under ``protocol``."""
+    if protocol == "official":
+        return np.ones(len(pids), dtype=bool)
+    return ~is_query & (pids != -1)
+
+
+def score(features: np.ndarray, test: pd.DataFrame, protocols: list[str],
+          max_rank: int) -> tuple[dict, dict]:
+    """Metrics and CMC curves of one model's test features under each protocol."""
+    pids, camids = test["pid"].to_numpy(), test["camid"].to_numpy()
+    is_query = test["is_query"].to_numpy()
+    metrics, curves = {}, {}
+    for protocol in protocols:
+        gallery = protocol_gallery(protocol, pids, is_query)
+        distmat = pairwise_distance(features[is_query], features[gallery])
+        result = evaluate_rank(distmat, pids[is_query], pids[gallery], camids[is_query],
+                               camids[gallery], max_rank=max_rank, protocol=protocol)
+        cmc = result["cmc"]
+        metrics[protocol] = {f"rank{r}": float(cmc[r - 1]) for r in RANKS if r <= max_rank}
+        metrics[protocol].update({"mAP": result["mAP"],
+                                  "num_valid_queries": result["num_valid_queries"],
+                                  "num_queries": result["num_queries"]})
+        curves[protocol] = cmc
+    return metrics, curves
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--models", type=Path, required=True,
+                        help="folder with finetune.pt, spatial.pt, temporal.pt, joint.pt")
+    parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
+    parser.add_argument("--cmc", type=Path, required=True, help="CMC curves CSV")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    device = pick_device(p.runtime)
+    autocast = use_autocast(p.runtime, device)
+
+    table = load_video_index(args.index)
+    test = table[table["subset"] == "test"].reset_index(drop=True)
+    expect = {**cache_attrs(args.models / "finetune.pt", load(args.models / "finetune.pt")),
+              "height": p.data.height, "width": p.data.width}
+    open_cache(args.cache, expect).close()
+    cached_test = CachedClipDataset(args.cache, "test", p.model.N)
+    if not np.array_equal(cached_test.pids, test["pid"].to_numpy()):
+        raise ValueError(f"{args.cache}: its test tracklets are not those of {args.index}")
+    cached = eval_loader(cached_test, p.evaluate.batch_size, p.data.num_workers)
+    frames = eval_loader(ClipDataset(test["frames"].tolist(), [0] * len(test), p.model.N,
+                                     (p.data.height, p.data.width)),
+                         p.evaluate.batch_size, p.data.num_workers, device.type == "cuda")
+
+    results, cmc_rows = {}, {"rank": np.arange(1, p.evaluate.max_rank + 1)}
+    for name in MODELS:
+        model, _ = load_exported(args.models / f"{'finetune' if name == 'baseline' else name}.pt")
+        model.to(device)
+        if name == "baseline":
+            features = embed(model.head, cached, device, False, desc=name)
+        elif name == "joint":
+            features = embed(model, frames, device, autocast, desc=name)
+        else:
+            features = embed(model, cached, device, False, desc=name)
+        results[name], curves = score(features, test, p.evaluate.protocols, p.evaluate.max_rank)
+        for protocol, cmc in curves.items():
+            cmc_rows[f"{name}_{protocol}"] = cmc
+
+    dataset, split = args.index.parent.name, int(args.index.stem.removeprefix("split_"))
+    write_json(args.out, {"dataset": dataset, "split": split, "seed": p.seed, "models": results})
+    write_csv(args.cmc, pd.DataFrame(cmc_rows).to_dict("records"))
+    rows = [[name, protocol, *(m[f"rank{r}"] for r in RANKS if f"rank{r}" in m), m["mAP"],
+             f"{m['num_valid_queries']}/{m['num_queries']}"]
+            for name, per_protocol in results.items() for protocol, m in per_protocol.items()]
+    header = ["model", "protocol", *(f"rank{r}" for r in RANKS if r <= p.evaluate.max_rank),
+              "mAP", "valid queries"]
+    print(f"\n{args.out.stem}\n" + format_table(header, rows))
+
+
+if __name__ == "__main__":
+    run(main)

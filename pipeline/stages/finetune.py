@@ -1,0 +1,76 @@
+"""Stage ``finetune``: the pretrained backbone fine-tuned on one video set's training tracklets:
+restricted-random-sampling clips of N frames, frame features averaged over space and time, one FC
+to the embedding, OIM. This is also the paper's Baseline (Table 1).
+
+    python -m pipeline.stages.finetune --params params.yaml \
+        --index data/index/<set>/split_<k>.json --init data/models/pretrain.pt \
+        --out data/models/<set>-<k>/finetune.pt \
+        --plot metrics/plots/loss/finetune/<set>-<k>.csv --scratch scratch/finetune/<set>-<k>
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.data import ClipDataset, train_labels, train_loader
+from pipeline.datasets.common import load_video_index
+from pipeline.features import sha256_file
+from pipeline.losses import build_identity_loss
+from pipeline.model import build_model
+from pipeline.params import load_params, to_dict
+from pipeline.stages.common import run, write_csv
+from pipeline.train import (
+    Step,
+    export_model,
+    fingerprint,
+    finish,
+    fit,
+    pick_device,
+    seed_everything,
+    use_autocast,
+)
+
+log = logging.getLogger("finetune")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
+    parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    seed_everything(p.seed)
+    device = pick_device(p.runtime)
+
+    table = load_video_index(args.index)
+    train = table[table["subset"] == "train"]
+    labels = train_labels(train["pid"])
+    log.info("%d training tracklets of %d identities", len(train), len(labels))
+    targets = [labels[int(pid)] for pid in train["pid"]]
+    dataset = ClipDataset(train["frames"].tolist(), targets, p.model.N,
+                          (p.data.height, p.data.width), augment=p.data.augment)
+    loader = train_loader(dataset, targets, p.finetune, p.seed, p.data.num_workers,
+                          pin_memory=device.type == "cuda")
+
+    model = build_model(p.model, head="baseline", init=str(args.init))
+    criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
+    key = fingerprint("finetune", p.seed, to_dict(p.finetune), to_dict(p.loss), to_dict(p.data),
+                      p.model.N, sha256_file(args.index), sha256_file(args.init))
+    resume = args.scratch / "last.pt"
+    history = fit(model, criterion, loader, p.finetune, Step(model), device, resume, key,
+                  desc="finetune", autocast=use_autocast(p.runtime, device))
+    export_model(args.out, model.cpu(), p.model, "baseline",
+                 {"stage": "finetune", "num_classes": len(labels),
+                  "criterion": criterion.cpu().state_dict()})
+    write_csv(args.plot, history)
+    finish(resume)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,84 @@
+"""Stage ``joint``: the whole network, CNN included, fine-tuned end to end on one video set's
+training tracklets (paper: "Ind", the final model). Starts from the fine-tuned backbone and the
+attention stage's heads (and its OIM lookup table).
+
+    python -m pipeline.stages.joint --params params.yaml --index data/index/<set>/split_<k>.json \
+        --backbone data/models/<set>-<k>/finetune.pt --heads data/models/<set>-<k>/temporal.pt \
+        --out data/models/<set>-<k>/joint.pt --plot metrics/plots/loss/joint/<set>-<k>.csv \
+        --scratch scratch/joint/<set>-<k>
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.data import ClipDataset, train_labels, train_loader
+from pipeline.datasets.common import load_video_index
+from pipeline.features import sha256_file
+from pipeline.losses import build_identity_loss
+from pipeline.model import VideoReIDNet
+from pipeline.params import load_params, to_dict
+from pipeline.stages.common import run, write_csv
+from pipeline.train import (
+    Step,
+    export_model,
+    fingerprint,
+    finish,
+    fit,
+    load_exported,
+    pick_device,
+    seed_everything,
+    use_autocast,
+)
+
+log = logging.getLogger("joint")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
+    parser.add_argument("--backbone", type=Path, required=True, help="the fine-tuned model")
+    parser.add_argument("--heads", type=Path, required=True, help="the attention stage's heads")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    seed_everything(p.seed)
+    device = pick_device(p.runtime)
+
+    table = load_video_index(args.index)
+    train = table[table["subset"] == "train"]
+    labels = train_labels(train["pid"])
+    targets = [labels[int(pid)] for pid in train["pid"]]
+    dataset = ClipDataset(train["frames"].tolist(), targets, p.model.N,
+                          (p.data.height, p.data.width), augment=p.data.augment)
+    loader = train_loader(dataset, targets, p.joint, p.seed, p.data.num_workers,
+                          pin_memory=device.type == "cuda")
+
+    base, _ = load_exported(args.backbone)
+    heads, payload = load_exported(args.heads)
+    model = VideoReIDNet(base.backbone, heads)
+    cfg = heads.cfg
+    criterion = build_identity_loss(p.loss, cfg.embed_dim, len(labels))
+    if "criterion" in payload:  # continue with the attention stage's lookup table
+        criterion.load_state_dict(payload["criterion"])
+    log.info("%d training tracklets of %d identities; K=%d heads", len(train), len(labels), cfg.K)
+    key = fingerprint("joint", p.seed, to_dict(p.joint), to_dict(p.loss), to_dict(p.data),
+                      p.model.N, sha256_file(args.index), sha256_file(args.backbone),
+                      sha256_file(args.heads))
+    resume = args.scratch / "last.pt"
+    history = fit(model, criterion, loader, p.joint,
+                  Step(model, p.loss.diversity, p.loss.diversity_weight), device, resume, key,
+                  desc="joint", autocast=use_autocast(p.runtime, device))
+    export_model(args.out, model.cpu(), cfg, "drsa",
+                 {"stage": "joint", "criterion": criterion.cpu().state_dict()})
+    write_csv(args.plot, history)
+    finish(resume)
+
+
+if __name__ == "__main__":
+    run(main)

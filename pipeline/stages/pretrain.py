@@ -1,0 +1,75 @@
+"""Stage ``pretrain``: the backbone trained with OIM on the pooled image re-id sets (paper §4.2),
+each (dataset, pid) a class of its own, one image per sample (N = 1), from ``model.init``.
+
+    python -m pipeline.stages.pretrain --params params.yaml --index data/index \
+        --out data/models/pretrain.pt --plot metrics/plots/loss/pretrain.csv \
+        --scratch scratch/pretrain
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.data import ClipDataset, train_loader
+from pipeline.datasets import pool_images
+from pipeline.datasets.common import load_image_index
+from pipeline.features import sha256_file
+from pipeline.losses import build_identity_loss
+from pipeline.model import build_model
+from pipeline.params import load_params, to_dict
+from pipeline.stages.common import run, write_csv
+from pipeline.train import (
+    Step,
+    export_model,
+    fingerprint,
+    finish,
+    fit,
+    pick_device,
+    seed_everything,
+    use_autocast,
+)
+
+log = logging.getLogger("pretrain")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--index", type=Path, required=True, help="the index stage's folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    p = load_params(args.params)
+    seed_everything(p.seed)
+    device = pick_device(p.runtime)
+
+    files = {name: args.index / name / "images.json" for name in p.data.image}
+    pooled = pool_images({name: load_image_index(path) for name, path in files.items()})
+    num_classes = int(pooled["pid"].max()) + 1
+    log.info("%d images of %d identities from %s", len(pooled), num_classes, ", ".join(files))
+    labels = pooled["pid"].tolist()
+    dataset = ClipDataset([[path] for path in pooled["path"]], labels, 1,
+                          (p.data.height, p.data.width), augment=p.data.augment)
+    loader = train_loader(dataset, labels, p.pretrain, p.seed, p.data.num_workers,
+                          pin_memory=device.type == "cuda")
+
+    model = build_model(p.model, head="baseline")
+    criterion = build_identity_loss(p.loss, p.model.embed_dim, num_classes)
+    key = fingerprint("pretrain", p.seed, to_dict(p.pretrain), to_dict(p.loss), to_dict(p.data),
+                      [p.model.backbone, p.model.init, p.model.last_stride, p.model.embed_dim],
+                      {n: sha256_file(f) for n, f in files.items()})
+    resume = args.scratch / "last.pt"
+    history = fit(model, criterion, loader, p.pretrain, Step(model), device, resume, key,
+                  desc="pretrain", autocast=use_autocast(p.runtime, device))
+    export_model(args.out, model.cpu(), p.model, "baseline",
+                 {"stage": "pretrain", "num_classes": num_classes,
+                  "criterion": criterion.cpu().state_dict()})
+    write_csv(args.plot, history)
+    finish(resume)
+
+
+if __name__ == "__main__":
+    run(main)

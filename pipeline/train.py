@@ -1,0 +1,218 @@
+"""The one training loop, its checkpoints, and exported models.
+
+``fit`` trains with SGD (momentum, weight decay), the learning rate multiplied by ``lr_gamma`` at
+``lr_step_epoch`` (paper: 0.1 then 0.01), an identity loss plus the optional diversity term, on a
+loader of P x M identity batches. After every epoch it writes a resume checkpoint (model, loss
+state including the OIM lookup table, optimizer, scheduler, RNG state, epoch, loss history) to a
+scratch file; a stage started again with the same inputs resumes from it and ends with the same
+weights as an uninterrupted run.
+
+Exported models (the DVC outputs) store their configuration, so later stages rebuild them without
+being told: ``export_model`` / ``load_exported``. Every file is loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.losses import diversity_penalty
+from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
+from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(cfg: RuntimeParams) -> torch.device:
+    """``runtime.device``: auto picks CUDA when present."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:
+    """bf16 autocast only on CUDA (on CPU it is slower and changes results)."""
+    return cfg.amp and device.type == "cuda"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's and torch's global RNGs (weight init). Data sampling has its own seeds."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able inputs: a resume checkpoint is only used for the same inputs."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def save(path: str | Path, payload: dict) -> None:
+    """torch.save to a temporary file, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    """A checkpoint of plain tensors and containers; anything else is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # unpickling refused, truncated file, not a torch file
+        raise ValueError(f"{path}: not a loadable checkpoint of plain tensors ({err})") from err
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Step:
+    """How one batch becomes a loss: the forward pass and the diversity term's kind and weight."""
+    forward: Callable[[Tensor], HeadOutput]
+    diversity: str = "none"
+    diversity_weight: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    cfg: TrainParams,
+    step: Step,
+    device: torch.device,
+    resume_path: str | Path,
+    key: str,
+    desc: str = "train",
+    autocast: bool = False,
+    set_train_mode: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` (its parameters with ``requires_grad``) and ``criterion``'s parameters.
+
+    Args:
+        loader: yields (inputs, labels, indices); its batch sampler has ``set_epoch``.
+        resume_path: scratch checkpoint written after each epoch; used to resume when it holds the
+            same ``key`` (a fingerprint of everything the run depends on), deleted at the end.
+        set_train_mode: puts the model in training mode (default ``model.train()``), for callers
+            that keep parts in eval mode.
+
+    Returns:
+        Per-step history: epoch, step, lr, loss, id_loss, diversity.
+    """
+    model.to(device)
+    criterion.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable += [p for p in criterion.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], cfg.lr_gamma)
+    history: list[dict] = []
+    start = 0
+    resume_path = Path(resume_path)
+    if resume_path.exists():
+        state = load(resume_path)
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            criterion.load_state_dict(state["criterion"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            history, start = state["history"], state["epoch"] + 1
+            log.info("%s: resuming after epoch %d from %s", desc, start, resume_path)
+        else:
+            log.info("%s: ignoring %s (made for other inputs)", desc, resume_path)
+
+    for epoch in range(start, cfg.epochs):
+        loader.batch_sampler.set_epoch(epoch)
+        (set_train_mode or model.train)()
+        criterion.train()
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        for i, (inputs, labels, _) in enumerate(bar):
+            inputs = inputs.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                out = step.forward(inputs)
+            id_loss = criterion(out.embedding.float(), labels)
+            div = torch.zeros((), device=device)
+            if step.diversity != "none" and out.spatial is not None:
+                div = diversity_penalty(out.spatial.float(), step.diversity)
+            loss = id_loss + step.diversity_weight * div
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch "
+                                         f"{epoch + 1}, step {i + 1} (try a lower lr or "
+                                         "loss.oim_scalar)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.append({"epoch": epoch + 1, "step": len(history) + 1,
+                            "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+                            "id_loss": id_loss.item(), "diversity": div.item()})
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        scheduler.step()
+        losses = [h["loss"] for h in history if h["epoch"] == epoch + 1]
+        log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
+                 float(np.mean(losses)))
+        save(resume_path, {"key": key, "model": model.state_dict(),
+                           "criterion": criterion.state_dict(),
+                           "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(),
+                           "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                           "history": history})
+    return history
+
+
+def finish(resume_path: str | Path) -> None:
+    """Drop the scratch checkpoint once the stage's outputs are written."""
+    Path(resume_path).unlink(missing_ok=True)
+
+
+# --- exported models -----------------------------------------------------------------------------
+
+
+def export_model(path: str | Path, model: nn.Module, cfg: ModelParams, head: str,
+                 extra: dict | None = None) -> None:
+    """Save a ``VideoReIDNet`` or heads alone (``DRSA``/``BaselineHead``) with what rebuilds it."""
+    kind = "net" if isinstance(model, VideoReIDNet) else "head"
+    in_channels = (model.head if kind == "net" else model).in_channels
+    save(path, {"kind": kind, "head": head, "model_params": dataclasses.asdict(cfg),
+                "in_channels": in_channels, "state": model.state_dict(), **(extra or {})})
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by ``export_model``; returns (model in eval mode, the payload)."""
+    payload = load(path)
+    try:
+        cfg = from_dict(ModelParams, payload["model_params"], "model.")
+        head_cls = HEADS[payload["head"]]
+        head = head_cls(cfg, payload["in_channels"])
+        if payload["kind"] == "net":
+            model: nn.Module = VideoReIDNet(Backbone(cfg.backbone, cfg.last_stride), head)
+        else:
+            model = head
+        model.load_state_dict(payload["state"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a model exported by this pipeline, or its weights do not "
+                         f"fit its stored configuration ({err})") from err
+    return model.eval(), payload
+
