@@ -259,6 +259,21 @@ class TemporalPooling(nn.Module):
 # --- the heads -----------------------------------------------------------------------------------
 
 
+class Embedding(nn.Module):
+    """One FC to E dimensions, batch-normalised, then L2-normalised (§4.2). The BatchNorm is the
+    OIM authors' own recipe (open-reid): it centres the features, whose raw cosine similarities
+    are all close to 1 at the start of training, so the OIM lookup table can tell identities
+    apart instead of collapsing them onto one direction."""
+
+    def __init__(self, in_features: int, embed_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, embed_dim)
+        self.bn = nn.BatchNorm1d(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.bn(self.fc(x)), dim=1)  # (B, in) -> (B, E)
+
+
 class HeadOutput(NamedTuple):
     embedding: Tensor  # (B, E), L2-normalised
     spatial: Tensor | None  # (B, N, K, L) spatial attention maps, None for the baseline
@@ -276,7 +291,7 @@ class DRSA(nn.Module):
         self.spatial = SpatialAttention(D, K, cfg.d)
         self.enhance = Enhancement(cfg.enhancement, K)
         self.temporal = TemporalPooling(cfg.temporal_pooling, K, D)
-        self.embed = nn.Linear(K * D, cfg.embed_dim)
+        self.embed = Embedding(K * D, cfg.embed_dim)
 
     def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
         """grids: (B, N, D, H, W) res5c grids of B clips of N frames.
@@ -285,13 +300,13 @@ class DRSA(nn.Module):
         stage's first phase pools with ``avg``).
         """
         B, N, D, H, W = grids.shape
-        grids = grids.to(self.embed.weight.dtype)  # the cache stores fp16
+        grids = grids.to(self.embed.fc.weight.dtype)  # the cache stores fp16
         f = grids.flatten(3).transpose(2, 3).reshape(B * N, H * W, D)  # (B*N, L, D)
         x, s = self.spatial(f)  # (B*N, K, D), (B*N, K, L)
         K = s.shape[1]
         x = self.enhance(x.view(B, N, K, D))  # (B, N, K, D)
         x, t = self.temporal(x, temporal_pooling)  # (B, K, D), (B, N, K)
-        embedding = F.normalize(self.embed(x.flatten(1)), dim=1)  # (B, K*D) -> (B, E)
+        embedding = self.embed(x.flatten(1))  # (B, K*D) -> (B, E)
         return HeadOutput(embedding, s.view(B, N, K, H * W), t)
 
 
@@ -302,13 +317,13 @@ class BaselineHead(nn.Module):
     def __init__(self, cfg: ModelParams, in_channels: int) -> None:
         super().__init__()
         self.cfg, self.in_channels = cfg, in_channels
-        self.embed = nn.Linear(in_channels, cfg.embed_dim)
+        self.embed = Embedding(in_channels, cfg.embed_dim)
 
     def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
         """grids: (B, N, D, H, W) -> embedding (B, E); ``temporal_pooling`` is ignored."""
-        grids = grids.to(self.embed.weight.dtype)
+        grids = grids.to(self.embed.fc.weight.dtype)
         x = grids.mean(dim=(1, 3, 4))  # (B, D): over frames and cells
-        return HeadOutput(F.normalize(self.embed(x), dim=1), None, None)
+        return HeadOutput(self.embed(x), None, None)
 
 
 HEADS = {"drsa": DRSA, "baseline": BaselineHead}

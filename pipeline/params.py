@@ -89,7 +89,7 @@ class DataParams:
     splits: list[int] = field(default_factory=lambda: [0], metadata={"ge": 0, "nonempty": True})
     height: int = at_least(256, 32)  # input height in pixels (paper: 256)
     width: int = at_least(128, 32)  # input width in pixels (paper: 128)
-    augment: bool = True  # training clips: random horizontal flip (whole clip) and small shifts
+    augment: bool = True  # pretrain/finetune clips: random flip (whole clip) and small shifts
     num_workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
 
     def __post_init__(self) -> None:
