@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro test lint format lock clean
+.PHONY: help setup repro paper test lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +25,10 @@ $(STAMP): requirements.txt requirements.lock
 
 repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+DATASET ?= mars
+paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment
+	eval "PATH=\"$(CURDIR)/$(BIN):$$PATH\" $(BIN)/dvc exp run $$($(BIN)/python -m pipeline.params --dataset $(DATASET))"
 
 test: setup ## Run the test suite (CPU only, no network)
 	$(BIN)/python -m pytest

@@ -87,8 +87,8 @@ class DataParams:
     image: list[str] = choices(["synthetic"], IMAGE_DATASETS)  # image sets pooled for pretraining
     # split ids of the video sets; each (set, split) is a branch of its own
     splits: list[int] = field(default_factory=lambda: [0], metadata={"ge": 0, "nonempty": True})
-    height: int = at_least(256, 32)  # input height in pixels (paper: 256)
-    width: int = at_least(128, 32)  # input width in pixels (paper: 128)
+    height: int = at_least(256, 16)  # input height in pixels (paper: 256)
+    width: int = at_least(128, 16)  # input width in pixels (paper: 128)
     augment: bool = True  # pretrain/finetune clips: random flip (whole clip) and small shifts
     num_workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
 
@@ -357,3 +357,60 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
             raise ParamsError(f"override {key}: {'.'.join(parents[:i + 1])} is not a section")
         node = child
     node[leaf] = value
+
+
+# --- the paper's setting -------------------------------------------------------------------------
+
+# The image sets the paper pretrains on (§4.2).
+PAPER_IMAGE_SETS = ["cuhk01", "cuhk03", "3dpes", "viper", "dukemtmcreid", "cuhksysu"]
+# Keys that describe the machine or the synthetic data, not the method: never overridden.
+_NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "synthetic.",
+               "runtime.", "cache.", "evaluate.batch_size")
+
+
+def paper_overrides(current: Params, dataset: str) -> list[str]:
+    """``key=value`` overrides turning ``current`` into the paper's setting (the dataclass
+    defaults) on video set ``dataset``, with every standard split and the paper's image sets."""
+    if dataset not in VIDEO_SPLITS:
+        raise ParamsError(f"unknown video dataset {dataset!r}; expected one of: "
+                          f"{', '.join(VIDEO_SPLITS)}")
+    paper, mine = _flatten(to_dict(Params())), _flatten(to_dict(current))
+    overrides = [f"{key}={_yaml_value(value)}" for key, value in paper.items()
+                 if mine[key] != value and not key.startswith(_NOT_METHOD)]
+    return [*overrides, f"data.video={_yaml_value([dataset])}",
+            f"data.image={_yaml_value(PAPER_IMAGE_SETS)}",
+            f"data.splits={_yaml_value(list(range(VIDEO_SPLITS[dataset])))}"]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as YAML flow text that reads back as the same type (floats keep a dot)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print `dvc exp run` options for the paper's "
+                                     "setting on one video set.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dataset", default="mars", choices=VIDEO_DATASETS)
+    args = parser.parse_args()
+    print(" ".join(f"-S '{o}'" for o in paper_overrides(load_params(args.params), args.dataset)))

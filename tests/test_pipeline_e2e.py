@@ -1,0 +1,127 @@
+"""The whole DVC pipeline on a tiny configuration, in a throw-away git repository: `dvc repro`,
+then `dvc exp run -S model.K=2` (which must re-run only the stages K affects), then
+`dvc metrics diff`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"height": 32, "width": 16, "num_workers": 0},
+    "synthetic": {"train_identities": 4, "test_identities": 4, "image_identities": 4,
+                  "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1,
+                  "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
+                  "junk_tracklets": 1, "height": 32, "width": 16},
+    "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
+              "d": 8, "embed_dim": 16},
+    "cache": {"batch_size": 16},
+    "evaluate": {"batch_size": 8},
+}
+STAGES = ("pretrain", "finetune", "attention.spatial", "attention.temporal", "joint")
+PER_SPLIT = ("finetune", "cache", "attention", "joint", "evaluate")
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    for dotted in STAGES:
+        node = params
+        for part in dotted.split("."):
+            node = node[part]
+        node.update({"epochs": 1, "identities_per_batch": 2, "instances_per_identity": 2,
+                     "lr_step_epoch": 1})
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the project's pipeline (code, dvc.yaml, DVC config) with tiny params."""
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, work / name)
+    shutil.copytree(ROOT / "pipeline", work / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (work / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
+    shutil.copy(ROOT / ".dvc" / ".gitignore", work / ".dvc" / ".gitignore")
+    (work / "data" / "archives").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / ".gitignore", work / "data" / ".gitignore")
+    (work / "data" / "archives" / ".gitkeep").touch()
+    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh(work, "git", "init", "-q")
+    sh(work, "git", "add", "-A")
+    sh(work, "git", "commit", "-q", "-m", "tiny pipeline")
+    return work
+
+
+def sh(work: Path, *cmd: str) -> str:
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(work.parent),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PYTHONDONTWRITEBYTECODE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_repro_then_k_experiment(repo):
+    output = sh(repo, "dvc", "repro")
+    assert ran(output) == {"download", "index", "pretrain", "summary",
+                           *(f"{s}@synthetic-0" for s in PER_SPLIT)}
+    assert "Results (percent" in output  # the summary table is printed
+
+    evaluation = json.loads((repo / "metrics" / "eval" / "synthetic-0.json").read_text())
+    assert (evaluation["dataset"], evaluation["split"], evaluation["seed"]) == ("synthetic", 0, 0)
+    for model in ("baseline", "spatial", "temporal", "joint"):
+        for protocol in ("official", "torchreid"):
+            m = evaluation["models"][model][protocol]
+            assert set(m) == {"rank1", "rank5", "rank10", "rank20", "mAP", "num_valid_queries",
+                              "num_queries"}
+            assert 0.0 <= m["rank1"] <= m["rank5"] <= m["rank20"] <= 1.0
+            assert m["num_queries"] == 4
+    results = json.loads((repo / "metrics" / "results.json").read_text())["results"]
+    assert results["synthetic"]["joint"]["official"]["rank1"]["mean"] == \
+        evaluation["models"]["joint"]["official"]["rank1"]
+    cmc = (repo / "metrics" / "plots" / "cmc" / "synthetic-0.csv").read_text().splitlines()
+    assert cmc[0].startswith("rank,baseline_official") and len(cmc) == 1 + 20
+    for curve in ("pretrain.csv", "finetune/synthetic-0.csv", "attention/synthetic-0/spatial.csv",
+                  "attention/synthetic-0/temporal.csv", "joint/synthetic-0.csv"):
+        lines = (repo / "metrics" / "plots" / "loss" / curve).read_text().splitlines()
+        assert lines[0] == "epoch,step,lr,loss,id_loss,diversity" and len(lines) >= 2
+    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json"))
+    assert any("cmc" in key for key in plots["data"])
+    assert not (repo / "scratch" / "pretrain" / "last.pt").exists()  # resume file dropped
+
+    # the K experiment re-runs only what K affects
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", "baseline run")
+    output = sh(repo, "dvc", "exp", "run", "-S", "model.K=2")
+    assert ran(output) == {"attention@synthetic-0", "joint@synthetic-0", "evaluate@synthetic-0",
+                           "summary"}
+    heads = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert heads["attention@synthetic-0"]["params"]["params.yaml"]["model.K"] == 2
+    assert heads["cache@synthetic-0"]["params"]["params.yaml"]["cache"]["batch_size"] == 16
+    diff = sh(repo, "dvc", "metrics", "diff", "--all")
+    assert "metrics/eval/synthetic-0.json" in diff and "models.temporal.official.rank1" in diff
