@@ -106,6 +106,8 @@ def write_cache(
             f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0], "width": size[1],
                             "max_frames_per_tracklet": max_frames})
             for subset, table in tables.items():
+                if table.empty:
+                    raise CacheError(f"{path}: no {subset} tracklets to cache")
                 picks = [select_frames(len(frames), max_frames) for frames in table["frames"]]
                 offsets = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
                 group = f.create_group(subset)

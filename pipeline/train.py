@@ -70,8 +70,11 @@ def save(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:  # a failed save (unpicklable payload, full disk) leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | Path) -> dict:

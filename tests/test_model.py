@@ -317,6 +317,13 @@ def test_drsa_head_composes_the_components_cell_by_cell(pooling):
     (eq. 14-15), rebuilt here one clip and one frame at a time."""
     torch.manual_seed(0)
     head = open_gates(DRSA(small_cfg(N=3, K=2, temporal_pooling=pooling), in_channels=16))
+    bn = head.embed.bn
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    head.eval()  # BatchNorm on running statistics: each clip's embedding is its own
     grids = random_grids(B=2, N=3, D=16, H=3, W=2)
     out = head(grids)
     for b in range(2):
@@ -329,7 +336,9 @@ def test_drsa_head_composes_the_components_cell_by_cell(pooling):
         x_hat = head.enhance(torch.stack(xs)[None])  # (1, N, K, D)
         pooled, t = head.temporal(x_hat)  # (1, K, D), (1, N, K)
         assert_close(out.temporal[b], t[0])
-        embedding = torch.nn.functional.normalize(head.embed(pooled.flatten()), dim=0)
+        z = head.embed.fc(pooled.flatten())  # concat of the K parts, FC
+        z = (z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        embedding = z / z.norm()
         assert_close(out.embedding[b], embedding)
 
 

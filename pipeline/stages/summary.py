@@ -30,9 +30,9 @@ def summarize(evals: list[dict]) -> dict:
         for model, protocols in runs[0]["models"].items():
             summary[dataset][model] = {}
             for protocol, first in protocols.items():
+                valid = [e["models"][model][protocol]["num_valid_queries"] for e in runs]
                 entry = {"splits": [e["split"] for e in runs],
-                         "num_valid_queries": int(np.mean([e["models"][model][protocol]
-                                                           ["num_valid_queries"] for e in runs]))}
+                         "num_valid_queries": float(np.mean(valid))}  # mean over the splits
                 for metric in METRICS:
                     if metric in first:
                         values = [e["models"][model][protocol][metric] for e in runs]

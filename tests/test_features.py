@@ -1,0 +1,397 @@
+"""Tests of pipeline/features.py (the res5c HDF5 cache, feature extraction) and of the cached
+clips of pipeline/data.py that read it.
+
+Small and CPU-only: tracklets of 1 to 7 frames of 32x16 pixels written as PNG and JPEG files, a
+tiny conv + BatchNorm "backbone" (4 channels on a 4x2 grid) and one ResNet-18 case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.testing import assert_close
+
+from pipeline.data import (
+    CachedClipDataset,
+    eval_loader,
+    load_frame,
+    train_labels,
+    train_loader,
+)
+from pipeline.features import (
+    CacheError,
+    cache_attrs,
+    embed,
+    open_cache,
+    select_frames,
+    sha256_file,
+    write_cache,
+)
+from pipeline.model import DRSA, Backbone
+from pipeline.params import ModelParams, TrainParams
+from pipeline.sampling import restricted_random_sample
+
+SIZE = (32, 16)  # (H, W) of the frames
+N = 3  # frames per clip
+ATTRS = {"checkpoint_sha256": "abc123", "backbone": "tiny", "last_stride": 2}
+# (pid, camid, is_query, frames) of each tracklet; one-frame tracklets included
+TRACKLETS = {
+    "train": [(10, 0, False, 1), (10, 1, False, 4), (11, 0, False, 7), (12, 1, False, 2),
+              (11, 1, False, 3), (12, 0, False, 5)],
+    "test": [(20, 0, True, 3), (20, 1, False, 5), (-1, 1, False, 1), (21, 0, False, 6)],
+}
+
+
+class TinyBackbone(nn.Module):
+    """(B, 3, 32, 16) -> (B, 4, 4, 2), with a BatchNorm whose running statistics are not the
+    defaults, so that a forward pass in training mode gives other grids than in eval mode.
+    ``fail_after``: raise on every call after that many (the probe of write_cache is call 1)."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, kernel_size=8, stride=8)
+        self.bn = nn.BatchNorm2d(4)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator) / 8)
+            self.conv.bias.copy_(torch.randn(4, generator=generator))
+            self.bn.running_mean.copy_(torch.randn(4, generator=generator))
+            self.bn.running_var.copy_(torch.rand(4, generator=generator) + 0.5)
+        self.fail_after, self.calls = fail_after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("backbone broke")
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def write_frames(root: Path) -> pd.DataFrame:
+    """One video table with a train and a test subset; frames alternate PNG and JPEG."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for subset, tracklets in TRACKLETS.items():
+        for t, (pid, camid, is_query, length) in enumerate(tracklets):
+            frames = []
+            for i in range(length):
+                path = root / subset / f"{t:02d}_{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)).save(path)
+                frames.append(str(path))
+            rows.append({"pid": pid, "camid": camid, "subset": subset, "is_query": is_query,
+                         "frames": frames})
+    return pd.DataFrame(rows)
+
+
+def split(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Subset tables as the cache stage passes them (filtered, index not reset)."""
+    return {subset: table[table["subset"] == subset] for subset in ("train", "test")}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> pd.DataFrame:
+    return write_frames(tmp_path_factory.mktemp("frames"))
+
+
+@pytest.fixture(scope="module")
+def cache(table, tmp_path_factory) -> Path:
+    """A complete cache of every frame, written by the tiny backbone two frames at a time."""
+    path = tmp_path_factory.mktemp("cache") / "all.h5"
+    write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, max_frames=0, batch_size=2)
+    return path
+
+
+# --- select_frames ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_frames", "cap", "expected"), [
+    (5, 0, [0, 1, 2, 3, 4]),  # cap 0: every frame
+    (1, 0, [0]),
+    (3, 3, [0, 1, 2]),  # F <= cap: every frame
+    (2, 5, [0, 1]),
+    (10, 4, [0, 3, 6, 9]),  # linspace(0, 9, 4) = 0, 3, 6, 9
+    (7, 2, [0, 6]),
+    (100, 5, [0, 25, 50, 74, 99]),  # 0, 24.75, 49.5, 74.25, 99 rounded
+    (9, 1, [0]),
+])
+def test_select_frames_examples(num_frames, cap, expected):
+    """All frames without a cap or when the tracklet fits; else evenly spaced positions."""
+    assert select_frames(num_frames, cap).tolist() == expected
+
+
+def test_select_frames_over_a_cap_spans_the_tracklet():
+    """F > cap >= 2: exactly cap unique increasing positions, the first and the last included."""
+    for num_frames in range(1, 60):
+        for cap in range(2, 15):
+            picks = select_frames(num_frames, cap)
+            if num_frames <= cap:
+                assert picks.tolist() == list(range(num_frames))
+                continue
+            assert len(picks) == cap, (num_frames, cap)
+            assert (np.diff(picks) > 0).all()
+            assert picks[0] == 0 and picks[-1] == num_frames - 1
+
+
+# --- write_cache ----------------------------------------------------------------------------------
+
+
+def test_cache_layout_and_attributes(cache, table):
+    """Offsets partition the frames per tracklet, ids stored, grids fp16 one frame per chunk, and
+    the attributes record the inputs plus the frame size and the cap."""
+    with h5py.File(cache, "r") as f:
+        assert dict(f.attrs) == {**ATTRS, "format": 1, "height": 32, "width": 16,
+                                      "max_frames_per_tracklet": 0, "complete": True}
+        for subset, rows in split(table).items():
+            group = f[subset]
+            lengths = [len(frames) for frames in rows["frames"]]
+            assert group["offsets"].dtype == np.int64
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            assert group["offsets"][:].tolist() == offsets.tolist()
+            assert group["frame_index"].dtype == np.int32
+            assert group["frame_index"][:].tolist() == [i for n in lengths for i in range(n)]
+            assert group["pids"][:].tolist() == [t[0] for t in TRACKLETS[subset]]
+            assert group["camids"][:].tolist() == [t[1] for t in TRACKLETS[subset]]
+            assert group["is_query"].dtype == bool
+            assert group["is_query"][:].tolist() == [t[2] for t in TRACKLETS[subset]]
+            grids = group["grids"]
+            assert grids.dtype == np.float16
+            assert grids.shape == (sum(lengths), 4, 4, 2)
+            assert grids.chunks == (1, 4, 4, 2)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_cached_grids_are_the_backbones_output_in_eval_mode(table, tmp_path, backbone):
+    """Each cached grid is the backbone's output on its frame alone, in eval mode (the tiny
+    backbone's BatchNorm would give other grids on batch statistics), rounded to fp16."""
+    torch.manual_seed(0)
+    net = TinyBackbone() if backbone == "tiny" else Backbone("resnet18")
+    net.train()  # write_cache must switch to eval mode itself
+    path = tmp_path / "cache.h5"
+    write_cache(path, net, split(table), SIZE, ATTRS, batch_size=3)
+    net.eval()
+    with h5py.File(path, "r") as f, torch.no_grad():
+        for subset, rows in split(table).items():
+            frames = [frame for tracklet in rows["frames"] for frame in tracklet]
+            expected = net(torch.stack([load_frame(p, SIZE) for p in frames]))  # (F, D, h, w)
+            stored = torch.from_numpy(f[subset]["grids"][:]).float()
+            assert stored.shape == expected.shape
+            assert expected.abs().max() > 0
+            assert_close(stored, expected, rtol=2e-3, atol=1e-3)
+
+
+def test_cache_honours_the_frame_cap(table, tmp_path):
+    """max_frames=2: at most two evenly spaced frames per tracklet, those select_frames picks,
+    and the grids are those of the picked frames."""
+    path = tmp_path / "capped.h5"
+    net = TinyBackbone()
+    write_cache(path, net, split(table), SIZE, ATTRS, max_frames=2, batch_size=4)
+    with h5py.File(path, "r") as f, torch.no_grad():
+        assert f.attrs["max_frames_per_tracklet"] == 2
+        for subset, rows in split(table).items():
+            picks = [select_frames(len(frames), 2) for frames in rows["frames"]]
+            lengths = [len(p) for p in picks]
+            assert lengths == [min(t[3], 2) for t in TRACKLETS[subset]]
+            assert f[subset]["offsets"][:].tolist() == np.concatenate(
+                [[0], np.cumsum(lengths)]).tolist()
+            assert f[subset]["frame_index"][:].tolist() == np.concatenate(picks).tolist()
+            frames = [tracklet[i] for tracklet, p in zip(rows["frames"], picks, strict=True)
+                      for i in p]
+            expected = net.eval()(torch.stack([load_frame(p, SIZE) for p in frames]))
+            assert_close(torch.from_numpy(f[subset]["grids"][:]).float(), expected,
+                         rtol=2e-3, atol=1e-3)
+
+
+# --- open_cache ---------------------------------------------------------------------------------
+
+
+def test_open_cache_accepts_matching_expectations(cache):
+    """The attributes the readers check, as the stages pass them (ints and strings)."""
+    expect = {**ATTRS, "height": 32, "width": 16}
+    with open_cache(cache, expect) as f:
+        assert f["train/grids"].shape[0] == 22
+    open_cache(cache, {}).close()
+
+
+@pytest.mark.parametrize(("expect", "stored", "wanted"), [
+    ({"checkpoint_sha256": "def456"}, "checkpoint_sha256='abc123'", "checkpoint_sha256='def456'"),
+    ({"height": 64}, "height=32", "height=64"),
+    ({**ATTRS, "width": 16, "backbone": "resnet50"}, "backbone='tiny'", "backbone='resnet50'"),
+    ({"last_stride": 1}, "last_stride=2", "last_stride=1"),
+    ({"no_such_attribute": 1}, "no_such_attribute=None", "no_such_attribute=1"),
+])
+def test_open_cache_refuses_other_inputs(cache, expect, stored, wanted):
+    """A mismatch names the attribute with the stored and the expected value."""
+    with pytest.raises(CacheError, match=f"{re.escape(stored)}.*{re.escape(wanted)}"):
+        open_cache(cache, expect)
+
+
+def test_open_cache_refuses_an_incomplete_file(cache, tmp_path):
+    """A file without the ``complete`` attribute (its writer stopped) is refused."""
+    path = tmp_path / "incomplete.h5"
+    shutil.copy(cache, path)
+    with h5py.File(path, "a") as f:
+        del f.attrs["complete"]
+    with pytest.raises(CacheError, match="incomplete"):
+        open_cache(path, ATTRS)
+
+
+@pytest.mark.parametrize("content", [b"not an HDF5 file\n", b"", None])
+def test_open_cache_refuses_what_is_not_hdf5(tmp_path, content):
+    """Text, an empty file or no file at all: a CacheError, not an h5py OSError."""
+    path = tmp_path / "cache.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CacheError, match="not a readable HDF5 feature cache"):
+        open_cache(path, ATTRS)
+
+
+def test_cache_attrs_hash_the_checkpoint(tmp_path):
+    """The checkpoint's sha256 and the backbone's architecture from its stored config."""
+    model = tmp_path / "finetune.pt"
+    model.write_bytes(b"weights" * 1000)
+    payload = {"model_params": {"backbone": "resnet18", "last_stride": 1, "K": 6}}
+    assert sha256_file(model) == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert cache_attrs(model, payload) == {
+        "checkpoint_sha256": hashlib.sha256(b"weights" * 1000).hexdigest(),
+        "backbone": "resnet18", "last_stride": 1}
+
+
+# --- interrupted writes ---------------------------------------------------------------------------
+
+
+def test_interrupted_write_leaves_no_file(table, tmp_path):
+    """A backbone failing after the first batch: the error propagates, and neither the cache
+    nor its temporary file exists."""
+    path = tmp_path / "sub" / "cache.h5"
+    with pytest.raises(RuntimeError, match="backbone broke"):
+        write_cache(path, TinyBackbone(fail_after=2), split(table), SIZE, ATTRS, batch_size=2)
+    assert not path.exists()
+    assert not (path.parent / ".cache.h5.tmp").exists()
+    assert list(path.parent.iterdir()) == []
+
+
+def test_interrupted_rewrite_keeps_the_previous_cache(table, tmp_path):
+    """A failed rewrite leaves an existing complete cache byte for byte as it was."""
+    path = tmp_path / "cache.h5"
+    write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=8)
+    before = sha256_file(path)
+    with pytest.raises(RuntimeError, match="backbone broke"):
+        write_cache(path, TinyBackbone(fail_after=2), split(table), SIZE,
+                    {**ATTRS, "checkpoint_sha256": "new"}, batch_size=2)
+    assert sha256_file(path) == before
+    assert not (tmp_path / ".cache.h5.tmp").exists()
+    open_cache(path, ATTRS).close()
+
+
+# --- CachedClipDataset and embed ------------------------------------------------------------------
+
+
+def test_cached_clips_at_test_time_take_each_chunks_first_frame(cache):
+    """Item t: grids[offsets[t] + restricted_random_sample(F_t, N, False)], float32."""
+    dataset = CachedClipDataset(cache, "test", N)
+    with h5py.File(cache, "r") as f:
+        grids, offsets = f["test/grids"][:], f["test/offsets"][:]
+    assert len(dataset) == len(TRACKLETS["test"])
+    for t in range(len(dataset)):
+        clip, label, index = dataset[t]
+        picks = restricted_random_sample(int(offsets[t + 1] - offsets[t]), N, False)
+        assert clip.dtype == torch.float32 and clip.shape == (N, 4, 4, 2)
+        assert torch.equal(clip, torch.from_numpy(grids[offsets[t] + np.array(picks)]).float())
+        assert (label, index) == (-1, t)
+
+
+def test_cached_clips_in_training_follow_their_seed(cache):
+    """Item (t, seed): the frames restricted random sampling draws with that seed, all within
+    tracklet t; the same seed gives the same clip, other seeds other clips; labels map pids."""
+    pids = [t[0] for t in TRACKLETS["train"]]
+    labels = train_labels(pids)
+    dataset = CachedClipDataset(cache, "train", N, labels)
+    with h5py.File(cache, "r") as f:
+        grids, offsets = f["train/grids"][:], f["train/offsets"][:]
+    assert dataset.labels == [labels[p] for p in pids] == [0, 0, 1, 2, 1, 2]
+    t = 2  # 7 frames: chunks [0, 2), [2, 4), [4, 7)
+    clips = []
+    for seed in range(8):
+        clip, label, index = dataset[(t, (seed, 0, 0, 0, 1))]
+        rng = np.random.default_rng([seed, 0, 0, 0, 1])
+        picks = np.array(restricted_random_sample(7, N, True, rng))
+        assert torch.equal(clip, torch.from_numpy(grids[offsets[t] + picks]).float())
+        assert torch.equal(clip, dataset[(t, (seed, 0, 0, 0, 1))][0])  # same seed, same clip
+        tracklet = torch.from_numpy(grids[offsets[t]:offsets[t + 1]]).float()
+        assert all((tracklet == frame).all(dim=(1, 2, 3)).any() for frame in clip)
+        assert (label, index) == (1, t)
+        clips.append(clip)
+    assert any(not torch.equal(clips[0], other) for other in clips[1:])
+    one_frame, _, _ = dataset[(0, (0, 0, 0, 0, 0))]  # a 1-frame tracklet repeats its frame
+    assert torch.equal(one_frame, torch.from_numpy(grids[[0, 0, 0]]).float())
+
+
+def batches(loader) -> list[tuple]:
+    return [(clips, labels.tolist(), indices.tolist()) for clips, labels, indices in loader]
+
+
+def assert_same_batches(a: list[tuple], b: list[tuple]) -> None:
+    assert len(a) == len(b) > 0
+    for (clips_a, labels_a, indices_a), (clips_b, labels_b, indices_b) in zip(a, b, strict=True):
+        assert torch.equal(clips_a, clips_b)
+        assert (labels_a, indices_a) == (labels_b, indices_b)
+
+
+def test_cached_clips_in_worker_processes_match_the_main_process(cache):
+    """Two workers, each opening the file lazily, give the batches of num_workers=0, for the
+    test loader and for the seeded training loader; also when the main process has read the
+    file already (its open handle is inherited by the forked workers)."""
+    pids = [t[0] for t in TRACKLETS["train"]]
+    cfg = TrainParams(identities_per_batch=2, instances_per_identity=2)
+
+    def train_batches(dataset, num_workers):
+        loader = train_loader(dataset, pids, cfg, seed=3, num_workers=num_workers)
+        loader.batch_sampler.set_epoch(1)
+        return batches(loader)
+
+    labels = train_labels(pids)
+    in_process = CachedClipDataset(cache, "train", N, labels)
+    expected = train_batches(in_process, 0)
+    assert_same_batches(train_batches(CachedClipDataset(cache, "train", N, labels), 2), expected)
+    assert_same_batches(train_batches(in_process, 2), expected)
+
+    test = CachedClipDataset(cache, "test", N)
+    expected = batches(eval_loader(test, 3, 0))
+    assert [i for _, _, indices in expected for i in indices] == [0, 1, 2, 3]
+    assert_same_batches(batches(eval_loader(CachedClipDataset(cache, "test", N), 3, 2)),
+                        expected)
+
+
+def test_embed_returns_every_item_in_loader_order(cache):
+    """(num_items, E) embeddings, row i being the model's embedding of item i."""
+    torch.manual_seed(0)
+    model = DRSA(ModelParams(backbone="resnet18", init="scratch", K=2, d=8, embed_dim=16, N=N),
+                 4).eval()
+    dataset = CachedClipDataset(cache, "train", N)
+    features = embed(model, eval_loader(dataset, 4, 0), torch.device("cpu"))
+    assert isinstance(features, np.ndarray)
+    assert features.shape == (len(dataset), 16) and features.dtype == np.float32
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            one = model(dataset[i][0][None]).embedding[0].numpy()
+            np.testing.assert_allclose(features[i], one, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(features[0], features[2])  # the rows really differ
+
+
+def test_write_cache_refuses_an_empty_subset(tmp_path):
+    """A subset without tracklets is a clear error, and no file is left behind."""
+    empty = pd.DataFrame(columns=["pid", "camid", "subset", "is_query", "frames"])
+    backbone = Backbone("resnet18").eval()
+    with pytest.raises(CacheError, match="no test tracklets"):
+        write_cache(tmp_path / "c.h5", backbone, {"test": empty}, (32, 16), {})
+    assert list(tmp_path.iterdir()) == []

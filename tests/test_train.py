@@ -1,0 +1,399 @@
+"""Tests of pipeline/train.py: resume after an interruption replays the uninterrupted run
+bit for bit, the loss and its diversity term, checkpoints, exported models, devices.
+
+Small and CPU-only: DRSA heads (K = 2, d = 8, E = 16) trained with OIM on random 16-channel 2x2
+grids of 12 tracklets of 4 identities, 2 batches of 2 x 2 per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data import train_labels, train_loader
+from pipeline.losses import OIMLoss
+from pipeline.model import DRSA, BaselineHead, VideoReIDNet, build_model
+from pipeline.params import ModelParams, RuntimeParams, TrainParams
+from pipeline.train import (
+    Step,
+    export_model,
+    fingerprint,
+    finish,
+    fit,
+    load,
+    load_exported,
+    pick_device,
+    save,
+    seed_everything,
+    use_autocast,
+)
+
+MODEL = ModelParams(backbone="resnet18", init="scratch", last_stride=2, K=2, d=8, embed_dim=16,
+                    N=3)
+D = 16  # channels of the fabricated grids
+PIDS = [7, 7, 7, 3, 3, 3, 5, 5, 5, 9, 9, 9]  # 12 tracklets of 4 identities
+# lr 0.1, then 0.01 in epoch 3: a resume from epoch 1 needs the scheduler's state to get it right
+CFG = TrainParams(epochs=3, identities_per_batch=2, instances_per_identity=2, lr=0.1,
+                  lr_step_epoch=2, lr_gamma=0.1)
+BATCHES_PER_EPOCH = 2  # 4 identities // 2 per batch
+
+
+class SeededGrids(Dataset):
+    """Training items ``(index, seed)`` like CachedClipDataset's, in memory: a fixed random clip
+    (N, D, 2, 2) per tracklet plus noise drawn from the item's seed."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.grids = torch.randn(len(PIDS), MODEL.N, D, 2, 2, generator=generator).relu()
+        labels = train_labels(PIDS)
+        self.labels = [labels[p] for p in PIDS]
+
+    def __len__(self) -> int:
+        return len(PIDS)
+
+    def __getitem__(self, item: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, int, int]:
+        index, seed = item
+        noise = np.random.default_rng(list(seed)).normal(0.0, 0.1, self.grids.shape[1:])
+        return self.grids[index] + torch.from_numpy(noise).float(), self.labels[index], index
+
+
+class Interrupt:
+    """A forward pass that raises ``error`` on call number ``at`` (1-based)."""
+
+    def __init__(self, forward, at: int, error: BaseException) -> None:
+        self.forward, self.at, self.error, self.calls = forward, at, error, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+        return self.forward(x)
+
+
+def train(resume_path, cfg=CFG, key="key", seed=0, wrap=None, diversity="hellinger",
+          diversity_weight=0.5, head="drsa"):
+    """Seed, build the heads and an OIM loss, and fit them. Returns (heads, criterion, history)."""
+    seed_everything(seed)
+    heads = DRSA(MODEL, D) if head == "drsa" else BaselineHead(MODEL, D)
+    criterion = OIMLoss(MODEL.embed_dim, len(set(PIDS)))
+    loader = train_loader(SeededGrids(), PIDS, cfg, seed=1, num_workers=0)
+    forward = wrap(heads) if wrap else heads
+    history = fit(heads, criterion, loader, cfg, Step(forward, diversity, diversity_weight),
+                  torch.device("cpu"), resume_path, key)
+    return heads, criterion, history
+
+
+def assert_same_run(a, b) -> None:
+    """Same weights and buffers, same OIM lookup table, same history."""
+    (heads_a, criterion_a, history_a), (heads_b, criterion_b, history_b) = a, b
+    state_a, state_b = heads_a.state_dict(), heads_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+    assert torch.equal(criterion_a.lut, criterion_b.lut)
+    assert history_a == history_b
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Three epochs without interruption."""
+    return train(tmp_path_factory.mktemp("straight") / "resume.pt")
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def test_straight_run_history(straight):
+    """One row per step; the lr steps down after epoch 1; the LUT and the weights were trained."""
+    heads, criterion, history = straight
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, 1), (1, 2), (2, 3), (2, 4),
+                                                          (3, 5), (3, 6)]
+    assert [h["lr"] for h in history] == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01, 0.01])
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert (criterion.lut.norm(dim=1) > 0.99).all()  # every identity's row was written
+    assert heads.temporal.weight.abs().sum() > 0  # trained away from its zero initialisation
+
+
+def test_resume_after_an_interruption_replays_the_uninterrupted_run(straight, tmp_path):
+    """Interrupted on the first batch of epoch 2, then started again with the same inputs (and
+    heads initialised from another seed): it resumes after epoch 1 from the checkpoint (weights,
+    OIM table, optimizer momentum, lr schedule, history) and ends with the straight run's
+    weights, lookup table and history, bit for bit."""
+    resume = tmp_path / "resume.pt"
+    first_of_epoch_2 = BATCHES_PER_EPOCH + 1
+    with pytest.raises(KeyboardInterrupt):
+        train(resume, wrap=lambda f: Interrupt(f, first_of_epoch_2, KeyboardInterrupt()))
+    state = load(resume)
+    assert state["epoch"] == 0 and state["key"] == "key"
+    assert [h["epoch"] for h in state["history"]] == [1, 1]
+
+    calls = []
+    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x))
+    assert len(calls) == 2 * BATCHES_PER_EPOCH  # only epochs 2 and 3 were trained
+    assert_same_run(resumed, straight)
+    assert load(resume)["epoch"] == 2
+
+
+def test_a_finished_checkpoint_is_resumed_without_training(straight, tmp_path):
+    """Started again after its last epoch (a stage re-run before ``finish``): no step is taken,
+    the weights and the history are the straight run's."""
+    resume = tmp_path / "resume.pt"
+    train(resume)
+    calls = []
+    again = train(resume, seed=5, wrap=lambda f: lambda x: calls.append(1) or f(x))
+    assert calls == []
+    assert_same_run(again, straight)
+
+
+def test_a_checkpoint_for_other_inputs_is_ignored(straight, tmp_path):
+    """A resume file with another key (here one epoch at another lr) is not used: the run
+    starts from scratch and equals a fresh one; the file is then replaced."""
+    resume = tmp_path / "resume.pt"
+    train(resume, cfg=dataclasses.replace(CFG, epochs=1, lr=0.05), key="other inputs")
+    assert load(resume)["key"] == "other inputs"
+    assert_same_run(train(resume), straight)
+    assert load(resume)["key"] == "key"
+
+
+def test_finish_removes_the_scratch_checkpoint(tmp_path):
+    """fit leaves its resume file (for a re-run before the outputs are written); finish drops
+    it, and finishing twice is harmless."""
+    resume = tmp_path / "scratch" / "resume.pt"
+    train(resume, cfg=dataclasses.replace(CFG, epochs=1))
+    assert resume.is_file()
+    finish(resume)
+    assert not resume.exists()
+    finish(resume)
+
+
+@pytest.mark.parametrize(("call", "where"), [(2, "epoch 1, step 2"), (3, "epoch 2, step 1")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_loss_stops_training(tmp_path, call, where, bad):
+    """A NaN or infinite loss raises FloatingPointError naming the epoch and the step."""
+
+    def wrap(forward):
+        def broken(x):
+            out = forward(x)
+            if len(calls) == call - 1:
+                out = out._replace(embedding=out.embedding * bad)
+            calls.append(1)
+            return out
+        return broken
+
+    calls: list[int] = []
+    with pytest.raises(FloatingPointError, match=re.escape(where)):
+        train(tmp_path / "resume.pt", wrap=wrap)
+
+
+@pytest.mark.parametrize(("head", "diversity", "weight", "active"), [
+    ("drsa", "hellinger", 0.5, True),
+    ("drsa", "sparse", 2.0, True),
+    ("drsa", "none", 0.5, False),
+    ("drsa", "hellinger", 0.0, True),
+    ("baseline", "hellinger", 0.5, False),  # no attention maps, no term
+])
+def test_loss_is_the_identity_loss_plus_the_weighted_diversity(tmp_path, head, diversity, weight,
+                                                               active):
+    """loss = id_loss + w * diversity at every step; the term is > 0 (and at most K(K-1) = 2)
+    when computed, 0 when off or without attention maps."""
+    cfg = dataclasses.replace(CFG, epochs=1)
+    _, _, history = train(tmp_path / "resume.pt", cfg=cfg, diversity=diversity,
+                          diversity_weight=weight, head=head)
+    assert len(history) == BATCHES_PER_EPOCH
+    for h in history:
+        assert h["id_loss"] > 0
+        if active:
+            assert 0 < h["diversity"] <= 2
+        else:
+            assert h["diversity"] == 0
+        assert h["loss"] == pytest.approx(h["id_loss"] + weight * h["diversity"], rel=1e-6)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+class Opaque:
+    """An arbitrary object: pickled by torch.save, refused by a weights-only load."""
+
+    def __init__(self) -> None:
+        self.value = 42
+
+
+def test_save_is_atomic_and_loads_back(tmp_path):
+    """Parents created, no temporary file left, tensors and containers load back equal."""
+    path = tmp_path / "a" / "b" / "ckpt.pt"
+    payload = {"w": torch.arange(6.0).view(2, 3), "history": [{"epoch": 1, "loss": 0.5}],
+               "name": "x", "rng": torch.get_rng_state()}
+    save(path, payload)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]
+    loaded = load(path)
+    assert torch.equal(loaded["w"], payload["w"]) and torch.equal(loaded["rng"], payload["rng"])
+    assert loaded["history"] == payload["history"] and loaded["name"] == "x"
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path):
+    """torch.save failing half way (an unpicklable object) leaves the previous file as it was
+    and no ``.ckpt.pt.tmp`` behind."""
+    path = tmp_path / "ckpt.pt"
+    save(path, {"w": torch.ones(3)})
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
+        save(path, {"w": torch.zeros(3), "f": lambda: 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert torch.equal(load(path)["w"], torch.ones(3))
+
+
+def test_load_refuses_arbitrary_objects(tmp_path):
+    """A pickled object of a class is refused (weights_only), as a ValueError."""
+    path = tmp_path / "evil.pt"
+    torch.save({"state": {"w": torch.ones(1)}, "extra": Opaque()}, path)
+    with pytest.raises(ValueError, match="plain tensors"):
+        load(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "text", "empty"])
+def test_load_refuses_broken_files(tmp_path, damage):
+    """A truncated checkpoint, a text file or an empty file: ValueError naming the file."""
+    path = tmp_path / "ckpt.pt"
+    save(path, {"w": torch.randn(1000)})
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    else:
+        path.write_text("" if damage == "empty" else "not a checkpoint\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: not a loadable checkpoint"):
+        load(path)
+
+
+def test_load_of_a_missing_file_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing.pt")
+
+
+# --- exported models ----------------------------------------------------------------------------
+
+
+def make_model(kind: str, head: str):
+    """A model whose every parameter and BatchNorm buffer is away from its initial value (so a
+    rebuilt model that missed any would differ), in eval mode."""
+    seed_everything(0)
+    model = build_model(MODEL, head) if kind == "net" else (
+        DRSA(MODEL, D) if head == "drsa" else BaselineHead(MODEL, D))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        inputs = torch.randn(4, MODEL.N, 3, 32, 16) if kind == "net" else torch.rand(
+            4, MODEL.N, D, 2, 2)
+        model.train()(inputs)  # BatchNorm running statistics move
+    return model.eval(), inputs
+
+
+@pytest.mark.parametrize(("kind", "head"), [
+    ("net", "baseline"), ("net", "drsa"), ("head", "drsa"), ("head", "baseline"),
+])
+def test_exported_models_rebuild_identically(tmp_path, kind, head):
+    """load_exported rebuilds the same class from the stored configuration, in eval mode, with
+    identical outputs; extra payload keys are kept."""
+    model, inputs = make_model(kind, head)
+    path = tmp_path / "model.pt"
+    extra = {"stage": "test", "criterion": {"lut": torch.eye(3)}}
+    export_model(path, model, MODEL, head, extra)
+    rebuilt, payload = load_exported(path)
+    assert type(rebuilt) is type(model)
+    assert not rebuilt.training
+    if kind == "net":
+        assert isinstance(rebuilt, VideoReIDNet)
+        assert type(rebuilt.head) is type(model.head)
+    assert payload["kind"] == kind and payload["head"] == head
+    assert payload["model_params"] == dataclasses.asdict(MODEL)
+    assert payload["stage"] == "test" and torch.equal(payload["criterion"]["lut"], torch.eye(3))
+    with torch.no_grad():
+        expected, got = model(inputs), rebuilt(inputs)
+    for a, b in zip(expected, got, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def _edit(payload: dict, change: str) -> None:
+    if change == "K":
+        payload["model_params"]["K"] = 3
+    elif change == "embed_dim":
+        payload["model_params"]["embed_dim"] = 8
+    elif change == "in_channels":
+        payload["in_channels"] = D + 1
+    elif change == "head":
+        payload["head"] = "transformer"
+    elif change == "state":
+        del payload["state"]
+    elif change == "unknown_param":
+        payload["model_params"]["colour"] = "red"
+
+
+@pytest.mark.parametrize("change", ["K", "embed_dim", "in_channels", "head", "state",
+                                    "unknown_param"])
+def test_exported_payload_that_does_not_fit_is_refused(tmp_path, change):
+    """A stored configuration the weights do not fit, or a payload not made by export_model:
+    a ValueError naming the file."""
+    model, _ = make_model("head", "drsa")
+    path = tmp_path / "model.pt"
+    export_model(path, model, MODEL, "drsa")
+    payload = load(path)
+    _edit(payload, change)
+    save(path, payload)
+    with pytest.raises(ValueError, match=re.escape(str(path)) if change != "unknown_param"
+                       else "unknown key model.colour"):
+        load_exported(path)
+
+
+# --- devices, seeds, fingerprints ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("device", "cuda", "expected"), [
+    ("cpu", False, "cpu"), ("auto", False, "cpu"), ("cpu", True, "cpu"), ("auto", True, "cuda"),
+    ("cuda", True, "cuda"),
+])
+def test_pick_device(monkeypatch, device, cuda, expected):
+    """auto: CUDA when there is one, else CPU; an explicit choice is kept."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert pick_device(RuntimeParams(device=device)) == torch.device(expected)
+
+
+def test_pick_device_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        pick_device(RuntimeParams(device="cuda"))
+
+
+@pytest.mark.parametrize(("amp", "device", "expected"), [
+    (True, "cpu", False), (False, "cpu", False), (True, "cuda", True), (False, "cuda", False),
+])
+def test_use_autocast_only_on_cuda(amp, device, expected):
+    assert use_autocast(RuntimeParams(amp=amp), torch.device(device)) is expected
+
+
+def test_seed_everything_repeats_pythons_and_torchs_draws():
+    seed_everything(3)
+    first = (random.random(), torch.rand(4))
+    seed_everything(3)
+    second = (random.random(), torch.rand(4))
+    seed_everything(4)
+    other = torch.rand(4)
+    assert first[0] == second[0] and torch.equal(first[1], second[1])
+    assert not torch.equal(first[1], other)
+
+
+def test_fingerprint_is_stable_and_tells_inputs_apart(tmp_path):
+    """Equal inputs (dict order aside) give the same short hex hash; any change another one."""
+    a = fingerprint("attention", 0, {"K": 6, "d": 256}, tmp_path / "x.h5")
+    assert a == fingerprint("attention", 0, {"d": 256, "K": 6}, tmp_path / "x.h5")
+    assert re.fullmatch(r"[0-9a-f]{16}", a)
+    others = [fingerprint("attention", 1, {"K": 6, "d": 256}, tmp_path / "x.h5"),
+              fingerprint("attention", 0, {"K": 4, "d": 256}, tmp_path / "x.h5"),
+              fingerprint("joint", 0, {"K": 6, "d": 256}, tmp_path / "x.h5"),
+              fingerprint("attention", 0, {"K": 6, "d": 256}, tmp_path / "y.h5"),
+              fingerprint("attention", 0, {"K": 6, "d": 256})]
+    assert len({a, *others}) == 1 + len(others)
