@@ -28,7 +28,14 @@ from pipeline.datasets import (
     num_splits,
     pool_images,
 )
-from pipeline.datasets.common import by_frame_number, video_table
+from pipeline.datasets.common import (
+    by_frame_number,
+    experiment_origin,
+    load_video_index,
+    resolve_data_path,
+    save_video_index,
+    video_table,
+)
 from pipeline.params import IMAGE_DATASETS, VIDEO_DATASETS
 
 
@@ -623,3 +630,65 @@ def test_video_table_invariants(subset, is_query, frames, message):
     row = {"pid": 3, "camid": 2, "subset": subset, "is_query": is_query, "frames": frames}
     with pytest.raises(DatasetError, match=message):
         video_table([row], Path("somewhere"))
+
+
+# --- data paths in DVC experiment workspaces ------------------------------------------------------
+
+
+def test_experiment_origin_is_the_project_above_dvc_tmp_exps(tmp_path):
+    project = tmp_path / "project"
+    workspace = project / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12"
+    workspace.mkdir(parents=True)
+    assert experiment_origin(workspace) == project.resolve()
+    assert experiment_origin(project) is None
+    assert experiment_origin(tmp_path / "exps") is None
+
+
+def test_relative_data_path_missing_in_a_workspace_comes_from_the_project(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "data" / "raw" / "synthetic").mkdir(parents=True)
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert resolve_data_path("data/raw") == project.resolve() / "data" / "raw"
+    assert resolve_data_path("data/other") == Path("data/other")  # neither has it: unchanged
+    (workspace / "data" / "raw").mkdir(parents=True)
+    assert resolve_data_path("data/raw") == Path("data/raw")  # the workspace's own wins
+    monkeypatch.chdir(project)
+    assert resolve_data_path("data/raw") == Path("data/raw")
+
+
+def test_index_records_the_relative_root_and_reads_through_a_workspace(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    root = project / "data" / "raw" / "set"
+    rows = [{"pid": 1, "camid": c, "subset": "test", "is_query": c == 1,
+             "frames": [root / f"{c}_{i}.jpg" for i in range(2)]} for c in (1, 2)]
+    index = tmp_path / "split_0.json"
+    save_video_index(video_table(rows, index), root, index, recorded_root=Path("data/raw/set"))
+    assert json.loads(index.read_text())["root"] == "data/raw/set"
+    root.mkdir(parents=True)
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    table = load_video_index(index)
+    assert table["frames"][0] == [root.resolve() / "1_0.jpg", root.resolve() / "1_1.jpg"]
+
+
+def test_index_whose_root_is_gone_says_how_to_prepare_it_again(tmp_path, monkeypatch):
+    root = tmp_path / "raw" / "set"
+    rows = [{"pid": 1, "camid": c, "subset": "test", "is_query": c == 1,
+             "frames": [root / f"{c}.jpg"]} for c in (1, 2)]
+    index = tmp_path / "split_0.json"
+    save_video_index(video_table(rows, index), root, index)
+    with pytest.raises(DatasetError, match=r"split_0.json: the dataset root .*raw/set .*does not "
+                                           r"exist.*dvc repro --force download"):
+        load_video_index(index)
+
+
+def test_index_of_a_frame_outside_the_root_is_refused(tmp_path):
+    rows = [{"pid": 1, "camid": c, "subset": "test", "is_query": c == 1,
+             "frames": [tmp_path / "elsewhere" / f"{c}.jpg"]} for c in (1, 2)]
+    index = tmp_path / "split_0.json"
+    with pytest.raises(DatasetError, match="not under the dataset root"):
+        save_video_index(video_table(rows, index), tmp_path / "raw", index)
+    assert not index.exists()

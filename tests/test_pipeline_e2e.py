@@ -1,6 +1,7 @@
 """The whole DVC pipeline on a tiny configuration, in a throw-away git repository: `dvc repro`,
 then `dvc exp run -S model.K=2` (which must re-run only the stages K affects), then
-`dvc metrics diff`."""
+`dvc metrics diff`; an experiment in a temporary workspace (where the extracted frames are not
+copied); and a fresh clone, which must prepare the data again rather than trust the lock file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from pipeline.datasets.common import load_video_index
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -125,3 +128,29 @@ def test_repro_then_k_experiment(repo):
     assert heads["cache@synthetic-0"]["params"]["params.yaml"]["cache"]["batch_size"] == 16
     diff = sh(repo, "dvc", "metrics", "diff", "--all")
     assert "metrics/eval/synthetic-0.json" in diff and "models.temporal.official.rank1" in diff
+
+    # a temporary workspace (as for queued experiments) holds no data/raw: the joint and evaluate
+    # stages read the project's frames
+    output = sh(repo, "dvc", "exp", "run", "--temp", "-n", "tiny-d4", "-S", "model.d=4")
+    assert ran(output) == {"attention@synthetic-0", "joint@synthetic-0", "evaluate@synthetic-0",
+                           "summary"}
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    assert "tiny-d4" in json.dumps(shown)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_fresh_clone_prepares_the_data_again(repo, tmp_path, monkeypatch):
+    """A clone has dvc.lock but neither the DVC cache nor data/raw: `dvc repro` must run the
+    download stage (its manifest is DVC-cached, not in git) instead of failing in index."""
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "--allow-empty", "-m", "state to clone")
+    clone = tmp_path / "clone"
+    sh(repo, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "data" / "download.json").exists()
+    output = sh(clone, "dvc", "repro", "index")
+    assert ran(output) == {"download", "index"}
+    assert (clone / "data" / "raw" / "synthetic").is_dir()
+    monkeypatch.chdir(clone)  # the index names data/raw/synthetic, relative to the project
+    table = load_video_index(Path("data/index/synthetic/split_0.json"))
+    assert table.shape[0] > 0 and table["frames"][0][0].is_file()

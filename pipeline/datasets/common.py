@@ -75,41 +75,95 @@ def image_table(rows: list[dict], source: Path) -> pd.DataFrame:
     return table.astype({"pid": "int64", "camid": "int64"}).reset_index(drop=True)
 
 
+# --- where the extracted datasets live ------------------------------------------------------------
+# The extracted datasets (``data/raw``, or a symlink from there to a shared disk) and the user's
+# archives (``data/archives``) are not DVC outputs: a million frames would slow every
+# ``dvc status`` and be copied into every experiment. ``dvc exp run --temp`` and queued experiments
+# run in a copy of the project under ``<project>/.dvc/tmp/exps/``, which holds only git files and
+# DVC outputs; there a relative data path that the copy lacks is read from the project itself.
+
+EXPERIMENT_DIR = (".dvc", "tmp", "exps")
+
+
+def experiment_origin(cwd: Path | None = None) -> Path | None:
+    """The project a DVC experiment workspace was copied from, or None outside of one."""
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    parts = cwd.resolve().parts
+    n = len(EXPERIMENT_DIR)
+    for i in range(len(parts) - n, 0, -1):
+        if parts[i:i + n] == EXPERIMENT_DIR:
+            return Path(*parts[:i])
+    return None
+
+
+def resolve_data_path(path: Path | str, cwd: Path | None = None) -> Path:
+    """``path`` itself when it is absolute or exists; inside a DVC experiment workspace, a relative
+    path the workspace lacks is taken from the project the experiment was copied from."""
+    path = Path(path)
+    if path.is_absolute() or path.exists() or (cwd is not None and (cwd / path).exists()):
+        return path
+    origin = experiment_origin(cwd)
+    if origin is not None and (origin / path).exists():
+        return origin / path
+    return path
+
+
 # --- the canonical tables on disk -----------------------------------------------------------------
 # Frame and image paths are stored relative to the dataset root, which is recorded once per file,
-# so an index stays valid when the repository moves.
+# so an index stays valid when the repository moves (and is the same in experiment workspaces).
 
 
-def save_video_index(table: pd.DataFrame, root: Path, path: Path) -> None:
+def _relative_records(paths, root: Path, source: Path) -> list[str]:
+    try:
+        return [str(Path(f).relative_to(root)) for f in paths]
+    except ValueError as err:
+        raise DatasetError(f"{source}: a path is not under the dataset root {root}: {err}") from err
+
+
+def save_video_index(table: pd.DataFrame, root: Path, path: Path,
+                     recorded_root: Path | None = None) -> None:
     """Write a video table as JSON: ``{"root": ..., "tracklets": [{pid, camid, subset,
-    is_query, frames: [relative paths]}, ...]}``."""
+    is_query, frames: [relative paths]}, ...]}``. Frames are relative to ``root``; the file
+    records ``recorded_root`` (default ``root``) as the place to find them."""
     root = Path(root)
     records = [{"pid": int(r.pid), "camid": int(r.camid), "subset": r.subset,
-                "is_query": bool(r.is_query),
-                "frames": [str(Path(f).relative_to(root)) for f in r.frames]}
+                "is_query": bool(r.is_query), "frames": _relative_records(r.frames, root, path)}
                for r in table.itertuples(index=False)]
-    _write_json(path, {"root": str(root), "tracklets": records})
+    _write_json(path, {"root": str(recorded_root or root), "tracklets": records})
+
+
+def _recorded_root(content: dict, path: Path) -> Path:
+    """The dataset root an index file names, resolved (see ``resolve_data_path``); a root that
+    is gone is an error saying how to bring it back."""
+    root = resolve_data_path(content["root"])
+    if not root.is_dir():
+        raise DatasetError(f"{path}: the dataset root {content['root']} it indexes does not exist "
+                           "(deleted, or a fresh clone whose data/download.json came from a DVC "
+                           "remote): run `dvc repro --force download` to prepare it again")
+    return root
 
 
 def load_video_index(path: Path) -> pd.DataFrame:
     """Read a table written by ``save_video_index``; frames become paths under its root again."""
     content = json.loads(Path(path).read_text())
-    root = Path(content["root"])
+    root = _recorded_root(content, Path(path))
     rows = [{**r, "frames": [root / f for f in r["frames"]]} for r in content["tracklets"]]
     return video_table(rows, Path(path))
 
 
-def save_image_index(table: pd.DataFrame, root: Path, path: Path) -> None:
+def save_image_index(table: pd.DataFrame, root: Path, path: Path,
+                     recorded_root: Path | None = None) -> None:
     """Write an image table as JSON: ``{"root": ..., "images": [{pid, camid, path}, ...]}``."""
     root = Path(root)
-    records = [{"pid": int(r.pid), "camid": int(r.camid),
-                "path": str(Path(r.path).relative_to(root))} for r in table.itertuples(index=False)]
-    _write_json(path, {"root": str(root), "images": records})
+    records = [{"pid": int(r.pid), "camid": int(r.camid), "path": rel}
+               for r, rel in zip(table.itertuples(index=False),
+                                 _relative_records(table["path"], root, path), strict=True)]
+    _write_json(path, {"root": str(recorded_root or root), "images": records})
 
 
 def load_image_index(path: Path) -> pd.DataFrame:
     content = json.loads(Path(path).read_text())
-    root = Path(content["root"])
+    root = _recorded_root(content, Path(path))
     return image_table([{**r, "path": root / r["path"]} for r in content["images"]], Path(path))
 
 

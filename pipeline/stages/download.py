@@ -5,7 +5,9 @@ The synthetic set is generated from the ``synthetic`` params (again only when th
 set is used as already extracted, else extracted from the archives the user placed in
 ``<archives>/<name>/``, else downloaded where a public URL exists (see
 ``pipeline.datasets.sources``). The extracted trees are not DVC outputs (a million files would make
-every ``dvc status`` slow): the manifest written here is, and the index stage depends on it.
+every ``dvc status`` slow): the manifest written here is, and the index stage depends on it. The
+manifest is DVC-cached, not kept in git, so that a fresh clone runs this stage and prepares the
+data again.
 
     python -m pipeline.stages.download --params params.yaml --raw data/raw \
         --archives data/archives --manifest data/download.json
@@ -22,6 +24,7 @@ import os
 from pathlib import Path
 
 from pipeline.datasets import DatasetError, index_images, index_video, synthetic
+from pipeline.datasets.common import resolve_data_path
 from pipeline.datasets.sources import SOURCES, instructions
 from pipeline.download import extract, fetch, md5sum
 from pipeline.params import SyntheticParams, load_params
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="JSON written here")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    # in an experiment workspace, the project's own data/raw and data/archives (never copied)
+    args.raw, args.archives = resolve_data_path(args.raw), resolve_data_path(args.archives)
     manifest = {}
     for name in dataset_names(params.data.video, params.data.image):
         root = args.raw / name

@@ -20,7 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.datasets import index_images, index_video, num_splits
-from pipeline.datasets.common import check_video_invariants, save_image_index, save_video_index
+from pipeline.datasets.common import (
+    check_video_invariants,
+    resolve_data_path,
+    save_image_index,
+    save_video_index,
+)
 from pipeline.params import load_params
 from pipeline.stages.common import format_table, run, write_json
 
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True)
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    raw = resolve_data_path(args.raw)  # the project's data/raw, also from an experiment workspace
 
     # build the whole index beside its destination, then swap it in
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,17 +81,19 @@ def main(argv: list[str] | None = None) -> None:
             stats["video"][name] = {}
             for split in range(num_splits(name)):
                 log.info("%s: indexing split %d", name, split)
-                table = index_video(name, args.raw / name, split)
+                table = index_video(name, raw / name, split)
                 check_video_invariants(table, f"{name} split {split}")
-                save_video_index(table, args.raw / name, tmp / name / f"split_{split}.json")
+                save_video_index(table, raw / name, tmp / name / f"split_{split}.json",
+                                 recorded_root=args.raw / name)
                 s = stats["video"][name][f"split_{split}"] = video_stats(table)
                 rows.append([name, split, s["train"]["ids"], s["train"]["tracklets"],
                              s["test"]["ids"], s["test"]["tracklets"], s["test"]["queries"],
                              s["train"]["frames"] + s["test"]["frames"]])
         for name in params.data.image:
             log.info("%s: indexing images", name)
-            table = index_images(name, args.raw / name)
-            save_image_index(table, args.raw / name, tmp / name / "images.json")
+            table = index_images(name, raw / name)
+            save_image_index(table, raw / name, tmp / name / "images.json",
+                             recorded_root=args.raw / name)
             stats["image"][name] = image_stats(table)
         if args.out.exists():
             shutil.rmtree(args.out)
