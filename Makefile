@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro paper test lint format lock clean
+.PHONY: help setup repro paper ablations ksweep report test lint format lock clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(STAMP) ## Create .venv and install the pinned dependencies (once; re-runs when requirements change)
 
@@ -29,6 +29,20 @@ repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
 DATASET ?= mars
 paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment
 	eval "PATH=\"$(CURDIR)/$(BIN):$$PATH\" $(BIN)/dvc exp run $$($(BIN)/python -m pipeline.params --dataset $(DATASET))"
+
+SEEDS ?= 0 1 2
+JOBS ?= 1
+ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS workers (one per GPU), then report
+	$(BIN)/python -m pipeline.experiments run table1 --seeds $(SEEDS) --jobs $(JOBS)
+	$(MAKE) --no-print-directory report
+
+ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with JOBS workers, then report
+	$(BIN)/python -m pipeline.experiments run table2 --jobs $(JOBS)
+	$(MAKE) --no-print-directory report
+
+report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.report --params params.yaml --seeds $(SEEDS) \
+		--out metrics/report.md --chart metrics/plots/table1.png
 
 test: setup ## Run the test suite (CPU only, no network)
 	$(BIN)/python -m pytest

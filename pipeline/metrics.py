@@ -138,3 +138,29 @@ def pairwise_distance(q_feats: np.ndarray, g_feats: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected features (num_q, E) and (num_g, E), got {q.shape}, {g.shape}")
     dist = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
     return np.maximum(dist, 0.0).astype(np.float32)
+
+
+# --- how diverse the spatial attention maps are --------------------------------------------------
+
+
+def attention_overlap(S: np.ndarray) -> np.ndarray:
+    """Mean pairwise Bhattacharyya coefficient ``sum_l sqrt(s_i[l] s_j[l])`` over the K(K-1)/2
+    pairs of an image's K spatial attention maps, for S of shape (..., K, L) whose rows sum to 1:
+    shape (...). 0 when the maps have disjoint supports, 1 when they are identical; NaN for K = 1
+    (no pair). This is 1 - H^2 of the Hellinger distance the diversity term Q penalises."""
+    S = np.asarray(S, dtype=np.float64)
+    K = S.shape[-2]
+    if K < 2:
+        return np.full(S.shape[:-2], np.nan)
+    root = np.sqrt(np.clip(S, 0.0, None))
+    bc = root @ np.swapaxes(root, -1, -2)  # (..., K, K), ones on the diagonal
+    off_diagonal = bc.sum(axis=(-1, -2)) - np.trace(bc, axis1=-2, axis2=-1)
+    return off_diagonal / (K * (K - 1))
+
+
+def attention_entropy(S: np.ndarray) -> np.ndarray:
+    """Mean entropy (nats) of an image's K attention maps, for S of shape (..., K, L): shape (...).
+    0 for maps on one cell, log(L) for uniform maps; 0 log 0 counts as 0."""
+    S = np.asarray(S, dtype=np.float64)
+    terms = np.where(S > 0, -S * np.log(np.where(S > 0, S, 1.0)), 0.0)
+    return terms.sum(axis=-1).mean(axis=-1)

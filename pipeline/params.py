@@ -178,6 +178,7 @@ class EvaluateParams:
     protocols: list[str] = choices(["official", "torchreid"], PROTOCOLS)  # see metrics.py
     max_rank: int = at_least(20, 1)  # length of the CMC curve
     batch_size: int = at_least(32, 1)  # tracklets per forward pass at test time
+    attention_figures: int = at_least(3, 0)  # query tracklets drawn with their attention maps
 
 
 @dataclass(frozen=True)

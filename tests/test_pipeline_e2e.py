@@ -13,8 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from pipeline.datasets.common import load_video_index
 
@@ -61,6 +63,7 @@ def repo(tmp_path_factory) -> Path:
     (work / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
     shutil.copy(ROOT / ".dvc" / ".gitignore", work / ".dvc" / ".gitignore")
+    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")
     (work / "data" / "archives").mkdir(parents=True)
     shutil.copy(ROOT / "data" / ".gitignore", work / "data" / ".gitignore")
     (work / "data" / "archives" / ".gitkeep").touch()
@@ -71,7 +74,7 @@ def repo(tmp_path_factory) -> Path:
     return work
 
 
-def sh(work: Path, *cmd: str) -> str:
+def sh(work: Path, *cmd: str, stdout_only: bool = False) -> str:
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(work.parent),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "PYTHONDONTWRITEBYTECODE": "1",
@@ -80,7 +83,7 @@ def sh(work: Path, *cmd: str) -> str:
     if result.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-3000:]}")
-    return result.stdout + result.stderr
+    return result.stdout if stdout_only else result.stdout + result.stderr
 
 
 def ran(output: str) -> set[str]:
@@ -104,6 +107,15 @@ def test_repro_then_k_experiment(repo):
                               "num_queries"}
             assert 0.0 <= m["rank1"] <= m["rank5"] <= m["rank20"] <= 1.0
             assert m["num_queries"] == 4
+    for model in ("spatial", "temporal", "joint"):
+        stats = evaluation["attention"][model]
+        assert 0.0 <= stats["overlap"] <= 1.0 and 0.0 <= stats["entropy"] <= np.log(4 * 2) + 1e-9
+    figures = sorted((repo / "metrics" / "plots" / "attention" / "synthetic-0").glob("*.png"))
+    assert len(figures) == 3  # evaluate.attention_figures of the 4 queries
+    with Image.open(figures[0]) as image:  # 1 + K = 4 columns x N = 3 rows of 32x16 frames,
+        assert image.size == (520, 830)  # 1.3 in per column, 100 dpi, plus the title
+    summary_pngs = {p.name for p in (repo / "metrics" / "plots" / "summary").iterdir()}
+    assert summary_pngs == {"cmc_synthetic.png", "loss_synthetic-0.png"}
     results = json.loads((repo / "metrics" / "results.json").read_text())["results"]
     assert results["synthetic"]["joint"]["official"]["rank1"]["mean"] == \
         evaluation["models"]["joint"]["official"]["rank1"]
@@ -113,7 +125,7 @@ def test_repro_then_k_experiment(repo):
                   "attention/synthetic-0/temporal.csv", "joint/synthetic-0.csv"):
         lines = (repo / "metrics" / "plots" / "loss" / curve).read_text().splitlines()
         assert lines[0] == "epoch,step,lr,loss,id_loss,diversity" and len(lines) >= 2
-    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json"))
+    plots = json.loads(sh(repo, "dvc", "plots", "show", "--json", stdout_only=True))
     assert any("cmc" in key for key in plots["data"])
     assert not (repo / "scratch" / "pretrain" / "last.pt").exists()  # resume file dropped
 
@@ -134,7 +146,7 @@ def test_repro_then_k_experiment(repo):
     output = sh(repo, "dvc", "exp", "run", "--temp", "-n", "tiny-d4", "-S", "model.d=4")
     assert ran(output) == {"attention@synthetic-0", "joint@synthetic-0", "evaluate@synthetic-0",
                            "summary"}
-    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json", stdout_only=True))
     assert "tiny-d4" in json.dumps(shown)
 
 
@@ -154,3 +166,36 @@ def test_fresh_clone_prepares_the_data_again(repo, tmp_path, monkeypatch):
     monkeypatch.chdir(clone)  # the index names data/raw/synthetic, relative to the project
     table = load_video_index(Path("data/index/synthetic/split_0.json"))
     assert table.shape[0] > 0 and table["frames"][0][0].is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_queued_ablation_and_report(repo):
+    """One Table 1 experiment through DVC's queue (`pipeline.experiments run --only`), then the
+    report: that row has our numbers, the rows not run are shown as missing."""
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "--allow-empty", "-m", "baseline for the ablations")
+    output = sh(repo, sys.executable, "-m", "pipeline.experiments", "run", "table1", "--only",
+                "t1-s0-maxpool")
+    assert "queueing t1-s0-maxpool: model.temporal_pooling=max" in output
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json", stdout_only=True))
+    head = sh(repo, "git", "rev-parse", "HEAD").strip()
+    names = {run["name"]: run for rev in shown if rev["rev"] == head
+             for exp in rev["experiments"] or [] for run in exp["revs"]}
+    assert "t1-s0-maxpool" in names and names["t1-s0-maxpool"]["error"] is None
+    params = names["t1-s0-maxpool"]["data"]["params"]["params.yaml"]["data"]
+    assert params["model"]["temporal_pooling"] == "max"
+
+    sh(repo, sys.executable, "-m", "pipeline.report", "--params", "params.yaml", "--out",
+       "metrics/report.md", "--chart", "metrics/plots/table1.png")
+    report = (repo / "metrics" / "report.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()
+            if line.startswith("| SpaAtn") or line.startswith("| Baseline")}
+    metrics = names["t1-s0-maxpool"]["data"]["metrics"]["metrics/results.json"]["data"]
+    rank1 = metrics["results"]["synthetic"]["temporal"]["official"]["rank1"]["mean"]
+    assert f"{100 * rank1:.1f}" in rows["SpaAtn+Q+MaxPool"]
+    assert "t1-s0-maxpool" in rows["SpaAtn+Q+MaxPool"]
+    assert "missing" in rows["SpaAtn"] and "0.0" not in rows["SpaAtn"].split(" | ")[1]
+    assert "baseline commit" in rows["Baseline"]
+    with Image.open(repo / "metrics" / "plots" / "table1.png") as image:
+        assert image.size == (900, 400)  # one dataset panel

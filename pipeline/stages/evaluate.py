@@ -9,12 +9,17 @@ are the first frame of each of the N chunks (paper §4.2).
 Protocols (``evaluate.protocols``, see ``pipeline.metrics``): ``official`` ranks each query against
 every test tracklet; ``torchreid`` against the test tracklets that are neither queries nor junk.
 Metrics are fractions in [0, 1]: rank1, rank5, rank10, rank20, mAP, plus num_valid_queries and
-num_queries.
+num_queries. For the attention models the file also gives, over all test clips' frames, how much
+the K spatial maps overlap (mean pairwise Bhattacharyya coefficient: 0 disjoint, 1 identical) and
+their mean entropy (nats; log L for uniform maps), so that Q, Q' and no regulariser can be
+compared as numbers. ``--figures`` receives the paper's Fig. 3 for the first
+``evaluate.attention_figures`` queries: each test frame with the final model's K spatial maps
+and temporal weights.
 
     python -m pipeline.stages.evaluate --params params.yaml \
         --index data/index/<set>/split_<k>.json --cache data/cache/<set>-<k>.h5 \
         --models data/models/<set>-<k> --out metrics/eval/<set>-<k>.json \
-        --cmc metrics/plots/cmc/<set>-<k>.csv
+        --cmc metrics/plots/cmc/<set>-<k>.csv --figures metrics/plots/attention/<set>-<k>
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from pipeline.data import CachedClipDataset, ClipDataset, eval_loader
+from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, load_frame
 from pipeline.datasets.common import load_video_index
 from pipeline.features import cache_attrs, embed, open_cache
-from pipeline.metrics import evaluate_rank, pairwise_distance
+from pipeline.figures import attention_figure, save_figure
+from pipeline.metrics import attention_entropy, attention_overlap, evaluate_rank, pairwise_distance
+from pipeline.model import IMAGENET_MEAN, IMAGENET_STD, HeadOutput, grid_size
 from pipeline.params import load_params
+from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import format_table, run, write_csv, write_json
 from pipeline.train import load, load_exported, pick_device, use_autocast
 
@@ -66,6 +75,61 @@ def score(features: np.ndarray, test: pd.DataFrame, protocols: list[str],
     return metrics, curves
 
 
+class AttentionRecorder:
+    """Wraps a model for ``embed``: passes its output on and keeps, per test frame, the overlap and
+    the entropy of its K spatial attention maps."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.overlap: list[np.ndarray] = []
+        self.entropy: list[np.ndarray] = []
+
+    def __call__(self, clips: torch.Tensor) -> HeadOutput:
+        out = self.model(clips)
+        maps = out.spatial.float().cpu().numpy()  # (B, N, K, L)
+        self.overlap.append(attention_overlap(maps).ravel())
+        self.entropy.append(attention_entropy(maps).ravel())
+        return out
+
+    def summary(self) -> dict:
+        overlap = np.concatenate(self.overlap)
+        return {"overlap": None if np.isnan(overlap).all() else float(overlap.mean()),
+                "entropy": float(np.concatenate(self.entropy).mean())}
+
+
+def draw_attention(model, test: pd.DataFrame, count: int, N: int, size: tuple[int, int],
+                   device: torch.device, out_dir: Path, dataset: str) -> list[Path]:
+    """Fig. 3 for the first ``count`` queries: the N test frames of each (the first of each
+    chunk), the model's K spatial maps over them and the temporal weights. Replaces the folder."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    cfg = model.head.cfg
+    grid = grid_size(*size, cfg.last_stride)
+    written = []
+    for old in out_dir.glob("*.png") if out_dir.exists() else []:
+        old.unlink()
+    queries = test[test["is_query"]].head(count)
+    for row in queries.itertuples():
+        picks = restricted_random_sample(len(row.frames), N, train=False, rng=None)
+        clip = torch.stack([load_frame(row.frames[i], size) for i in picks])  # (N, 3, H, W)
+        with torch.no_grad():
+            out = model(clip[None].to(device))
+        pixels = ((clip * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
+        tracklet = Path(row.frames[0]).parent.name
+        name = f"q{row.Index:04d}_pid{row.pid}_cam{row.camid}"
+        fig = attention_figure(
+            pixels.numpy(), out.spatial[0].float().cpu().numpy(), grid,
+            out.temporal[0].float().cpu().numpy(),
+            title=f"{dataset}: query {row.Index} (pid {row.pid}, camera {row.camid}, "
+                  f"{tracklet}); K = {out.spatial.shape[2]}, "
+                  f"temporal pooling {cfg.temporal_pooling}",
+            frame_labels=[f"frame {i + 1}/{len(row.frames)}" for i in picks])
+        path = out_dir / f"{name}.png"
+        save_figure(fig, path)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -75,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder with finetune.pt, spatial.pt, temporal.pt, joint.pt")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--cmc", type=Path, required=True, help="CMC curves CSV")
+    parser.add_argument("--figures", type=Path, required=True,
+                        help="folder for the attention map PNGs (Fig. 3)")
     args = parser.parse_args(argv)
     p = load_params(args.params)
     device = pick_device(p.runtime)
@@ -93,22 +159,29 @@ def main(argv: list[str] | None = None) -> None:
                                      (p.data.height, p.data.width)),
                          p.evaluate.batch_size, p.data.num_workers, device.type == "cuda")
 
-    results, cmc_rows = {}, {"rank": np.arange(1, p.evaluate.max_rank + 1)}
+    dataset, split = args.index.parent.name, int(args.index.stem.removeprefix("split_"))
+    results, attention, cmc_rows = {}, {}, {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     for name in MODELS:
         model, _ = load_exported(args.models / f"{'finetune' if name == 'baseline' else name}.pt")
         model.to(device)
         if name == "baseline":
             features = embed(model.head, cached, device, False, desc=name)
-        elif name == "joint":
-            features = embed(model, frames, device, autocast, desc=name)
         else:
-            features = embed(model, cached, device, False, desc=name)
+            recorder = AttentionRecorder(model)
+            features = embed(recorder, frames if name == "joint" else cached, device,
+                             autocast and name == "joint", desc=name)
+            attention[name] = recorder.summary()
         results[name], curves = score(features, test, p.evaluate.protocols, p.evaluate.max_rank)
         for protocol, cmc in curves.items():
             cmc_rows[f"{name}_{protocol}"] = cmc
+        if name == "joint":
+            drawn = draw_attention(model, test, p.evaluate.attention_figures, p.model.N,
+                                   (p.data.height, p.data.width), device, args.figures,
+                                   f"{dataset} split {split}")
+            log.info("attention maps of %d queries drawn in %s", len(drawn), args.figures)
 
-    dataset, split = args.index.parent.name, int(args.index.stem.removeprefix("split_"))
-    write_json(args.out, {"dataset": dataset, "split": split, "seed": p.seed, "models": results})
+    write_json(args.out, {"dataset": dataset, "split": split, "seed": p.seed, "models": results,
+                          "attention": attention})
     write_csv(args.cmc, pd.DataFrame(cmc_rows).to_dict("records"))
     rows = [[name, protocol, *(m[f"rank{r}"] for r in RANKS if f"rank{r}" in m), m["mAP"],
              f"{m['num_valid_queries']}/{m['num_queries']}"]
@@ -116,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     header = ["model", "protocol", *(f"rank{r}" for r in RANKS if r <= p.evaluate.max_rank),
               "mAP", "valid queries"]
     print(f"\n{args.out.stem}\n" + format_table(header, rows))
+    print("\nspatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
+          "coefficient, 0 = disjoint, 1 = identical; entropy in nats)\n"
+          + format_table(["model", "overlap", "entropy"],
+                         [[m, "n/a (K = 1)" if a["overlap"] is None else a["overlap"],
+                           a["entropy"]] for m, a in attention.items()]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""The paper's experiments as DVC experiments: every row of Table 1 and of Table 2 is a params
+setting of the same pipeline, run with ``dvc exp run --queue`` so that only the stages it
+affects re-run.
+
+Rows the default pipeline already evaluates (Baseline, SpaAtn+Q, SpaAtn+Q+TemAtn, +Ind at the
+params' own seed; Table 2 at the params' own K) are read from the baseline commit, never re-run.
+The others are queued under stable names (``t1-s<seed>-<row>``, ``t1-s<seed>`` for the default
+pipeline at another seed, ``t2-k<K>``) and run with ``dvc exp run --run-all --jobs J``: one
+worker per GPU on a GPU machine; on a CPU, one (two workers would share the same cores). An
+experiment that already exists for the current commit is not queued again, so an interrupted
+``make ablations`` picks up where it stopped.
+
+With one worker the queue runs in order, so each seed's default pipeline runs before that seed's
+ablation rows, and those restore ``pretrain``, ``finetune`` and ``cache`` from DVC's run-cache
+instead of training them again.
+
+    python -m pipeline.experiments run table1 --seeds 0 1 2 --jobs 1
+    python -m pipeline.experiments run table2 --jobs 1
+    python -m pipeline.experiments list table1 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.params import load_params
+
+log = logging.getLogger("experiments")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a paper table: the model (of the four the evaluate stage scores) whose metrics
+    the row reports, under the params overrides that define it (empty: the default pipeline)."""
+
+    label: str
+    model: str
+    key: str  # short name used in experiment names
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+TABLE1 = (
+    Row("Baseline", "baseline", "baseline"),
+    Row("SpaAtn", "spatial", "nodiv", {"loss.diversity": "none"}),
+    Row("SpaAtn+Q'", "spatial", "sparse", {"loss.diversity": "sparse"}),
+    Row("SpaAtn+Q", "spatial", "q"),
+    Row("SpaAtn+Q+MaxPool", "temporal", "maxpool", {"model.temporal_pooling": "max"}),
+    Row("SpaAtn+Q+TemAtn", "temporal", "temporal"),
+    Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
+)
+TABLE2_K = (1, 2, 4, 6, 8)
+TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
+
+# The paper's numbers (REFERENCE section 1): rank-1 on PRID2011, iLIDS-VID, MARS, and MARS mAP.
+PAPER_TABLE1 = {
+    "Baseline": {"prid2011": 82.7, "ilidsvid": 61.2, "mars": 73.4, "mars_mAP": 58.1},
+    "SpaAtn": {"prid2011": 84.2, "ilidsvid": 64.9, "mars": 74.5, "mars_mAP": 59.3},
+    "SpaAtn+Q'": {"prid2011": 86.5, "ilidsvid": 64.5, "mars": 74.0, "mars_mAP": 58.2},
+    "SpaAtn+Q": {"prid2011": 86.7, "ilidsvid": 68.6, "mars": 77.0, "mars_mAP": 60.9},
+    "SpaAtn+Q+MaxPool": {"prid2011": 86.9, "ilidsvid": 68.2, "mars": 76.8, "mars_mAP": 60.5},
+    "SpaAtn+Q+TemAtn": {"prid2011": 88.4, "ilidsvid": 69.7, "mars": 77.1, "mars_mAP": 61.2},
+    "SpaAtn+Q+TemAtn+Ind": {"prid2011": 93.2, "ilidsvid": 80.2, "mars": 82.3, "mars_mAP": 65.8},
+}
+PAPER_TABLE2 = {
+    1: {"prid2011": 86.2, "ilidsvid": 64.7, "mars": 76.0},
+    2: {"prid2011": 83.4, "ilidsvid": 64.6, "mars": 75.7},
+    4: {"prid2011": 86.9, "ilidsvid": 64.6, "mars": 77.2},
+    6: {"prid2011": 88.4, "ilidsvid": 69.7, "mars": 77.1},
+    8: {"prid2011": 88.0, "ilidsvid": 66.9, "mars": 76.7},
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Where one (row, seed) of a table comes from: ``experiment`` None is the baseline commit."""
+
+    label: str
+    model: str
+    seed: int
+    experiment: str | None
+    overrides: tuple[tuple[str, str], ...]
+
+
+def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
+    """Every (row, seed) of Table 1, in the order to run them: per seed, the default pipeline
+    first (its stages feed the run-cache), then the rows that change something."""
+    cells = []
+    for seed in seeds:
+        seed_over = () if seed == base_seed else (("seed", str(seed)),)
+        default = None if seed == base_seed else f"t1-s{seed}"
+        cells += [Cell(row.label, row.model, seed, default, seed_over)
+                  for row in TABLE1 if not row.overrides]
+        cells += [Cell(row.label, row.model, seed, f"t1-s{seed}-{row.key}",
+                       seed_over + tuple(row.overrides.items()))
+                  for row in TABLE1 if row.overrides]
+    return cells
+
+
+def table2_cells(base_k: int, seed: int) -> list[Cell]:
+    return [Cell(f"K = {k}", TABLE2_MODEL, seed, None if k == base_k else f"t2-k{k}",
+                 () if k == base_k else (("model.K", str(k)),)) for k in TABLE2_K]
+
+
+def cells_for(table: str, params_path: str, seeds: list[int] | None) -> list[Cell]:
+    p = load_params(params_path)
+    if table == "table1":
+        return table1_cells(seeds or [p.seed], p.seed)
+    return table2_cells(p.model.K, p.seed)
+
+
+def to_queue(cells: list[Cell]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Experiment name -> overrides, once each, in run order."""
+    queue: dict[str, tuple[tuple[str, str], ...]] = {}
+    for cell in cells:
+        if cell.experiment is not None:
+            queue.setdefault(cell.experiment, cell.overrides)
+    return queue
+
+
+# --- talking to DVC ------------------------------------------------------------------------------
+
+
+def dvc(*args: str, capture: bool = True) -> str:
+    """Run the project's ``dvc`` (the one beside this Python) and return its stdout."""
+    bin_dir = Path(sys.executable).parent
+    exe = bin_dir / "dvc"
+    cmd = [str(exe) if exe.exists() else "dvc", *args]
+    # stage commands run `python`: the project's, also in the queue's workers
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=env)
+    if result.returncode:
+        detail = (result.stderr or "").strip() if capture else ""
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode}): {detail}")
+    return result.stdout if capture else ""
+
+
+def existing_experiments(show: list[dict]) -> set[str]:
+    """Names of the experiments of the baseline commit (the one not named "workspace") in
+    ``dvc exp show --json`` output that completed without error."""
+    names = set()
+    for rev in show:
+        if rev.get("rev") == "workspace":
+            continue
+        for exp in rev.get("experiments") or []:
+            for run in exp.get("revs") or []:
+                if run.get("name") and not run.get("error"):
+                    names.add(run["name"])
+    return names
+
+
+def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
+              only: list[str] | None = None) -> None:
+    """Queue the table's experiments that this commit lacks (or just those named in ``only``),
+    run them, and fail naming any that did not complete."""
+    status = dvc("status", "--json")
+    if json.loads(status or "{}"):
+        raise SystemExit("error: the pipeline is not up to date: run `make repro` and commit "
+                         "dvc.lock and metrics/ first (experiments are based on that commit)")
+    tracked = ("params.yaml", "dvc.yaml", "dvc.lock", "metrics")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *tracked], capture_output=True,
+                           text=True, check=True).stdout
+    if dirty.strip():
+        raise SystemExit(f"error: uncommitted changes in {', '.join(tracked)}:\n{dirty}commit "
+                         "them first: the report reads the baseline rows from the commit")
+    cells = cells_for(table, params_path, seeds)
+    done = existing_experiments(json.loads(dvc("exp", "show", "--json")))
+    planned = to_queue(cells)
+    unknown = sorted(set(only or ()) - set(planned))
+    if unknown:
+        raise SystemExit(f"error: --only {', '.join(unknown)}: not an experiment of {table} "
+                         f"(those are: {', '.join(planned)})")
+    queue = {name: over for name, over in planned.items()
+             if name not in done and (not only or name in only)}
+    skipped = sorted(set(planned) & done)
+    if skipped:
+        log.info("already done for this commit: %s", ", ".join(skipped))
+    if not queue:
+        log.info("%s: every experiment is done", table)
+        return
+    for name, overrides in queue.items():
+        log.info("queueing %s: %s", name, " ".join(f"{k}={v}" for k, v in overrides))
+        dvc("exp", "run", "--queue", "-n", name, *(a for k, v in overrides
+                                                   for a in ("-S", f"{k}={v}")))
+    log.info("running %d experiment(s) with %d worker(s)", len(queue), jobs)
+    dvc("exp", "run", "--run-all", "--jobs", str(jobs), capture=False)
+    done = existing_experiments(json.loads(dvc("exp", "show", "--json")))
+    failed = [name for name in queue if name not in done]
+    if failed:
+        raise SystemExit(f"error: experiment(s) {', '.join(failed)} failed: see "
+                         f"`dvc queue logs {failed[0]}`; run the same command again to retry "
+                         "them (finished ones are kept)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("run", "list"))
+    parser.add_argument("table", choices=("table1", "table2"))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", help="Table 1 seeds (default: params)")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time")
+    parser.add_argument("--only", nargs="+", help="run just these experiments of the table")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.action == "list":
+        for cell in cells_for(args.table, args.params, args.seeds):
+            over = " ".join(f"-S {k}={v}" for k, v in cell.overrides)
+            print(f"{cell.label:22s} seed {cell.seed}  {cell.model:9s} "
+                  f"{cell.experiment or '(baseline commit)':22s} {over}")
+        return
+    run_table(args.table, args.params, args.seeds, args.jobs, args.only)
+
+
+if __name__ == "__main__":
+    main()

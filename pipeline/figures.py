@@ -1,0 +1,124 @@
+"""Pictures of the results, as PNG files (DVC image plots, readable offline): the paper's Fig. 3
+(each frame of a tracklet with the K spatial attention maps overlaid, one column per head, and
+the temporal weight of each (frame, head) printed on it), CMC curves and training-loss curves.
+
+matplotlib's object-oriented API (``Figure``, no pyplot state and no display needed); every
+figure is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+DPI = 100
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` as a PNG atomically (a temporary file beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- Fig. 3: spatial attention maps over the frames ----------------------------------------------
+
+
+def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Attention maps (N, K, L) on an h x w grid (cell l = row * w + col) bilinearly upsampled to
+    the image size (H, W) and scaled so each map's maximum is 1: (N, K, H, W) in [0, 1]."""
+    N, K, L = maps.shape
+    h, w = grid
+    if h * w != L:
+        raise ValueError(f"maps have {L} cells, but the grid is {h} x {w}")
+    t = torch.as_tensor(maps, dtype=torch.float32).reshape(N * K, 1, h, w)
+    up = F.interpolate(t, size=size, mode="bilinear", align_corners=False).reshape(N, K, *size)
+    peak = up.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    return (up / peak).clamp(0.0, 1.0).numpy()
+
+
+def attention_figure(frames: np.ndarray, maps: np.ndarray, grid: tuple[int, int],
+                     temporal: np.ndarray | None = None, title: str = "",
+                     frame_labels: Sequence[str] | None = None) -> Figure:
+    """One row per frame: the frame, then each of the K spatial attention maps overlaid on it as a
+    heatmap, with the temporal weight of (frame, head) printed in the corner.
+
+    frames: (N, H, W, 3) uint8; maps: (N, K, L), each summing to 1 over L; temporal: (N, K)."""
+    N, H, W, _ = frames.shape
+    K = maps.shape[1]
+    heat = upsample_maps(maps, grid, (H, W))
+    scale = 1.3 / max(W, 1)  # inches per pixel: about 1.3 in per column
+    fig = Figure(figsize=((K + 1) * W * scale, N * H * scale + 0.5))
+    axes = fig.subplots(N, K + 1, squeeze=False)
+    for n in range(N):
+        axes[n, 0].imshow(frames[n])
+        axes[n, 0].set_ylabel(frame_labels[n] if frame_labels else f"frame {n + 1}", fontsize=7)
+        for k in range(K):
+            ax = axes[n, k + 1]
+            ax.imshow(frames[n])
+            ax.imshow(heat[n, k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            if temporal is not None:
+                ax.text(1, 1, f"{temporal[n, k]:.2f}", color="white", fontsize=7, va="top",
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+    for k in range(K + 1):
+        axes[0, k].set_title("frame" if k == 0 else f"head {k}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- curves --------------------------------------------------------------------------------------
+
+
+def cmc_figure(table: pd.DataFrame, title: str) -> Figure:
+    """CMC curves from a table ``rank, <model>_<protocol>, ...`` (fractions), one panel per
+    protocol, one line per model."""
+    protocols = list(dict.fromkeys(c.rsplit("_", 1)[1] for c in table.columns if c != "rank"))
+    fig = Figure(figsize=(4.5 * len(protocols), 3.5))
+    axes = fig.subplots(1, len(protocols), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        for column in table.columns:
+            if column.endswith(f"_{protocol}"):
+                ax.plot(table["rank"], 100 * table[column], marker=".",
+                        label=column.removesuffix(f"_{protocol}"))
+        ax.set(title=f"{title} ({protocol})", xlabel="rank", ylabel="matching rate (%)",
+               ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(histories: Mapping[str, pd.DataFrame]) -> Figure:
+    """Training loss per epoch (mean over its steps) of each stage, one panel per stage; the
+    identity and diversity parts too where they were logged."""
+    fig = Figure(figsize=(3.5 * len(histories), 3.0))
+    axes = fig.subplots(1, len(histories), squeeze=False)
+    for ax, (name, table) in zip(axes[0], histories.items(), strict=True):
+        per_epoch = table.groupby("epoch").mean(numeric_only=True)
+        for column in ("loss", "id_loss", "diversity"):
+            if column in per_epoch and per_epoch[column].notna().any():
+                ax.plot(per_epoch.index, per_epoch[column], marker=".", label=column)
+        ax.set(title=name, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,105 @@
+"""The plan of the paper's experiments: which Table 1 / Table 2 cells come from the baseline
+commit and which are queued, under which names and overrides, in which order; and reading the
+finished experiments out of `dvc exp show --json`."""
+
+from __future__ import annotations
+
+import yaml
+
+from pipeline.experiments import (
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    TABLE1,
+    TABLE2_K,
+    cells_for,
+    existing_experiments,
+    main,
+    table1_cells,
+    table2_cells,
+    to_queue,
+)
+
+
+def test_rows_of_the_default_pipeline_are_never_queued_at_its_own_seed():
+    cells = table1_cells([0], base_seed=0)
+    from_commit = {c.label for c in cells if c.experiment is None}
+    assert from_commit == {"Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"}
+    assert to_queue(cells) == {
+        "t1-s0-nodiv": (("loss.diversity", "none"),),
+        "t1-s0-sparse": (("loss.diversity", "sparse"),),
+        "t1-s0-maxpool": (("model.temporal_pooling", "max"),),
+    }
+    models = {c.label: c.model for c in cells}
+    assert models == {"Baseline": "baseline", "SpaAtn": "spatial", "SpaAtn+Q'": "spatial",
+                      "SpaAtn+Q": "spatial", "SpaAtn+Q+MaxPool": "temporal",
+                      "SpaAtn+Q+TemAtn": "temporal", "SpaAtn+Q+TemAtn+Ind": "joint"}
+
+
+def test_other_seeds_run_their_default_pipeline_first_then_their_rows():
+    queue = to_queue(table1_cells([0, 1, 2], base_seed=0))
+    assert list(queue) == ["t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool",
+                           "t1-s1", "t1-s1-nodiv", "t1-s1-sparse", "t1-s1-maxpool",
+                           "t1-s2", "t1-s2-nodiv", "t1-s2-sparse", "t1-s2-maxpool"]
+    assert queue["t1-s1"] == (("seed", "1"),)
+    assert queue["t1-s2-maxpool"] == (("seed", "2"), ("model.temporal_pooling", "max"))
+    cells = table1_cells([0, 1, 2], base_seed=0)
+    assert len(cells) == 3 * len(TABLE1)
+    assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "t1-s1", "t1-s2"}
+
+
+def test_a_base_seed_other_than_zero_is_the_commit():
+    queue = to_queue(table1_cells([3, 0], base_seed=3))
+    assert "t1-s3" not in queue and queue["t1-s0"] == (("seed", "0"),)
+    assert list(queue)[:3] == ["t1-s3-nodiv", "t1-s3-sparse", "t1-s3-maxpool"]
+
+
+def test_table2_queues_every_k_but_the_params_own():
+    cells = table2_cells(base_k=6, seed=0)
+    assert [c.label for c in cells] == [f"K = {k}" for k in TABLE2_K]
+    assert {c.model for c in cells} == {"temporal"}
+    assert to_queue(cells) == {f"t2-k{k}": (("model.K", str(k)),) for k in (1, 2, 4, 8)}
+    assert to_queue(table2_cells(base_k=2, seed=0)).keys() == {"t2-k1", "t2-k4", "t2-k6",
+                                                                "t2-k8"}
+
+
+def test_cells_follow_the_params_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 5, "model": {"K": 4}}))
+    assert {c.experiment for c in cells_for("table2", str(params), None)} == {
+        "t2-k1", "t2-k2", None, "t2-k6", "t2-k8"}
+    assert {c.seed for c in cells_for("table1", str(params), None)} == {5}
+
+
+def test_paper_numbers_cover_every_row():
+    assert set(PAPER_TABLE1) == {row.label for row in TABLE1}
+    assert PAPER_TABLE1["SpaAtn+Q+TemAtn+Ind"] == {"prid2011": 93.2, "ilidsvid": 80.2,
+                                                    "mars": 82.3, "mars_mAP": 65.8}
+    assert set(PAPER_TABLE2) == set(TABLE2_K)
+    assert PAPER_TABLE2[6]["ilidsvid"] == PAPER_TABLE1["SpaAtn+Q+TemAtn"]["ilidsvid"]
+
+
+def exp_entry(name, error=None):
+    return {"revs": [{"rev": "b" * 40, "name": name, "data": {"metrics": {}}, "error": error,
+                      "experiments": None}], "executor": None, "name": name}
+
+
+def test_existing_experiments_are_the_completed_ones_of_the_commit():
+    show = [
+        {"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": None},
+        {"rev": "a" * 40, "name": "main", "data": {}, "error": None,
+         "experiments": [exp_entry("t1-s0-nodiv"), exp_entry("t1-s0-sparse", {"msg": "failed"}),
+                         exp_entry("t2-k8")]},
+    ]
+    assert existing_experiments(show) == {"t1-s0-nodiv", "t2-k8"}
+    assert existing_experiments(show[:1]) == set()
+
+
+def test_list_prints_every_cell_with_its_source(capsys, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 0}))
+    main(["list", "table1", "--params", str(params), "--seeds", "0", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(TABLE1)
+    assert any("SpaAtn+Q+MaxPool" in line and "t1-s1-maxpool" in line
+               and "-S seed=1 -S model.temporal_pooling=max" in line for line in lines)
+    assert any(line.startswith("Baseline") and "(baseline commit)" in line for line in lines)

@@ -1,0 +1,154 @@
+"""The attention-map statistics (exact values on hand-made maps), the Fig. 3 overlay and the
+curve figures (pixel sizes, one panel per head, values in range), and their aggregation in the
+summary stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.figures import (
+    DPI,
+    attention_figure,
+    cmc_figure,
+    loss_figure,
+    save_figure,
+    upsample_maps,
+)
+from pipeline.metrics import attention_entropy, attention_overlap
+from pipeline.stages.summary import summarize_attention
+
+# --- overlap and entropy ------------------------------------------------------------------------
+
+
+def test_overlap_is_zero_for_disjoint_and_one_for_identical_maps():
+    disjoint = np.eye(4)[None]  # 4 heads, each on its own cell
+    identical = np.full((1, 3, 5), 0.2)
+    assert attention_overlap(disjoint) == pytest.approx([0.0])
+    assert attention_overlap(identical) == pytest.approx([1.0])
+
+
+def test_overlap_is_the_mean_bhattacharyya_coefficient_over_pairs():
+    S = np.array([[0.5, 0.5, 0.0, 0.0],
+                  [0.0, 0.5, 0.5, 0.0],
+                  [0.0, 0.0, 0.0, 1.0]])
+    # pairs: (0,1) sqrt(.25) = 0.5, (0,2) 0, (1,2) 0 -> mean 0.5 / 3
+    assert attention_overlap(S[None, None])[0, 0] == pytest.approx(0.5 / 3)
+    q = np.array([[0.9, 0.1], [0.1, 0.9]])
+    assert attention_overlap(q) == pytest.approx(2 * math.sqrt(0.09))
+
+
+def test_overlap_of_one_head_is_undefined():
+    assert np.isnan(attention_overlap(np.full((2, 1, 4), 0.25))).all()
+
+
+def test_entropy_of_one_hot_uniform_and_mixed_maps():
+    L = 8
+    uniform = np.full((1, 2, L), 1 / L)
+    one_hot = np.eye(L)[:2][None]
+    assert attention_entropy(uniform) == pytest.approx([math.log(L)])
+    assert attention_entropy(one_hot) == pytest.approx([0.0])  # 0 log 0 = 0, no NaN
+    mixed = np.array([[[0.5, 0.5, 0, 0], [0.25, 0.25, 0.25, 0.25]]])
+    assert attention_entropy(mixed) == pytest.approx([(math.log(2) + math.log(4)) / 2])
+
+
+# --- Fig. 3 ------------------------------------------------------------------------------------
+
+
+def tiny_tracklet(N=3, H=32, W=16, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(N, H, W, 3), dtype=np.uint8)
+    return frames
+
+
+def test_upsampled_maps_peak_where_the_attention_is():
+    h, w, L = 4, 2, 8
+    maps = np.zeros((1, 2, L))
+    maps[0, 0, 0] = 1.0  # head 0 on cell (0, 0): top left
+    maps[0, 1, 7] = 1.0  # head 1 on cell (3, 1): bottom right
+    up = upsample_maps(maps, (h, w), (32, 16))
+    assert up.shape == (1, 2, 32, 16)
+    assert up.min() >= 0.0 and up.max() == pytest.approx(1.0)
+    assert up[0, 0, :8, :8].mean() > up[0, 0, 24:, 8:].mean()
+    assert up[0, 1, 24:, 8:].mean() > up[0, 1, :8, :8].mean()
+    with pytest.raises(ValueError, match="8 cells, but the grid is 3 x 2"):
+        upsample_maps(maps, (3, 2), (32, 16))
+
+
+def test_attention_figure_has_a_panel_per_frame_and_head_and_prints_the_weights(tmp_path):
+    N, K, H, W, h, w = 3, 2, 32, 16, 4, 2
+    frames = tiny_tracklet(N, H, W)
+    rng = np.random.default_rng(1)
+    maps = rng.random((N, K, h * w))
+    maps /= maps.sum(-1, keepdims=True)
+    temporal = np.array([[0.2, 0.5], [0.3, 0.25], [0.5, 0.25]])
+    fig = attention_figure(frames, maps, (h, w), temporal, title="tiny",
+                           frame_labels=["a", "b", "c"])
+    axes = fig.get_axes()
+    assert len(axes) == N * (K + 1)
+    assert [ax.get_title() for ax in axes[:K + 1]] == ["frame", "head 1", "head 2"]
+    printed = sorted(t.get_text() for ax in axes for t in ax.texts)
+    assert printed == sorted(f"{v:.2f}" for v in temporal.ravel())
+    for n in range(N):
+        assert np.array_equal(axes[n * (K + 1)].images[0].get_array(), frames[n])
+        for k in range(K):
+            heat = np.asarray(axes[n * (K + 1) + k + 1].images[1].get_array())
+            assert heat.shape == (H, W) and heat.min() >= 0 and heat.max() <= 1
+    path = tmp_path / "fig3" / "tiny.png"
+    save_figure(fig, path)
+    width, height = fig.get_size_inches() * DPI
+    with Image.open(path) as image:
+        assert image.size == (round(width), round(height))
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.png"]  # no temporary left
+
+
+def test_save_figure_leaves_nothing_when_writing_fails(tmp_path):
+    fig = attention_figure(tiny_tracklet(1), np.full((1, 1, 8), 1 / 8), (4, 2))
+    path = tmp_path / "broken.png"
+    fig.savefig = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_curve_figures_one_panel_per_protocol_and_stage(tmp_path):
+    cmc = pd.DataFrame({"rank": [1, 2, 3], "baseline_official": [0.2, 0.4, 0.5],
+                        "joint_official": [0.5, 0.7, 0.8], "baseline_torchreid": [0.3, 0.5, 0.6],
+                        "joint_torchreid": [0.6, 0.8, 0.9]})
+    fig = cmc_figure(cmc, "tiny")
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["tiny (official)", "tiny (torchreid)"]
+    assert [line.get_label() for line in axes[0].lines] == ["baseline", "joint"]
+    assert list(axes[1].lines[1].get_ydata()) == pytest.approx([60, 80, 90])  # percent
+    history = pd.DataFrame({"epoch": [1, 1, 2, 2], "step": [1, 2, 3, 4], "lr": 0.1,
+                            "loss": [4.0, 2.0, 1.0, 1.0], "id_loss": [3.0, 1.0, 0.5, 0.5],
+                            "diversity": [1.0, 1.0, 0.5, 0.5]})
+    fig = loss_figure({"pretrain": history, "joint": history})
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["pretrain", "joint"]
+    loss = next(line for line in axes[0].lines if line.get_label() == "loss")
+    assert list(loss.get_ydata()) == pytest.approx([3.0, 1.0])  # mean per epoch
+    save_figure(fig, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+# --- the summary of the statistics over splits --------------------------------------------------
+
+
+def test_attention_statistics_averaged_over_splits():
+    def evaluation(split, overlap, entropy):
+        return {"dataset": "prid2011", "split": split,
+                "attention": {"spatial": {"overlap": overlap, "entropy": entropy},
+                              "joint": {"overlap": None, "entropy": 1.0}}}
+
+    summary = summarize_attention([evaluation(0, 0.2, 2.0), evaluation(1, 0.4, 1.0),
+                                   {"dataset": "mars", "split": 0}])  # older file: no stats
+    spatial = summary["prid2011"]["spatial"]
+    assert spatial["overlap"] == pytest.approx({"mean": 0.3, "std": 0.1})
+    assert spatial["entropy"] == pytest.approx({"mean": 1.5, "std": 0.5})
+    assert summary["prid2011"]["joint"]["overlap"] is None  # K = 1: no pair of maps
+    assert summary["mars"] == {}
