@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro paper ablations ksweep report test lint format lock clean
+.PHONY: help setup repro paper ablations ksweep report bench test lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with J
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.report --params params.yaml --seeds $(SEEDS) \
 		--out metrics/report.md --chart metrics/plots/table1.png
+
+bench: setup ## Speed and memory figures of the hot paths: print a table, write metrics/bench.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.bench --out metrics/bench.json
 
 test: setup ## Run the test suite (CPU only, no network)
 	$(BIN)/python -m pytest

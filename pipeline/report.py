@@ -302,9 +302,9 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
                 values.append((entry[metric]["mean"], entry[metric].get("std", 0.0)))
         maps = _dotted(results, f"attention.{dataset}.{cell.model}")
         for key, values in attention.items():
-            if not isinstance(maps, dict) or key not in maps:
+            if not isinstance(maps, dict) or not maps:
                 continue  # results from before attention was measured
-            value = maps[key]
+            value = maps.get(key)  # absent: `dvc exp show --json` drops the null of K = 1
             if value is None or (isinstance(value, dict) and value.get("mean") is None):
                 not_applicable[key] = True  # e.g. overlap with K = 1: no pairs of maps
             elif isinstance(value, dict):
@@ -393,10 +393,10 @@ def percent(value: Value) -> str:
 
 
 def plain(value: Value) -> str:
-    """An overlap or entropy with two decimals, ± its std."""
+    """An overlap or entropy with three decimals, ± its std."""
     if isinstance(value, str):
         return value
-    return f"{value.mean:.2f} ± {value.std:.2f}"
+    return f"{value.mean:.3f} ± {value.std:.3f}"
 
 
 def _maps(value: Value, row: RowResult) -> str:

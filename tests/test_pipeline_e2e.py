@@ -18,59 +18,21 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.bench import tiny_repo
 from pipeline.datasets.common import load_video_index
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-TINY = {
-    "data": {"height": 32, "width": 16, "num_workers": 0},
-    "synthetic": {"train_identities": 4, "test_identities": 4, "image_identities": 4,
-                  "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1,
-                  "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
-                  "junk_tracklets": 1, "height": 32, "width": 16},
-    "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
-              "d": 8, "embed_dim": 16},
-    "cache": {"batch_size": 16},
-    "evaluate": {"batch_size": 8},
-}
-STAGES = ("pretrain", "finetune", "attention.spatial", "attention.temporal", "joint")
 PER_SPLIT = ("finetune", "cache", "attention", "joint", "evaluate")
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    for dotted in STAGES:
-        node = params
-        for part in dotted.split("."):
-            node = node[part]
-        node.update({"epochs": 1, "identities_per_batch": 2, "instances_per_identity": 2,
-                     "lr_step_epoch": 1})
-    return params
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A copy of the project's pipeline (code, dvc.yaml, DVC config) with tiny params."""
+    """A copy of the project's pipeline (code, dvc.yaml, DVC config) with tiny params, committed
+    (the same throw-away repository the benchmark's experiment-overhead row uses)."""
     work = tmp_path_factory.mktemp("e2e") / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "pipeline", work / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (work / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
-    shutil.copy(ROOT / ".dvc" / ".gitignore", work / ".dvc" / ".gitignore")
-    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")
-    (work / "data" / "archives").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / ".gitignore", work / "data" / ".gitignore")
-    (work / "data" / "archives" / ".gitkeep").touch()
-    (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh(work, "git", "init", "-q")
-    sh(work, "git", "add", "-A")
-    sh(work, "git", "commit", "-q", "-m", "tiny pipeline")
+    tiny_repo(work)
     return work
 
 
@@ -127,6 +89,12 @@ def test_repro_then_k_experiment(repo):
         assert lines[0] == "epoch,step,lr,loss,id_loss,diversity" and len(lines) >= 2
     plots = json.loads(sh(repo, "dvc", "plots", "show", "--json", stdout_only=True))
     assert any("cmc" in key for key in plots["data"])
+    assert {item["type"] for key, items in plots["data"].items() if key.endswith(".png")
+            for item in items} == {"image"}
+    sh(repo, "dvc", "plots", "show", "-o", "plots-html")  # the offline page template
+    page = (repo / "plots-html" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and "vega-lite 5.2.0" in page
+    shutil.rmtree(repo / "plots-html")
     assert not (repo / "scratch" / "pretrain" / "last.pt").exists()  # resume file dropped
 
     # the K experiment re-runs only what K affects

@@ -1,0 +1,131 @@
+"""Tests of pipeline/bench.py: its reference evaluators score exactly like evaluate_rank, its FLOP
+count matches a hand count, and a --quick run writes every figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline.bench import (
+    QUICK,
+    count_flops,
+    main,
+    mars_like_problem,
+    sort_bound,
+    tiny_repo,
+    usual_evaluator,
+)
+from pipeline.metrics import evaluate_rank
+
+PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_channels_last_paper"}
+BENCHMARKS = {
+    "cache_throughput", "roofline", "roofline_channels_last", *PAPER_ROWS,
+    *(f"eval_{p}_{kind}" for p in ("official", "torchreid") for kind in
+      ("speedup", "vs_sort", "memory")),
+    "attention_cached_epoch", "cache_memory_flatness", "experiment_overhead",
+}
+
+
+def tied_problem() -> tuple[np.ndarray, ...]:
+    """12 queries x 60 gallery items with integer distances (many ties), junk (-1), distractors
+    (0), same-camera matches, and one query whose identity only its own camera saw."""
+    rng = np.random.default_rng(3)
+    g_pids = rng.integers(1, 7, 60)
+    g_pids[:5], g_pids[5:10] = -1, 0
+    g_camids = rng.integers(1, 4, 60)
+    g_pids[10:13], g_camids[10:13] = 9, 2  # pid 9: camera 2 only
+    q_pids = np.array([9, *rng.integers(1, 7, 11)])
+    q_camids = np.array([2, *rng.integers(1, 4, 11)])
+    distmat = rng.integers(0, 8, (12, 60)).astype(np.float32)
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize("protocol", ["official", "torchreid"])
+@pytest.mark.parametrize("problem", ["tied", "mars_like"])
+def test_usual_evaluator_scores_like_evaluate_rank(protocol, problem):
+    """Exact CMC, mAP within 1e-9, for the protocol each implements (ties ranked alike)."""
+    args = tied_problem() if problem == "tied" else mars_like_problem(40, 400, 30, seed=1)
+    ours = evaluate_rank(*args, max_rank=10, protocol=protocol)
+    usual = usual_evaluator(*args, max_rank=10, protocol=protocol)
+    if problem == "tied":  # the query of pid 9 has no true match in another camera
+        assert ours["num_valid_queries"] < ours["num_queries"]
+    assert np.array_equal(ours["cmc"], usual["cmc"])
+    assert abs(ours["mAP"] - usual["mAP"]) <= 1e-9
+    assert 0.0 < ours["mAP"] <= 1.0
+
+
+def test_sort_bound_ranks_like_a_stable_sort():
+    """Each row's nearest gallery item, the first of tied ones."""
+    distmat = tied_problem()[0]
+    assert np.array_equal(sort_bound(distmat), distmat.argmin(axis=1))
+
+
+def test_mars_like_problem_has_matches_in_other_cameras():
+    distmat, q_pids, g_pids, q_camids, g_camids = mars_like_problem(50, 600, 40)
+    assert distmat.shape == (50, 600) and distmat.dtype == np.float32
+    assert (q_pids > 0).all() and {-1, 0} <= set(g_pids.tolist())
+    other_camera = [((g_pids == p) & (g_camids != c)).any() for p, c in zip(q_pids, q_camids,
+                                                                              strict=True)]
+    assert np.mean(other_camera) > 0.9
+    assert np.allclose(distmat.min(axis=1), 0.0, atol=1e-5)  # each query is a gallery item
+
+
+def test_flop_count_of_a_tiny_net():
+    """conv 3->4, 3x3, padding 1 on 2 x 8x8 images: 2 * (2*4*8*8 outputs x 27 MACs) = 27648;
+    linear 256->10 on 2 rows: 2 * (2*256*10) = 10240. Biases and ReLU are not counted."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10))
+    assert count_flops(net, torch.zeros(2, 3, 8, 8)) == 27648 + 10240
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_tiny_repo_is_a_committed_pipeline_with_tiny_params(tmp_path):
+    """The experiment-overhead benchmark's repository (its dvc runs are not part of --quick)."""
+    repo = tmp_path / "exp" / "repo"
+    tiny_repo(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["K"] == 3 and params["data"]["height"] == 32
+    assert params["attention"]["temporal"]["epochs"] == 1
+    for path in ("dvc.yaml", ".dvc/config", "pipeline/bench.py", "data/archives/.gitkeep"):
+        assert (repo / path).is_file(), path
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                            text=True, check=True)
+    assert status.stdout == ""  # everything committed
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "metrics" / "bench.json"
+    main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")])
+    result = json.loads(out.read_text())
+    assert result["quick"] is True
+    assert result["sizes"] == dataclasses.asdict(QUICK)
+    assert {"cpu_count", "torch", "torch_threads"} <= set(result["machine"])
+    assert set(result["benchmarks"]) == BENCHMARKS
+    for name, bench in result["benchmarks"].items():
+        if name == "experiment_overhead":
+            assert bench == {"skipped": True, "reason": "--quick"}
+            continue
+        if name in PAPER_ROWS:
+            assert bench == {"skipped": True, "reason": "--quick or --no-paper"}
+            continue
+        figures = bench["figures"]
+        assert list(figures) == [bench["numerator"], bench["denominator"]], name
+        assert all(math.isfinite(v) and v > 0 for v in figures.values()), (name, figures)
+        assert bench["ratio"] == pytest.approx(
+            figures[bench["numerator"]] / figures[bench["denominator"]], rel=1e-12), name
+        assert bench["met"] in (True, False, None)
+        assert (bench["met"] is None) == (bench["target"] is None), name
+    speedup = result["benchmarks"]["eval_torchreid_speedup"]
+    assert speedup["max_abs_diff_cmc"] == 0.0 and speedup["abs_diff_mAP"] <= 1e-9
+    printed = capsys.readouterr().out
+    assert "benchmark" in printed and "cache_throughput" in printed and "skipped" in printed
