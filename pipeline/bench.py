@@ -515,7 +515,7 @@ def bench_attention(setup: Setup, backbone: Backbone, table: pd.DataFrame, cache
         torch.manual_seed(setup.seed)
         criterion = build_identity_loss(loss_cfg, model_cfg.embed_dim, len(labels))
         loader = train_loader(dataset, targets, train_cfg, setup.seed, setup.num_workers)
-        step = Step(model, loss_cfg.diversity, loss_cfg.diversity_weight)
+        step = Step(diversity=loss_cfg.diversity, diversity_weight=loss_cfg.diversity_weight)
         resume = scratch / f"{name}.pt"
         resume.unlink(missing_ok=True)  # a kept --workdir must not resume a finished run
         start = time.perf_counter()

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline import distributed
 from pipeline.datasets import DatasetError
 from pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.params import TrainParams
@@ -58,7 +59,10 @@ def train_labels(pids: Sequence[int]) -> dict[int, int]:
 
 class SeededBatches:
     """Wraps an identity batch sampler: each index becomes ``(index, seed)`` with the seed
-    ``(seed, epoch, batch, position)``, the only source of sampling randomness."""
+    ``(seed, epoch, batch, 0, position)``, the only source of sampling randomness. The position is
+    the item's place in the global batch (under torchrun, past the shares of the lower ranks), so
+    an item draws the same frames and augmentation whatever the number of processes. (The 0 is a
+    field once used for the rank, kept so that single-process seeds stay as they were.)"""
 
     def __init__(self, sampler: IdentityBatchSampler, seed: int) -> None:
         self.sampler, self.seed = sampler, seed
@@ -72,7 +76,8 @@ class SeededBatches:
     def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
         epoch, rank = self.sampler.epoch, self.sampler.rank
         for b, batch in enumerate(self.sampler):
-            yield [(i, (self.seed, epoch, b, rank, j)) for j, i in enumerate(batch)]
+            first = rank * len(batch)  # shares are equal: the global position of this share
+            yield [(i, (self.seed, epoch, b, 0, first + j)) for j, i in enumerate(batch)]
 
 
 def _split(item: int | tuple[int, tuple[int, ...]]) -> tuple[int, np.random.Generator | None]:
@@ -136,9 +141,10 @@ class CachedClipDataset(Dataset):
 
 def train_loader(dataset: Dataset, pids: Sequence[int], cfg: TrainParams, seed: int,
                  num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """P x M identity batches of seeded samples."""
+    """P x M identity batches of seeded samples; under torchrun, this rank's share of each."""
+    w = distributed.world()
     sampler = IdentityBatchSampler(pids, cfg.identities_per_batch, cfg.instances_per_identity,
-                                   seed=seed)
+                                   seed=seed, rank=w.rank, world_size=w.size)
     return DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 

@@ -14,6 +14,7 @@ so that the rule sits next to the field it guards.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,9 @@ PROTOCOLS = ("official", "torchreid")
 VIDEO_SPLITS = {"synthetic": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10, "dukev": 1}
 VIDEO_DATASETS = tuple(VIDEO_SPLITS)
 DEVICES = ("auto", "cpu", "cuda")
+# runtime.launcher goes into a shell command: only python, or torchrun with --key[=value] options
+# made of letters, digits and _.:/$- (a $VARIABLE, a host:port), nothing a shell would act on.
+LAUNCHER = re.compile(r"python|torchrun( --[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:/$-]+)?)*")
 IMAGE_DATASETS = (
     "synthetic", "market1501", "dukemtmcreid", "cuhk03", "cuhk01", "viper", "cuhksysu", "3dpes",
 )
@@ -185,6 +189,16 @@ class EvaluateParams:
 class RuntimeParams:
     device: str = choice("auto", DEVICES)  # auto: CUDA when available, else CPU
     amp: bool = True  # bf16 autocast for the backbone on CUDA (losses and softmaxes stay fp32)
+    # How dvc.yaml starts the training stages (pretrain, finetune, attention, joint): "python",
+    # or "torchrun --nproc_per_node=$NPROC" (and torchrun's other --options) for one process per
+    # GPU; $NPROC is read from the shell's environment when DVC runs the command.
+    launcher: str = "python"
+
+    def __post_init__(self) -> None:
+        if not LAUNCHER.fullmatch(self.launcher):
+            raise ParamsError(
+                f"runtime.launcher: expected 'python' or 'torchrun' followed by torchrun's "
+                f"--options (e.g. 'torchrun --nproc_per_node=$NPROC'), got {self.launcher!r}")
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,10 @@ class IdentityBatchSampler:
     without replacement when it has at least M, otherwise with replacement.
 
     Under data-parallel training every rank builds the same global batches (same seed, same epoch)
-    and keeps the slice ``[rank::world_size]`` of each, so the global batch size is P x M whatever
-    the number of GPUs. Call ``set_epoch`` before each epoch, as with DistributedSampler.
+    and keeps its contiguous share of each (rank r: items ``[r * B / W, (r + 1) * B / W)``), so the
+    global batch size is P x M whatever the number of GPUs, and the shares gathered in rank order
+    are the single-process batch in its order (what keeps the OIM lookup table identical). Call
+    ``set_epoch`` before each epoch, as with DistributedSampler.
     """
 
     def __init__(
@@ -109,4 +111,5 @@ class IdentityBatchSampler:
                 members = self.members[int(pid)]
                 replace = len(members) < self.M
                 batch.extend(int(i) for i in rng.choice(members, self.M, replace=replace))
-            yield batch[self.rank::self.world_size]
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share:(self.rank + 1) * share]

@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
 from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
@@ -40,9 +42,16 @@ def pick_device(cfg: RuntimeParams) -> torch.device:
     """``runtime.device``: auto picks CUDA when present."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device=cuda but no CUDA device is available")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    # cuda:<LOCAL_RANK> under torchrun (distributed.init set it current), else the current GPU
+    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+
+def start(cfg: RuntimeParams) -> tuple[distributed.World, torch.device]:
+    """A training stage's world and device: under torchrun, join the process group and use this
+    rank's device (``distributed.init``); otherwise one process on ``pick_device``."""
+    world, device = distributed.init(cfg.device)
+    return world, device if device is not None else pick_device(cfg)
 
 
 def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:
@@ -90,10 +99,20 @@ def load(path: str | Path) -> dict:
 # --- the loop ------------------------------------------------------------------------------------
 
 
+def call_model(model: nn.Module, inputs: Tensor) -> HeadOutput:
+    """The default forward pass of a step: ``model(inputs)``."""
+    return model(inputs)
+
+
 @dataclasses.dataclass
 class Step:
-    """How one batch becomes a loss: the forward pass and the diversity term's kind and weight."""
-    forward: Callable[[Tensor], HeadOutput]
+    """How one batch becomes a loss: the forward pass and the diversity term's kind and weight.
+
+    ``forward(model, inputs)`` is called with the model ``fit`` trains, or with its
+    DistributedDataParallel wrapper under torchrun (which must be called for the gradients to be
+    averaged), so it calls the module it is given, e.g. ``lambda m, x: m(x, "avg")``.
+    """
+    forward: Callable[[nn.Module, Tensor], HeadOutput] = call_model
     diversity: str = "none"
     diversity_weight: float = 0.0
 
@@ -120,13 +139,26 @@ def fit(
         set_train_mode: puts the model in training mode (default ``model.train()``), for callers
             that keep parts in eval mode.
 
+    Under torchrun (``distributed.init`` called) ``model`` is trained through
+    DistributedDataParallel on this rank's share of each global batch, the identity loss's own
+    parameters get the gradient averaged over the ranks too, the history holds the global batch's
+    losses (averaged over the ranks), and rank 0 alone writes the resume checkpoint: every rank
+    ends with the weights and the OIM lookup table of one process trained on the global batches
+    (up to the order of float reductions, and BatchNorm statistics, which are per rank).
+
     Returns:
         Per-step history: epoch, step, lr, loss, id_loss, diversity.
     """
+    world = distributed.world()
     model.to(device)
     criterion.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable += [p for p in criterion.parameters() if p.requires_grad]
+    criterion_params = [p for p in criterion.parameters() if p.requires_grad]
+    trainable += criterion_params
+    net: nn.Module = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
     optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], cfg.lr_gamma)
@@ -150,12 +182,13 @@ def fit(
         loader.batch_sampler.set_epoch(epoch)
         (set_train_mode or model.train)()
         criterion.train()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not world.is_main)
         for i, (inputs, labels, _) in enumerate(bar):
             inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-                out = step.forward(inputs)
+                out = step.forward(net, inputs)
             id_loss = criterion(out.embedding.float(), labels)
             div = torch.zeros((), device=device)
             if step.diversity != "none" and out.spatial is not None:
@@ -167,21 +200,27 @@ def fit(
                                          "loss.oim_scalar)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_([p.grad for p in criterion_params if p.grad is not None])
             optimizer.step()
+            logged = torch.stack([loss, id_loss, div]).detach().float()
+            distributed.average_([logged])  # the global batch's losses
+            total, id_part, div_part = logged.tolist()
             history.append({"epoch": epoch + 1, "step": len(history) + 1,
-                            "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-                            "id_loss": id_loss.item(), "diversity": div.item()})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+                            "lr": optimizer.param_groups[0]["lr"], "loss": total,
+                            "id_loss": id_part, "diversity": div_part})
+            bar.set_postfix(loss=f"{total:.3f}")
         scheduler.step()
         losses = [h["loss"] for h in history if h["epoch"] == epoch + 1]
         log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
                  float(np.mean(losses)))
-        save(resume_path, {"key": key, "model": model.state_dict(),
-                           "criterion": criterion.state_dict(),
-                           "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(),
-                           "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                           "history": history})
+        if world.is_main:
+            save(resume_path, {"key": key, "model": model.state_dict(),
+                               "criterion": criterion.state_dict(),
+                               "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(),
+                               "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                               "history": history})
+        distributed.barrier()  # no rank runs ahead of the checkpoint a restart resumes from
     return history
 
 

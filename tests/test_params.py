@@ -153,6 +153,11 @@ def test_empty_file_gives_defaults(tmp_path):
         (["attention.temporal.lr=0.05"], lambda p: p.attention.temporal.lr == 0.05),
         (["data.video=[mars, prid2011]"], lambda p: p.data.video == ["mars", "prid2011"]),
         (["loss.oim_scalar=30"], lambda p: p.loss.oim_scalar == 30.0),  # int accepted as float
+        ({"runtime.launcher": "torchrun --nproc_per_node=$NPROC"},
+         lambda p: p.runtime.launcher == "torchrun --nproc_per_node=$NPROC"),
+        ({"runtime.launcher": "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d "
+                              "--rdzv_endpoint=$MASTER:29500 --standalone"},
+         lambda p: p.runtime.launcher.startswith("torchrun --nnodes=2")),
     ],
 )
 def test_overrides(overrides, check):
@@ -202,6 +207,12 @@ def test_int_for_float_becomes_float():
         ("data.video=[mars, market]", "data.video[1]", "prid2011"),
         ("data.image=[synthetic, mars]", "data.image[1]", "market1501"),
         ("evaluate.protocols=[matlab]", "evaluate.protocols[0]", "official"),
+        # the launcher goes into a shell command: only python or torchrun with plain --options
+        ("runtime.launcher=bash", "runtime.launcher", "torchrun"),
+        ("runtime.launcher=python; rm -rf data", "runtime.launcher", "torchrun"),
+        ("runtime.launcher=torchrun --nproc_per_node=$(id)", "runtime.launcher", "torchrun"),
+        ("runtime.launcher=torchrun --x=`id`", "runtime.launcher", "torchrun"),
+        ("runtime.launcher=torchrun --x=1 && id", "runtime.launcher", "torchrun"),
     ],
 )
 def test_bad_values_name_their_key(override, key, expected):

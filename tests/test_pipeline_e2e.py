@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from pipeline.bench import tiny_repo
 from pipeline.datasets.common import load_video_index
+from pipeline.train import load_exported
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -167,3 +170,36 @@ def test_queued_ablation_and_report(repo):
     assert "baseline commit" in rows["Baseline"]
     with Image.open(repo / "metrics" / "plots" / "table1.png") as image:
         assert image.size == (900, 400)  # one dataset panel
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_attention_stage_under_torchrun(repo, tmp_path):
+    """The attention stage started by torchrun with 2 CPU processes (gloo), as
+    `runtime.launcher: torchrun --nproc_per_node=2` starts it: rank 0 alone writes the models
+    and the loss curves, whose steps are the global batches (not twice as many), and the models
+    are usable. (Equality with one process is tests/test_distributed.py's, with frozen
+    BatchNorm; here the embedding's BatchNorm normalises each rank's half batch.)"""
+    out = tmp_path / "ddp"
+    sh(repo, str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+       "pipeline.stages.attention", "--params", "params.yaml",
+       "--cache", "data/cache/synthetic-0.h5",
+       "--backbone", "data/models/synthetic-0/finetune.pt",
+       "--spatial", str(out / "spatial.pt"), "--temporal", str(out / "temporal.pt"),
+       "--plots", str(out / "plots"), "--scratch", str(out / "scratch"))
+    assert sorted(p.name for p in out.iterdir()) == ["plots", "scratch", "spatial.pt",
+                                                     "temporal.pt"]
+    assert list((out / "scratch").iterdir()) == []  # resume checkpoints dropped at the end
+    for phase in ("spatial", "temporal"):
+        ours = pd.read_csv(out / "plots" / f"{phase}.csv")
+        single = pd.read_csv(repo / "metrics" / "plots" / "loss" / "attention" / "synthetic-0"
+                             / f"{phase}.csv")
+        assert list(ours["step"]) == list(single["step"])  # one row per global batch
+        assert ours["loss"].notna().all() and (ours["loss"] > 0).all()
+        model, payload = load_exported(out / f"{phase}.pt")
+        assert payload["stage"] == f"attention.{phase}"
+        with torch.no_grad():
+            grids = torch.randn(2, model.cfg.N, model.in_channels, 8, 4)
+            embedding = model(grids).embedding
+        assert embedding.shape == (2, model.cfg.embed_dim)
+        assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)

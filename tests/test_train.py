@@ -84,8 +84,9 @@ def train(resume_path, cfg=CFG, key="key", seed=0, wrap=None, diversity="helling
     heads = DRSA(MODEL, D) if head == "drsa" else BaselineHead(MODEL, D)
     criterion = OIMLoss(MODEL.embed_dim, len(set(PIDS)))
     loader = train_loader(SeededGrids(), PIDS, cfg, seed=1, num_workers=0)
-    forward = wrap(heads) if wrap else heads
-    history = fit(heads, criterion, loader, cfg, Step(forward, diversity, diversity_weight),
+    wrapped = wrap(heads) if wrap else heads
+    history = fit(heads, criterion, loader, cfg,
+                  Step(lambda net, x: wrapped(x), diversity, diversity_weight),
                   torch.device("cpu"), resume_path, key)
     return heads, criterion, history
 
@@ -353,12 +354,14 @@ def test_exported_payload_that_does_not_fit_is_refused(tmp_path, change):
 
 
 @pytest.mark.parametrize(("device", "cuda", "expected"), [
-    ("cpu", False, "cpu"), ("auto", False, "cpu"), ("cpu", True, "cpu"), ("auto", True, "cuda"),
-    ("cuda", True, "cuda"),
+    ("cpu", False, "cpu"), ("auto", False, "cpu"), ("cpu", True, "cpu"), ("auto", True, "cuda:1"),
+    ("cuda", True, "cuda:1"),
 ])
 def test_pick_device(monkeypatch, device, cuda, expected):
-    """auto: CUDA when there is one, else CPU; an explicit choice is kept."""
+    """auto: CUDA when there is one, else CPU; an explicit choice is kept; the GPU is the current
+    one (under torchrun, cuda:<LOCAL_RANK>)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert pick_device(RuntimeParams(device=device)) == torch.device(expected)
 
 

@@ -32,8 +32,8 @@ from pipeline.train import (
     finish,
     fit,
     load,
-    pick_device,
     seed_everything,
+    start,
 )
 
 log = logging.getLogger("attention")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = load_params(args.params)
     seed_everything(p.seed)
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: this rank's device
 
     expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": p.data.height,
               "width": p.data.width}
@@ -74,29 +74,30 @@ def main(argv: list[str] | None = None) -> None:
     # zero initialisation (= average pooling) and out of the optimizer.
     for param in heads.temporal.parameters():
         param.requires_grad_(False)
-    spatial_step = Step(lambda grids: heads(grids, "avg"), p.loss.diversity,
+    spatial_step = Step(lambda net, grids: net(grids, "avg"), p.loss.diversity,
                         p.loss.diversity_weight)
     loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers)
     spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
                           args.scratch / "spatial.pt", key, desc="attention spatial")
-    export_model(args.spatial, heads.cpu(), dataclasses.replace(p.model, temporal_pooling="avg"),
-                 "drsa", {"stage": "attention.spatial",
-                          "criterion": criterion.cpu().state_dict()})
+    if world.is_main:
+        export_model(args.spatial, heads.cpu(),
+                     dataclasses.replace(p.model, temporal_pooling="avg"), "drsa",
+                     {"stage": "attention.spatial", "criterion": criterion.cpu().state_dict()})
 
     # Phase 2: everything but the CNN, with the configured temporal pooling.
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
-    temporal_step = Step(heads, p.loss.diversity, p.loss.diversity_weight)
+    temporal_step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
     loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers)
     temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
                            args.scratch / "temporal.pt", key, desc="attention temporal")
-    export_model(args.temporal, heads.cpu(), p.model, "drsa",
-                 {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})
-
-    write_csv(args.plots / "spatial.csv", spatial_history)
-    write_csv(args.plots / "temporal.csv", temporal_history)
-    finish(args.scratch / "spatial.pt")
-    finish(args.scratch / "temporal.pt")
+    if world.is_main:
+        export_model(args.temporal, heads.cpu(), p.model, "drsa",
+                     {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})
+        write_csv(args.plots / "spatial.csv", spatial_history)
+        write_csv(args.plots / "temporal.csv", temporal_history)
+        finish(args.scratch / "spatial.pt")
+        finish(args.scratch / "temporal.pt")
 
 
 if __name__ == "__main__":

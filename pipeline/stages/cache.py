@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.datasets.common import load_video_index
 from pipeline.features import cache_attrs, write_cache
 from pipeline.params import load_params
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     p = load_params(args.params)
+    if distributed.launched_rank() > 0:  # under torchrun: rank 0 does it all, on its device
+        log.info("rank %d: the cache stage runs on rank 0 alone", distributed.launched_rank())
+        return
     device = pick_device(p.runtime)
 
     table = load_video_index(args.index)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import distributed
 from pipeline.datasets import DatasetError
 from pipeline.download import DownloadError, UnsafeArchiveError
 from pipeline.params import ParamsError
@@ -33,8 +34,13 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     try:
         main(argv)
     except INPUT_ERRORS as err:
+        distributed.shutdown(failed=True)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except BaseException:
+        distributed.shutdown(failed=True)
+        raise
+    distributed.shutdown()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

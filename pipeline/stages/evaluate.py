@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import distributed
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, load_frame
 from pipeline.datasets.common import load_video_index
 from pipeline.features import cache_attrs, embed, open_cache
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the attention map PNGs (Fig. 3)")
     args = parser.parse_args(argv)
     p = load_params(args.params)
+    if distributed.launched_rank() > 0:  # under torchrun: rank 0 does it all, on its device
+        log.info("rank %d: the evaluate stage runs on rank 0 alone", distributed.launched_rank())
+        return
     device = pick_device(p.runtime)
     autocast = use_autocast(p.runtime, device)
 

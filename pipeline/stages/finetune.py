@@ -27,8 +27,8 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
-    pick_device,
     seed_everything,
+    start,
     use_autocast,
 )
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = load_params(args.params)
     seed_everything(p.seed)
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: this rank's device
 
     table = load_video_index(args.index)
     train = table[table["subset"] == "train"]
@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     key = fingerprint("finetune", p.seed, to_dict(p.finetune), to_dict(p.loss), to_dict(p.data),
                       p.model.N, sha256_file(args.index), sha256_file(args.init))
     resume = args.scratch / "last.pt"
-    history = fit(model, criterion, loader, p.finetune, Step(model), device, resume, key,
+    history = fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
                   desc="finetune", autocast=use_autocast(p.runtime, device))
-    export_model(args.out, model.cpu(), p.model, "baseline",
-                 {"stage": "finetune", "num_classes": len(labels),
-                  "criterion": criterion.cpu().state_dict()})
-    write_csv(args.plot, history)
-    finish(resume)
+    if world.is_main:
+        export_model(args.out, model.cpu(), p.model, "baseline",
+                     {"stage": "finetune", "num_classes": len(labels),
+                      "criterion": criterion.cpu().state_dict()})
+        write_csv(args.plot, history)
+        finish(resume)
 
 
 if __name__ == "__main__":

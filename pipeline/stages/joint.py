@@ -30,8 +30,8 @@ from pipeline.train import (
     finish,
     fit,
     load_exported,
-    pick_device,
     seed_everything,
+    start,
     use_autocast,
 )
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = load_params(args.params)
     seed_everything(p.seed)
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: this rank's device
 
     table = load_video_index(args.index)
     train = table[table["subset"] == "train"]
@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
-    history = fit(model, criterion, loader, p.joint,
-                  Step(model, p.loss.diversity, p.loss.diversity_weight), device, resume, key,
-                  desc="joint", autocast=use_autocast(p.runtime, device),
-                  set_train_mode=train_mode)
-    export_model(args.out, model.cpu(), cfg, "drsa",
-                 {"stage": "joint", "criterion": criterion.cpu().state_dict()})
-    write_csv(args.plot, history)
-    finish(resume)
+    step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
+    history = fit(model, criterion, loader, p.joint, step, device, resume, key, desc="joint",
+                  autocast=use_autocast(p.runtime, device), set_train_mode=train_mode)
+    if world.is_main:
+        export_model(args.out, model.cpu(), cfg, "drsa",
+                     {"stage": "joint", "criterion": criterion.cpu().state_dict()})
+        write_csv(args.plot, history)
+        finish(resume)
 
 
 if __name__ == "__main__":

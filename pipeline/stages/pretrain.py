@@ -26,8 +26,8 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
-    pick_device,
     seed_everything,
+    start,
     use_autocast,
 )
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     p = load_params(args.params)
     seed_everything(p.seed)
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: this rank's device
 
     files = {name: args.index / name / "images.json" for name in p.data.image}
     pooled = pool_images({name: load_image_index(path) for name, path in files.items()})
@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> None:
                       [p.model.backbone, p.model.init, p.model.last_stride, p.model.embed_dim],
                       {n: sha256_file(f) for n, f in files.items()})
     resume = args.scratch / "last.pt"
-    history = fit(model, criterion, loader, p.pretrain, Step(model), device, resume, key,
+    history = fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
                   desc="pretrain", autocast=use_autocast(p.runtime, device))
-    export_model(args.out, model.cpu(), p.model, "baseline",
-                 {"stage": "pretrain", "num_classes": num_classes,
-                  "criterion": criterion.cpu().state_dict()})
-    write_csv(args.plot, history)
-    finish(resume)
+    if world.is_main:
+        export_model(args.out, model.cpu(), p.model, "baseline",
+                     {"stage": "pretrain", "num_classes": num_classes,
+                      "criterion": criterion.cpu().state_dict()})
+        write_csv(args.plot, history)
+        finish(resume)
 
 
 if __name__ == "__main__":

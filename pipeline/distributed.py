@@ -1,0 +1,131 @@
+"""Data-parallel training across processes: one process per GPU, started by ``torchrun``.
+
+``torchrun --nproc_per_node=G -m pipeline.stages.<stage> ...`` sets ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE`` in every process; ``init`` reads them, joins the process group (NCCL on CUDA, gloo
+on CPU) and gives each process its device (``cuda:<LOCAL_RANK>``). Started without torchrun
+(``WORLD_SIZE`` unset or 1) everything here is a no-op and the code runs single-process.
+
+How training is split (``train.fit``, ``sampling.IdentityBatchSampler``, ``losses.OIMLoss``):
+every rank builds the same global P x M batch and keeps its contiguous share of it, so the global
+batch size is the one in params whatever the number of processes; the model is wrapped in
+``DistributedDataParallel``, which averages the gradients over the ranks (the gradient of the
+global batch's mean loss, since the shares are equal); the gradients of the identity loss's own
+parameters (the softmax classifier) are averaged the same way; the OIM lookup table is updated
+from the features and labels of all ranks gathered in rank order, which with contiguous shares is
+the single-process batch order, so every rank keeps the single-process LUT. BatchNorm layers in
+training mode normalise with their own rank's share (DDP's usual behaviour; rank 0's running
+statistics are broadcast at every forward pass). Rank 0 alone writes checkpoints and outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0  # 0 .. size - 1, over all nodes
+    local_rank: int = 0  # on this node: the index of its GPU
+    size: int = 1  # number of processes
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r}: expected an integer "
+                         "(set by torchrun)") from None
+
+
+def world() -> World:
+    """The current process group's world, or a single process when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), _env_int("LOCAL_RANK", 0), dist.get_world_size())
+    return World()
+
+
+def init(device: str = "auto") -> tuple[World, torch.device | None]:
+    """Join the process group torchrun describes in the environment; returns (world, the device
+    this process must use, or None to let ``runtime.device`` decide: single process).
+
+    ``device`` is ``runtime.device``: ``auto`` and ``cuda`` use ``cuda:<LOCAL_RANK>`` with NCCL
+    when CUDA is present, ``cpu`` (or no CUDA) uses the CPU with gloo.
+    """
+    size = _env_int("WORLD_SIZE", 1)
+    if size <= 1:
+        return World(), None
+    if not dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE={size} but this torch build has no torch.distributed")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if device == "cuda" and not use_cuda:
+        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
+                               "CUDA devices are visible: start at most that many processes "
+                               "per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local_rank)
+        chosen = torch.device("cuda", local_rank)
+    else:
+        chosen = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    log.info("rank %d of %d (local rank %d) on %s", rank, size, local_rank, chosen)
+    return World(rank, local_rank, size), chosen
+
+
+def launched_rank() -> int:
+    """The rank torchrun gave this process (0 without torchrun), before any process group: the
+    stages that do not train (cache, evaluate) run on rank 0 alone and return at once elsewhere."""
+    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
+
+
+def shutdown(failed: bool = False) -> None:
+    """Leave the process group: after a last barrier, so no rank exits while the others still
+    talk; without it when this rank ``failed`` (torchrun then stops the others)."""
+    if dist.is_available() and dist.is_initialized():
+        if not failed:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def average_(tensors: list[Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks (in place; one flat all-reduce)."""
+    w = world()
+    if not w.distributed or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= w.size
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()

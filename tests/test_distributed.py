@@ -1,0 +1,165 @@
+"""Data-parallel training (pipeline/distributed.py, train.fit under torchrun's environment):
+two processes with the gloo backend on CPU train on their shares of each global batch and end
+with the weights, the OIM lookup table, the softmax classifier and the loss history of one
+process trained on the whole global batches.
+
+Small: DRSA heads (K = 2, d = 8, E = 16) on random 16-channel 2x2 grids of 12 tracklets of 4
+identities, one epoch of 2 global batches of 2 identities x 2 tracklets (2 items per rank).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from pipeline import distributed
+from pipeline.data import train_labels, train_loader
+from pipeline.losses import OIMLoss, SoftmaxLoss
+from pipeline.model import DRSA
+from pipeline.params import ModelParams, TrainParams
+from pipeline.train import Step, fit, seed_everything
+
+MODEL = ModelParams(backbone="resnet18", init="scratch", last_stride=2, K=2, d=8, embed_dim=16,
+                    N=3)
+D = 16
+PIDS = [7, 7, 7, 3, 3, 3, 5, 5, 5, 9, 9, 9]
+CFG = TrainParams(epochs=1, identities_per_batch=2, instances_per_identity=2, lr=0.1,
+                  lr_step_epoch=1)
+WORLD = 2
+
+
+class SeededGrids(Dataset):
+    """A fixed random clip per tracklet plus noise drawn from the item's seed."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.grids = torch.randn(len(PIDS), MODEL.N, D, 2, 2, generator=generator).relu()
+        labels = train_labels(PIDS)
+        self.labels = [labels[p] for p in PIDS]
+
+    def __len__(self) -> int:
+        return len(PIDS)
+
+    def __getitem__(self, item):
+        index, seed = item
+        noise = np.random.default_rng(list(seed)).normal(0.0, 0.1, self.grids.shape[1:])
+        return self.grids[index] + torch.from_numpy(noise).float(), self.labels[index], index
+
+
+def train(kind: str, resume: Path) -> dict:
+    """Seeded heads and identity loss, fitted with the Hellinger term; BatchNorm kept in eval mode
+    (its batch statistics are per rank under DDP, the one thing that is not the global batch's)."""
+    seed_everything(0)
+    heads = DRSA(MODEL, D)
+    n = len(set(PIDS))
+    criterion = OIMLoss(MODEL.embed_dim, n) if kind == "oim" else SoftmaxLoss(MODEL.embed_dim, n)
+
+    def train_mode() -> None:
+        heads.train()
+        for module in heads.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+    loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
+    history = fit(heads, criterion, loader, CFG, Step(diversity="hellinger", diversity_weight=0.5),
+                  torch.device("cpu"), resume, key=kind, set_train_mode=train_mode)
+    return {"heads": heads.state_dict(), "criterion": criterion.state_dict(),
+            "loss": torch.tensor([h["loss"] for h in history]), "steps": len(history)}
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    world, device = distributed.init("cpu")
+    assert (world.rank, world.size, device) == (rank, WORLD, torch.device("cpu"))
+    try:
+        for kind in ("oim", "softmax"):
+            result = train(kind, Path(tmp) / f"resume-{kind}.pt")
+            torch.save(result, f"{tmp}/{kind}-rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
+    return tmp
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("kind", ["oim", "softmax"])
+def test_two_ranks_train_like_one_process_on_the_global_batch(ranks, kind, tmp_path):
+    single = train(kind, tmp_path / "resume.pt")
+    assert single["steps"] == 2
+    for rank in range(WORLD):
+        out = load(ranks / f"{kind}-rank{rank}.pt")
+        assert out["steps"] == single["steps"]
+        for part in ("heads", "criterion"):
+            assert out[part].keys() == single[part].keys()
+            for name, value in single[part].items():
+                # float reductions in another order: equal to float32 rounding, not bit for bit
+                torch.testing.assert_close(out[part][name], value, rtol=1e-5, atol=1e-6,
+                                           msg=f"rank {rank}: {part}.{name}")
+        # the history is the global batch's loss, not this rank's share's
+        torch.testing.assert_close(out["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+    # the weights moved, so the comparison above means something
+    seed_everything(0)
+    initial = DRSA(MODEL, D).state_dict()
+    assert any(not torch.allclose(initial[k], single["heads"][k]) for k in initial
+               if initial[k].is_floating_point())
+
+
+@pytest.mark.parametrize("kind", ["oim", "softmax"])
+def test_ranks_end_identical(ranks, kind):
+    """DDP keeps the replicas equal: the same weights and the same LUT on every rank, exactly."""
+    outs = [load(ranks / f"{kind}-rank{rank}.pt") for rank in range(WORLD)]
+    for part in ("heads", "criterion"):
+        for name, value in outs[0][part].items():
+            assert torch.equal(outs[1][part][name], value), f"{part}.{name}"
+
+
+def test_resume_checkpoint_holds_the_global_history(ranks):
+    """Rank 0 writes the scratch checkpoint: the history of both global batches, no temporary file
+    left."""
+    for kind in ("oim", "softmax"):
+        state = torch.load(ranks / f"resume-{kind}.pt", weights_only=True)
+        assert len(state["history"]) == 2
+    assert sorted(p.name for p in ranks.glob("*.tmp")) == []
+
+
+def test_single_process_world_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world, device = distributed.init("auto")
+    assert (world.rank, world.size, world.is_main, world.distributed, device) == (
+        0, 1, True, False, None)
+    assert distributed.world() == distributed.World()
+
+
+def test_bad_torchrun_environment_is_named(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+        distributed.init("cpu")
+
+
+def test_average_is_a_no_op_in_one_process():
+    t = torch.tensor([1.0, 2.0])
+    distributed.average_([t])
+    assert t.tolist() == [1.0, 2.0]
