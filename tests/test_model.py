@@ -510,6 +510,22 @@ def test_init_from_a_torchvision_state_dict(resnet18_file):
     assert_backbone_equals(build_backbone("resnet18", str(path)), net.state_dict())
 
 
+def test_backbone_computes_torchvisions_resnet_in_channels_last(resnet18_file):
+    """The backbone keeps its conv weights and activations channels_last (the fast layout), and
+    computes what torchvision's ResNet computes up to layer4, returned in the usual layout."""
+    path, net = resnet18_file
+    backbone = build_backbone("resnet18", str(path)).eval()
+    assert backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = backbone(x)
+        net.eval()
+        y = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        expected = net.layer4(net.layer3(net.layer2(net.layer1(y))))
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_init_from_a_missing_file_names_it(tmp_path):
     path = tmp_path / "no" / "such.pt"
     with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
