@@ -26,9 +26,9 @@ from pipeline.bench import (
 )
 from pipeline.metrics import evaluate_rank
 
-PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_channels_last_paper"}
+PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_nchw_paper"}
 BENCHMARKS = {
-    "cache_throughput", "roofline", "roofline_channels_last", *PAPER_ROWS,
+    "cache_throughput", "roofline", "roofline_nchw", *PAPER_ROWS,
     *(f"eval_{p}_{kind}" for p in ("official", "torchreid") for kind in
       ("speedup", "vs_sort", "memory")),
     "attention_cached_epoch", "cache_memory_flatness", "experiment_overhead",
