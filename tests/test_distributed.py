@@ -13,44 +13,21 @@ import os
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import Dataset
 
 from pipeline import distributed
-from pipeline.data import train_labels, train_loader
+from pipeline.data import train_loader
 from pipeline.losses import OIMLoss, SoftmaxLoss
 from pipeline.model import DRSA
-from pipeline.params import ModelParams, TrainParams
+from pipeline.params import TrainParams
 from pipeline.train import Step, fit, seed_everything
+from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
 
-MODEL = ModelParams(backbone="resnet18", init="scratch", last_stride=2, K=2, d=8, embed_dim=16,
-                    N=3)
-D = 16
-PIDS = [7, 7, 7, 3, 3, 3, 5, 5, 5, 9, 9, 9]
 CFG = TrainParams(epochs=1, identities_per_batch=2, instances_per_identity=2, lr=0.1,
                   lr_step_epoch=1)
 WORLD = 2
-
-
-class SeededGrids(Dataset):
-    """A fixed random clip per tracklet plus noise drawn from the item's seed."""
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.grids = torch.randn(len(PIDS), MODEL.N, D, 2, 2, generator=generator).relu()
-        labels = train_labels(PIDS)
-        self.labels = [labels[p] for p in PIDS]
-
-    def __len__(self) -> int:
-        return len(PIDS)
-
-    def __getitem__(self, item):
-        index, seed = item
-        noise = np.random.default_rng(list(seed)).normal(0.0, 0.1, self.grids.shape[1:])
-        return self.grids[index] + torch.from_numpy(noise).float(), self.labels[index], index
 
 
 def train(kind: str, resume: Path) -> dict:

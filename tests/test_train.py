@@ -15,12 +15,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
 
-from pipeline.data import train_labels, train_loader
+from pipeline.data import train_loader
 from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, BaselineHead, VideoReIDNet, build_model
-from pipeline.params import ModelParams, RuntimeParams, TrainParams
+from pipeline.params import RuntimeParams, TrainParams
 from pipeline.train import (
     Step,
     export_model,
@@ -34,34 +33,12 @@ from pipeline.train import (
     seed_everything,
     use_autocast,
 )
+from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
 
-MODEL = ModelParams(backbone="resnet18", init="scratch", last_stride=2, K=2, d=8, embed_dim=16,
-                    N=3)
-D = 16  # channels of the fabricated grids
-PIDS = [7, 7, 7, 3, 3, 3, 5, 5, 5, 9, 9, 9]  # 12 tracklets of 4 identities
 # lr 0.1, then 0.01 in epoch 3: a resume from epoch 1 needs the scheduler's state to get it right
 CFG = TrainParams(epochs=3, identities_per_batch=2, instances_per_identity=2, lr=0.1,
                   lr_step_epoch=2, lr_gamma=0.1)
 BATCHES_PER_EPOCH = 2  # 4 identities // 2 per batch
-
-
-class SeededGrids(Dataset):
-    """Training items ``(index, seed)`` like CachedClipDataset's, in memory: a fixed random clip
-    (N, D, 2, 2) per tracklet plus noise drawn from the item's seed."""
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.grids = torch.randn(len(PIDS), MODEL.N, D, 2, 2, generator=generator).relu()
-        labels = train_labels(PIDS)
-        self.labels = [labels[p] for p in PIDS]
-
-    def __len__(self) -> int:
-        return len(PIDS)
-
-    def __getitem__(self, item: tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, int, int]:
-        index, seed = item
-        noise = np.random.default_rng(list(seed)).normal(0.0, 0.1, self.grids.shape[1:])
-        return self.grids[index] + torch.from_numpy(noise).float(), self.labels[index], index
 
 
 class Interrupt:
