@@ -54,12 +54,8 @@ def pick_device(cfg: RuntimeParams) -> torch.device:
 def start(cfg: RuntimeParams) -> tuple[distributed.World, torch.device]:
     """A training stage's world and device: under torchrun, join the process group and use this
     rank's device (``distributed.init``); otherwise one process on ``pick_device``."""
-    world, device = distributed.init(cfg.device)
-    if device is None:
-        return world, pick_device(cfg)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as pick_device does
-    return world, device
+    world, _ = distributed.init(cfg.device)  # under torchrun: makes cuda:<LOCAL_RANK> current
+    return world, pick_device(cfg)
 
 
 def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:
