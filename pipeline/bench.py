@@ -145,6 +145,12 @@ class Setup:
     size: tuple[int, int] = (128, 64)  # (H, W) fed to the backbone
     num_workers: int = 2  # DataLoader worker processes (the default run's data.num_workers)
     seed: int = 0
+    device: str = "cpu"  # where the backbone and the heads run (rows 1, 2, 4, 5); "cuda" on a GPU
+
+    @property
+    def autocast(self) -> bool:
+        """bf16 autocast for the backbone, as the pipeline runs it on CUDA (never on CPU)."""
+        return torch.device(self.device).type == "cuda"
 
 
 # --- the result rows ------------------------------------------------------------------------------
@@ -180,11 +186,14 @@ def skipped(reason: str) -> dict:
 
 
 def timed(fn: Callable[[], Any], repeats: int = 1) -> float:
-    """Best wall time of ``repeats`` calls of ``fn``, in seconds."""
+    """Best wall time of ``repeats`` calls of ``fn``, in seconds (CUDA work included: the clock
+    stops once the GPU has finished what ``fn`` queued)."""
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -233,14 +242,16 @@ def tracklet_table(paths: Sequence[Path], frames_per_tracklet: int, tracklets_pe
 
 
 @torch.no_grad()
-def backbone_fps(backbone: nn.Module, batch: torch.Tensor, batches: int, runs: int = 1) -> float:
+def backbone_fps(backbone: nn.Module, batch: torch.Tensor, batches: int, runs: int = 1,
+                 autocast: bool = False) -> float:
     """Frames/s of ``backbone`` (eval mode, no gradients) on one preloaded batch: ``batches``
-    forward passes, the best of ``runs`` such runs."""
+    forward passes, the best of ``runs`` such runs; bf16 autocast on ``autocast``."""
     backbone.eval()
 
     def forward_passes() -> None:
-        for _ in range(batches):
-            backbone(batch)
+        with torch.autocast(batch.device.type, torch.bfloat16, enabled=autocast):
+            for _ in range(batches):
+                backbone(batch)
 
     return batches * len(batch) / timed(forward_passes, runs)
 
@@ -254,12 +265,14 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def matmul_flops_per_s(n: int, repeats: int) -> float:
-    """FLOP/s of an n x n float32 matmul (2 n^3 FLOPs), the best of ``repeats``: the machine's
-    practical peak."""
+def matmul_flops_per_s(n: int, repeats: int, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs) in ``dtype`` on ``device``, the best of
+    ``repeats``: the machine's practical peak (on CUDA in bf16: the tensor cores that the
+    autocast backbone uses)."""
     generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
-    out = torch.empty(n, n)
+    a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up
     return 2.0 * n ** 3 / timed(lambda: torch.mm(a, b, out=out), repeats)
 
@@ -275,42 +288,47 @@ def bench_cache_and_roofline(setup: Setup, backbone: Backbone, table: pd.DataFra
     process (no workers), a detail that tells loader contention from the rest.
     """
     s = setup.sizes
-    batch = torch.randn(s.batch_size, 3, *setup.size, generator=torch.Generator().manual_seed(0))
-    backbone_fps(backbone, batch, 2)  # warm-up: oneDNN picks its kernels on the first passes
+    batch = torch.randn(s.batch_size, 3, *setup.size,
+                        generator=torch.Generator().manual_seed(0)).to(setup.device)
+    backbone = backbone.to(setup.device)
+    amp = setup.autocast
+    backbone_fps(backbone, batch, 2, autocast=amp)  # warm-up: kernels are chosen on first passes
     frames = sum(len(f) for f in table["frames"])
 
     log.info("1. cache throughput: %d frames x %d runs, batch %d, %d loader workers", frames,
              s.cache_runs, s.batch_size, setup.num_workers)
     attrs = {"checkpoint_sha256": "bench", "backbone": setup.backbone,
              "last_stride": setup.last_stride}
-    bare_runs, cache_runs = [backbone_fps(backbone, batch, s.bare_batches)], []
+    bare_runs, cache_runs = [backbone_fps(backbone, batch, s.bare_batches, autocast=amp)], []
     for _ in range(s.cache_runs):
         cache_runs.append(timed(lambda: write_cache(
             cache_path, backbone, {"train": table}, setup.size, attrs, batch_size=s.batch_size,
-            num_workers=setup.num_workers)))
-        bare_runs.append(backbone_fps(backbone, batch, s.bare_batches))
+            num_workers=setup.num_workers, device=setup.device, autocast=amp)))
+        bare_runs.append(backbone_fps(backbone, batch, s.bare_batches, autocast=amp))
     bare, cache_fps = max(bare_runs), frames / min(cache_runs)
     details = {}
     if loader_check and setup.num_workers > 0:
         details["cache_frames_per_s_no_workers"] = frames / timed(lambda: write_cache(
             cache_path, backbone, {"train": table}, setup.size, attrs, batch_size=s.batch_size,
-            num_workers=0))
+            num_workers=0, device=setup.device, autocast=amp))
 
     log.info("2. roofline: FLOPs of the backbone, %d x %d matmul", s.matmul_n, s.matmul_n)
     flops_per_frame = count_flops(backbone, batch) / len(batch)
-    matmul = matmul_flops_per_s(s.matmul_n, s.matmul_repeats)
+    matmul = matmul_flops_per_s(s.matmul_n, s.matmul_repeats, setup.device,
+                                torch.bfloat16 if amp else torch.float32)
     # the same layers without Backbone.forward's conversion to channels_last, weights in NCHW
     b = backbone
     layers = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3,
                            b.layer4)
     nchw = copy.deepcopy(layers).to(memory_format=torch.contiguous_format)
-    backbone_fps(nchw, batch, 2)
-    bare_nchw = backbone_fps(nchw, batch, s.bare_batches, runs=2)
+    backbone_fps(nchw, batch, 2, autocast=amp)
+    bare_nchw = backbone_fps(nchw, batch, s.bare_batches, runs=2, autocast=amp)
 
     gflops = flops_per_frame / 1e9
     common = {"backbone": setup.backbone, "last_stride": setup.last_stride,
               "input": list(setup.size), "batch_size": s.batch_size,
-              "GFLOP_per_frame": gflops, "matmul_n": s.matmul_n}
+              "GFLOP_per_frame": gflops, "matmul_n": s.matmul_n, "device": setup.device,
+              "precision": "bf16 autocast" if amp else "float32"}
     return {
         "cache_throughput": row(
             ("cache_frames_per_s", cache_fps), ("backbone_frames_per_s", bare), Target(">=", 0.85),
@@ -524,8 +542,9 @@ def bench_attention(setup: Setup, backbone: Backbone, table: pd.DataFrame, cache
         resume = scratch / f"{name}.pt"
         resume.unlink(missing_ok=True)  # a kept --workdir must not resume a finished run
         start = time.perf_counter()
-        fit(model, criterion, loader, train_cfg, step, torch.device("cpu"), resume, key=name,
-            desc=f"bench {name}", set_train_mode=set_train_mode)
+        fit(model, criterion, loader, train_cfg, step, torch.device(setup.device), resume,
+            key=name, desc=f"bench {name}", set_train_mode=set_train_mode,
+            autocast=setup.autocast and name == "uncached")  # bf16 for the backbone only
         return (time.perf_counter() - start) / count, len(loader)
 
     log.info("4. attention epoch: %d tracklets, P=%d x M=%d, N=%d", len(table), s.P, s.M, s.N)
@@ -582,6 +601,7 @@ def cache_child(spec_path: str) -> dict:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     backbone = Backbone(spec["backbone"], spec["last_stride"])
+    device = spec["device"]
     table = tracklet_table([Path(p) for p in spec["paths"]], spec["frames_per_tracklet"],
                            spec["tracklets_per_identity"], spec["repeat"])
     reset = _reset_peak_rss()
@@ -589,7 +609,8 @@ def cache_child(spec_path: str) -> dict:
     start = time.perf_counter()
     write_cache(spec["out"], backbone, {"train": table}, tuple(spec["size"]),
                 {"checkpoint_sha256": "bench"}, batch_size=spec["batch_size"],
-                num_workers=spec["num_workers"])
+                num_workers=spec["num_workers"], device=device,
+                autocast=torch.device(device).type == "cuda")
     return {"frames": int(sum(len(f) for f in table["frames"])),
             "seconds": time.perf_counter() - start, "peak_reset": reset, "rss_before_kb": before,
             "peak_rss_kb": _rss_kb("VmHWM"),
@@ -619,7 +640,8 @@ def bench_memory(setup: Setup, paths: Sequence[Path], workdir: Path) -> dict[str
             "tracklets_per_identity": s.tracklets_per_identity, "backbone": setup.backbone,
             "last_stride": setup.last_stride, "size": list(setup.size),
             "batch_size": s.batch_size, "num_workers": setup.num_workers,
-            "threads": torch.get_num_threads(), "out": str(workdir / f"memory-x{repeat}.h5")}))
+            "threads": torch.get_num_threads(), "device": setup.device,
+            "out": str(workdir / f"memory-x{repeat}.h5")}))
         logs[repeat] = workdir / f"memory-x{repeat}.log"  # files, not pipes: nothing can block
         with logs[repeat].open("w") as output:
             children[repeat] = subprocess.Popen(
@@ -737,11 +759,13 @@ def bench_experiment(setup: Setup, workdir: Path) -> dict[str, dict]:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """What the figures were measured on."""
+    gpu = (torch.cuda.get_device_name(torch.device(device))
+           if torch.device(device).type == "cuda" else None)
     return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "processor": _cpu_model() or platform.processor() or platform.machine(),
-            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
             "load_average_at_start": list(os.getloadavg())}
 
@@ -772,10 +796,11 @@ def run_all(setup: Setup, workdir: Path, quick: bool = False) -> dict:
     benchmarks.update(bench_attention(setup, backbone, table, cache_path, workdir / "scratch"))
     benchmarks.update(bench_memory(setup, paths, workdir))
     benchmarks.update(bench_experiment(setup, workdir))
-    return {"quick": quick, "machine": machine(),
+    return {"quick": quick, "machine": machine(setup.device),
             "setup": {"backbone": setup.backbone, "last_stride": setup.last_stride,
                       "input": list(setup.size), "num_workers": setup.num_workers,
-                      "seed": setup.seed, "frame_files": list(FRAME_SIZE)},
+                      "seed": setup.seed, "frame_files": list(FRAME_SIZE),
+                      "device": setup.device},
             "sizes": dataclasses.asdict(s), "benchmarks": benchmarks,
             "total_s": time.perf_counter() - start}
 
@@ -807,6 +832,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-paper", action="store_true",
                         help="skip rows 1-2 with the paper's ResNet-50 at 256x128")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="where models run: cpu (default), cuda or cuda:<i> (rows 1, 2, 4, 5; "
+                             "the backbone under bf16 autocast on CUDA, as in the pipeline)")
     parser.add_argument("--workdir", type=Path,
                         help="keep the frames, caches and repository here (default: a temporary "
                              "folder, deleted at the end)")
@@ -818,8 +846,16 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = dataclasses.replace(sizes, batch_size=args.batch_size)
     if args.no_paper:
         sizes = dataclasses.replace(sizes, paper_frames=0)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: expected cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here")
     setup = Setup(sizes, args.backbone, args.last_stride, (args.height, args.width),
-                  args.num_workers, args.seed)
+                  args.num_workers, args.seed, str(device))
 
     with contextlib.ExitStack() as stack:
         if args.workdir:

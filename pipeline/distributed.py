@@ -14,7 +14,13 @@ parameters (the softmax classifier) are averaged the same way; the OIM lookup ta
 from the features and labels of all ranks gathered in rank order, which with contiguous shares is
 the single-process batch order, so every rank keeps the single-process LUT. BatchNorm layers in
 training mode normalise with their own rank's share (DDP's usual behaviour; rank 0's running
-statistics are broadcast at every forward pass). Rank 0 alone writes checkpoints and outputs.
+statistics are broadcast at every forward pass; ``runtime.sync_bn`` makes them normalise over
+the global batch instead, on CUDA). Rank 0 alone writes checkpoints and outputs.
+
+How inference is split (the cache and evaluate stages): the items are cut into the batches of one
+process (``batches``); rank r computes global batches r, r + W, r + 2W, ... (``my_batches``), so
+each batch holds the same items, computed the same way, as in one process; the results come back
+to rank 0 in round-robin order (``interleave``), which is the single-process order.
 """
 
 from __future__ import annotations
@@ -97,12 +103,6 @@ def init(device: str = "auto") -> tuple[World, torch.device | None]:
     return World(rank, local_rank, size), chosen
 
 
-def launched_rank() -> int:
-    """The rank torchrun gave this process (0 without torchrun), before any process group: the
-    stages that do not train (cache, evaluate) run on rank 0 alone and return at once elsewhere."""
-    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
-
-
 def shutdown(failed: bool = False) -> None:
     """Leave the process group: after a last barrier, so no rank exits while the others still
     talk; without it when this rank ``failed`` (torchrun then stops the others)."""
@@ -129,3 +129,54 @@ def average_(tensors: list[Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+# --- sharded inference ---------------------------------------------------------------------------
+
+
+def batches(num_items: int, batch_size: int) -> list[range]:
+    """The batches one process makes of ``num_items`` items in order (the last may be short)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [range(start, min(start + batch_size, num_items))
+            for start in range(0, num_items, batch_size)]
+
+
+def num_rounds(num_batches: int, w: World) -> int:
+    """Rounds of one batch per rank that cover ``num_batches`` (the last round may leave ranks
+    without a batch)."""
+    return -(-num_batches // w.size)
+
+
+def my_batches(all_batches: list[range], w: World) -> list[range]:
+    """This rank's batches: global batch ``round * size + rank`` in round ``round``."""
+    return all_batches[w.rank::w.size]
+
+
+def interleave(per_rank: list[list]) -> list:
+    """The per-rank result lists of ``my_batches`` put back in global batch order."""
+    merged = []
+    for position in range(max((len(r) for r in per_rank), default=0)):
+        merged.extend(r[position] for r in per_rank if position < len(r))
+    return merged
+
+
+def gather_batches(results: list) -> list:
+    """Every rank's per-batch results (in ``my_batches`` order) in global batch order, on every
+    rank; the list itself in a single process. Results are pickled (numpy arrays, floats)."""
+    w = world()
+    if not w.distributed:
+        return results
+    per_rank: list = [None] * w.size
+    dist.all_gather_object(per_rank, results)
+    return interleave(per_rank)
+
+
+def all_gather_(tensor: Tensor) -> list[Tensor]:
+    """``tensor`` from every rank, in rank order (same shape and dtype on all ranks)."""
+    w = world()
+    if not w.distributed:
+        return [tensor]
+    out = [torch.empty_like(tensor) for _ in range(w.size)]
+    dist.all_gather(out, tensor.contiguous())
+    return out

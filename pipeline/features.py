@@ -14,12 +14,14 @@ File layout, one group per subset (``train``, ``test``)::
 Attributes record what the grids depend on (``checkpoint_sha256``, ``backbone``, ``last_stride``,
 ``height``, ``width``, ``max_frames_per_tracklet``); ``open_cache`` refuses a file whose attributes
 differ from what the caller expects. Grids are written batch by batch (memory does not grow with
-the dataset) into a temporary file that is renamed only when complete. Disk cost: D x h x w x 2
-bytes per frame, 128 KiB at 2048 x 8 x 4.
+the dataset) into a temporary file that is renamed only when complete; under torchrun the ranks
+share the frames and rank 0 writes. Disk cost: D x h x w x 2 bytes per frame, 128 KiB at
+2048 x 8 x 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,7 +36,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.data import load_frame
+from pipeline import distributed
+from pipeline.data import eval_loader, load_frame
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -89,51 +92,83 @@ def write_cache(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     autocast: bool = False,
+    world: distributed.World | None = None,
 ) -> None:
     """Run ``backbone`` over the selected frames of every tracklet and stream the grids to
     ``path``. ``tables`` maps a subset name to its video table; ``attrs`` are stored as file
-    attributes (with ``max_frames_per_tracklet``, ``height``, ``width``)."""
+    attributes (with ``max_frames_per_tracklet``, ``height``, ``width``).
+
+    Under torchrun every rank computes its share of the batches (``distributed.my_batches``: the
+    same batches as one process, so the same grids) and sends them, as fp16, to rank 0, which alone
+    writes the file; every rank must call this with the same arguments."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    world = world or distributed.world()
+    main = world.is_main
     tmp = path.with_name(f".{path.name}.tmp")
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     probe = torch.zeros(1, 3, *size, device=device)
     with torch.no_grad():
         D, h, w = backbone(probe).shape[1:]
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0], "width": size[1],
-                            "max_frames_per_tracklet": max_frames})
+        with h5py.File(tmp, "w") if main else contextlib.nullcontext() as f:
+            if main:
+                f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0],
+                                "width": size[1], "max_frames_per_tracklet": max_frames})
             for subset, table in tables.items():
                 if table.empty:
                     raise CacheError(f"{path}: no {subset} tracklets to cache")
                 picks = [select_frames(len(frames), max_frames) for frames in table["frames"]]
                 offsets = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
-                group = f.create_group(subset)
-                group["offsets"] = offsets.astype(np.int64)
-                group["frame_index"] = np.concatenate(picks).astype(np.int32)
-                group["pids"] = table["pid"].to_numpy(np.int64)
-                group["camids"] = table["camid"].to_numpy(np.int64)
-                group["is_query"] = table["is_query"].to_numpy(bool)
-                grids = group.create_dataset("grids", shape=(int(offsets[-1]), D, h, w),
-                                             dtype=np.float16, chunks=(1, D, h, w))
+                if main:
+                    group = f.create_group(subset)
+                    group["offsets"] = offsets.astype(np.int64)
+                    group["frame_index"] = np.concatenate(picks).astype(np.int32)
+                    group["pids"] = table["pid"].to_numpy(np.int64)
+                    group["camids"] = table["camid"].to_numpy(np.int64)
+                    group["is_query"] = table["is_query"].to_numpy(bool)
+                    grids = group.create_dataset("grids", shape=(int(offsets[-1]), D, h, w),
+                                                 dtype=np.float16, chunks=(1, D, h, w))
                 paths = [Path(frames[i]) for frames, p in zip(table["frames"], picks, strict=True)
                          for i in p]
-                loader = DataLoader(_Frames(paths, size), batch_size=batch_size,
-                                    num_workers=num_workers, pin_memory=device.type == "cuda")
-                position = 0
-                for batch in tqdm(loader, desc=f"cache {subset}", unit="batch"):
-                    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16,
-                                                         enabled=autocast):
-                        out = backbone(batch.to(device, non_blocking=True))
-                    grids[position:position + len(batch)] = out.float().cpu().numpy()
-                    position += len(batch)
-                log.info("%s: %d tracklets, %d frames cached", subset, len(table), position)
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
+                chunks = distributed.batches(len(paths), batch_size)
+                mine = distributed.my_batches(chunks, world)
+                loader = iter(eval_loader(_Frames(paths, size), batch_size, num_workers,
+                                          device.type == "cuda", world))
+                bar = tqdm(total=len(paths), desc=f"cache {subset}", unit="frame",
+                           disable=not main)
+                for round_ in range(distributed.num_rounds(len(chunks), world)):
+                    if round_ >= len(mine):  # the last round can leave a rank without a batch
+                        out = torch.zeros(batch_size, D, h, w, dtype=torch.float16, device=device)
+                    else:
+                        batch = next(loader)
+                        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16,
+                                                             enabled=autocast):
+                            grid = backbone(batch.to(device, non_blocking=True))
+                        out = grid.to(torch.float16)
+                        if world.distributed:  # all_gather wants equal shapes: pad short batches
+                            out = torch.cat([out, out.new_zeros(batch_size - len(out), D, h, w)])
+                    blocks = distributed.all_gather_(out)
+                    if not main:
+                        continue
+                    for rank, block in enumerate(blocks):
+                        b = round_ * world.size + rank
+                        if b < len(chunks):
+                            rows = chunks[b]
+                            grids[rows.start:rows.stop] = block[:len(rows)].cpu().numpy()
+                            bar.update(len(rows))
+                bar.close()
+                if main:
+                    log.info("%s: %d tracklets, %d frames cached", subset, len(table), len(paths))
+            if main:
+                f.attrs["complete"] = True
+        if main:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if main:
+            tmp.unlink(missing_ok=True)
 
 
 def open_cache(path: str | Path, expect: dict) -> h5py.File:
@@ -165,11 +200,13 @@ def _plain(value):
 @torch.no_grad()
 def embed(model: Callable[[Tensor], object], loader: DataLoader, device: torch.device,
           autocast: bool = False, desc: str = "embed") -> np.ndarray:
-    """Embeddings (num_items, E) of every item of a test loader, in order. ``model`` maps a
-    batch of clips (B, N, ...) to a ``HeadOutput``."""
+    """Embeddings (num_items, E) of every item of a test set, in order, from its ``eval_loader``.
+    ``model`` maps a batch of clips (B, N, ...) to a ``HeadOutput``. Under torchrun each rank
+    embeds its share of the batches and every rank gets all the embeddings."""
     chunks = []
-    for clips, _, _ in tqdm(loader, desc=desc, unit="batch"):
+    for clips, _, _ in tqdm(loader, desc=desc, unit="batch",
+                            disable=not distributed.world().is_main):
         with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
             out = model(clips.to(device, non_blocking=True))
         chunks.append(out.embedding.float().cpu().numpy())
-    return np.concatenate(chunks)
+    return np.concatenate(distributed.gather_batches(chunks))

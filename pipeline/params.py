@@ -189,10 +189,16 @@ class EvaluateParams:
 class RuntimeParams:
     device: str = choice("auto", DEVICES)  # auto: CUDA when available, else CPU
     amp: bool = True  # bf16 autocast for the backbone on CUDA (losses and softmaxes stay fp32)
-    # How dvc.yaml starts the training stages (pretrain, finetune, attention, joint): "python",
-    # or "torchrun --nproc_per_node=$NPROC" (and torchrun's other --options) for one process per
-    # GPU; $NPROC is read from the shell's environment when DVC runs the command.
+    # How dvc.yaml starts the stages that run models (pretrain, finetune, cache, attention, joint,
+    # evaluate): "python", or "torchrun --nproc_per_node=$NPROC" (and torchrun's other --options)
+    # for one process per GPU; $NPROC is read from the shell's environment when DVC runs it.
     launcher: str = "python"
+    # torch.compile the models the stages train and the backbone of cache and evaluate (a first
+    # step slower by the compilation, then faster; needs a C++ compiler on CPU)
+    compile: bool = False
+    # under torchrun on CUDA: BatchNorm statistics of the global batch (SyncBatchNorm) instead of
+    # each rank's share, so that training on G GPUs normalises like one process
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if not LAUNCHER.fullmatch(self.launcher):

@@ -63,6 +63,22 @@ def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:
     return cfg.amp and device.type == "cuda"
 
 
+def fit_options(cfg: RuntimeParams, device: torch.device, backbone: bool = True) -> dict:
+    """``fit``'s keyword arguments from ``runtime``: bf16 autocast (models with a backbone, on
+    CUDA), torch.compile, SyncBatchNorm."""
+    return {"autocast": backbone and use_autocast(cfg, device), "compile": cfg.compile,
+            "sync_bn": cfg.sync_bn}
+
+
+def compiled(module: nn.Module, enabled: bool) -> nn.Module:
+    """``module`` compiled in place by torch.compile (``runtime.compile``); its state_dict keys
+    do not change. Compilation happens at the first call."""
+    if enabled:
+        log.info("torch.compile: %s", type(module).__name__)
+        module.compile()
+    return module
+
+
 def seed_everything(seed: int) -> None:
     """Seed python's and torch's global RNGs (weight init). Data sampling has its own seeds."""
     random.seed(seed)
@@ -133,6 +149,8 @@ def fit(
     desc: str = "train",
     autocast: bool = False,
     set_train_mode: Callable[[], None] | None = None,
+    compile: bool = False,
+    sync_bn: bool = False,
 ) -> list[dict]:
     """Train ``model`` (its parameters with ``requires_grad``) and ``criterion``'s parameters.
 
@@ -142,6 +160,9 @@ def fit(
             same ``key`` (a fingerprint of everything the run depends on), deleted at the end.
         set_train_mode: puts the model in training mode (default ``model.train()``), for callers
             that keep parts in eval mode.
+        compile: train through ``torch.compile`` (``runtime.compile``).
+        sync_bn: under torchrun, convert ``model``'s BatchNorm layers to SyncBatchNorm in place
+            (``runtime.sync_bn``; CUDA only), so they normalise over the global batch.
 
     Under torchrun (``distributed.init`` called) ``model`` is trained through
     DistributedDataParallel on this rank's share of each global batch, the identity loss's own
@@ -154,6 +175,11 @@ def fit(
         Per-step history: epoch, step, lr, loss, id_loss, diversity.
     """
     world = distributed.world()
+    if sync_bn and world.distributed:
+        if device.type != "cuda":
+            raise ValueError(f"runtime.sync_bn: SyncBatchNorm needs CUDA devices, but {desc} runs "
+                             f"on {device.type}; set runtime.sync_bn to false")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children replaced, same parameters
     model.to(device)
     criterion.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -163,6 +189,9 @@ def fit(
     if world.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
+    if compile:  # around DDP, so that it compiles the graph in pieces at its gradient buckets
+        log.info("%s: training through torch.compile", desc)
+        net = torch.compile(net)
     optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], cfg.lr_gamma)

@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline.bench import (
     QUICK,
+    Setup,
     count_flops,
     main,
     mars_like_problem,
@@ -110,6 +111,8 @@ def test_quick_run_writes_every_figure(tmp_path, capsys):
     assert result["quick"] is True
     assert result["sizes"] == dataclasses.asdict(QUICK)
     assert {"cpu_count", "torch", "torch_threads"} <= set(result["machine"])
+    assert result["machine"]["gpu"] is None and result["setup"]["device"] == "cpu"
+    assert result["benchmarks"]["roofline"]["precision"] == "float32"  # no autocast on CPU
     assert set(result["benchmarks"]) == BENCHMARKS
     for name, bench in result["benchmarks"].items():
         if name == "experiment_overhead":
@@ -129,3 +132,21 @@ def test_quick_run_writes_every_figure(tmp_path, capsys):
     assert speedup["max_abs_diff_cmc"] == 0.0 and speedup["abs_diff_mAP"] <= 1e-9
     printed = capsys.readouterr().out
     assert "benchmark" in printed and "cache_throughput" in printed and "skipped" in printed
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("tpu", "--device tpu: expected cpu, cuda or cuda:<index>"),
+    ("nonsense:3", "--device nonsense:3: expected cpu, cuda or cuda:<index>"),
+    ("cuda", "--device cuda: no CUDA device is available here"),
+])
+def test_bad_device_is_named(device, message, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--device", device])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_setup_uses_autocast_on_cuda_only():
+    assert not Setup(QUICK).autocast
+    assert Setup(QUICK, device="cuda:1").autocast

@@ -5,6 +5,10 @@ process trained on the whole global batches.
 
 Small: DRSA heads (K = 2, d = 8, E = 16) on random 16-channel 2x2 grids of 12 tracklets of 4
 identities, one epoch of 2 global batches of 2 identities x 2 tracklets (2 items per rank).
+
+Sharded inference (the cache and evaluate stages): two ranks write the feature cache of
+tests/test_features.py's frames with its tiny backbone and embed its test clips; rank 0's file
+and every rank's embeddings equal one process's.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ import os
 import socket
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from pipeline import distributed
-from pipeline.data import train_loader
+from pipeline.data import CachedClipDataset, eval_loader, train_loader
+from pipeline.features import embed, write_cache
 from pipeline.losses import OIMLoss, SoftmaxLoss
 from pipeline.model import DRSA
-from pipeline.params import TrainParams
+from pipeline.params import ModelParams, TrainParams
 from pipeline.train import Step, fit, seed_everything
 from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
+from tests.test_features import ATTRS, SIZE, TRACKLETS, TinyBackbone, split, write_frames
 
 CFG = TrainParams(epochs=1, identities_per_batch=2, instances_per_identity=2, lr=0.1,
                   lr_step_epoch=1)
@@ -65,6 +73,32 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         distributed.shutdown()
 
 
+CACHE_BATCH = 3  # train: 22 frames, 8 batches (the last short); test: 15 frames, 5 batches (odd)
+
+
+def infer(frames: Path, out: Path) -> np.ndarray:
+    """The cache of tests/test_features.py's frames and the DRSA embeddings of its test clips."""
+    table = write_frames(frames)
+    write_cache(out, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=CACHE_BATCH)
+    seed_everything(0)
+    heads = DRSA(ModelParams(N=3, K=2, d=4, embed_dim=8), 4).eval()
+    loader = eval_loader(CachedClipDataset(out, "test", 3), batch_size=1, num_workers=0)
+    return embed(heads, loader, torch.device("cpu"))
+
+
+def _infer_worker(rank: int, port: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    distributed.init("cpu")
+    try:
+        # every rank reads its own copy of the same frames; all name the same output file
+        features = infer(Path(tmp) / f"frames-rank{rank}", Path(tmp) / "cache.h5")
+        np.save(Path(tmp) / f"features-rank{rank}.npy", features)
+    finally:
+        distributed.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,6 +109,13 @@ def free_port() -> int:
 def ranks(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("sharded")
+    mp.spawn(_infer_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     return tmp
 
 
@@ -140,3 +181,46 @@ def test_average_is_a_no_op_in_one_process():
     t = torch.tensor([1.0, 2.0])
     distributed.average_([t])
     assert t.tolist() == [1.0, 2.0]
+
+
+def test_two_ranks_write_the_cache_of_one_process(sharded, tmp_path):
+    torch.set_num_threads(1)
+    single = infer(tmp_path / "frames", tmp_path / "cache.h5")
+    assert sorted(p.name for p in sharded.iterdir() if p.is_file()) == [
+        "cache.h5", "features-rank0.npy", "features-rank1.npy"]  # no temporary file left
+    with h5py.File(tmp_path / "cache.h5") as a, h5py.File(sharded / "cache.h5") as b:
+        assert dict(a.attrs) == dict(b.attrs)
+        for subset in ("train", "test"):
+            assert a[subset].keys() == b[subset].keys()
+            for key in a[subset]:
+                np.testing.assert_array_equal(b[subset][key][:], a[subset][key][:],
+                                              err_msg=f"{subset}/{key}")
+            assert np.abs(a[subset]["grids"][:]).sum(axis=(1, 2, 3)).min() > 0
+    for rank in range(WORLD):  # every rank has all the embeddings, in order
+        np.testing.assert_array_equal(np.load(sharded / f"features-rank{rank}.npy"), single)
+    assert single.shape == (len(TRACKLETS["test"]), 8)
+
+
+@pytest.mark.parametrize(("items", "batch", "size"),
+                         [(22, 3, 2), (15, 3, 2), (5, 2, 3), (1, 4, 2), (0, 3, 2), (7, 7, 4)])
+def test_round_robin_batches_cover_every_item_once_in_order(items, batch, size):
+    chunks = distributed.batches(items, batch)
+    assert [i for b in chunks for i in b] == list(range(items))
+    assert all(len(b) == batch for b in chunks[:-1])
+    shares = [distributed.my_batches(chunks, distributed.World(r, r, size)) for r in range(size)]
+    assert sorted(len(s) for s in shares) == sorted(
+        len(chunks) // size + (r < len(chunks) % size) for r in range(size))
+    assert max(len(s) for s in shares) == distributed.num_rounds(len(chunks),
+                                                                 distributed.World(0, 0, size))
+    assert distributed.interleave(shares) == chunks
+
+
+def test_batches_rejects_a_zero_batch_size():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        distributed.batches(4, 0)
+
+
+def test_gathers_are_the_identity_in_one_process():
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_gather_(t)[0] is t
+    assert distributed.gather_batches([1, 2]) == [1, 2]

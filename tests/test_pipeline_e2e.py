@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,3 +204,46 @@ def test_attention_stage_under_torchrun(repo, tmp_path):
             embedding = model(grids).embedding
         assert embedding.shape == (2, model.cfg.embed_dim)
         assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_cache_and_evaluate_sharded_under_torchrun(repo, tmp_path):
+    """The cache and evaluate stages under torchrun with 2 CPU processes: the ranks share the
+    frames (and the test clips), rank 0 writes, and the outputs are those of one process: the
+    same grids in the same order, the same metrics."""
+    index = "data/index/synthetic/split_0.json"
+    models = Path("data/models/synthetic-0")
+    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m"]
+    outputs = {}
+    for name, launcher in (("single", [str(VENV_BIN / "python"), "-m"]), ("ddp", torchrun)):
+        out = tmp_path / name
+        sh(repo, *launcher, "pipeline.stages.cache", "--params", "params.yaml", "--index", index,
+           "--model", str(models / "finetune.pt"), "--out", str(out / "cache.h5"))
+        sh(repo, *launcher, "pipeline.stages.evaluate", "--params", "params.yaml",
+           "--index", index, "--cache", str(out / "cache.h5"), "--models", str(models),
+           "--out", str(out / "eval.json"), "--cmc", str(out / "cmc.csv"),
+           "--figures", str(out / "figures"))
+        assert sorted(p.name for p in out.iterdir()) == ["cache.h5", "cmc.csv", "eval.json",
+                                                         "figures"]  # no rank's leftovers
+        outputs[name] = out
+    single, ddp = outputs["single"], outputs["ddp"]
+    with h5py.File(single / "cache.h5") as a, h5py.File(ddp / "cache.h5") as b:
+        assert dict(a.attrs) == dict(b.attrs)
+        for subset in ("train", "test"):
+            for key in ("offsets", "frame_index", "pids", "camids", "is_query"):
+                np.testing.assert_array_equal(a[subset][key][:], b[subset][key][:])
+            # the same batches, one process each: equal up to thread-count float effects
+            np.testing.assert_allclose(a[subset]["grids"][:].astype(np.float32),
+                                       b[subset]["grids"][:].astype(np.float32),
+                                       rtol=2e-3, atol=2e-3)
+            assert np.abs(b[subset]["grids"][:]).sum(axis=(1, 2, 3)).min() > 0  # none left 0
+    ours, theirs = (json.loads((out / "eval.json").read_text()) for out in (ddp, single))
+    for model, per_protocol in theirs["models"].items():
+        for protocol, metrics in per_protocol.items():
+            assert ours["models"][model][protocol] == pytest.approx(metrics, abs=1e-6), model
+    assert ours["attention"].keys() == theirs["attention"].keys()
+    for model, summary in theirs["attention"].items():
+        assert ours["attention"][model] == pytest.approx(summary, rel=1e-3, abs=1e-12), model
+    assert (sorted(p.name for p in (ddp / "figures").iterdir())
+            == sorted(p.name for p in (single / "figures").iterdir()))

@@ -16,16 +16,19 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import distributed
 from pipeline.data import train_loader
 from pipeline.losses import OIMLoss
-from pipeline.model import DRSA, BaselineHead, VideoReIDNet, build_model
+from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import RuntimeParams, TrainParams
 from pipeline.train import (
     Step,
+    compiled,
     export_model,
     fingerprint,
     finish,
     fit,
+    fit_options,
     load,
     load_exported,
     pick_device,
@@ -377,3 +380,85 @@ def test_fingerprint_is_stable_and_tells_inputs_apart(tmp_path):
               fingerprint("attention", 0, {"K": 6, "d": 256}, tmp_path / "y.h5"),
               fingerprint("attention", 0, {"K": 6, "d": 256})]
     assert len({a, *others}) == 1 + len(others)
+
+
+# --- runtime.compile, runtime.sync_bn ------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_compile(monkeypatch):
+    """torch.compile with the aot_eager backend (the graph capture and AOT autograd of the real
+    thing, without inductor's C++ build, which takes about 40 s per model on these CPUs); records
+    what it compiled."""
+    real, calls = torch.compile, []
+
+    def compile_(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    return calls
+
+
+def test_fit_through_torch_compile_trains_like_eager(straight, tmp_path, quick_compile):
+    seed_everything(0)
+    heads = DRSA(MODEL, D)
+    criterion = OIMLoss(MODEL.embed_dim, len(set(PIDS)))
+    loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
+    history = fit(heads, criterion, loader, CFG, Step(diversity="hellinger", diversity_weight=0.5),
+                  torch.device("cpu"), tmp_path / "resume.pt", "key", compile=True)
+    assert quick_compile == [heads]  # the model was trained through its compiled form
+    eager_heads, eager_criterion, eager_history = straight
+    for name, value in eager_heads.state_dict().items():
+        torch.testing.assert_close(heads.state_dict()[name], value, rtol=1e-5, atol=1e-6,
+                                   msg=name)
+    torch.testing.assert_close(criterion.lut, eager_criterion.lut, rtol=1e-5, atol=1e-6)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in eager_history],
+                                                         rel=1e-5)
+
+
+def test_compiled_backbone_keeps_its_weights_names_and_outputs(quick_compile):
+    backbone = Backbone("resnet18", last_stride=1).eval()
+    keys = list(backbone.state_dict())
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        expected = backbone(x)
+        assert compiled(backbone, False) is backbone and quick_compile == []
+        assert compiled(backbone, True) is backbone
+        out = backbone(x)
+    assert len(quick_compile) == 1  # nn.Module.compile goes through torch.compile
+    assert list(backbone.state_dict()) == keys  # exported checkpoints stay loadable
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sync_bn_needs_cuda_under_torchrun(monkeypatch, tmp_path):
+    monkeypatch.setattr("pipeline.distributed.world", lambda: distributed.World(0, 0, 2))
+    with pytest.raises(ValueError, match=r"runtime\.sync_bn: SyncBatchNorm needs CUDA"):
+        train_with(tmp_path, sync_bn=True)
+
+
+def test_sync_bn_is_a_no_op_in_one_process(tmp_path):
+    heads = train_with(tmp_path, sync_bn=True)
+    kinds = {type(m) for m in heads.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {torch.nn.BatchNorm1d}
+
+
+def train_with(tmp_path, **options):
+    seed_everything(0)
+    heads = DRSA(MODEL, D)
+    loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
+    fit(heads, OIMLoss(MODEL.embed_dim, len(set(PIDS))), loader, CFG, Step(),
+        torch.device("cpu"), tmp_path / "resume.pt", "key", **options)
+    return heads
+
+
+@pytest.mark.parametrize(("amp", "compile_", "sync_bn", "backbone"),
+                         [(True, False, False, True), (True, True, True, False),
+                          (False, True, False, True)])
+def test_fit_options_from_runtime(amp, compile_, sync_bn, backbone):
+    cfg = RuntimeParams(amp=amp, compile=compile_, sync_bn=sync_bn)
+    # bf16 autocast is for the backbone on CUDA only; compile and sync_bn pass through
+    assert fit_options(cfg, torch.device("cpu"), backbone) == {
+        "autocast": False, "compile": compile_, "sync_bn": sync_bn}
+    assert fit_options(cfg, torch.device("cuda", 0), backbone)["autocast"] == (amp and backbone)

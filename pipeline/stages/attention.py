@@ -31,6 +31,7 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
+    fit_options,
     load,
     seed_everything,
     start,
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                         p.loss.diversity_weight)
     loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers)
     spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
-                          args.scratch / "spatial.pt", key, desc="attention spatial")
+                          args.scratch / "spatial.pt", key, desc="attention spatial",
+                          **fit_options(p.runtime, device, backbone=False))
     if world.is_main:
         export_model(args.spatial, heads.cpu(),
                      dataclasses.replace(p.model, temporal_pooling="avg"), "drsa",
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     temporal_step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
     loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers)
     temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
-                           args.scratch / "temporal.pt", key, desc="attention temporal")
+                           args.scratch / "temporal.pt", key, desc="attention temporal",
+                           **fit_options(p.runtime, device, backbone=False))
     if world.is_main:
         export_model(args.temporal, heads.cpu(), p.model, "drsa",
                      {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})

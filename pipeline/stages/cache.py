@@ -12,12 +12,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import distributed
 from pipeline.datasets.common import load_video_index
 from pipeline.features import cache_attrs, write_cache
 from pipeline.params import load_params
 from pipeline.stages.common import run
-from pipeline.train import load_exported, pick_device, use_autocast
+from pipeline.train import compiled, load_exported, start, use_autocast
 
 log = logging.getLogger("cache")
 
@@ -30,10 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     p = load_params(args.params)
-    if distributed.launched_rank() > 0:  # under torchrun: rank 0 does it all, on its device
-        log.info("rank %d: the cache stage runs on rank 0 alone", distributed.launched_rank())
-        return
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: the ranks share the frames, rank 0 writes
 
     table = load_video_index(args.index)
     net, payload = load_exported(args.model)
@@ -41,11 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     frames = sum(len(f) for f in table["frames"])
     log.info("caching res5c grids of %d tracklets (%d frames, cap %d per tracklet)",
              len(table), frames, p.cache.max_frames_per_tracklet)
-    write_cache(args.out, net.backbone, tables, (p.data.height, p.data.width),
+    backbone = compiled(net.backbone, p.runtime.compile)
+    write_cache(args.out, backbone, tables, (p.data.height, p.data.width),
                 cache_attrs(args.model, payload), p.cache.max_frames_per_tracklet,
                 p.cache.batch_size, p.data.num_workers, device,
-                use_autocast(p.runtime, device))
-    log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+                use_autocast(p.runtime, device), world)
+    if world.is_main:
+        log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
 
 
 if __name__ == "__main__":

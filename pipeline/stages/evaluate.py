@@ -42,7 +42,7 @@ from pipeline.model import IMAGENET_MEAN, IMAGENET_STD, HeadOutput, grid_size
 from pipeline.params import load_params
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import format_table, run, write_csv, write_json
-from pipeline.train import load, load_exported, pick_device, use_autocast
+from pipeline.train import compiled, load, load_exported, start, use_autocast
 
 log = logging.getLogger("evaluate")
 MODELS = ("baseline", "spatial", "temporal", "joint")
@@ -93,9 +93,11 @@ class AttentionRecorder:
         return out
 
     def summary(self) -> dict:
-        overlap = np.concatenate(self.overlap)
+        """Means over every test frame (under torchrun: of all ranks, called on every rank)."""
+        overlap = np.concatenate(distributed.gather_batches(self.overlap))
+        entropy = np.concatenate(distributed.gather_batches(self.entropy))
         return {"overlap": None if np.isnan(overlap).all() else float(overlap.mean()),
-                "entropy": float(np.concatenate(self.entropy).mean())}
+                "entropy": float(entropy.mean())}
 
 
 def draw_attention(model, test: pd.DataFrame, count: int, N: int, size: tuple[int, int],
@@ -144,10 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the attention map PNGs (Fig. 3)")
     args = parser.parse_args(argv)
     p = load_params(args.params)
-    if distributed.launched_rank() > 0:  # under torchrun: rank 0 does it all, on its device
-        log.info("rank %d: the evaluate stage runs on rank 0 alone", distributed.launched_rank())
-        return
-    device = pick_device(p.runtime)
+    world, device = start(p.runtime)  # under torchrun: the ranks share the test batches
     autocast = use_autocast(p.runtime, device)
 
     table = load_video_index(args.index)
@@ -158,16 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     cached_test = CachedClipDataset(args.cache, "test", p.model.N)
     if not np.array_equal(cached_test.pids, test["pid"].to_numpy()):
         raise ValueError(f"{args.cache}: its test tracklets are not those of {args.index}")
-    cached = eval_loader(cached_test, p.evaluate.batch_size, p.data.num_workers)
+    pin = device.type == "cuda"
+    cached = eval_loader(cached_test, p.evaluate.batch_size, p.data.num_workers, pin)
     frames = eval_loader(ClipDataset(test["frames"].tolist(), [0] * len(test), p.model.N,
                                      (p.data.height, p.data.width)),
-                         p.evaluate.batch_size, p.data.num_workers, device.type == "cuda")
+                         p.evaluate.batch_size, p.data.num_workers, pin)
 
     dataset, split = args.index.parent.name, int(args.index.stem.removeprefix("split_"))
     results, attention, cmc_rows = {}, {}, {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     for name in MODELS:
         model, _ = load_exported(args.models / f"{'finetune' if name == 'baseline' else name}.pt")
         model.to(device)
+        if name == "joint":  # the one model that runs the backbone on frames here
+            compiled(model.backbone, p.runtime.compile)
         if name == "baseline":
             features = embed(model.head, cached, device, False, desc=name)
         else:
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             features = embed(recorder, frames if name == "joint" else cached, device,
                              autocast and name == "joint", desc=name)
             attention[name] = recorder.summary()
+        if not world.is_main:  # the other ranks only embed their share of the test batches
+            continue
         results[name], curves = score(features, test, p.evaluate.protocols, p.evaluate.max_rank)
         for protocol, cmc in curves.items():
             cmc_rows[f"{name}_{protocol}"] = cmc
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                                    f"{dataset} split {split}")
             log.info("attention maps of %d queries drawn in %s", len(drawn), args.figures)
 
+    if not world.is_main:
+        return
     write_json(args.out, {"dataset": dataset, "split": split, "seed": p.seed, "models": results,
                           "attention": attention})
     write_csv(args.cmc, pd.DataFrame(cmc_rows).to_dict("records"))

@@ -27,9 +27,9 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
+    fit_options,
     seed_everything,
     start,
-    use_autocast,
 )
 
 log = logging.getLogger("finetune")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                       p.model.N, sha256_file(args.index), sha256_file(args.init))
     resume = args.scratch / "last.pt"
     history = fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
-                  desc="finetune", autocast=use_autocast(p.runtime, device))
+                  desc="finetune", **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(), p.model, "baseline",
                      {"stage": "finetune", "num_classes": len(labels),

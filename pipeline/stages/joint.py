@@ -29,10 +29,10 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
+    fit_options,
     load_exported,
     seed_everything,
     start,
-    use_autocast,
 )
 
 log = logging.getLogger("joint")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
     history = fit(model, criterion, loader, p.joint, step, device, resume, key, desc="joint",
-                  autocast=use_autocast(p.runtime, device), set_train_mode=train_mode)
+                  **fit_options(p.runtime, device), set_train_mode=train_mode)
     if world.is_main:
         export_model(args.out, model.cpu(), cfg, "drsa",
                      {"stage": "joint", "criterion": criterion.cpu().state_dict()})

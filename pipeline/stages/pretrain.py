@@ -26,9 +26,9 @@ from pipeline.train import (
     fingerprint,
     finish,
     fit,
+    fit_options,
     seed_everything,
     start,
-    use_autocast,
 )
 
 log = logging.getLogger("pretrain")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                       {n: sha256_file(f) for n, f in files.items()})
     resume = args.scratch / "last.pt"
     history = fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
-                  desc="pretrain", autocast=use_autocast(p.runtime, device))
+                  desc="pretrain", **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(), p.model, "baseline",
                      {"stage": "pretrain", "num_classes": num_classes,
