@@ -67,15 +67,22 @@ class SeededBatches:
     def __init__(self, sampler: IdentityBatchSampler, seed: int) -> None:
         self.sampler, self.seed = sampler, seed
 
-    def set_epoch(self, epoch: int) -> None:
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to sample; ``start`` > 0 skips its first batches (a resumed epoch: the
+        batches that follow are the ones an uninterrupted epoch would give)."""
         self.sampler.set_epoch(epoch)
+        self.start = start
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
-        epoch, rank = self.sampler.epoch, self.sampler.rank
+        epoch, rank, start = self.sampler.epoch, self.sampler.rank, self.start
         for b, batch in enumerate(self.sampler):
+            if b < start:
+                continue
             first = rank * len(batch)  # shares are equal: the global position of this share
             yield [(i, (self.seed, epoch, b, 0, first + j)) for j, i in enumerate(batch)]
 

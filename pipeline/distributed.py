@@ -25,8 +25,11 @@ to rank 0 in round-robin order (``interleave``), which is the single-process ord
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -180,3 +183,71 @@ def all_gather_(tensor: Tensor) -> list[Tensor]:
     out = [torch.empty_like(tensor) for _ in range(w.size)]
     dist.all_gather(out, tensor.contiguous())
     return out
+
+
+# --- stopping on a signal ------------------------------------------------------------------------
+#
+# SIGINT (Ctrl-C) and SIGTERM (what schedulers and torchrun send before killing) stop a stage
+# cleanly: inside a training loop (``graceful``) the first signal lets the current step finish,
+# then ``train.fit`` writes a resume checkpoint and raises ``Stopped``; elsewhere, or at a second
+# signal, ``Stopped`` is raised at once. Either way ``finally`` blocks run, so temporary files are
+# removed and nothing half-written is left; the stage exits with 128 + the signal's number.
+
+
+class Stopped(KeyboardInterrupt):
+    """The stage was stopped by ``signum``; ``str()`` says where and how to resume."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_stop_signal: int | None = None  # the signal that asked the training loop to stop
+_graceful = 0  # > 0 while a training loop checks stop_requested() after each step
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _stop_signal
+    if _graceful and _stop_signal is None:
+        _stop_signal = signum
+        log.warning("%s: stopping after this step with a resume checkpoint (send it again to "
+                    "stop at once)", signal.Signals(signum).name)
+        return
+    raise Stopped(signum)
+
+
+def install_signal_handlers() -> None:
+    """Route SIGINT and SIGTERM to ``_on_signal`` (called by ``stages.common.run``)."""
+    global _stop_signal
+    _stop_signal = None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+
+
+@contextlib.contextmanager
+def graceful() -> Iterator[None]:
+    """While inside, a first SIGINT/SIGTERM only asks ``stop_requested`` to say yes."""
+    global _graceful
+    _graceful += 1
+    try:
+        yield
+    finally:
+        _graceful -= 1
+
+
+def stop_requested() -> int | None:
+    """The signal that asked to stop, or None; under torchrun every rank gets the same answer
+    (a signal seen by any rank stops them all at the same step)."""
+    w = world()
+    if not w.distributed:
+        return _stop_signal
+    flag = torch.tensor([_stop_signal or 0], dtype=torch.int64,
+                        device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def request_stop(signum: int = signal.SIGTERM) -> None:
+    """What a signal does inside ``graceful``: ask the training loop to stop after its step."""
+    global _stop_signal
+    _stop_signal = signum

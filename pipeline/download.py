@@ -27,6 +27,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from pipeline.params import InputError
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -39,7 +41,7 @@ class DownloadError(RuntimeError):
     """A download that failed or did not match its checksum."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(InputError):
     """An archive member that would escape the target folder, or an archive beyond the limits."""
 
 
@@ -115,7 +117,8 @@ def extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBER
 
     Raises:
         UnsafeArchiveError: naming the first offending member.
-        ValueError: ``archive`` is neither a zip nor a tar file.
+        UnsafeArchiveError: ``archive`` is neither a zip nor a tar file, is damaged, or a
+            member is refused by tarfile's data filter.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
@@ -123,16 +126,20 @@ def extract(archive: str | Path, dest: str | Path, max_members: int = MAX_MEMBER
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=dest.parent))
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                _check_zip(zf, archive, max_members, max_bytes)
-                zf.extractall(tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                _check_tar(tf, archive, max_members, max_bytes)
-                tf.extractall(tmp, filter="data")
-        else:
-            raise ValueError(f"{archive} is neither a zip nor a tar archive")
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as zf:
+                    _check_zip(zf, archive, max_members, max_bytes)
+                    zf.extractall(tmp)
+            elif tarfile.is_tarfile(archive):
+                with tarfile.open(archive) as tf:
+                    _check_tar(tf, archive, max_members, max_bytes)
+                    tf.extractall(tmp, filter="data")
+            else:
+                raise UnsafeArchiveError(f"{archive} is neither a zip nor a tar archive")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
+            # the data filter's refusals (a link chain leaving the target...), damaged archives
+            raise UnsafeArchiveError(f"{archive}: {type(err).__name__}: {err}") from err
         dest.mkdir(exist_ok=True)  # only now: a refused archive must not create it
         entries = []
         for entry in sorted(tmp.iterdir()):

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,12 +39,13 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
+from pipeline.params import InputError
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """A feature cache that is incomplete or was made from other inputs than expected."""
 
 
@@ -81,6 +83,18 @@ class _Frames(Dataset):
         return load_frame(self.paths[i], self.size)
 
 
+def check_free_space(path: Path, needed: int) -> None:
+    """Fail before writing ``needed`` bytes (plus 2% and 64 MiB for HDF5's own structures) beside
+    ``path`` when its file system has less free space, instead of filling the disk."""
+    needed = int(needed * 1.02) + (64 << 20)
+    free = shutil.disk_usage(path.parent).free
+    log.info("%s: about %.2f GB to write, %.2f GB free", path, needed / 1e9, free / 1e9)
+    if free < needed:
+        raise CacheError(f"{path}: the feature cache needs about {needed / 1e9:.2f} GB but "
+                         f"{path.parent} has {free / 1e9:.2f} GB free; free some space, point "
+                         "data/cache at a larger disk, or lower cache.max_frames_per_tracklet")
+
+
 def write_cache(
     path: str | Path,
     backbone: nn.Module,
@@ -112,6 +126,9 @@ def write_cache(
         D, h, w = backbone(probe).shape[1:]
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
+        frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
+                     for f in t["frames"])
+        check_free_space(path, frames * int(D * h * w) * 2)
     try:
         with h5py.File(tmp, "w") if main else contextlib.nullcontext() as f:
             if main:

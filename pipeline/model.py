@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.params import ModelParams
+from pipeline.params import InputError, ModelParams
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -120,13 +120,18 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"model.init: {path} is neither 'imagenet', 'scratch' nor an "
                                 "existing checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused (not plain tensors), damaged, not a torch file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"model.init: {path} is not a loadable checkpoint of plain tensors "
+                         f"({reason})") from err
     for key in ("state", "model"):  # this pipeline's exported models and resume checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict):
-        raise ValueError(f"model.init: {path} holds a {type(state).__name__}, not a state dict")
+        raise InputError(f"model.init: {path} holds a {type(state).__name__}, not a state dict")
     prefixed = {k.removeprefix("backbone."): v for k, v in state.items()
                 if k.startswith("backbone.")}
     return prefixed or _drop_classifier(state)

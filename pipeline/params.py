@@ -44,7 +44,12 @@ IMAGE_DATASETS = (
 )
 
 
-class ParamsError(ValueError):
+class InputError(ValueError):
+    """Bad input (a params key, a dataset file, an archive, a cache, a checkpoint): the message
+    names it and says what was expected. Stages report it in one line and exit with status 1."""
+
+
+class ParamsError(InputError):
     """A params value that is unknown, missing, of the wrong type or out of its range."""
 
 
@@ -95,6 +100,9 @@ class DataParams:
     width: int = at_least(128, 16)  # input width in pixels (paper: 128)
     augment: bool = True  # pretrain/finetune clips: random flip (whole clip) and small shifts
     num_workers: int = at_least(2, 0)  # DataLoader worker processes (0: load in the main process)
+    # frames (and images) that are missing, empty or not an image when the index is built: fail
+    # (stop, naming them) or skip (leave them out with a warning; counted in datasets.json)
+    bad_frames: str = choice("fail", ("fail", "skip"))
 
     def __post_init__(self) -> None:
         for name in self.video:

@@ -5,7 +5,9 @@
 loader of P x M identity batches. After every epoch it writes a resume checkpoint (model, loss
 state including the OIM lookup table, optimizer, scheduler, RNG state, epoch, loss history) to a
 scratch file; a stage started again with the same inputs resumes from it and ends with the same
-weights as an uninterrupted run.
+weights as an uninterrupted run. Killed (SIGKILL), a stage loses at most the epoch it was in;
+stopped by SIGINT or SIGTERM (``distributed.graceful``), it finishes its step, writes the
+checkpoint with its place in the epoch, and resumes at the next step.
 
 Exported models (the DVC outputs) store their configuration, so later stages rebuild them without
 being told: ``export_model`` / ``load_exported``. Every file is loaded with ``weights_only=True``.
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
-from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
+from pipeline.params import InputError, ModelParams, RuntimeParams, TrainParams, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,10 @@ def save(path: str | Path, payload: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class CheckpointError(InputError):
+    """A checkpoint that cannot be loaded (not plain tensors, damaged) or does not fit."""
+
+
 def load(path: str | Path) -> dict:
     """A checkpoint of plain tensors and containers; anything else is refused."""
     try:
@@ -113,7 +119,9 @@ def load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # unpickling refused, truncated file, not a torch file
-        raise ValueError(f"{path}: not a loadable checkpoint of plain tensors ({err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint of plain tensors "
+                              f"({reason})") from err
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -155,7 +163,8 @@ def fit(
     """Train ``model`` (its parameters with ``requires_grad``) and ``criterion``'s parameters.
 
     Args:
-        loader: yields (inputs, labels, indices); its batch sampler has ``set_epoch``.
+        loader: yields (inputs, labels, indices); its batch sampler is a ``SeededBatches``
+            (``set_epoch(epoch, start)``).
         resume_path: scratch checkpoint written after each epoch; used to resume when it holds the
             same ``key`` (a fingerprint of everything the run depends on), deleted at the end.
         set_train_mode: puts the model in training mode (default ``model.train()``), for callers
@@ -196,7 +205,7 @@ def fit(
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], cfg.lr_gamma)
     history: list[dict] = []
-    start = 0
+    start, skip = 0, 0  # the epoch to run first, and the batches of it already done
     resume_path = Path(resume_path)
     if resume_path.exists():
         state = load(resume_path)
@@ -207,53 +216,77 @@ def fit(
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             history, start = state["history"], state["epoch"] + 1
-            log.info("%s: resuming after epoch %d from %s", desc, start, resume_path)
+            if state.get("stopped_at"):  # written by a stop in the middle of an epoch
+                start, skip = state["stopped_at"]
+                log.info("%s: resuming in epoch %d after step %d from %s", desc, start + 1,
+                         skip, resume_path)
+            else:
+                log.info("%s: resuming after epoch %d from %s", desc, start, resume_path)
         else:
             log.info("%s: ignoring %s (made for other inputs)", desc, resume_path)
 
-    for epoch in range(start, cfg.epochs):
-        loader.batch_sampler.set_epoch(epoch)
-        (set_train_mode or model.train)()
-        criterion.train()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not world.is_main)
-        for i, (inputs, labels, _) in enumerate(bar):
-            inputs = inputs.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-                out = step.forward(net, inputs)
-            id_loss = criterion(out.embedding.float(), labels)
-            div = torch.zeros((), device=device)
-            if step.diversity != "none" and out.spatial is not None:
-                div = diversity_penalty(out.spatial.float(), step.diversity)
-            loss = id_loss + step.diversity_weight * div
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch "
-                                         f"{epoch + 1}, step {i + 1} (try a lower lr or "
-                                         "loss.oim_scalar)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_([p.grad for p in criterion_params if p.grad is not None])
-            optimizer.step()
-            logged = torch.stack([loss, id_loss, div]).detach().float()
-            distributed.average_([logged])  # the global batch's losses
-            total, id_part, div_part = logged.tolist()
-            history.append({"epoch": epoch + 1, "step": len(history) + 1,
-                            "lr": optimizer.param_groups[0]["lr"], "loss": total,
-                            "id_loss": id_part, "diversity": div_part})
-            bar.set_postfix(loss=f"{total:.3f}")
-        scheduler.step()
-        losses = [h["loss"] for h in history if h["epoch"] == epoch + 1]
-        log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
-                 float(np.mean(losses)))
+    def checkpoint(epoch: int, stopped_at: tuple[int, int] | None = None) -> None:
+        """Rank 0 writes the resume checkpoint: after ``epoch`` (0-based) is complete, or in the
+        middle of the next one (``stopped_at``: that epoch and the batches done in it)."""
         if world.is_main:
             save(resume_path, {"key": key, "model": model.state_dict(),
                                "criterion": criterion.state_dict(),
                                "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(),
                                "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                               "stopped_at": list(stopped_at) if stopped_at else None,
                                "history": history})
         distributed.barrier()  # no rank runs ahead of the checkpoint a restart resumes from
+
+    with distributed.graceful():
+        for epoch in range(start, cfg.epochs):
+            first = skip if epoch == start else 0
+            loader.batch_sampler.set_epoch(epoch, first)
+            (set_train_mode or model.train)()
+            criterion.train()
+            bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                       disable=not world.is_main)
+            for i, (inputs, labels, _) in enumerate(bar, start=first):
+                inputs = inputs.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                    out = step.forward(net, inputs)
+                id_loss = criterion(out.embedding.float(), labels)
+                div = torch.zeros((), device=device)
+                if step.diversity != "none" and out.spatial is not None:
+                    div = diversity_penalty(out.spatial.float(), step.diversity)
+                loss = id_loss + step.diversity_weight * div
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch "
+                                             f"{epoch + 1}, step {i + 1} (try a lower lr or "
+                                             "loss.oim_scalar)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                distributed.average_([p.grad for p in criterion_params if p.grad is not None])
+                optimizer.step()
+                logged = torch.stack([loss, id_loss, div]).detach().float()
+                distributed.average_([logged])  # the global batch's losses
+                total, id_part, div_part = logged.tolist()
+                history.append({"epoch": epoch + 1, "step": len(history) + 1,
+                                "lr": optimizer.param_groups[0]["lr"], "loss": total,
+                                "id_loss": id_part, "diversity": div_part})
+                bar.set_postfix(loss=f"{total:.3f}")
+                signum = distributed.stop_requested()
+                if signum and i + 1 < len(loader.batch_sampler.sampler):
+                    checkpoint(epoch - 1, (epoch, i + 1))
+                    raise distributed.Stopped(signum, (
+                        f"{desc}: stopped in epoch {epoch + 1}/{cfg.epochs} after step {i + 1}; "
+                        f"{resume_path} holds the state: run the stage again to resume"))
+            scheduler.step()
+            losses = [h["loss"] for h in history if h["epoch"] == epoch + 1]
+            log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
+                     float(np.mean(losses)))
+            checkpoint(epoch)
+            signum = distributed.stop_requested()
+            if signum and epoch + 1 < cfg.epochs:
+                raise distributed.Stopped(signum, (
+                    f"{desc}: stopped after epoch {epoch + 1}/{cfg.epochs}; {resume_path} holds "
+                    "the state: run the stage again to resume"))
     return history
 
 
@@ -263,6 +296,13 @@ def finish(resume_path: str | Path) -> None:
 
 
 # --- exported models -----------------------------------------------------------------------------
+
+
+def config_of(cfg: ModelParams, *fields: str) -> ModelParams:
+    """``cfg`` with only ``fields`` kept, the rest at their defaults: the model params an exported
+    model records, limited to the keys its stage depends on in dvc.yaml, so that its bytes do not
+    change with params its stage does not read (and does not re-run for)."""
+    return ModelParams(**{name: getattr(cfg, name) for name in fields})
 
 
 def export_model(path: str | Path, model: nn.Module, cfg: ModelParams, head: str,
@@ -286,8 +326,8 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
         else:
             model = head
         model.load_state_dict(payload["state"])
-    except (KeyError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a model exported by this pipeline, or its weights do not "
-                         f"fit its stored configuration ({err})") from err
+    except (KeyError, RuntimeError, TypeError, IndexError, AttributeError, InputError) as err:
+        raise CheckpointError(f"{path}: not a model exported by this pipeline, or its weights do "
+                              f"not fit its stored configuration ({err})") from err
     return model.eval(), payload
 

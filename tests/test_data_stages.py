@@ -64,7 +64,8 @@ def test_synthetic_download_and_index(tmp_path, capsys):
     assert video["test"]["tracklets"] == 4 * 2 + 1 + 1  # + a distractor and a junk tracklet
     assert video["test"]["queries"] == 4
     assert video["test"]["junk_tracklets"] == 1 and video["test"]["distractor_tracklets"] == 1
-    assert stats["image"]["synthetic"] == {"ids": 3, "images": 6, "cameras": 2}
+    assert stats["image"]["synthetic"] == {"ids": 3, "images": 6, "cameras": 2, "skipped": 0}
+    assert video["skipped"] == {"frames": 0, "tracklets": 0}
     assert video["frames_per_tracklet"]["min"] >= 2 and video["frames_per_tracklet"]["max"] <= 6
     printed = capsys.readouterr().out
     assert "train tracklets" in printed and "synthetic" in printed
@@ -252,3 +253,25 @@ def test_real_set_downloaded_from_its_url(tmp_path, http_root, monkeypatch):
     manifest = json.loads((tmp_path / "download.json").read_text())
     assert manifest["ilidsvid"]["md5"] == {"iLIDS-VID.tar": archive.md5}
     assert stats["video"]["ilidsvid"]["split_0"]["test"]["queries"] == 2
+
+
+def test_index_skips_bad_frames_when_asked_and_counts_them(tmp_path):
+    """data.bad_frames: skip: a zero-byte frame is left out of the index, counted in the stats
+    (metrics/datasets.json); the default (fail) stops, naming it."""
+    params = write_params(tmp_path)
+    run_stages(tmp_path, params)
+    victim = sorted((tmp_path / "raw" / "synthetic" / "video" / "bbox_train").rglob("*.jpg"))[0]
+    victim.write_bytes(b"")
+    index_args = ["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
+                  str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")]
+    expected = rf"{victim.name} is empty \(0 bytes\).*data\.bad_frames"
+    with pytest.raises(DatasetError, match=expected):
+        index.main(index_args)
+    content = yaml.safe_load(params.read_text())
+    content["data"]["bad_frames"] = "skip"
+    params.write_text(yaml.safe_dump(content))
+    index.main(index_args)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["video"]["synthetic"]["split_0"]["skipped"]["frames"] == 1
+    table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
+    assert victim not in {Path(f) for frames in table["frames"] for f in frames}

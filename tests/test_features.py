@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -280,6 +284,47 @@ def test_interrupted_write_leaves_no_file(table, tmp_path):
     assert list(path.parent.iterdir()) == []
 
 
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from tests.test_features import ATTRS, SIZE, TinyBackbone, split, write_frames
+from pipeline.features import write_cache
+
+class Hang(TinyBackbone):
+    def forward(self, x):
+        if self.calls == 3:  # the probe and two batches are done: say so, then hang
+            Path(sys.argv[2]).touch()
+            time.sleep(600)
+        return super().forward(x)
+
+table = write_frames(Path(sys.argv[3]))
+write_cache(sys.argv[1], Hang(), split(table), SIZE, ATTRS, max_frames=0, batch_size=2)
+"""
+
+
+def test_a_killed_write_is_never_taken_for_a_cache_and_the_next_write_starts_over(cache,
+                                                                                  tmp_path):
+    """SIGKILL while the cache is written (no ``finally`` runs): the output path does not exist,
+    only the temporary file, which no reader opens; the next write replaces it and gives the
+    uninterrupted cache, byte for byte."""
+    path, ready = tmp_path / "cache.h5", tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready),
+                              str(tmp_path / "frames")], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the writer did not start"
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not path.exists() and (tmp_path / ".cache.h5.tmp").exists()
+    with pytest.raises(CacheError, match=r"incomplete feature cache|not a readable HDF5"):
+        open_cache(tmp_path / ".cache.h5.tmp", {})  # had anything taken it for a cache
+    write_cache(path, TinyBackbone(), split(write_frames(tmp_path / "frames2")), SIZE, ATTRS,
+                max_frames=0, batch_size=2)
+    assert sha256_file(path) == sha256_file(cache)
+    assert not (tmp_path / ".cache.h5.tmp").exists()
+
+
 def test_interrupted_rewrite_keeps_the_previous_cache(table, tmp_path):
     """A failed rewrite leaves an existing complete cache byte for byte as it was."""
     path = tmp_path / "cache.h5"
@@ -395,3 +440,17 @@ def test_write_cache_refuses_an_empty_subset(tmp_path):
     with pytest.raises(CacheError, match="no test tracklets"):
         write_cache(tmp_path / "c.h5", backbone, {"test": empty}, (32, 16), {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_larger_than_the_free_disk_fails_before_writing(table, tmp_path, monkeypatch):
+    """24 frames of 4 x 4 x 2 fp16 grids, 64 MiB of headroom: 1 MB free is not enough; the error
+    names the sizes and what to do, and nothing is written."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 ** 6))
+    path = tmp_path / "cache.h5"
+    with pytest.raises(CacheError, match=r"needs about 0\.07 GB but .* has 0\.00 GB free"):
+        write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=2)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 ** 9))
+    write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=2)
+    assert path.exists()

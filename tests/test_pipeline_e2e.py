@@ -5,12 +5,16 @@ copied); and a fresh clone, which must prepare the data again rather than trust 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -247,3 +251,130 @@ def test_cache_and_evaluate_sharded_under_torchrun(repo, tmp_path):
         assert ours["attention"][model] == pytest.approx(summary, rel=1e-3, abs=1e-12), model
     assert (sorted(p.name for p in (ddp / "figures").iterdir())
             == sorted(p.name for p in (single / "figures").iterdir()))
+
+
+# --- interruption and determinism (they run last: they change the repository's params) ---------
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def lock_md5(repo: Path, stage: str, out: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+    return next(o["md5"] for o in lock["outs"] if o["path"] == out)
+
+
+def start(repo: Path, *cmd: str) -> subprocess.Popen:
+    """``cmd`` in its own process group (so that a kill reaches DVC and the stage it runs)."""
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(repo.parent),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(path_glob: Callable[[], list[Path]], process: subprocess.Popen,
+             timeout: float = 120.0) -> list[Path]:
+    """Poll until ``path_glob`` finds something; fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := path_glob():
+            return found
+        if process.poll() is not None:
+            raise AssertionError(f"finished before the files appeared:\n{process.stdout.read()}")
+        time.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def longer_joint(repo) -> dict[str, str]:
+    """The joint stage made 3 epochs long (so that it can be killed after its first), reproduced
+    uninterrupted: the reference md5s."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["joint"].update({"epochs": 3, "lr_step_epoch": 2})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = sh(repo, "dvc", "repro")
+    assert {"joint@synthetic-0", "evaluate@synthetic-0"} <= ran(output)
+    return {"joint": lock_md5(repo, "joint@synthetic-0", "data/models/synthetic-0/joint.pt"),
+            "eval": md5_of(repo / "metrics" / "eval" / "synthetic-0.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_sigkill_then_dvc_repro_resumes_to_the_uninterrupted_result(repo, longer_joint):
+    """SIGKILL to `dvc repro` (and the joint stage it runs) after the stage's first epoch;
+    `dvc repro` again re-runs only that stage, which resumes from its checkpoint and writes the
+    uninterrupted run's model byte for byte, so nothing downstream runs and the metrics stay.
+    (A killed cache stage: tests/test_features.py.)"""
+    stage, partial = "joint@synthetic-0", repo / "scratch" / "joint" / "synthetic-0" / "last.pt"
+    process = start(repo, "dvc", "repro", "-f", "-s", stage)
+    wait_for(lambda: [p for p in [partial] if p.exists() and p.stat().st_size], process)
+    os.killpg(process.pid, signal.SIGSTOP)  # frozen at once, then killed
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    output = sh(repo, "dvc", "repro")
+    assert ran(output) == {stage}
+    assert "resuming after epoch 1" in output
+    assert not partial.exists()  # dropped once the model is written
+    assert lock_md5(repo, stage, "data/models/synthetic-0/joint.pt") == longer_joint["joint"]
+    assert md5_of(repo / "metrics" / "eval" / "synthetic-0.json") == longer_joint["eval"]
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_sigterm_stops_a_training_stage_with_a_checkpoint(repo, longer_joint, tmp_path):
+    """SIGTERM to the joint stage: it finishes its step, writes the resume checkpoint, says so and
+    exits with 128 + 15; run again, it resumes and writes the uninterrupted run's model."""
+    out, scratch = tmp_path / "joint.pt", tmp_path / "scratch"
+    cmd = [str(VENV_BIN / "python"), "-m", "pipeline.stages.joint", "--params", "params.yaml",
+           "--index", "data/index/synthetic/split_0.json",
+           "--backbone", "data/models/synthetic-0/finetune.pt",
+           "--heads", "data/models/synthetic-0/temporal.pt", "--out", str(out),
+           "--plot", str(tmp_path / "joint.csv"), "--scratch", str(scratch)]
+    process = start(repo, *cmd)
+    wait_for(lambda: list(scratch.glob("last.pt")), process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert re.search(r"stopped: joint: stopped (in|after) epoch \d/3", output), output
+    assert "Traceback" not in output
+    assert not out.exists() and (scratch / "last.pt").exists()
+    output = sh(repo, *cmd)
+    assert "resuming" in output
+    assert md5_of(out) == longer_joint["joint"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_reruns_give_byte_identical_outputs_whatever_the_loader_workers(repo, longer_joint,
+                                                                        tmp_path):
+    """Same params and seed, run again: the same pretrained model and loss curve, the same
+    metrics files byte for byte; and the attention stage trained with 2 loader workers instead of
+    none gives the same heads."""
+    curve = repo / "metrics" / "plots" / "loss" / "pretrain.csv"
+    before = {"pretrain": lock_md5(repo, "pretrain", "data/models/pretrain.pt"),
+              "curve": md5_of(curve), "cmc": md5_of(repo / "metrics/plots/cmc/synthetic-0.csv")}
+    output = sh(repo, "dvc", "repro", "-f", "-s", "pretrain", "evaluate@synthetic-0")
+    assert ran(output) == {"pretrain", "evaluate@synthetic-0"}
+    assert lock_md5(repo, "pretrain", "data/models/pretrain.pt") == before["pretrain"]
+    assert md5_of(curve) == before["curve"]
+    assert md5_of(repo / "metrics/plots/cmc/synthetic-0.csv") == before["cmc"]
+    assert md5_of(repo / "metrics" / "eval" / "synthetic-0.json") == longer_joint["eval"]
+    evaluation = json.loads((repo / "metrics" / "eval" / "synthetic-0.json").read_text())
+    assert (evaluation["seed"], evaluation["split"]) == (0, 0)  # recorded beside the metrics
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["num_workers"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    models = repo / "data" / "models" / "synthetic-0"
+    sh(repo, str(VENV_BIN / "python"), "-m", "pipeline.stages.attention",
+       "--params", str(tmp_path / "params.yaml"), "--cache", "data/cache/synthetic-0.h5",
+       "--backbone", str(models / "finetune.pt"), "--spatial", str(tmp_path / "spatial.pt"),
+       "--temporal", str(tmp_path / "temporal.pt"), "--plots", str(tmp_path / "plots"),
+       "--scratch", str(tmp_path / "scratch"))
+    for phase in ("spatial", "temporal"):
+        ours, _ = load_exported(tmp_path / f"{phase}.pt")
+        theirs, _ = load_exported(models / f"{phase}.pt")
+        for name, value in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[name], value), f"{phase}: {name}"

@@ -8,9 +8,11 @@ grids of 12 tracklets of 4 identities, 2 batches of 2 x 2 per epoch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import random
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -120,6 +122,65 @@ def test_resume_after_an_interruption_replays_the_uninterrupted_run(straight, tm
     assert len(calls) == 2 * BATCHES_PER_EPOCH  # only epochs 2 and 3 were trained
     assert_same_run(resumed, straight)
     assert load(resume)["epoch"] == 2
+
+
+class Signal:
+    """A forward pass that sends ``signum`` to this process before call number ``at``."""
+
+    def __init__(self, forward, at: int, signum: int = signal.SIGTERM) -> None:
+        self.forward, self.at, self.signum, self.calls = forward, at, signum, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return self.forward(x)
+
+
+@pytest.fixture
+def stop_handlers():
+    """The stages' SIGINT/SIGTERM handlers (``stages.common.run`` installs them), then the
+    previous ones back."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    distributed.install_signal_handlers()
+    yield
+    distributed.install_signal_handlers()  # forgets a stop request left by the test
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize(("at", "signum", "where"), [
+    (BATCHES_PER_EPOCH + 1, signal.SIGTERM, "in epoch 2/3 after step 1"),  # mid-epoch
+    (BATCHES_PER_EPOCH, signal.SIGINT, "after epoch 1/3"),  # on an epoch's last step
+])
+def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, tmp_path,
+                                                                  stop_handlers, at, signum,
+                                                                  where):
+    """SIGTERM/SIGINT during training: the step finishes, the checkpoint records the place in the
+    epoch, ``Stopped`` says where and how to resume; the next run takes only the remaining steps
+    and ends bit for bit as the uninterrupted run."""
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(distributed.Stopped, match=re.escape(where)) as stopped:
+        train(resume, wrap=lambda f: Signal(f, at, signum))
+    assert stopped.value.signum == signum
+    assert "run the stage again to resume" in str(stopped.value)
+    state = load(resume)
+    assert len(state["history"]) == at  # the step that was running when the signal came
+    distributed.install_signal_handlers()  # a new stage process starts without a stop request
+    calls = []
+    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x))
+    assert len(calls) == 3 * BATCHES_PER_EPOCH - at
+    assert_same_run(resumed, straight)
+
+
+def test_a_second_signal_stops_at_once(tmp_path, stop_handlers):
+    def twice(forward):
+        return Signal(Signal(forward, 1), 1)  # two SIGTERMs inside the first step
+
+    with pytest.raises(distributed.Stopped) as stopped:
+        train(tmp_path / "resume.pt", wrap=twice)
+    assert str(stopped.value) == "stopped by SIGTERM"  # raised by the handler, not by fit
+    assert not (tmp_path / "resume.pt").exists()  # no step finished: nothing to resume from
 
 
 def test_a_finished_checkpoint_is_resumed_without_training(straight, tmp_path):

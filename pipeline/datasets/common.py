@@ -11,19 +11,25 @@ Every reader returns one of two canonical tables, so nothing downstream knows a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.params import InputError
+
+log = logging.getLogger(__name__)
 
 VIDEO_COLUMNS = ["pid", "camid", "subset", "is_query", "frames"]
 IMAGE_COLUMNS = ["pid", "camid", "path"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Data that does not match the layout or the protocol a reader expects."""
 
 
@@ -143,11 +149,37 @@ def _recorded_root(content: dict, path: Path) -> Path:
     return root
 
 
+def _read_index(path: Path, items: str, fields: tuple[str, ...]) -> tuple[Path, list[dict]]:
+    """An index file's root and its records, each checked to have ``fields``; a malformed file
+    is a DatasetError naming it and the expected shape."""
+    expected = (f'expected an index written by the index stage: {{"root": ..., "{items}": '
+                f"[{{{', '.join(fields)}, ...}}, ...]}}")
+    try:
+        content = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not JSON ({err}); {expected}") from err
+    records = content.get(items) if isinstance(content, dict) else None
+    if (not isinstance(records, list) or "root" not in content
+            or not all(isinstance(r, dict) and set(fields) <= set(r) for r in records)):
+        raise DatasetError(f"{path}: {expected}")
+    return _recorded_root(content, Path(path)), records
+
+
+def _under(root: Path, relative: str, path: Path) -> Path:
+    """``root / relative`` for a path from an index file, refused if it leaves the root (an
+    absolute path, a ``..``): the index names files of its dataset and nothing else."""
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts:
+        raise DatasetError(f"{path}: the entry {relative!r} leaves the dataset root {root} "
+                           "(expected a path relative to it)")
+    return root / relative
+
+
 def load_video_index(path: Path) -> pd.DataFrame:
     """Read a table written by ``save_video_index``; frames become paths under its root again."""
-    content = json.loads(Path(path).read_text())
-    root = _recorded_root(content, Path(path))
-    rows = [{**r, "frames": [root / f for f in r["frames"]]} for r in content["tracklets"]]
+    root, records = _read_index(path, "tracklets",
+                                ("pid", "camid", "subset", "is_query", "frames"))
+    rows = [{**r, "frames": [_under(root, f, path) for f in r["frames"]]} for r in records]
     return video_table(rows, Path(path))
 
 
@@ -162,9 +194,9 @@ def save_image_index(table: pd.DataFrame, root: Path, path: Path,
 
 
 def load_image_index(path: Path) -> pd.DataFrame:
-    content = json.loads(Path(path).read_text())
-    root = _recorded_root(content, Path(path))
-    return image_table([{**r, "path": root / r["path"]} for r in content["images"]], Path(path))
+    root, records = _read_index(path, "images", ("pid", "camid", "path"))
+    return image_table([{**r, "path": _under(root, r["path"], path)} for r in records],
+                       Path(path))
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -176,6 +208,50 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 # --- invariants the protocols rely on -------------------------------------------------------------
+
+
+def frame_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a frame (missing, empty, not an image by its header), or None.
+    Reads the file's header only: a frame damaged further in fails when it is read."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "is empty (0 bytes)"
+        with Image.open(path):
+            return None
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        return f"is not a readable image ({err})"
+
+
+def screen_frames(table: pd.DataFrame, policy: str, source: str, column: str = "frames",
+                  ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Check every frame (``column``: "frames" of a video table, "path" of an image table) with
+    ``frame_problem``. ``policy`` (``data.bad_frames``) "fail": any bad frame is a DatasetError
+    naming it and the count; "skip": bad frames are left out (tracklets left with none, too), with
+    a warning. Returns (the table, {"frames": skipped, "tracklets": dropped})."""
+    video = column == "frames"
+    bad = {}
+    for paths in (table[column] if video else table[column].map(lambda p: [p])):
+        for path in paths:
+            if (problem := frame_problem(path)) is not None:
+                bad[str(path)] = problem
+    counts = {"frames": len(bad), "tracklets": 0}
+    if not bad:
+        return table, counts
+    first, problem = next(iter(bad.items()))
+    if policy == "fail":
+        raise DatasetError(f"{source}: {len(bad)} frame(s) listed in the index cannot be used, "
+                           f"e.g. frame {first} {problem} (set data.bad_frames: skip to leave "
+                           "them out)")
+    log.warning("%s: leaving out %d bad frame(s), e.g. %s %s", source, len(bad), first, problem)
+    if not video:
+        return table[~table[column].map(str).isin(bad)].reset_index(drop=True), counts
+    kept = table[column].map(lambda paths: [p for p in paths if str(p) not in bad])
+    table = table.assign(**{column: kept})
+    empty = table[column].map(len) == 0
+    counts["tracklets"] = int(empty.sum())
+    return table[~empty].reset_index(drop=True), counts
 
 
 def check_video_invariants(table: pd.DataFrame, source: str) -> None:

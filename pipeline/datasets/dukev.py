@@ -44,6 +44,9 @@ def index(root: Path, split_id: int = 0) -> pd.DataFrame:
     for folder, subset in (("train", "train"), ("query", "test"), ("gallery", "test")):
         for pid_dir in sorted(p for p in require(base / folder, f"{folder}/").iterdir()
                               if p.is_dir()):
+            if not pid_dir.name.isdigit():
+                raise DatasetError(f"{pid_dir}: expected identity folders named by number "
+                                   f"(DukeMTMC-VideoReID/{folder}/0001/<tracklet>/...)")
             for tracklet in sorted(p for p in pid_dir.iterdir() if p.is_dir()):
                 frames = by_frame_number(image_files(tracklet), FRAME_PATTERN)
                 if not frames:

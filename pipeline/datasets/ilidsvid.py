@@ -18,6 +18,7 @@ Statistics: 300 people, 600 tracklets (one per person and camera), 23-192 frames
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -43,6 +44,10 @@ def index(root: Path, split_id: int = 0) -> pd.DataFrame:
                         "i-LIDS-VID/sequences (from iLIDS-VID.tar)")
     people = sorted(p.name for p in require(sequences / "cam1", "camera folder cam1").iterdir()
                     if p.is_dir())
+    strays = [p for p in people if not re.fullmatch(r"person\d+", p)]
+    if strays:  # they would also shift the person indices the split file refers to
+        raise DatasetError(f"{sequences / 'cam1'}: expected only person<number> folders "
+                           f"(i-LIDS-VID/sequences/cam1/person001/...), found {strays[:5]}")
     splits = load_mat_key(root / SPLIT_FILE, "ls_set")
     if splits.ndim != 2 or splits.shape[1] % 2:
         raise DatasetError(f"{root / SPLIT_FILE}: expected ls_set of shape (splits, 2 x people), "

@@ -38,8 +38,9 @@ def load_mat_key(path: Path, key: str) -> np.ndarray:
     require(path, f"the MARS split file {path.name}")
     try:
         content = scipy.io.loadmat(path)
-    except (ValueError, OSError, NotImplementedError) as err:
-        raise DatasetError(f"{path}: not a readable .mat file ({err})") from err
+    except Exception as err:  # scipy raises MatReadError, ValueError, IndexError... on bad files
+        raise DatasetError(f"{path}: not a readable .mat file ({type(err).__name__}: "
+                           f"{err})") from err
     if key not in content:
         found = [k for k in content if not k.startswith("__")]
         raise DatasetError(f"{path}: expected the key {key!r}, found {found}")

@@ -14,12 +14,24 @@ from typing import Any
 import pandas as pd
 
 from pipeline import distributed
-from pipeline.datasets import DatasetError
-from pipeline.download import DownloadError, UnsafeArchiveError
-from pipeline.params import ParamsError
+from pipeline.download import DownloadError
+from pipeline.params import InputError
 
 # Errors that mean bad input, not a bug: reported as one line, exit status 1, no traceback.
-INPUT_ERRORS = (ParamsError, DatasetError, DownloadError, UnsafeArchiveError, FileNotFoundError)
+# InputError covers ParamsError, DatasetError, UnsafeArchiveError, CacheError, CheckpointError.
+INPUT_ERRORS = (InputError, DownloadError, FileNotFoundError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an input error, without the traceback text that a DataLoader worker puts
+    in front of it ("Caught DatasetError in DataLoader worker process 0. Original Traceback...":
+    the last line is the original error, ``module.Class: message``)."""
+    message = str(err)
+    if "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        name = type(err).__name__
+        message = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return message
 
 
 def setup_logging() -> None:
@@ -29,13 +41,19 @@ def setup_logging() -> None:
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's ``main`` with logging set up; bad input ends it with the error's message on
-    stderr and exit status 1."""
+    stderr and exit status 1, SIGINT/SIGTERM with a message and 128 + the signal's number
+    (``distributed.Stopped``; training stages write a resume checkpoint first)."""
     setup_logging()
+    distributed.install_signal_handlers()
     try:
         main(argv)
+    except distributed.Stopped as err:
+        distributed.shutdown(failed=True)
+        print(f"stopped: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
     except INPUT_ERRORS as err:
         distributed.shutdown(failed=True)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
     except BaseException:
         distributed.shutdown(failed=True)

@@ -35,7 +35,7 @@ import torch
 from pipeline import distributed
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, load_frame
 from pipeline.datasets.common import load_video_index
-from pipeline.features import cache_attrs, embed, open_cache
+from pipeline.features import CacheError, cache_attrs, embed, open_cache
 from pipeline.figures import attention_figure, save_figure
 from pipeline.metrics import attention_entropy, attention_overlap, evaluate_rank, pairwise_distance
 from pipeline.model import IMAGENET_MEAN, IMAGENET_STD, HeadOutput, grid_size
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     open_cache(args.cache, expect).close()
     cached_test = CachedClipDataset(args.cache, "test", p.model.N)
     if not np.array_equal(cached_test.pids, test["pid"].to_numpy()):
-        raise ValueError(f"{args.cache}: its test tracklets are not those of {args.index}")
+        raise CacheError(f"{args.cache}: its test tracklets are not those of {args.index}: "
+                         "re-run the cache stage")
     pin = device.type == "cuda"
     cached = eval_loader(cached_test, p.evaluate.batch_size, p.data.num_workers, pin)
     frames = eval_loader(ClipDataset(test["frames"].tolist(), [0] * len(test), p.model.N,

@@ -23,6 +23,7 @@ from pipeline.params import load_params, to_dict
 from pipeline.stages.common import run, write_csv
 from pipeline.train import (
     Step,
+    config_of,
     export_model,
     fingerprint,
     finish,
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     history = fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
                   desc="finetune", **fit_options(p.runtime, device))
     if world.is_main:
-        export_model(args.out, model.cpu(), p.model, "baseline",
+        export_model(args.out, model.cpu(),
+                     config_of(p.model, "backbone", "init", "last_stride", "N", "embed_dim"),
+                     "baseline",
                      {"stage": "finetune", "num_classes": len(labels),
                       "criterion": criterion.cpu().state_dict()})
         write_csv(args.plot, history)

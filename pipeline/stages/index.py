@@ -25,6 +25,7 @@ from pipeline.datasets.common import (
     resolve_data_path,
     save_image_index,
     save_video_index,
+    screen_frames,
 )
 from pipeline.params import load_params
 from pipeline.stages.common import format_table, run, write_json
@@ -82,19 +83,23 @@ def main(argv: list[str] | None = None) -> None:
             for split in range(num_splits(name)):
                 log.info("%s: indexing split %d", name, split)
                 table = index_video(name, raw / name, split)
+                table, skipped = screen_frames(table, params.data.bad_frames,
+                                               f"{name} split {split}")
                 check_video_invariants(table, f"{name} split {split}")
                 save_video_index(table, raw / name, tmp / name / f"split_{split}.json",
                                  recorded_root=args.raw / name)
                 s = stats["video"][name][f"split_{split}"] = video_stats(table)
+                s["skipped"] = skipped
                 rows.append([name, split, s["train"]["ids"], s["train"]["tracklets"],
                              s["test"]["ids"], s["test"]["tracklets"], s["test"]["queries"],
                              s["train"]["frames"] + s["test"]["frames"]])
         for name in params.data.image:
             log.info("%s: indexing images", name)
             table = index_images(name, raw / name)
+            table, skipped = screen_frames(table, params.data.bad_frames, name, column="path")
             save_image_index(table, raw / name, tmp / name / "images.json",
                              recorded_root=args.raw / name)
-            stats["image"][name] = image_stats(table)
+            stats["image"][name] = {**image_stats(table), "skipped": skipped["frames"]}
         if args.out.exists():
             shutil.rmtree(args.out)
         tmp.rename(args.out)

@@ -1,0 +1,88 @@
+"""pipeline/launch.py: how dvc.yaml starts the stages that run models. runtime.launcher is read
+from params.yaml and turned into an argument list (no shell), so no params value can run a
+command of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import launch
+from pipeline.params import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def params_with(tmp_path: Path, launcher: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"runtime": {"launcher": launcher}}))
+    return path
+
+
+def test_torchrun_options_become_arguments_with_variables_from_the_environment():
+    argv = launch.torchrun_argv("torchrun --nnodes=2 --nproc_per_node=$NPROC "
+                                "--rdzv_endpoint=${HOST}:29500", "pipeline.stages.joint",
+                                ["--params", "p.yaml"], {"NPROC": "4", "HOST": "node1"})
+    assert argv == [sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                    "--nproc_per_node=4", "--rdzv_endpoint=node1:29500", "-m",
+                    "pipeline.stages.joint", "--params", "p.yaml"]
+
+
+def test_an_unset_variable_is_named():
+    with pytest.raises(ParamsError, match=r"reads \$NPROC, which is not set"):
+        launch.torchrun_argv("torchrun --nproc_per_node=$NPROC", "pipeline.stages.cache", [], {})
+
+
+def test_torchrun_replaces_the_process(tmp_path, monkeypatch):
+    params = params_with(tmp_path, "torchrun --standalone --nproc_per_node=$NPROC")
+    monkeypatch.setenv("NPROC", "2")
+    calls = []
+    monkeypatch.setattr(launch.os, "execv", lambda path, argv: calls.append((path, argv)))
+    launch.main(["pipeline.stages.cache", "--params", str(params), "--out", "x.h5"])
+    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run",
+                                       "--standalone", "--nproc_per_node=2", "-m",
+                                       "pipeline.stages.cache", "--params", str(params),
+                                       "--out", "x.h5"])]
+
+
+def test_python_runs_the_stage_in_this_process(tmp_path):
+    """With `python`, the stage itself runs: here it reports its own bad input (a missing
+    index) in one line."""
+    params = params_with(tmp_path, "python")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.launch", "pipeline.stages.cache", "--params",
+         str(params), "--index", str(tmp_path / "none.json"), "--model", "m.pt", "--out",
+         str(tmp_path / "c.h5")], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "none.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("launcher", ["python; touch {marker}", "torchrun $(touch {marker})",
+                                      "torchrun --nproc_per_node=2 && touch {marker}"])
+def test_a_launcher_that_would_run_a_command_is_refused_and_runs_nothing(tmp_path, launcher):
+    marker = tmp_path / "ran"
+    params = params_with(tmp_path, launcher.format(marker=marker))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.launch", "pipeline.stages.cache", "--params",
+         str(params)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "runtime.launcher" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["os"], ["pipeline.stages.cache;ls"], ["--params", "x"]])
+def test_only_a_stage_module_can_be_launched(argv):
+    with pytest.raises(SystemExit, match=r"usage: python -m pipeline\.launch"):
+        launch.main(argv)
+
+
+def test_dvc_yaml_never_puts_a_param_in_a_shell_command():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert "${runtime" not in stage["cmd"], name
+        assert not any(c in stage["cmd"] for c in ";|&`"), name
