@@ -393,8 +393,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 # The image sets the paper pretrains on (§4.2).
 PAPER_IMAGE_SETS = ["cuhk01", "cuhk03", "3dpes", "viper", "dukemtmcreid", "cuhksysu"]
 # Keys that describe the machine or the synthetic data, not the method: never overridden.
-_NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "synthetic.",
-               "runtime.", "cache.", "evaluate.batch_size")
+_NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "data.bad_frames",
+               "synthetic.", "runtime.", "cache.", "evaluate.batch_size")
 
 
 def paper_overrides(current: Params, dataset: str) -> list[str]:

@@ -50,16 +50,20 @@ def test_torchrun_replaces_the_process(tmp_path, monkeypatch):
 
 
 def test_python_runs_the_stage_in_this_process(tmp_path):
-    """With `python`, the stage itself runs: here it reports its own bad input (a missing
-    index) in one line."""
+    """With `python`, the stage itself runs: here the cache stage meets a checkpoint that is not
+    one and reports it in one line naming the file (exit status 1, no traceback, no output)."""
     params = params_with(tmp_path, "python")
+    bad = tmp_path / "finetune.pt"
+    bad.write_bytes(b"not a checkpoint")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.launch", "pipeline.stages.cache", "--params",
-         str(params), "--index", str(tmp_path / "none.json"), "--model", "m.pt", "--out",
+         str(params), "--index", str(tmp_path / "split_0.json"), "--model", str(bad), "--out",
          str(tmp_path / "c.h5")], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "none.json" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad}: not a loadable checkpoint of plain tensors")
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune.pt", "params.yaml"]
 
 
 @pytest.mark.parametrize("launcher", ["python; touch {marker}", "torchrun $(touch {marker})",

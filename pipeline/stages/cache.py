@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(args.params)
     world, device = start(p.runtime)  # under torchrun: the ranks share the frames, rank 0 writes
 
-    table = load_video_index(args.index)
     net, payload = load_exported(args.model)
+    table = load_video_index(args.index)
     tables = {subset: table[table["subset"] == subset] for subset in ("train", "test")}
     frames = sum(len(f) for f in table["frames"])
     log.info("caching res5c grids of %d tracklets (%d frames, cap %d per tracklet)",
