@@ -34,7 +34,7 @@ def load_frame(path: str | Path, size: tuple[int, int]) -> Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot read the image ({err})") from err
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
     return (pixels.float() / 255.0 - _MEAN) / _STD

@@ -190,8 +190,10 @@ def all_gather_(tensor: Tensor) -> list[Tensor]:
 # SIGINT (Ctrl-C) and SIGTERM (what schedulers and torchrun send before killing) stop a stage
 # cleanly: inside a training loop (``graceful``) the first signal lets the current step finish,
 # then ``train.fit`` writes a resume checkpoint and raises ``Stopped``; elsewhere, or at a second
-# signal, ``Stopped`` is raised at once. Either way ``finally`` blocks run, so temporary files are
-# removed and nothing half-written is left; the stage exits with 128 + the signal's number.
+# SIGINT, ``Stopped`` is raised at once (a repeated SIGTERM is the same request: ignored). Either
+# way ``finally`` blocks run, so temporary files are removed and nothing half-written is left; the
+# stage exits with 128 + the signal's number. Under torchrun, which kills its workers 30 s after
+# forwarding a signal (--shutdown-timeout), a step plus the checkpoint must fit in that time.
 
 
 class Stopped(KeyboardInterrupt):
@@ -208,11 +210,14 @@ _graceful = 0  # > 0 while a training loop checks stop_requested() after each st
 
 def _on_signal(signum: int, frame) -> None:
     global _stop_signal
-    if _graceful and _stop_signal is None:
-        _stop_signal = signum
-        log.warning("%s: stopping after this step with a resume checkpoint (send it again to "
-                    "stop at once)", signal.Signals(signum).name)
-        return
+    if _graceful:
+        if _stop_signal is None:
+            _stop_signal = signum
+            log.warning("%s: stopping after this step with a resume checkpoint (Ctrl-C again to "
+                        "stop at once)", signal.Signals(signum).name)
+            return
+        if signum == signal.SIGTERM:  # the same request again (a scheduler and torchrun both
+            return  # forward it): keep stopping cleanly
     raise Stopped(signum)
 
 

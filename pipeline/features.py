@@ -126,6 +126,7 @@ def write_cache(
         D, h, w = backbone(probe).shape[1:]
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a killed run's leftover must not count against the disk
         frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
                      for f in t["frames"])
         check_free_space(path, frames * int(D * h * w) * 2)

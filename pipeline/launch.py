@@ -7,8 +7,10 @@ dvc.yaml runs every stage that runs a model as
 This reads ``runtime.launcher`` from that params file (checked by ``pipeline.params``) and then
 runs the stage in this process (``python``) or replaces this process by torchrun
 (``torchrun --nproc_per_node=$NPROC ...``: one process per GPU). The launcher's words become an
-argument list, never a shell command, so no value in params.yaml can run anything else; ``$NAME``
-in its options is read from the environment (an unset variable is an error naming it).
+argument list, never a shell command, so the launcher cannot run anything else; ``$NAME`` in its
+options is read from the environment (an unset variable is an error naming it). (DVC itself still
+puts the matrix values, ``data.video`` names and ``data.splits`` ids, into its commands before
+``pipeline.params`` checks them: keep params.yaml from trusted hands.)
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     known, _ = parser.parse_known_args(args)
     try:
         launcher = load_params(known.params).runtime.launcher
-    except ParamsError as err:
+    except (ParamsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     if launcher == "python":

@@ -35,7 +35,14 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
-from pipeline.params import InputError, ModelParams, RuntimeParams, TrainParams, from_dict
+from pipeline.params import (
+    InputError,
+    ModelParams,
+    ParamsError,
+    RuntimeParams,
+    TrainParams,
+    from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +193,8 @@ def fit(
     world = distributed.world()
     if sync_bn and world.distributed:
         if device.type != "cuda":
-            raise ValueError(f"runtime.sync_bn: SyncBatchNorm needs CUDA devices, but {desc} runs "
-                             f"on {device.type}; set runtime.sync_bn to false")
+            raise ParamsError(f"runtime.sync_bn: SyncBatchNorm needs CUDA devices, but {desc} "
+                              f"runs on {device.type}; set runtime.sync_bn to false")
         nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children replaced, same parameters
     model.to(device)
     criterion.to(device)

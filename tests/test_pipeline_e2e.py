@@ -261,21 +261,13 @@ def test_cache_and_evaluate_sharded_under_torchrun(repo, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_reruns_give_byte_identical_outputs_whatever_the_loader_workers(repo, tmp_path):
-    """Same params and seed, run again: the same pretrained model and loss curve, the same
-    metrics files byte for byte; and the attention stage trained with 2 loader workers instead of
-    none gives the same heads."""
-    curve = repo / "metrics" / "plots" / "loss" / "pretrain.csv"
-    before = {"pretrain": lock_md5(repo, "pretrain", "data/models/pretrain.pt"),
-              "curve": md5_of(curve)}
-    output = sh(repo, "dvc", "repro", "-f", "-s", "pretrain")
-    assert ran(output) == {"pretrain"}
-    assert lock_md5(repo, "pretrain", "data/models/pretrain.pt") == before["pretrain"]
-    assert md5_of(curve) == before["curve"]
-    files = [repo / "metrics/eval/synthetic-0.json", repo / "metrics/plots/cmc/synthetic-0.csv",
-             repo / "metrics/results.json"]
+    """Same params and seed, run again: the same metrics files byte for byte; and the attention
+    stage trained with 2 loader workers instead of none gives the same heads. (A training stage
+    run again gives the same model byte for byte: the SIGKILL test below.)"""
+    files = [repo / "metrics/eval/synthetic-0.json", repo / "metrics/plots/cmc/synthetic-0.csv"]
     first = [md5_of(f) for f in files]
-    assert ran(sh(repo, "dvc", "repro", "-f", "-s", "evaluate@synthetic-0", "summary")) == {
-        "evaluate@synthetic-0", "summary"}
+    output = sh(repo, "dvc", "repro", "-f", "-s", "evaluate@synthetic-0")
+    assert ran(output) == {"evaluate@synthetic-0"}
     assert [md5_of(f) for f in files] == first
     evaluation = json.loads(files[0].read_text())
     assert (evaluation["seed"], evaluation["split"]) == (0, 0)  # recorded beside the metrics

@@ -22,10 +22,11 @@ from pipeline import distributed
 from pipeline.data import train_loader
 from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
-from pipeline.params import RuntimeParams, TrainParams
+from pipeline.params import ModelParams, RuntimeParams, TrainParams
 from pipeline.train import (
     Step,
     compiled,
+    config_of,
     export_model,
     fingerprint,
     finish,
@@ -173,14 +174,24 @@ def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, tmp
     assert_same_run(resumed, straight)
 
 
-def test_a_second_signal_stops_at_once(tmp_path, stop_handlers):
-    def twice(forward):
-        return Signal(Signal(forward, 1), 1)  # two SIGTERMs inside the first step
+def test_a_second_ctrl_c_stops_at_once(tmp_path, stop_handlers):
+    def twice(forward):  # two SIGINTs inside the first step
+        return Signal(Signal(forward, 1, signal.SIGINT), 1, signal.SIGINT)
 
     with pytest.raises(distributed.Stopped) as stopped:
         train(tmp_path / "resume.pt", wrap=twice)
-    assert str(stopped.value) == "stopped by SIGTERM"  # raised by the handler, not by fit
+    assert str(stopped.value) == "stopped by SIGINT"  # raised by the handler, not by fit
     assert not (tmp_path / "resume.pt").exists()  # no step finished: nothing to resume from
+
+
+def test_a_repeated_sigterm_still_stops_cleanly(tmp_path, stop_handlers):
+    """A scheduler and torchrun may both forward the same SIGTERM: the repeat changes nothing."""
+    def twice(forward):
+        return Signal(Signal(forward, 1), 1)
+
+    with pytest.raises(distributed.Stopped, match=r"after step 1; .* run the stage again"):
+        train(tmp_path / "resume.pt", wrap=twice)
+    assert load(tmp_path / "resume.pt")["stopped_at"] == [0, 1]
 
 
 def test_a_finished_checkpoint_is_resumed_without_training(straight, tmp_path):
@@ -523,3 +534,14 @@ def test_fit_options_from_runtime(amp, compile_, sync_bn, backbone):
     assert fit_options(cfg, torch.device("cpu"), backbone) == {
         "autocast": False, "compile": compile_, "sync_bn": sync_bn}
     assert fit_options(cfg, torch.device("cuda", 0), backbone)["autocast"] == (amp and backbone)
+
+
+def test_config_of_keeps_only_the_named_fields():
+    """What pretrain exports: its own keys, the rest at the defaults, so that its bytes do not
+    depend on K, d or N (which its stage does not read)."""
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, N=4, K=8, d=64,
+                      embed_dim=32)
+    kept = config_of(cfg, "backbone", "init", "last_stride", "embed_dim")
+    assert kept == ModelParams(backbone="resnet18", init="scratch", last_stride=1, embed_dim=32)
+    assert config_of(dataclasses.replace(cfg, K=2), "backbone", "init", "last_stride",
+                     "embed_dim") == kept

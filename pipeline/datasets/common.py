@@ -220,7 +220,8 @@ def frame_problem(path: str | Path) -> str | None:
             return None
     except FileNotFoundError:
         return "does not exist"
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
         return f"is not a readable image ({err})"
 
 
