@@ -106,7 +106,6 @@ def write_cache(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     autocast: bool = False,
-    world: distributed.World | None = None,
 ) -> None:
     """Run ``backbone`` over the selected frames of every tracklet and stream the grids to
     ``path``. ``tables`` maps a subset name to its video table; ``attrs`` are stored as file
@@ -114,9 +113,9 @@ def write_cache(
 
     Under torchrun every rank computes its share of the batches (``distributed.my_batches``: the
     same batches as one process, so the same grids) and sends them, as fp16, to rank 0, which alone
-    writes the file; every rank must call this with the same arguments."""
+    writes the file; every rank calls this with the same arguments."""
     path = Path(path)
-    world = world or distributed.world()
+    world = distributed.world()
     main = world.is_main
     tmp = path.with_name(f".{path.name}.tmp")
     device = torch.device(device)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cache(args.out, backbone, tables, (p.data.height, p.data.width),
                 cache_attrs(args.model, payload), p.cache.max_frames_per_tracklet,
                 p.cache.batch_size, p.data.num_workers, device,
-                use_autocast(p.runtime, device), world)
+                use_autocast(p.runtime, device))
     if world.is_main:
         log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
 
