@@ -157,10 +157,10 @@ def train_loader(dataset: Dataset, pids: Sequence[int], cfg: TrainParams, seed: 
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int,
-                pin_memory: bool = False, world: distributed.World | None = None) -> DataLoader:
+                pin_memory: bool = False) -> DataLoader:
     """Every item once, in order, in batches of ``batch_size``; under torchrun, this rank's share
     of those batches (``distributed.my_batches``: global batches rank, rank + W, ...)."""
-    world = world or distributed.world()
-    mine = distributed.my_batches(distributed.batches(len(dataset), batch_size), world)
+    mine = distributed.my_batches(distributed.batches(len(dataset), batch_size),
+                                  distributed.world())
     return DataLoader(dataset, batch_sampler=[list(b) for b in mine], num_workers=num_workers,
                       pin_memory=pin_memory)

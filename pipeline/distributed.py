@@ -251,8 +251,3 @@ def stop_requested() -> int | None:
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) or None
 
-
-def request_stop(signum: int = signal.SIGTERM) -> None:
-    """What a signal does inside ``graceful``: ask the training loop to stop after its step."""
-    global _stop_signal
-    _stop_signal = signum

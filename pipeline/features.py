@@ -153,7 +153,7 @@ def write_cache(
                 chunks = distributed.batches(len(paths), batch_size)
                 mine = distributed.my_batches(chunks, world)
                 loader = iter(eval_loader(_Frames(paths, size), batch_size, num_workers,
-                                          device.type == "cuda", world))
+                                          device.type == "cuda"))
                 bar = tqdm(total=len(paths), desc=f"cache {subset}", unit="frame",
                            disable=not main)
                 for round_ in range(distributed.num_rounds(len(chunks), world)):

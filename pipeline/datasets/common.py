@@ -226,17 +226,23 @@ def frame_problem(path: str | Path) -> str | None:
 
 
 def screen_frames(table: pd.DataFrame, policy: str, source: str, column: str = "frames",
+                  checked: dict[str, str | None] | None = None,
                   ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Check every frame (``column``: "frames" of a video table, "path" of an image table) with
     ``frame_problem``. ``policy`` (``data.bad_frames``) "fail": any bad frame is a DatasetError
     naming it and the count; "skip": bad frames are left out (tracklets left with none, too), with
-    a warning. Returns (the table, {"frames": skipped, "tracklets": dropped})."""
+    a warning. ``checked`` keeps the verdicts across calls (the splits of one dataset share their
+    frames: each file is opened once). Returns (the table, {"frames": skipped, "tracklets":
+    dropped})."""
     video = column == "frames"
+    checked = {} if checked is None else checked
     bad = {}
     for paths in (table[column] if video else table[column].map(lambda p: [p])):
-        for path in paths:
-            if (problem := frame_problem(path)) is not None:
-                bad[str(path)] = problem
+        for path in map(str, paths):
+            if path not in checked:
+                checked[path] = frame_problem(path)
+            if checked[path] is not None:
+                bad[path] = checked[path]
     counts = {"frames": len(bad), "tracklets": 0}
     if not bad:
         return table, counts

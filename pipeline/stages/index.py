@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name in params.data.video:
             stats["video"][name] = {}
+            checked: dict = {}  # frame verdicts, shared by the splits of this set
             for split in range(num_splits(name)):
                 log.info("%s: indexing split %d", name, split)
                 table = index_video(name, raw / name, split)
                 table, skipped = screen_frames(table, params.data.bad_frames,
-                                               f"{name} split {split}")
+                                               f"{name} split {split}", checked=checked)
                 check_video_invariants(table, f"{name} split {split}")
                 save_video_index(table, raw / name, tmp / name / f"split_{split}.json",
                                  recorded_root=args.raw / name)
