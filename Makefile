@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro paper ablations ksweep report bench test lint format lock clean
+.PHONY: help setup repro exp paper ablations ksweep report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +25,10 @@ $(STAMP): requirements.txt requirements.lock
 
 repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(MAKE) --no-print-directory docs
+
+exp: setup ## The experiments table: changed params and the headline (rank-1, mAP per model)
+	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Created|/' --keep '(^|:)(R1|mAP)\.'
 
 DATASET ?= mars
 paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment
@@ -33,22 +37,30 @@ paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper sch
 SEEDS ?= 0 1 2
 JOBS ?= 1
 ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS workers (one per GPU), then report
-	$(BIN)/python -m pipeline.experiments run table1 --seeds $(SEEDS) --jobs $(JOBS)
+	$(BIN)/python -m tools.experiments run table1 --seeds $(SEEDS) --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
 
 ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with JOBS workers, then report
-	$(BIN)/python -m pipeline.experiments run table2 --jobs $(JOBS)
+	$(BIN)/python -m tools.experiments run table2 --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
 
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.report --params params.yaml --seeds $(SEEDS) \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.report --params params.yaml --seeds $(SEEDS) \
 		--out metrics/report.md --chart metrics/plots/table1.png
+	$(MAKE) --no-print-directory docs
+
+docs: setup ## Regenerate the figures in README.md and docs/ from the files they come from
+	$(BIN)/python -m tools.docs
 
 bench: setup ## Speed and memory figures of the hot paths: print a table, write metrics/bench.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.bench --out metrics/bench.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.bench --out metrics/bench.json
+	$(MAKE) --no-print-directory docs
 
-test: setup ## Run the test suite (CPU only, no network)
-	$(BIN)/python -m pytest
+test: setup ## Run the whole test suite, one worker per core (CPU only, no network)
+	$(BIN)/python -m pytest -n auto --dist worksteal
+
+test-fast: setup ## The test suite without the slow tests (DVC, torchrun, subprocess stages)
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
 
 lint: setup ## Check the code with ruff
 	$(BIN)/ruff check .

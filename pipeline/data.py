@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import distributed
-from pipeline.datasets import DatasetError
+from pipeline.errors import DatasetError
 from pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.params import TrainParams
 from pipeline.sampling import IdentityBatchSampler, restricted_random_sample
@@ -38,6 +38,13 @@ def load_frame(path: str | Path, size: tuple[int, int]) -> Tensor:
         raise DatasetError(f"{path}: cannot read the image ({err})") from err
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (3, H, W) uint8
     return (pixels.float() / 255.0 - _MEAN) / _STD
+
+
+def to_pixels(frames: Tensor) -> np.ndarray:
+    """Normalised frames (..., 3, H, W), as ``load_frame`` makes them, back to uint8 pixels
+    (..., H, W, 3) for drawing."""
+    pixels = ((frames * _STD + _MEAN).clamp(0, 1) * 255).round().byte()
+    return pixels.movedim(-3, -1).numpy()
 
 
 def augment_clip(clip: Tensor, rng: np.random.Generator) -> Tensor:

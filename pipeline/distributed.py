@@ -75,16 +75,17 @@ def world() -> World:
     return World()
 
 
-def init(device: str = "auto") -> tuple[World, torch.device | None]:
-    """Join the process group torchrun describes in the environment; returns (world, the device
-    this process must use, or None to let ``runtime.device`` decide: single process).
+def init(device: str = "auto") -> World:
+    """Join the process group torchrun describes in the environment and return this process's
+    world (a single process without torchrun).
 
-    ``device`` is ``runtime.device``: ``auto`` and ``cuda`` use ``cuda:<LOCAL_RANK>`` with NCCL
-    when CUDA is present, ``cpu`` (or no CUDA) uses the CPU with gloo.
+    ``device`` is ``runtime.device``: ``auto`` and ``cuda`` make ``cuda:<LOCAL_RANK>`` the current
+    device and use NCCL when CUDA is present, ``cpu`` (or no CUDA) uses gloo; ``train.pick_device``
+    then returns the current device.
     """
     size = _env_int("WORLD_SIZE", 1)
     if size <= 1:
-        return World(), None
+        return World()
     if not dist.is_available():
         raise RuntimeError(f"WORLD_SIZE={size} but this torch build has no torch.distributed")
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
@@ -103,7 +104,7 @@ def init(device: str = "auto") -> tuple[World, torch.device | None]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     log.info("rank %d of %d (local rank %d) on %s", rank, size, local_rank, chosen)
-    return World(rank, local_rank, size), chosen
+    return World(rank, local_rank, size)
 
 
 def shutdown(failed: bool = False) -> None:
@@ -176,13 +177,20 @@ def gather_batches(results: list) -> list:
 
 
 def all_gather_(tensor: Tensor) -> list[Tensor]:
-    """``tensor`` from every rank, in rank order (same shape and dtype on all ranks)."""
+    """``tensor`` from every rank, in rank order, on every rank. The ranks' tensors share dtype
+    and trailing dimensions; their first dimension may differ (even be 0)."""
     w = world()
     if not w.distributed:
         return [tensor]
-    out = [torch.empty_like(tensor) for _ in range(w.size)]
-    dist.all_gather(out, tensor.contiguous())
-    return out
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(w.size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))  # all_gather wants equal shapes
+    padded[: tensor.shape[0]] = tensor
+    out = [torch.empty_like(padded) for _ in range(w.size)]
+    dist.all_gather(out, padded)
+    return [block[: int(s.item())] for block, s in zip(out, sizes, strict=True)]
 
 
 # --- stopping on a signal ------------------------------------------------------------------------

@@ -5,14 +5,12 @@
 - ``extract``: zip and tar (any compression) archives. Every member is checked before anything
   is written: absolute paths, ``..``, links that leave the target, devices, and archives beyond a
   member count or size limit are refused with an error naming the member; nothing is left behind.
-- ``md5sum``: streamed checksum.
 
 Downloaded files are only ever read as archives or images: never executed or imported.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -27,31 +25,14 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from pipeline.params import InputError
+from pipeline.errors import DownloadError, UnsafeArchiveError
+from pipeline.files import CHUNK, md5_file
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 # Limits against archive bombs. MARS, the largest set, has ~1.2M files and ~7 GB.
 MAX_MEMBERS = 3_000_000
 MAX_BYTES = 100 * 1024**3
-
-
-class DownloadError(RuntimeError):
-    """A download that failed or did not match its checksum."""
-
-
-class UnsafeArchiveError(InputError):
-    """An archive member that would escape the target folder, or an archive beyond the limits."""
-
-
-def md5sum(path: str | Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: str | Path, md5: str | None = None, timeout: float = 60.0) -> Path:
@@ -63,10 +44,10 @@ def fetch(url: str, dest: str | Path, md5: str | None = None, timeout: float = 6
     """
     dest = Path(dest)
     if dest.exists():
-        if md5 is None or md5sum(dest) == md5:
+        if md5 is None or md5_file(dest) == md5:
             log.info("%s already present", dest)
             return dest
-        raise DownloadError(f"{dest} exists but its md5 is {md5sum(dest)}, expected {md5}: "
+        raise DownloadError(f"{dest} exists but its md5 is {md5_file(dest)}, expected {md5}: "
                             "delete it (or replace it with the right file) and run again")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -98,7 +79,7 @@ def fetch(url: str, dest: str | Path, md5: str | None = None, timeout: float = 6
         raise DownloadError(f"downloading {url}: the connection closed after "
                             f"{part.stat().st_size} of {total} bytes; run again to resume")
     if md5 is not None:
-        got = md5sum(part)
+        got = md5_file(part)
         if got != md5:
             part.unlink()
             raise DownloadError(f"{url}: md5 {got} does not match the expected {md5}; the "

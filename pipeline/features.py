@@ -22,12 +22,11 @@ share the frames and rank 0 writes. Disk cost: D x h x w x 2 bytes per frame, 12
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -39,22 +38,12 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
-from pipeline.params import InputError
+from pipeline.errors import CacheError
+from pipeline.files import atomic_path, sha256_file
+from pipeline.model import HeadOutput
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
-
-
-class CacheError(InputError):
-    """A feature cache that is incomplete or was made from other inputs than expected."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_attrs(model_path: str | Path, payload: dict) -> dict:
@@ -117,19 +106,16 @@ def write_cache(
     path = Path(path)
     world = distributed.world()
     main = world.is_main
-    tmp = path.with_name(f".{path.name}.tmp")
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     probe = torch.zeros(1, 3, *size, device=device)
     with torch.no_grad():
         D, h, w = backbone(probe).shape[1:]
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)  # a killed run's leftover must not count against the disk
-        frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
-                     for f in t["frames"])
-        check_free_space(path, frames * int(D * h * w) * 2)
-    try:
+    with atomic_path(path) if main else contextlib.nullcontext() as tmp:
+        if main:  # (atomic_path removed a killed run's leftover: it does not count as used)
+            frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
+                         for f in t["frames"])
+            check_free_space(path, frames * int(D * h * w) * 2)
         with h5py.File(tmp, "w") if main else contextlib.nullcontext() as f:
             if main:
                 f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0],
@@ -157,35 +143,27 @@ def write_cache(
                 bar = tqdm(total=len(paths), desc=f"cache {subset}", unit="frame",
                            disable=not main)
                 for round_ in range(distributed.num_rounds(len(chunks), world)):
-                    if round_ >= len(mine):  # the last round can leave a rank without a batch
-                        out = torch.zeros(batch_size, D, h, w, dtype=torch.float16, device=device)
-                    else:
+                    # the last round can leave a rank without a batch: it sends no grid
+                    out = torch.zeros(0, D, h, w, dtype=torch.float16, device=device)
+                    if round_ < len(mine):
                         batch = next(loader)
                         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16,
                                                              enabled=autocast):
-                            grid = backbone(batch.to(device, non_blocking=True))
-                        out = grid.to(torch.float16)
-                        if world.distributed:  # all_gather wants equal shapes: pad short batches
-                            out = torch.cat([out, out.new_zeros(batch_size - len(out), D, h, w)])
-                    blocks = distributed.all_gather_(out)
+                            out = backbone(batch.to(device, non_blocking=True)).to(torch.float16)
+                    blocks = distributed.all_gather_(out)  # one block per rank, in rank order
                     if not main:
                         continue
                     for rank, block in enumerate(blocks):
                         b = round_ * world.size + rank
                         if b < len(chunks):
                             rows = chunks[b]
-                            grids[rows.start:rows.stop] = block[:len(rows)].cpu().numpy()
+                            grids[rows.start:rows.stop] = block.cpu().numpy()
                             bar.update(len(rows))
                 bar.close()
                 if main:
                     log.info("%s: %d tracklets, %d frames cached", subset, len(table), len(paths))
             if main:
                 f.attrs["complete"] = True
-        if main:
-            os.replace(tmp, path)
-    finally:
-        if main:
-            tmp.unlink(missing_ok=True)
 
 
 def open_cache(path: str | Path, expect: dict) -> h5py.File:
@@ -215,15 +193,25 @@ def _plain(value):
 
 
 @torch.no_grad()
-def embed(model: Callable[[Tensor], object], loader: DataLoader, device: torch.device,
-          autocast: bool = False, desc: str = "embed") -> np.ndarray:
+def embed(model: Callable[[Tensor], HeadOutput], loader: DataLoader, device: torch.device,
+          autocast: bool = False, desc: str = "embed",
+          record: Callable[[HeadOutput], Any] | None = None) -> tuple[np.ndarray, list]:
     """Embeddings (num_items, E) of every item of a test set, in order, from its ``eval_loader``.
-    ``model`` maps a batch of clips (B, N, ...) to a ``HeadOutput``. Under torchrun each rank
-    embeds its share of the batches and every rank gets all the embeddings."""
-    chunks = []
+    ``model`` maps a batch of clips (B, N, ...) to a ``HeadOutput``; ``record(output)``, when
+    given, is kept for every batch (e.g. statistics of its attention maps).
+
+    Returns:
+        The embeddings and the batches' records in batch order (an empty list without
+        ``record``). Under torchrun each rank embeds its share of the batches and every rank gets
+        all the embeddings and all the records.
+    """
+    chunks, records = [], []
     for clips, _, _ in tqdm(loader, desc=desc, unit="batch",
                             disable=not distributed.world().is_main):
         with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
             out = model(clips.to(device, non_blocking=True))
         chunks.append(out.embedding.float().cpu().numpy())
-    return np.concatenate(distributed.gather_batches(chunks))
+        if record is not None:
+            records.append(record(out))
+    return (np.concatenate(distributed.gather_batches(chunks)),
+            distributed.gather_batches(records) if record is not None else [])

@@ -2,54 +2,58 @@
 (each frame of a tracklet with the K spatial attention maps overlaid, one column per head, and
 the temporal weight of each (frame, head) printed on it), CMC curves and training-loss curves.
 
-matplotlib's object-oriented API (``Figure``, no pyplot state and no display needed); every
-figure is written atomically.
+matplotlib's object-oriented API (``Figure``, no pyplot state and no display needed). Figures are
+written as palette PNGs (at most ``PALETTE_COLOURS`` colours): a fraction of the size of full
+colour, so that the pictures the default run commits stay small in git's history.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
+from PIL import Image
+
+from pipeline.files import write_with
 
 DPI = 100
+PALETTE_COLOURS = 64
+INCHES_PER_COLUMN = 1.0  # width of one frame column of the attention figure
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` as a PNG atomically (a temporary file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``fig`` as a palette PNG, atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(colors=PALETTE_COLOURS,
+                                                method=Image.Quantize.MEDIANCUT)
+    write_with(path, lambda tmp: palette.save(tmp, format="PNG", optimize=True))
 
 
 # --- Fig. 3: spatial attention maps over the frames ----------------------------------------------
 
 
-def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """Attention maps (N, K, L) on an h x w grid (cell l = row * w + col) bilinearly upsampled to
-    the image size (H, W) and scaled so each map's maximum is 1: (N, K, H, W) in [0, 1]."""
+def cell_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Attention maps (N, K, L) on an h x w grid (cell l = row * w + col) drawn at cell
+    resolution on an (H, W) image (each pixel takes its cell's value, no smoothing, so a map on
+    one cell shows as one cell) and scaled so each map's maximum is 1: (N, K, H, W) in [0, 1]."""
     N, K, L = maps.shape
     h, w = grid
     if h * w != L:
         raise ValueError(f"maps have {L} cells, but the grid is {h} x {w}")
-    t = torch.as_tensor(maps, dtype=torch.float32).reshape(N * K, 1, h, w)
-    up = F.interpolate(t, size=size, mode="bilinear", align_corners=False).reshape(N, K, *size)
-    peak = up.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
-    return (up / peak).clamp(0.0, 1.0).numpy()
+    H, W = size
+    cells = np.asarray(maps, dtype=np.float64).reshape(N, K, h, w)
+    rows = np.arange(H) * h // H  # the grid row of each pixel row
+    cols = np.arange(W) * w // W
+    image = cells[:, :, rows[:, None], cols[None, :]]  # (N, K, H, W)
+    peak = np.maximum(image.reshape(N, K, -1).max(axis=-1), 1e-12)[..., None, None]
+    return np.clip(image / peak, 0.0, 1.0)
 
 
 def attention_figure(frames: np.ndarray, maps: np.ndarray, grid: tuple[int, int],
@@ -61,8 +65,8 @@ def attention_figure(frames: np.ndarray, maps: np.ndarray, grid: tuple[int, int]
     frames: (N, H, W, 3) uint8; maps: (N, K, L), each summing to 1 over L; temporal: (N, K)."""
     N, H, W, _ = frames.shape
     K = maps.shape[1]
-    heat = upsample_maps(maps, grid, (H, W))
-    scale = 1.3 / max(W, 1)  # inches per pixel: about 1.3 in per column
+    heat = cell_maps(maps, grid, (H, W))
+    scale = INCHES_PER_COLUMN / max(W, 1)  # inches per pixel
     fig = Figure(figsize=((K + 1) * W * scale, N * H * scale + 0.5))
     axes = fig.subplots(N, K + 1, squeeze=False)
     for n in range(N):
@@ -71,7 +75,8 @@ def attention_figure(frames: np.ndarray, maps: np.ndarray, grid: tuple[int, int]
         for k in range(K):
             ax = axes[n, k + 1]
             ax.imshow(frames[n])
-            ax.imshow(heat[n, k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            ax.imshow(heat[n, k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
             if temporal is not None:
                 ax.text(1, 1, f"{temporal[n, k]:.2f}", color="white", fontsize=7, va="top",
                         bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})

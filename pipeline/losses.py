@@ -6,10 +6,10 @@ Tensor letters: B batch, K attention heads, L grid cells, E embedding size, C tr
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline import distributed
 from pipeline.params import LossParams
 
 # sqrt has an infinite slope at 0, and float32 softmax maps can underflow to exactly 0: clamp first.
@@ -85,8 +85,8 @@ class OIMLoss(nn.Module):
 
     @torch.no_grad()
     def _update(self, x: Tensor, y: Tensor) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            x, y = _all_gather(x), _all_gather(y)
+        if distributed.world().distributed:  # every rank applies the whole global batch
+            x, y = torch.cat(distributed.all_gather_(x)), torch.cat(distributed.all_gather_(y))
         # Exactly the sequential update: the j-th occurrence of every label is updated in round j,
         # so rounds = the largest multiplicity of a label in the batch (M), not B.
         occurrence = _occurrence_index(y)
@@ -134,17 +134,3 @@ def _occurrence_index(y: Tensor) -> Tensor:
     same = y[:, None] == y[None, :]  # (B, B)
     earlier = torch.ones_like(same).tril(diagonal=-1)
     return (same & earlier).sum(dim=1)
-
-
-def _all_gather(t: Tensor) -> Tensor:
-    """Concatenate ``t`` from all ranks along dim 0 (ranks may hold different batch sizes)."""
-    world = dist.get_world_size()
-    size = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)])

@@ -14,8 +14,8 @@ queries is always reported:
 
 Arrays: ``distmat`` (num_q, num_g) distances, smaller = more similar; ``q_pids``, ``q_camids``
 (num_q,); ``g_pids``, ``g_camids`` (num_g,). Ranking uses a stable sort, so ties keep gallery order.
-Queries are processed in blocks, so memory stays bounded (a MARS problem, 1980 x 12180, needs a few
-tens of MB beyond the distance matrix).
+Queries are processed in blocks, so memory stays bounded whatever the number of queries (what a
+MARS-sized problem needs beyond its distance matrix: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,42 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.params import PROTOCOLS
+
+RANKS = (1, 5, 10, 20)  # the CMC ranks reported (those up to max_rank)
+
+
+def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray) -> np.ndarray:
+    """Boolean mask of the test tracklets that form the gallery under ``protocol``: all of them
+    (``official``), or those that are neither queries nor junk (``torchreid``)."""
+    if protocol == "official":
+        return np.ones(len(pids), dtype=bool)
+    return ~np.asarray(is_query, dtype=bool) & (np.asarray(pids) != -1)
+
+
+def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: np.ndarray,
+          protocols: list[str], max_rank: int) -> tuple[dict, dict]:
+    """One model's test features (num_tracklets, E), in the order of the test tracklets' ``pids``,
+    ``camids`` and ``is_query`` (num_tracklets,), ranked under each protocol.
+
+    Returns:
+        ``{protocol: {"rank1", "rank5", ..., "mAP", "num_valid_queries", "num_queries"}}`` and
+        ``{protocol: cmc}`` (the CMC curve, ``max_rank`` fractions).
+    """
+    pids, camids = np.asarray(pids), np.asarray(camids)
+    is_query = np.asarray(is_query, dtype=bool)
+    metrics, curves = {}, {}
+    for protocol in protocols:
+        gallery = protocol_gallery(protocol, pids, is_query)
+        distmat = pairwise_distance(features[is_query], features[gallery])
+        result = evaluate_rank(distmat, pids[is_query], pids[gallery], camids[is_query],
+                               camids[gallery], max_rank=max_rank, protocol=protocol)
+        cmc = result["cmc"]
+        metrics[protocol] = {f"rank{r}": float(cmc[r - 1]) for r in RANKS if r <= max_rank}
+        metrics[protocol].update({"mAP": result["mAP"],
+                                  "num_valid_queries": result["num_valid_queries"],
+                                  "num_queries": result["num_queries"]})
+        curves[protocol] = cmc
+    return metrics, curves
 
 
 def evaluate_rank(
@@ -164,3 +200,74 @@ def attention_entropy(S: np.ndarray) -> np.ndarray:
     S = np.asarray(S, dtype=np.float64)
     terms = np.where(S > 0, -S * np.log(np.where(S > 0, S, 1.0)), 0.0)
     return terms.sum(axis=-1).mean(axis=-1)
+
+
+def attention_frame_stats(S: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame of a batch of spatial attention maps S (B, N, K, L): the overlap and the entropy
+    of its K maps, flattened to (B * N,) arrays (a record for ``attention_summary``)."""
+    return {"overlap": attention_overlap(S).ravel(), "entropy": attention_entropy(S).ravel()}
+
+
+def attention_summary(records: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
+    """Means over every test frame of ``attention_frame_stats`` records: ``overlap`` (None for
+    K = 1, where no pair of maps exists) and ``entropy``."""
+    overlap = np.concatenate([r["overlap"] for r in records])
+    entropy = np.concatenate([r["entropy"] for r in records])
+    return {"overlap": None if np.isnan(overlap).all() else float(overlap.mean()),
+            "entropy": float(entropy.mean())}
+
+
+# --- results over splits: what the summary stage and the report read ----------------------------
+
+SUMMARY_METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
+# The headline (metrics/results/<set>.json, what `dvc exp show` and `dvc metrics diff` lead with):
+# rank-1 and mAP in percent, each model under a short name (the rows of the paper's Table 1).
+HEADLINE_NAMES = {"baseline": "base", "spatial": "spa", "temporal": "tem", "joint": "ind"}
+
+
+def summarize(evals: list[dict]) -> dict:
+    """{dataset: {model: {protocol: {metric: {"mean", "std"}, "splits": n, ...}}}} over the
+    given per-split results (std is the population std, 0 for one split)."""
+    summary: dict = {}
+    for dataset in dict.fromkeys(e["dataset"] for e in evals):
+        runs = [e for e in evals if e["dataset"] == dataset]
+        summary[dataset] = {}
+        for model, protocols in runs[0]["models"].items():
+            summary[dataset][model] = {}
+            for protocol, first in protocols.items():
+                valid = [e["models"][model][protocol]["num_valid_queries"] for e in runs]
+                entry = {"splits": [e["split"] for e in runs],
+                         "num_valid_queries": float(np.mean(valid))}  # mean over the splits
+                for metric in SUMMARY_METRICS:
+                    if metric in first:
+                        values = [e["models"][model][protocol][metric] for e in runs]
+                        entry[metric] = {"mean": float(np.mean(values)),
+                                         "std": float(np.std(values))}
+                summary[dataset][model][protocol] = entry
+    return summary
+
+
+def summarize_attention(evals: list[dict]) -> dict:
+    """{dataset: {model: {"overlap" | "entropy": {"mean", "std"} or None}}} over the splits."""
+    summary: dict = {}
+    for dataset in dict.fromkeys(e["dataset"] for e in evals):
+        runs = [e for e in evals if e["dataset"] == dataset and "attention" in e]
+        summary[dataset] = {}
+        for model in runs[0]["attention"] if runs else []:
+            summary[dataset][model] = {}
+            for stat in ("overlap", "entropy"):
+                values = [e["attention"][model][stat] for e in runs]
+                summary[dataset][model][stat] = None if None in values else {
+                    "mean": float(np.mean(values)), "std": float(np.std(values))}
+    return summary
+
+
+def headline(summary: dict, protocol: str) -> dict:
+    """``{"R1": {short model name: percent}, "mAP": {...}}`` of one dataset's ``summarize`` entry
+    under ``protocol``: the means over the splits, in percent with one decimal."""
+    out: dict = {"R1": {}, "mAP": {}}
+    for model, protocols in summary.items():
+        short = HEADLINE_NAMES.get(model, model)
+        out["R1"][short] = round(100 * protocols[protocol]["rank1"]["mean"], 1)
+        out["mAP"][short] = round(100 * protocols[protocol]["mAP"]["mean"], 1)
+    return out

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.params import InputError, ModelParams
+from pipeline.errors import InputError
+from pipeline.params import ModelParams
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -24,9 +24,11 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import ParamsError
+
 # Names accepted by the choice-valued keys. The dataset modules register exactly these names.
 BACKBONES = ("resnet18", "resnet34", "resnet50")
-BACKBONE_INITS = ("imagenet", "scratch")  # ... or a path to a checkpoint file
+BACKBONE_INITS = ("imagenet", "scratch")  # ... or the path of a checkpoint file
 ENHANCEMENTS = ("identity", "second_order")
 TEMPORAL_POOLINGS = ("attention", "avg", "max")
 DIVERSITY_KINDS = ("hellinger", "sparse", "none")
@@ -36,21 +38,13 @@ PROTOCOLS = ("official", "torchreid")
 VIDEO_SPLITS = {"synthetic": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10, "dukev": 1}
 VIDEO_DATASETS = tuple(VIDEO_SPLITS)
 DEVICES = ("auto", "cpu", "cuda")
-# runtime.launcher goes into a shell command: only python, or torchrun with --key[=value] options
-# made of letters, digits and _.:/$- (a $VARIABLE, a host:port), nothing a shell would act on.
+# runtime.launcher: python, or torchrun with --key[=value] options made of letters, digits and
+# _.:/$- (a $VARIABLE, a host:port). pipeline/launch.py turns it into an argument list (never a
+# shell command); the pattern keeps it to what torchrun understands.
 LAUNCHER = re.compile(r"python|torchrun( --[a-z][a-z0-9_-]*(=[A-Za-z0-9_.:/$-]+)?)*")
 IMAGE_DATASETS = (
     "synthetic", "market1501", "dukemtmcreid", "cuhk03", "cuhk01", "viper", "cuhksysu", "3dpes",
 )
-
-
-class InputError(ValueError):
-    """Bad input (a params key, a dataset file, an archive, a cache, a checkpoint): the message
-    names it and says what was expected. Stages report it in one line and exit with status 1."""
-
-
-class ParamsError(InputError):
-    """A params value that is unknown, missing, of the wrong type or out of its range."""
 
 
 # --- field helpers: the validation rule sits in the field's metadata -----------------------------
@@ -120,12 +114,18 @@ class SyntheticParams:
     test_identities: int = field(default=64, metadata={"ge": 1, "le": 4000})  # video test ids
     image_identities: int = at_least(128, 1)  # further ids, single images, for pretraining
     images_per_identity: int = at_least(6, 1)  # images of each pretraining identity
-    cameras: int = field(default=3, metadata={"ge": 2, "le": 9})  # each id walks past every one
+    # cameras, each with its own light, colour cast, clutter, noise and viewpoint; every identity
+    # walks past every camera
+    cameras: int = field(default=3, metadata={"ge": 2, "le": 9})
     tracklets_per_camera: int = at_least(1, 1)  # 1 to this many tracklets per id and camera
     min_length: int = at_least(3, 1)  # shortest tracklet, in frames
-    max_length: int = field(default=40, metadata={"ge": 1, "le": 999})  # longest tracklet
-    occlusion_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})  # occluded tracklets
-    sibling_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})  # one-part variants
+    max_length: int = field(default=40, metadata={"ge": 1, "le": 999})  # longest, in frames
+    # share of the tracklets in which an occluder hides a band of the body, a different band in
+    # different frames
+    occlusion_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    # share of the identities that copy another identity with exactly one part changed (hair,
+    # torso, texture, legs, shoes or bag), so that only a detector of that part tells them apart
+    sibling_rate: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     distractor_tracklets: int = at_least(8, 0)  # pid 0 tracklets of unrelated people (test set)
     junk_tracklets: int = at_least(8, 0)  # pid -1 tracklets without a person (test set)
     height: int = at_least(128, 32)  # rendered frame height in pixels
@@ -141,13 +141,22 @@ class SyntheticParams:
 class ModelParams:
     backbone: str = choice("resnet50", BACKBONES)  # CNN to its last block (paper: ResNet-50)
     init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
-    last_stride: int = field(default=2, metadata={"choices": (1, 2)})  # 1 doubles the grid (H, W)
+    # stride of ResNet's last block: 2 as in ResNet (8 x 4 res5c cells at 256 x 128), 1 keeps
+    # twice the cells in each direction (8 x 4 at 128 x 64)
+    last_stride: int = field(default=2, metadata={"choices": (1, 2)})
     N: int = at_least(6, 1)  # frames per clip = restricted-random-sampling chunks (paper §3.1)
     K: int = at_least(6, 1)  # spatial attention heads (paper: 6)
     d: int = at_least(256, 1)  # hidden width of each spatial attention head, eq. 1 (paper: 256)
     embed_dim: int = at_least(128, 1)  # size of the final L2-normalised embedding (paper: 128)
     enhancement: str = choice("second_order", ENHANCEMENTS)  # E of eq. 4 (model.Enhancement)
     temporal_pooling: str = choice("attention", TEMPORAL_POOLINGS)  # eq. 11-13, or avg / max
+
+    def __post_init__(self) -> None:
+        # a word that is neither keyword is a typo (imagnet); a path has a folder or a suffix
+        if self.init not in BACKBONE_INITS and not ("/" in self.init or Path(self.init).suffix):
+            raise ParamsError(f"model.init: expected {' or '.join(BACKBONE_INITS)}, or the path "
+                              f"of a checkpoint file (e.g. weights/resnet50.pth), got "
+                              f"{self.init!r}")
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,8 @@ class CacheParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    protocols: list[str] = choices(["official", "torchreid"], PROTOCOLS)  # see metrics.py
+    # ranking protocols (docs/protocols.md); the first is the headline's (metrics/results)
+    protocols: list[str] = choices(["official", "torchreid"], PROTOCOLS)
     max_rank: int = at_least(20, 1)  # length of the CMC curve
     batch_size: int = at_least(32, 1)  # tracklets per forward pass at test time
     attention_figures: int = at_least(3, 0)  # query tracklets drawn with their attention maps
@@ -232,6 +242,12 @@ class Params:
     joint: TrainParams = section(lambda: TrainParams(epochs=10, lr_step_epoch=7))
     evaluate: EvaluateParams = section(EvaluateParams)
     runtime: RuntimeParams = section(RuntimeParams)
+
+
+def run_name(dataset: str, split: int | str) -> str:
+    """The name of one (video set, split) branch of the pipeline, as dvc.yaml's matrix stages name
+    their outputs (``${item.dataset}-${item.split}``): ``<set>-<split>``."""
+    return f"{dataset}-{split}"
 
 
 # --- loading and checking ------------------------------------------------------------------------
@@ -403,7 +419,7 @@ def paper_overrides(current: Params, dataset: str) -> list[str]:
     if dataset not in VIDEO_SPLITS:
         raise ParamsError(f"unknown video dataset {dataset!r}; expected one of: "
                           f"{', '.join(VIDEO_SPLITS)}")
-    paper, mine = _flatten(to_dict(Params())), _flatten(to_dict(current))
+    paper, mine = flatten(to_dict(Params())), flatten(to_dict(current))
     overrides = [f"{key}={_yaml_value(value)}" for key, value in paper.items()
                  if mine[key] != value and not key.startswith(_NOT_METHOD)]
     return [*overrides, f"data.video={_yaml_value([dataset])}",
@@ -411,11 +427,12 @@ def paper_overrides(current: Params, dataset: str) -> list[str]:
             f"data.splits={_yaml_value(list(range(VIDEO_SPLITS[dataset])))}"]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted key: value} (``to_dict(params)`` -> ``{"model.K": 6, ...}``)."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat

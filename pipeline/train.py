@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -33,16 +32,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.errors import CheckpointError, InputError, ParamsError
+from pipeline.files import write_with
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
-from pipeline.params import (
-    InputError,
-    ModelParams,
-    ParamsError,
-    RuntimeParams,
-    TrainParams,
-    from_dict,
-)
+from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +57,7 @@ def pick_device(cfg: RuntimeParams) -> torch.device:
 def start(cfg: RuntimeParams) -> tuple[distributed.World, torch.device]:
     """A training stage's world and device: under torchrun, join the process group and use this
     rank's device (``distributed.init``); otherwise one process on ``pick_device``."""
-    world, _ = distributed.init(cfg.device)  # under torchrun: makes cuda:<LOCAL_RANK> current
+    world = distributed.init(cfg.device)  # under torchrun: makes cuda:<LOCAL_RANK> current
     return world, pick_device(cfg)
 
 
@@ -104,19 +98,8 @@ def fingerprint(*parts: Any) -> str:
 
 
 def save(path: str | Path, payload: dict) -> None:
-    """torch.save to a temporary file, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:  # a failed save (unpicklable payload, full disk) leaves no temporary file behind
-        tmp.unlink(missing_ok=True)
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be loaded (not plain tensors, damaged) or does not fit."""
+    """torch.save, atomically: never a half-written checkpoint, nothing left of a failed save."""
+    write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load(path: str | Path) -> dict:
@@ -132,6 +115,17 @@ def load(path: str | Path) -> dict:
 
 
 # --- the loop ------------------------------------------------------------------------------------
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Training mode for ``model`` except its BatchNorm layers, which keep normalising with their
+    running statistics and do not update them (the joint stage: the heads were trained on the
+    features of the backbone in eval mode, with batches of many clips; the small clip batches of
+    end-to-end training would shift those statistics). Call it where ``model.train()`` would be."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.SyncBatchNorm):
+            module.eval()
 
 
 def call_model(model: nn.Module, inputs: Tensor) -> HeadOutput:
@@ -163,7 +157,7 @@ def fit(
     key: str,
     desc: str = "train",
     autocast: bool = False,
-    set_train_mode: Callable[[], None] | None = None,
+    frozen_batchnorm: bool = False,
     compile: bool = False,
     sync_bn: bool = False,
 ) -> list[dict]:
@@ -174,8 +168,7 @@ def fit(
             (``set_epoch(epoch, start)``).
         resume_path: scratch checkpoint written after each epoch; used to resume when it holds the
             same ``key`` (a fingerprint of everything the run depends on), deleted at the end.
-        set_train_mode: puts the model in training mode (default ``model.train()``), for callers
-            that keep parts in eval mode.
+        frozen_batchnorm: train with every BatchNorm layer in eval mode (``freeze_batchnorm``).
         compile: train through ``torch.compile`` (``runtime.compile``).
         sync_bn: under torchrun, convert ``model``'s BatchNorm layers to SyncBatchNorm in place
             (``runtime.sync_bn``; CUDA only), so they normalise over the global batch.
@@ -249,7 +242,7 @@ def fit(
         for epoch in range(start, cfg.epochs):
             first = skip if epoch == start else 0
             loader.batch_sampler.set_epoch(epoch, first)
-            (set_train_mode or model.train)()
+            freeze_batchnorm(model) if frozen_batchnorm else model.train()
             criterion.train()
             bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                        disable=not world.is_main)
@@ -325,6 +318,8 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by ``export_model``; returns (model in eval mode, the payload)."""
     payload = load(path)
     try:
+        if not isinstance(payload, dict):
+            raise TypeError(f"it holds a {type(payload).__name__}, not a dict")
         cfg = from_dict(ModelParams, payload["model_params"], "model.")
         head_cls = HEADS[payload["head"]]
         head = head_cls(cfg, payload["in_channels"])

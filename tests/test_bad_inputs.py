@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README "Bad inputs"): rows not covered by the module tests of their
+"""The bad-input catalogue (docs/bad-inputs.md): rows not covered by the module tests of their
 code. Each bad input ends in one clear error naming the file or the key and what was expected,
 no traceback from a stage, and nothing half-written."""
 
@@ -18,15 +18,22 @@ import torch
 from PIL import Image
 
 from pipeline.data import ClipDataset, eval_loader, load_frame
-from pipeline.datasets import DatasetError, dukev, ilidsvid
-from pipeline.datasets.common import load_image_index, load_video_index, screen_frames
+from pipeline.datasets import dukev, ilidsvid
+from pipeline.datasets.common import screen_frames
 from pipeline.datasets.mars import load_mat_key
-from pipeline.download import UnsafeArchiveError, extract
-from pipeline.features import CacheError, open_cache
+from pipeline.download import extract
+from pipeline.errors import (
+    CacheError,
+    CheckpointError,
+    DatasetError,
+    InputError,
+    UnsafeArchiveError,
+)
+from pipeline.features import open_cache
 from pipeline.model import backbone_state_from_file
-from pipeline.params import InputError
 from pipeline.stages.common import one_line
-from pipeline.train import CheckpointError, load_exported
+from pipeline.tables import load_image_index, load_video_index
+from pipeline.train import load_exported
 
 
 def jpeg(path: Path, seed: int = 0) -> Path:

@@ -1,5 +1,6 @@
-"""Tests of pipeline/bench.py: its reference evaluators score exactly like evaluate_rank, its FLOP
-count matches a hand count, and a --quick run writes every figure."""
+"""Tests of tools/bench: its reference evaluators score exactly like evaluate_rank, its FLOP count
+matches a hand count, a row's ratio and verdict follow its figures, and a --quick run writes every
+figure."""
 
 from __future__ import annotations
 
@@ -15,22 +16,19 @@ import torch
 import yaml
 from torch import nn
 
-from pipeline.bench import (
-    QUICK,
-    Setup,
-    count_flops,
-    main,
-    mars_like_problem,
-    sort_bound,
-    tiny_repo,
-    usual_evaluator,
-)
 from pipeline.metrics import evaluate_rank
+from pipeline.params import PROTOCOLS
+from tools.bench.__main__ import main
+from tools.bench.cache import count_flops
+from tools.bench.common import QUICK, Setup, Target, row, table_rows
+from tools.bench.evaluation import mars_like_problem, sort_bound, usual_evaluator
+from tools.bench.experiment import bench_experiment
+from tools.tinyrepo import tiny_repo
 
 PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_nchw_paper"}
 BENCHMARKS = {
     "cache_throughput", "roofline", "roofline_nchw", *PAPER_ROWS,
-    *(f"eval_{p}_{kind}" for p in ("official", "torchreid") for kind in
+    *(f"eval_{p}_{kind}" for p in PROTOCOLS for kind in
       ("speedup", "vs_sort", "memory")),
     "attention_cached_epoch", "cache_memory_flatness", "experiment_overhead",
 }
@@ -88,6 +86,37 @@ def test_flop_count_of_a_tiny_net():
     assert count_flops(net, torch.zeros(2, 3, 8, 8)) == 27648 + 10240
 
 
+def met_by_hand(bench: dict) -> bool | None:
+    """Whether a row's ratio meets its target, read from the target's text ("op value")."""
+    if bench["target"] is None:
+        return None
+    op, value = bench["target"].split()
+    assert op in (">=", "<="), bench["target"]
+    return bench["ratio"] >= float(value) if op == ">=" else bench["ratio"] <= float(value)
+
+
+@pytest.mark.parametrize(("target", "met"), [
+    (Target(">=", 1.5), True), (Target(">=", 1.6), False),
+    (Target("<=", 1.5), True), (Target("<=", 1.4), False), (None, None),
+])
+def test_row_is_the_ratio_of_its_figures_and_meets_its_target(target, met):
+    """3 / 2 = 1.5: a bound of 1.5 is met either way; no target, no verdict."""
+    bench = row(("a_s", 3.0), ("b_s", 2.0), target, frames=7)
+    assert bench == {"numerator": "a_s", "denominator": "b_s",
+                     "figures": {"a_s": 3.0, "b_s": 2.0}, "ratio": 1.5,
+                     "target": None if target is None else str(target), "met": met, "frames": 7}
+    assert met_by_hand(bench) is met
+    verdict = {True: "yes", False: "no", None: "-"}[met]
+    assert list(table_rows({"r": bench})) == [["r", "a_s 3, b_s 2", "1.5",
+                                               bench["target"] or "report", verdict]]
+
+
+def test_experiment_row_is_skipped_by_quick(tmp_path):
+    assert bench_experiment(Setup(QUICK), tmp_path) == {
+        "experiment_overhead": {"skipped": True, "reason": "--quick"}}
+    assert list(tmp_path.iterdir()) == []  # no repository made
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_tiny_repo_is_a_committed_pipeline_with_tiny_params(tmp_path):
     """The experiment-overhead benchmark's repository (its dvc runs are not part of --quick)."""
@@ -96,7 +125,7 @@ def test_tiny_repo_is_a_committed_pipeline_with_tiny_params(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["model"]["K"] == 3 and params["data"]["height"] == 32
     assert params["attention"]["temporal"]["epochs"] == 1
-    for path in ("dvc.yaml", ".dvc/config", "pipeline/bench.py", "data/archives/.gitkeep"):
+    for path in ("dvc.yaml", ".dvc/config", "pipeline/params.py", "data/archives/.gitkeep"):
         assert (repo / path).is_file(), path
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
                             text=True, check=True)
@@ -126,8 +155,7 @@ def test_quick_run_writes_every_figure(tmp_path, capsys):
         assert all(math.isfinite(v) and v > 0 for v in figures.values()), (name, figures)
         assert bench["ratio"] == pytest.approx(
             figures[bench["numerator"]] / figures[bench["denominator"]], rel=1e-12), name
-        assert bench["met"] in (True, False, None)
-        assert (bench["met"] is None) == (bench["target"] is None), name
+        assert bench["met"] is met_by_hand(bench), name
     speedup = result["benchmarks"]["eval_torchreid_speedup"]
     assert speedup["max_abs_diff_cmc"] == 0.0 and speedup["abs_diff_mAP"] <= 1e-9
     printed = capsys.readouterr().out

@@ -7,6 +7,7 @@ import functools
 import http.server
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,13 @@ import scipy.io
 import yaml
 from PIL import Image
 
-from pipeline.datasets import DatasetError, sources
-from pipeline.datasets.common import load_image_index, load_video_index
-from pipeline.download import md5sum
+from pipeline.datasets import sources
+from pipeline.errors import DatasetError
+from pipeline.files import md5_file
 from pipeline.stages import download, index
+from pipeline.tables import load_image_index, load_video_index
+from tools.shell import run
+from tools.tinyrepo import tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTHETIC = {
@@ -157,6 +161,7 @@ def test_real_set_already_extracted(tmp_path):
     assert sorted(table.loc[table["subset"] == "test", "pid"].unique()) == [3, 4]
 
 
+@pytest.mark.slow
 def test_missing_real_set_says_where_to_get_it(tmp_path):
     params = write_params(tmp_path, video=["mars"], image=["synthetic"])
     result = subprocess.run(
@@ -185,41 +190,25 @@ def test_index_refuses_a_vanished_frame(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_dvc_pipeline_and_what_model_params_rerun(tmp_path):
     """`dvc repro index` runs download and index; changing model.K leaves both up to date,
     changing the synthetic seed does not."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, work / name)
-    shutil.copytree(ROOT / "pipeline", work / "pipeline",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    (work / "data" / "archives").mkdir(parents=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["synthetic"].update(TINY_SYNTHETIC)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc = [str(Path(sys.executable).with_name("dvc"))]
-    env_path = f"{Path(sys.executable).parent}:{Path('/usr/bin')}:{Path('/bin')}"
-
-    def sh(*cmd):
-        return subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True,
-                              env={"PATH": env_path, "HOME": str(tmp_path)}).stdout
-
-    sh("git", "init", "-q")
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
-       "-m", "init")
-    sh(*dvc, "repro", "index")
+    work = tiny_repo(tmp_path / "repo", update={"synthetic": TINY_SYNTHETIC})
+    output = run(work, "dvc", "repro", "index")
+    assert set(re.findall(r"Running stage '([^']+)'", output)) == {"download", "index"}
     assert (work / "metrics" / "datasets.json").is_file()
     assert (work / "data" / "index" / "synthetic" / "split_0.json").is_file()
+    params = yaml.safe_load((work / "params.yaml").read_text())
     params["model"]["K"] = 8
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "up to date" in sh(*dvc, "status", "index", "--with-deps")
+    assert "up to date" in run(work, "dvc", "status", "index", "--with-deps")
     params["synthetic"]["seed"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = sh(*dvc, "status", "index", "--with-deps")
+    status = run(work, "dvc", "status", "index", "--with-deps")
     assert "download:" in status and "modified:           synthetic" in status
+    assert "index:" not in status  # the index stage reads no synthetic key: only download
 
 
 @pytest.fixture
@@ -244,7 +233,7 @@ def test_real_set_downloaded_from_its_url(tmp_path, http_root, monkeypatch):
     with tarfile.open(served / "iLIDS-VID.tar", "w") as tar:
         for entry in sorted(tree.iterdir()):
             tar.add(entry, arcname=entry.name)
-    archive = sources.Archive("iLIDS-VID.tar", md5sum(served / "iLIDS-VID.tar"),
+    archive = sources.Archive("iLIDS-VID.tar", md5_file(served / "iLIDS-VID.tar"),
                               f"{base}/iLIDS-VID.tar")
     monkeypatch.setitem(sources.SOURCES, "ilidsvid",
                         dataclasses.replace(sources.SOURCES["ilidsvid"], archives=(archive,)))

@@ -1,5 +1,6 @@
 """Tests of pipeline/datasets (every reader but ``synthetic``): miniature trees in the real layouts
-of REFERENCE.md §2-3, built in ``tmp_path``, read into the canonical tables."""
+(each reader's docstring and docs/datasets.md describe them), built in ``tmp_path``, read into the
+canonical tables."""
 
 from __future__ import annotations
 
@@ -17,26 +18,20 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.datasets import (
+from pipeline.datasets import IMAGE_SETS, VIDEO_SETS, index_images, index_video, num_splits
+from pipeline.datasets.common import by_frame_number
+from pipeline.errors import DatasetError
+from pipeline.params import IMAGE_DATASETS, VIDEO_DATASETS, VIDEO_SPLITS
+from pipeline.tables import (
     IMAGE_COLUMNS,
-    IMAGE_SETS,
     VIDEO_COLUMNS,
-    VIDEO_SETS,
-    DatasetError,
-    index_images,
-    index_video,
-    num_splits,
-    pool_images,
-)
-from pipeline.datasets.common import (
-    by_frame_number,
     experiment_origin,
     load_video_index,
+    pool_images,
     resolve_data_path,
     save_video_index,
     video_table,
 )
-from pipeline.params import IMAGE_DATASETS, VIDEO_DATASETS
 
 
 def _tiny_png() -> bytes:
@@ -589,8 +584,9 @@ def test_pool_images_gives_each_dataset_pid_its_own_id():
 @pytest.mark.parametrize(("name", "splits"), [
     ("mars", 1), ("ilidsvid", 10), ("prid2011", 10), ("dukev", 1), ("synthetic", 1)])
 def test_num_splits(name, splits):
-    """Standard protocols: 10 splits for iLIDS-VID and PRID2011, one for the others."""
-    assert num_splits(name) == splits
+    """Standard protocols: 10 splits for iLIDS-VID and PRID2011, one for the others; the one
+    place that says so is pipeline.params (which checks data.splits against it)."""
+    assert num_splits(name) == splits == VIDEO_SPLITS[name]
 
 
 def test_registries_match_params():

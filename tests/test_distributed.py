@@ -46,15 +46,9 @@ def train(kind: str, resume: Path) -> dict:
     n = len(set(PIDS))
     criterion = OIMLoss(MODEL.embed_dim, n) if kind == "oim" else SoftmaxLoss(MODEL.embed_dim, n)
 
-    def train_mode() -> None:
-        heads.train()
-        for module in heads.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
     loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
     history = fit(heads, criterion, loader, CFG, Step(diversity="hellinger", diversity_weight=0.5),
-                  torch.device("cpu"), resume, key=kind, set_train_mode=train_mode)
+                  torch.device("cpu"), resume, key=kind, frozen_batchnorm=True)
     return {"heads": heads.state_dict(), "criterion": criterion.state_dict(),
             "loss": torch.tensor([h["loss"] for h in history]), "steps": len(history)}
 
@@ -63,8 +57,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    world, device = distributed.init("cpu")
-    assert (world.rank, world.size, device) == (rank, WORLD, torch.device("cpu"))
+    world = distributed.init("cpu")
+    assert (world.rank, world.size) == (rank, WORLD)
     try:
         for kind in ("oim", "softmax"):
             result = train(kind, Path(tmp) / f"resume-{kind}.pt")
@@ -83,7 +77,7 @@ def infer(frames: Path, out: Path) -> np.ndarray:
     seed_everything(0)
     heads = DRSA(ModelParams(N=3, K=2, d=4, embed_dim=8), 4).eval()
     loader = eval_loader(CachedClipDataset(out, "test", 3), batch_size=1, num_workers=0)
-    return embed(heads, loader, torch.device("cpu"))
+    return embed(heads, loader, torch.device("cpu"))[0]
 
 
 def _infer_worker(rank: int, port: int, tmp: str) -> None:
@@ -123,6 +117,7 @@ def load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["oim", "softmax"])
 def test_two_ranks_train_like_one_process_on_the_global_batch(ranks, kind, tmp_path):
     single = train(kind, tmp_path / "resume.pt")
@@ -145,6 +140,7 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(ranks, kind, tmp_p
                if initial[k].is_floating_point())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["oim", "softmax"])
 def test_ranks_end_identical(ranks, kind):
     """DDP keeps the replicas equal: the same weights and the same LUT on every rank, exactly."""
@@ -154,6 +150,7 @@ def test_ranks_end_identical(ranks, kind):
             assert torch.equal(outs[1][part][name], value), f"{part}.{name}"
 
 
+@pytest.mark.slow
 def test_resume_checkpoint_holds_the_global_history(ranks):
     """Rank 0 writes the scratch checkpoint: the history of both global batches, no temporary file
     left."""
@@ -165,9 +162,8 @@ def test_resume_checkpoint_holds_the_global_history(ranks):
 
 def test_single_process_world_without_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    world, device = distributed.init("auto")
-    assert (world.rank, world.size, world.is_main, world.distributed, device) == (
-        0, 1, True, False, None)
+    world = distributed.init("auto")
+    assert (world.rank, world.size, world.is_main, world.distributed) == (0, 1, True, False)
     assert distributed.world() == distributed.World()
 
 
@@ -183,6 +179,7 @@ def test_average_is_a_no_op_in_one_process():
     assert t.tolist() == [1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_cache_of_one_process(sharded, tmp_path):
     torch.set_num_threads(1)
     single = infer(tmp_path / "frames", tmp_path / "cache.h5")

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.download import DownloadError, UnsafeArchiveError, extract, fetch, md5sum
+from pipeline.download import extract, fetch
+from pipeline.errors import DownloadError, UnsafeArchiveError
+from pipeline.files import md5_file
 
 # --- a local HTTP server with switches for the failures fetch must survive ----------------------
 
@@ -143,7 +145,7 @@ def test_fetch_resumes_a_cut_download(server, tmp_path, chunked):
     fetch(server.url("set.tar"), dest, md5=md5_of(data), timeout=5)
     assert server.requests[-1] == ("/set.tar", "bytes=100000-")
     assert dest.read_bytes() == data
-    assert md5sum(dest) == md5_of(data)
+    assert md5_file(dest) == md5_of(data)
     assert not part.exists()
 
 
@@ -393,4 +395,4 @@ def test_md5sum_matches_hashlib(tmp_path, size):
     data = payload(size, seed=size)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
-    assert md5sum(path) == hashlib.md5(data).hexdigest()
+    assert md5_file(path) == hashlib.md5(data).hexdigest()

@@ -84,3 +84,76 @@ def test_stage_lists_exactly_the_modules_it_imports(stage):
     assert listed(spec["deps"]) == used, (
         f"{stage}: missing {sorted(used - listed(spec['deps']))}, "
         f"not imported {sorted(listed(spec['deps']) - used)}")
+
+
+# --- what a change to each library module re-runs -------------------------------------------------
+# A module many stages import must stay small and stable: an edit to it re-runs every one of them
+# (on MARS with a GPU, hours of work). This table is the contract: a new import that makes a stage
+# depend on a module changes a row and fails here, so that the coupling is a decision, not an
+# accident. The stages downstream of a re-run stage re-run too when its outputs change; the table
+# lists only the stages whose own deps name the module.
+
+ALL = {"download", "index", "pretrain", "finetune", "cache", "attention", "joint", "evaluate",
+       "summary"}
+MODELS = {"pretrain", "finetune", "cache", "attention", "joint", "evaluate"}
+INVALIDATES = {
+    "pipeline/download.py": {"download"},
+    "pipeline/datasets": {"download", "index"},
+    "pipeline/tables.py": {"download", "index", "pretrain", "finetune", "cache", "joint",
+                           "evaluate"},
+    "pipeline/errors.py": ALL,
+    "pipeline/files.py": ALL,
+    "pipeline/params.py": ALL,
+    "pipeline/distributed.py": ALL,
+    "pipeline/stages/common.py": ALL,
+    "pipeline/launch.py": MODELS,
+    "pipeline/train.py": MODELS,
+    "pipeline/model.py": MODELS,
+    "pipeline/losses.py": MODELS,
+    "pipeline/data.py": MODELS,
+    "pipeline/sampling.py": MODELS,
+    "pipeline/features.py": {"cache", "attention", "evaluate"},
+    "pipeline/metrics.py": {"evaluate", "summary"},
+    "pipeline/figures.py": {"evaluate", "summary"},
+}
+
+
+def library_modules() -> set[str]:
+    """Every library module (pipeline/*.py, and the datasets package as one), no stage."""
+    files = {covering(f) for f in (ROOT / "pipeline").rglob("*.py")
+             if "stages" not in f.relative_to(ROOT).parts[:2] and f.name != "__init__.py"}
+    return files | {"pipeline/stages/common.py"}
+
+
+def test_every_library_module_has_a_row():
+    assert library_modules() == set(INVALIDATES), (
+        "add a row to INVALIDATES for each new module (or remove the row of a deleted one): "
+        f"{sorted(library_modules() ^ set(INVALIDATES))}")
+
+
+@pytest.mark.parametrize("module", sorted(INVALIDATES))
+def test_a_change_to_a_library_module_reruns_only_its_stages(module):
+    rerun = {name.split("@")[0] for name, spec in STAGES.items() if module in spec["deps"]}
+    assert rerun == INVALIDATES[module], (
+        f"editing {module} would re-run {sorted(rerun)}, expected {sorted(INVALIDATES[module])}")
+
+
+# --- the names summary reads are the ones dvc.yaml writes ---------------------------------------
+
+
+def test_summary_reads_the_outputs_dvc_yaml_names():
+    from pipeline.params import run_name
+    from pipeline.stages.summary import LOSS_CURVES
+
+    run = run_name("${item.dataset}", "${item.split}")
+    outs = {next(iter(o)) if isinstance(o, dict) else o
+            for spec in STAGES.values() for o in spec.get("outs", [])}
+    evaluate = STAGES["evaluate"]["cmd"]
+    assert f"--out metrics/eval/{run}.json" in evaluate
+    assert f"--cmc metrics/plots/cmc/{run}.csv" in evaluate
+    summary = STAGES["summary"]["cmd"]
+    assert "--evals metrics/eval" in summary and "--cmc metrics/plots/cmc" in summary
+    assert "--losses metrics/plots/loss" in summary
+    for pattern in LOSS_CURVES.values():
+        path = "metrics/plots/loss/" + pattern.format(run=run)
+        assert path in outs or str(Path(path).parent) in outs, path

@@ -1,5 +1,5 @@
-"""Tests of the evaluate stage's scoring (pipeline/stages/evaluate.py) on a hand-made ranking
-problem, and of the summary stage's averaging over splits (pipeline/stages/summary.py)."""
+"""Tests of the scoring the evaluate stage does (pipeline.metrics.score) on a hand-made ranking
+problem, and of the averaging over splits and the headline the summary stage writes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.stages.evaluate import protocol_gallery, score
-from pipeline.stages.summary import summarize
+from pipeline.metrics import headline, protocol_gallery, score, summarize
 
 # The test set: (pid, camid, is_query, angle in degrees of the 2-D unit feature). Squared
 # Euclidean distances between unit vectors are 2 - 2 cos(angle difference), so each query ranks
@@ -60,6 +59,10 @@ def hand_made() -> tuple[np.ndarray, pd.DataFrame]:
     return features, test
 
 
+def columns(test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return test["pid"].to_numpy(), test["camid"].to_numpy(), test["is_query"].to_numpy()
+
+
 def test_protocol_gallery():
     """official: every test tracklet; torchreid: neither a query nor pid -1."""
     pids = np.array([1, 2, -1, 1, -1, 3])
@@ -73,7 +76,7 @@ def test_protocol_gallery():
 def test_score_hand_made_case(protocol):
     """rank1/rank5/mAP/valid queries and the CMC curve as worked out in the comment above."""
     features, test = hand_made()
-    metrics, curves = score(features, test, [protocol], max_rank=5)
+    metrics, curves = score(features, *columns(test), [protocol], max_rank=5)
     assert list(metrics) == [protocol] and list(curves) == [protocol]
     assert metrics[protocol] == pytest.approx(EXPECTED[protocol], abs=1e-12)
     assert list(metrics[protocol]) == ["rank1", "rank5", "mAP", "num_valid_queries",
@@ -90,7 +93,8 @@ def test_score_both_protocols_and_rank_keys_up_to_max_rank():
     order = np.random.default_rng(0).permutation(len(test))
     shuffled = test.iloc[order]
     shuffled.index = shuffled.index + 100
-    metrics, curves = score(features[order], shuffled, ["torchreid", "official"], max_rank=20)
+    metrics, curves = score(features[order], *columns(shuffled), ["torchreid", "official"],
+                            max_rank=20)
     assert list(metrics) == ["torchreid", "official"]
     for protocol, expected in EXPECTED.items():
         assert metrics[protocol] == pytest.approx(
@@ -151,3 +155,19 @@ def test_summary_keeps_datasets_apart():
     assert ilids["rank1"] == {"mean": 0.5, "std": 0.25}
     assert ilids["mAP"] == {"mean": 0.25, "std": 0.0}
     assert ilids["num_valid_queries"] == 5
+
+
+def test_headline_is_rank1_and_map_of_each_model_in_percent():
+    """The headline (metrics/results/<set>.json) of a summarized set: official rank-1 and mAP
+    means in percent with one decimal, each model under its short name, in table order."""
+    summary = summarize([evaluation("prid2011", 0, 0.25, 0.5, 8),
+                         evaluation("prid2011", 1, 0.75, 0.75, 9)])
+    assert headline(summary["prid2011"], "official") == {
+        "R1": {"tem": 50.0, "base": 50.0, "ind": 12.5},
+        "mAP": {"tem": 62.5, "base": 62.5, "ind": 62.5}}
+
+
+def test_headline_rounds_to_one_decimal():
+    summary = summarize([evaluation("mars", 0, 1 / 3, 2 / 3, 8)])
+    assert headline(summary["mars"], "official")["R1"]["base"] == 33.3
+    assert headline(summary["mars"], "official")["mAP"]["base"] == 66.7

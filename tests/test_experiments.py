@@ -1,23 +1,29 @@
 """The plan of the paper's experiments: which Table 1 / Table 2 cells come from the baseline
 commit and which are queued, under which names and overrides, in which order; and reading the
-finished experiments out of `dvc exp show --json`."""
+finished experiments out of `dvc exp show --json`; running the project's dvc."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import yaml
 
-from pipeline.experiments import (
+from tools import experiments
+from tools.experiments import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     TABLE1,
     TABLE2_K,
     cells_for,
+    dvc,
     existing_experiments,
     main,
     table1_cells,
     table2_cells,
     to_queue,
 )
+from tools.shell import BIN
 
 
 def test_rows_of_the_default_pipeline_are_never_queued_at_its_own_seed():
@@ -103,3 +109,27 @@ def test_list_prints_every_cell_with_its_source(capsys, tmp_path):
     assert any("SpaAtn+Q+MaxPool" in line and "t1-s1-maxpool" in line
                and "-S seed=1 -S model.temporal_pooling=max" in line for line in lines)
     assert any(line.startswith("Baseline") and "(baseline commit)" in line for line in lines)
+
+
+def test_dvc_runs_the_projects_dvc_here_in_the_users_environment(monkeypatch, capsys, tmp_path):
+    """The dvc beside this Python, in the current directory, with the user's environment (HOME,
+    remotes' credentials) and this Python's bin first on PATH (the stages run its `python`)."""
+    calls = []
+
+    def fake_run(cwd, *cmd, env=None, stdout_only=False, capture=True):
+        calls.append((cwd, cmd, env, stdout_only, capture))
+        return "logs of the queue\n" if capture else ""
+
+    monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert dvc("exp", "show", "--json") == "logs of the queue\n"
+    cwd, cmd, env, stdout_only, capture = calls[0]
+    assert Path(cwd) == tmp_path and stdout_only and capture  # stdout only: what callers parse
+    assert cmd[1:] == ("exp", "show", "--json")
+    assert cmd[0] == (str(BIN / "dvc") if (BIN / "dvc").exists() else "dvc")
+    assert env["HOME"] == "/home/someone" and env["PATH"].split(os.pathsep)[0] == str(BIN)
+    assert capsys.readouterr().out == ""
+    # the queue's logs go to the terminal as they come, not captured
+    assert dvc("exp", "run", "--run-all", echo=True) == ""
+    assert calls[1][4] is False

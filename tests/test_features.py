@@ -32,8 +32,9 @@ from pipeline.data import (
     train_labels,
     train_loader,
 )
+from pipeline.distributed import batches as distributed_batches
+from pipeline.errors import CacheError
 from pipeline.features import (
-    CacheError,
     cache_attrs,
     embed,
     open_cache,
@@ -302,6 +303,7 @@ write_cache(sys.argv[1], Hang(), split(table), SIZE, ATTRS, max_frames=0, batch_
 """
 
 
+@pytest.mark.slow
 def test_a_killed_write_is_never_taken_for_a_cache_and_the_next_write_starts_over(cache,
                                                                                   tmp_path):
     """SIGKILL while the cache is written (no ``finally`` runs): the output path does not exist,
@@ -418,13 +420,20 @@ def test_cached_clips_in_worker_processes_match_the_main_process(cache):
 
 
 def test_embed_returns_every_item_in_loader_order(cache):
-    """(num_items, E) embeddings, row i being the model's embedding of item i."""
+    """(num_items, E) embeddings, row i being the model's embedding of item i; the record of
+    each batch (here its spatial maps) kept in batch order; no records without ``record``."""
     torch.manual_seed(0)
     model = DRSA(ModelParams(backbone="resnet18", init="scratch", K=2, d=8, embed_dim=16, N=N),
                  4).eval()
     dataset = CachedClipDataset(cache, "train", N)
-    features = embed(model, eval_loader(dataset, 4, 0), torch.device("cpu"))
+    features, records = embed(model, eval_loader(dataset, 4, 0), torch.device("cpu"),
+                              record=lambda out: out.spatial.numpy())
     assert isinstance(features, np.ndarray)
+    assert [len(r) for r in records] == [len(b) for b in distributed_batches(len(dataset), 4)]
+    with torch.no_grad():
+        np.testing.assert_allclose(records[-1][-1], model(dataset[len(dataset) - 1][0][None])
+                                   .spatial[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert embed(model, eval_loader(dataset, 4, 0), torch.device("cpu"))[1] == []
     assert features.shape == (len(dataset), 16) and features.dtype == np.float32
     with torch.no_grad():
         for i in range(len(dataset)):

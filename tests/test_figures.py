@@ -13,14 +13,14 @@ from PIL import Image
 
 from pipeline.figures import (
     DPI,
+    PALETTE_COLOURS,
     attention_figure,
+    cell_maps,
     cmc_figure,
     loss_figure,
     save_figure,
-    upsample_maps,
 )
-from pipeline.metrics import attention_entropy, attention_overlap
-from pipeline.stages.summary import summarize_attention
+from pipeline.metrics import attention_entropy, attention_overlap, summarize_attention
 
 # --- overlap and entropy ------------------------------------------------------------------------
 
@@ -65,18 +65,33 @@ def tiny_tracklet(N=3, H=32, W=16, seed=0):
     return frames
 
 
-def test_upsampled_maps_peak_where_the_attention_is():
+def test_cell_maps_draw_each_cell_as_a_block_of_its_value():
+    """Cell resolution: every pixel of a cell has the cell's value (scaled by the map's peak), so
+    a map on one cell covers exactly that cell's pixels and nothing else."""
     h, w, L = 4, 2, 8
     maps = np.zeros((1, 2, L))
     maps[0, 0, 0] = 1.0  # head 0 on cell (0, 0): top left
-    maps[0, 1, 7] = 1.0  # head 1 on cell (3, 1): bottom right
-    up = upsample_maps(maps, (h, w), (32, 16))
+    maps[0, 1, 7] = 0.75  # head 1 mostly on cell (3, 1): bottom right ...
+    maps[0, 1, 2] = 0.25  # ... a third of that on cell (1, 0)
+    up = cell_maps(maps, (h, w), (32, 16))  # 8 x 8 pixels per cell
     assert up.shape == (1, 2, 32, 16)
-    assert up.min() >= 0.0 and up.max() == pytest.approx(1.0)
-    assert up[0, 0, :8, :8].mean() > up[0, 0, 24:, 8:].mean()
-    assert up[0, 1, 24:, 8:].mean() > up[0, 1, :8, :8].mean()
+    expected0 = np.zeros((32, 16))
+    expected0[:8, :8] = 1.0
+    np.testing.assert_array_equal(up[0, 0], expected0)
+    expected1 = np.zeros((32, 16))
+    expected1[24:, 8:] = 1.0
+    expected1[8:16, :8] = 1 / 3
+    np.testing.assert_allclose(up[0, 1], expected1)
     with pytest.raises(ValueError, match="8 cells, but the grid is 3 x 2"):
-        upsample_maps(maps, (3, 2), (32, 16))
+        cell_maps(maps, (3, 2), (32, 16))
+
+
+def test_cell_maps_of_an_image_not_a_multiple_of_the_grid():
+    """Each pixel takes the cell it falls in (row * h // H): a 5 x 3 image on a 2 x 2 grid."""
+    maps = np.array([[[0.1, 0.2, 0.3, 0.4]]])
+    up = cell_maps(maps, (2, 2), (5, 3))[0, 0] * 0.4
+    np.testing.assert_allclose(up, [[0.1, 0.1, 0.2], [0.1, 0.1, 0.2], [0.1, 0.1, 0.2],
+                                    [0.3, 0.3, 0.4], [0.3, 0.3, 0.4]])
 
 
 def test_attention_figure_has_a_panel_per_frame_and_head_and_prints_the_weights(tmp_path):
@@ -103,6 +118,7 @@ def test_attention_figure_has_a_panel_per_frame_and_head_and_prints_the_weights(
     width, height = fig.get_size_inches() * DPI
     with Image.open(path) as image:
         assert image.size == (round(width), round(height))
+        assert image.mode == "P" and len(image.getcolors()) <= PALETTE_COLOURS  # a palette PNG
     assert [p.name for p in path.parent.iterdir()] == ["tiny.png"]  # no temporary left
 
 

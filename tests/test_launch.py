@@ -49,6 +49,7 @@ def test_torchrun_replaces_the_process(tmp_path, monkeypatch):
                                        "--out", "x.h5"])]
 
 
+@pytest.mark.slow
 def test_python_runs_the_stage_in_this_process(tmp_path):
     """With `python`, the stage itself runs: here the cache stage meets a checkpoint that is not
     one and reports it in one line naming the file (exit status 1, no traceback, no output)."""

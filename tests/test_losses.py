@@ -369,6 +369,7 @@ def _dist_worker(rank: int, world_size: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_oim_update_under_distributed(tmp_path: Path):
     """world_size 2 (gloo, CPU): both ranks end with the LUT of the sequential update over rank
     0's batch then rank 1's batch; the loss itself stays local to each rank."""

@@ -1,7 +1,8 @@
 """Ranking metrics: CMC and mAP under the official (MARS MATLAB) and torchreid protocols.
 
-Values are checked against REFERENCE.md §4 test vectors, hand-built problems worked out in the
-comments, and a brute-force reference that follows each protocol's text loop by loop.
+Values are checked against the published AP test vectors of the two protocols' reference codes
+(MARS-evaluation, torchreid), hand-built problems worked out in the comments, and a brute-force
+reference that follows each protocol's text loop by loop.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def random_problem(seed, num_q=30, num_g=200, ties=False, queries_in_gallery=Fal
     return distmat, q_pids, g_pids, q_camids, g_camids
 
 
-# --- REFERENCE.md §4 test vectors ----------------------------------------------------------------
+# --- test vectors of the reference codes ----------------------------------------------------------
 
 # ranked relevance after junk removal -> (torchreid AP, official AP)
 TEST_VECTORS = [
@@ -131,7 +132,7 @@ def single_query(relevance, junk_every=0, protocol="official"):
 @pytest.mark.parametrize("junk_every", [0, 1, 2])
 @pytest.mark.parametrize(("relevance", "ap_torchreid", "ap_official"), TEST_VECTORS)
 def test_reference_vectors(relevance, ap_torchreid, ap_official, junk_every, protocol):
-    """AP matches the REFERENCE test vectors; interleaved junk changes nothing."""
+    """AP matches the reference codes' test vectors; interleaved junk changes nothing."""
     problem = single_query(relevance, junk_every, protocol)
     res = evaluate_rank(*problem, max_rank=len(relevance), protocol=protocol)
     expected_ap = ap_official if protocol == "official" else ap_torchreid

@@ -1,73 +1,125 @@
-"""Tests of the report of Tables 1 and 2 (pipeline/report.py) on hand-made `dvc exp show --json`
-outputs: where each row is read from, the mean ± std over seeds, missing rows, the paper's
-numbers, the chart and the atomic writes. No dvc is run."""
+"""Tests of the report of Tables 1 and 2 (tools/report*.py) on hand-made `dvc exp show --json`
+outputs and a fake `git show` of their commits' per-split results: where each row is read from,
+the mean ± std over splits and seeds, missing rows and files, the paper's numbers, the chart and
+the atomic writes. No dvc is run; git only where a test builds a repository."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from pipeline.report import (
-    CHART_DPI,
-    CHART_PANEL_HEIGHT,
-    CHART_WIDTH,
-    MISSING,
-    ReportError,
-    Stat,
-    build_report,
-    draw_chart,
-    main,
-    render_markdown,
-)
+from pipeline.params import run_name
+from tools.report import build_report, main
+from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH, draw_chart
+from tools.report_sources import EVAL_FILE, ReportError, git_show
+from tools.report_tables import MISSING, Stat, render_markdown
+from tools.shell import run
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAD = "a" * 40
 MODELS = ("baseline", "spatial", "temporal", "joint")
 
 
-def results_json(seed: int, rank1: dict[str, float], *, dataset: str = "synthetic",
-                 split_std: float = 0.0, attention: bool = True) -> dict:
-    """A metrics/results.json: rank-1 per model as given (others 0.1), mAP = rank-1 - 0.1, both
-    protocols (torchreid = official + 0.05), ``split_std`` as every std, and the attention
-    overlap (0.3) and entropy (2.0) of the attention models unless ``attention`` is False."""
-    def stat(value: float) -> dict:
-        return {"mean": value, "std": split_std}
+class FakeGit:
+    """The files of fake commits, read like `git show <rev>:<path>` (the report's reader)."""
 
-    results = {dataset: {model: {
-        protocol: {"splits": [0], "num_valid_queries": 64.0,
-                   "rank1": stat(rank1.get(model, 0.1) + extra),
-                   "mAP": stat(rank1.get(model, 0.1) - 0.1 + extra)}
-        for protocol, extra in (("official", 0.0), ("torchreid", 0.05))} for model in MODELS}}
-    out = {"seed": seed, "results": results}
-    if attention:
-        out["attention"] = {dataset: {model: {"overlap": stat(0.3), "entropy": stat(2.0)}
-                                      for model in MODELS if model != "baseline"}}
+    def __init__(self) -> None:
+        self.commits: dict[str, dict[str, str]] = {}
+        self.reads: list[tuple[str, str]] = []
+
+    def commit(self, evals: list[dict], rev: str | None = None) -> str:
+        rev = rev or f"{len(self.commits) + 1:040x}"
+        self.commits[rev] = {EVAL_FILE.format(run=run_name(e["dataset"], e["split"])):
+                             json.dumps(e) for e in evals}
+        return rev
+
+    def read(self, rev: str, path: str) -> str:
+        self.reads.append((rev, path))
+        if path not in self.commits.get(rev, {}):
+            raise FileNotFoundError(f"path '{path}' does not exist in '{rev}'")
+        return self.commits[rev][path]
+
+
+@pytest.fixture
+def git() -> FakeGit:
+    return FakeGit()
+
+
+def evals(seed: int, rank1: dict[str, float], *, dataset: str = "synthetic",
+          split_std: float = 0.0, attention: bool = True) -> list[dict]:
+    """The evaluate stage's per-split results of one run: rank-1 per model as given (others 0.1),
+    mAP = rank-1 - 0.1, both protocols (torchreid = official + 0.05), and the maps' overlap (0.3)
+    and entropy (2.0) of the attention models unless ``attention`` is False. One split, or with
+    ``split_std`` two splits at value - split_std and value + split_std (mean: the value,
+    population std: split_std)."""
+    offsets = [0.0] if split_std == 0 else [-split_std, split_std]
+    out = []
+    for split, offset in enumerate(offsets):
+        models = {model: {protocol: {"rank1": rank1.get(model, 0.1) + extra + offset,
+                                     "mAP": rank1.get(model, 0.1) - 0.1 + extra + offset,
+                                     "num_valid_queries": 64, "num_queries": 64}
+                          for protocol, extra in (("official", 0.0), ("torchreid", 0.05))}
+                  for model in MODELS}
+        evaluation = {"dataset": dataset, "split": split, "seed": seed, "models": models}
+        if attention:
+            evaluation["attention"] = {model: {"overlap": 0.3, "entropy": 2.0}
+                                       for model in MODELS if model != "baseline"}
+        out.append(evaluation)
     return out
 
 
-def rev_data(results: dict | None, params: dict | None = None) -> dict:
-    metrics = {} if results is None else {"metrics/results.json": {"data": results}}
-    return {"rev": "0" * 40, "timestamp": None, "metrics": metrics,
-            "params": {"params.yaml": {"data": params or {}}}, "deps": {}, "outs": {}, "meta": {}}
+def params_of(runs: list[dict], extra: dict | None = None) -> dict:
+    """The params.yaml of the run that wrote ``runs``: its seed, sets and splits, then ``extra``
+    (nested sections) on top."""
+    params: dict = {}
+    if runs:
+        params = {"seed": runs[0]["seed"],
+                  "data": {"video": list(dict.fromkeys(e["dataset"] for e in runs)),
+                           "splits": sorted({e["split"] for e in runs})}}
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict):
+            params.setdefault(key, {}).update(value)
+        else:
+            params[key] = value
+    return params
 
 
-def experiment(name: str, results: dict | None, *, params: dict | None = None,
+def rev_data(rev: str, params: dict) -> dict:
+    return {"rev": rev, "timestamp": None, "metrics": {},
+            "params": {"params.yaml": {"data": params}}, "deps": {}, "outs": {}, "meta": {}}
+
+
+def experiment(git: FakeGit, name: str, runs: list[dict], *, params: dict | None = None,
                error: dict | None = None, state: str | None = None) -> dict:
-    """One experiment entry of a baseline commit's ``experiments``."""
-    run = {"rev": "1" * 40, "name": name, "data": rev_data(results, params), "error": error,
-           "experiments": None}
+    """One experiment entry of a baseline commit's ``experiments``, its commit holding ``runs``."""
+    rev = git.commit(runs)
+    revision = {"rev": rev, "name": name, "data": rev_data(rev, params_of(runs, params)),
+                "error": error, "experiments": None}
     executor = None if state is None else {"state": state, "name": None, "local": None}
-    return {"revs": [run], "executor": executor, "name": name}
+    return {"revs": [revision], "executor": executor, "name": name}
 
 
-def exp_show(baseline: dict, experiments: list[dict], sha: str = HEAD) -> list[dict]:
-    """A `dvc exp show --json` output: the workspace and one baseline commit."""
-    return [{"rev": "workspace", "name": None, "data": rev_data(baseline), "error": None,
-             "experiments": None},
-            {"rev": sha, "name": "main", "data": rev_data(baseline), "error": None,
+def exp_show(git: FakeGit, baseline: list[dict], experiments: list[dict],
+             sha: str = HEAD) -> list[dict]:
+    """A `dvc exp show --json` output: the workspace and one baseline commit (holding
+    ``baseline``)."""
+    git.commit(baseline, sha)
+    params = params_of(baseline)
+    return [{"rev": "workspace", "name": None, "data": rev_data("workspace", params),
+             "error": None, "experiments": None},
+            {"rev": sha, "name": "main", "data": rev_data(sha, params), "error": None,
              "experiments": experiments or None}]
+
+
+def report_of(git: FakeGit, show: list[dict], **kwargs):
+    return build_report(show, read=git.read, **{"base_seed": 0, "base_k": 6, **kwargs})
 
 
 def row(rows: list, label: str):
@@ -89,18 +141,20 @@ def md_row(text: str, label: str) -> list[str]:
 NODIV = {0: 0.50, 1: 0.56, 2: 0.59}
 
 
-def three_seeds(skip: tuple[str, ...] = ()) -> list[dict]:
-    base = results_json(0, {"baseline": 0.26, "spatial": 0.90}, split_std=0.012)
-    exps = [experiment(f"t1-s{s}", results_json(s, {"baseline": 0.26 + s / 100}),
-                       params={"seed": s}) for s in (1, 2)]
-    exps += [experiment(f"t1-s{s}-nodiv", results_json(s, {"spatial": v}),
-                        params={"seed": s, "loss": {"diversity": "none"}})
-             for s, v in NODIV.items()]
-    return exp_show(base, [e for e in exps if e["name"] not in skip])
+def three_seeds(git: FakeGit, skip: tuple[str, ...] = (),
+                no_attention: tuple[str, ...] = ()) -> list[dict]:
+    base = evals(0, {"baseline": 0.26, "spatial": 0.90}, split_std=0.012)
+    exps = [experiment(git, f"t1-s{s}", evals(s, {"baseline": 0.26 + s / 100}))
+            for s in (1, 2) if f"t1-s{s}" not in skip]
+    exps += [experiment(git, f"t1-s{s}-nodiv",
+                        evals(s, {"spatial": v}, attention=f"t1-s{s}-nodiv" not in no_attention),
+                        params={"loss": {"diversity": "none"}})
+             for s, v in NODIV.items() if f"t1-s{s}-nodiv" not in skip]
+    return exp_show(git, base, exps)
 
 
-def test_rows_come_from_their_experiments_mean_and_std_over_seeds():
-    report = build_report(three_seeds(), base_seed=0, base_k=6, seeds=[0, 1, 2], head=HEAD)
+def test_rows_come_from_their_experiments_mean_and_std_over_seeds(git):
+    report = report_of(git, three_seeds(git), seeds=[0, 1, 2], head=HEAD)
     rows = report.table1["synthetic", "official"]
     spa = row(rows, "SpaAtn")
     assert spa.experiments == ("t1-s0-nodiv", "t1-s1-nodiv", "t1-s2-nodiv")
@@ -111,7 +165,7 @@ def test_rows_come_from_their_experiments_mean_and_std_over_seeds():
     assert base.experiments == ("baseline commit", "t1-s1", "t1-s2")
     assert base.rank1.mean == pytest.approx(0.27)
 
-    text = render_markdown(report, "python -m pipeline.report")
+    text = render_markdown(report, "python -m tools.report")
     cells = md_row(text, "SpaAtn")
     assert cells[1:3] == ["55.0 ± 3.7", "45.0 ± 3.7"]  # rank-1, mAP (percent, one decimal)
     assert cells[3:5] == ["0.300 ± 0.000", "2.000 ± 0.000"]  # overlap, entropy
@@ -123,23 +177,32 @@ def test_rows_come_from_their_experiments_mean_and_std_over_seeds():
     assert md_row(text, "SpaAtn+Q")[1] == "36.7 ± 37.7"
     assert md_row(text, "SpaAtn+Q")[-3] == "baseline commit, t1-s1, t1-s2"
     assert HEAD in text and "seed(s) 0, 1, 2" in text
+    assert report.problems == {name: "not run (no experiment of that name for this commit)"
+                               for name in ("t1-s0-sparse", "t1-s0-maxpool", "t1-s1-sparse",
+                                            "t1-s1-maxpool", "t1-s2-sparse", "t1-s2-maxpool",
+                                            "t2-k1", "t2-k2", "t2-k4", "t2-k8")}
 
 
-def test_one_seed_shows_the_split_std():
-    show = exp_show(results_json(0, {"temporal": 0.515}, split_std=0.0234), [])
-    report = build_report(show, base_seed=0, base_k=6, seeds=[0])
+def test_one_seed_shows_the_split_std_and_each_file_is_read_once(git):
+    """Two splits at 0.4916 and 0.5384: mean 0.515, population std 0.0234."""
+    show = exp_show(git, evals(0, {"temporal": 0.515}, split_std=0.0234), [])
+    report = report_of(git, show, seeds=[0])
     stat = row(report.table1["synthetic", "official"], "SpaAtn+Q+TemAtn").rank1
-    assert stat == Stat(0.515, 0.0234, 1)
+    assert stat.mean == pytest.approx(0.515) and stat.std == pytest.approx(0.0234)
+    assert stat.seeds == 1
+    assert sorted(git.reads) == [(HEAD, "metrics/eval/synthetic-0.json"),
+                                 (HEAD, "metrics/eval/synthetic-1.json")]
 
 
-def test_missing_and_failed_experiments_show_missing_never_zero():
-    show = three_seeds(skip=("t1-s1-nodiv", "t1-s2-nodiv"))
-    failed = experiment("t1-s2-nodiv", None, error={"type": "ReproductionError", "msg": "boom"})
+def test_missing_and_failed_experiments_show_missing_never_zero(git):
+    show = three_seeds(git, skip=("t1-s1-nodiv", "t1-s2-nodiv"))
+    failed = experiment(git, "t1-s2-nodiv", [],
+                        error={"type": "ReproductionError", "msg": "boom"})
     show[1]["experiments"].append(failed)
-    report = build_report(show, base_seed=0, base_k=6, seeds=[0, 1, 2])
+    report = report_of(git, show, seeds=[0, 1, 2])
     spa = row(report.table1["synthetic", "official"], "SpaAtn")
     assert spa.seeds_found == 1 and spa.rank1 == Stat(0.50, 0.0, 1)
-    text = render_markdown(report, "python -m pipeline.report")
+    text = render_markdown(report, "python -m tools.report")
     cells = md_row(text, "SpaAtn")
     assert cells[-2] == "1/3"
     assert "t1-s1-nodiv (missing)" in cells[-3] and "t1-s2-nodiv (missing)" in cells[-3]
@@ -151,54 +214,72 @@ def test_missing_and_failed_experiments_show_missing_never_zero():
     assert "`t1-s1-nodiv`: not run" in text
 
 
-def test_two_of_three_seeds():
-    report = build_report(three_seeds(skip=("t1-s2-nodiv",)), base_seed=0, base_k=6,
-                          seeds=[0, 1, 2])
+def test_a_missing_split_file_makes_that_set_missing_with_the_reason(git):
+    """t1-s0-nodiv ran prid2011 and ilidsvid, splits 0 and 1, but its commit lacks ilidsvid's
+    split 1: its prid2011 rows are read, its ilidsvid rows are missing (a mean over the one split
+    left would pass for the set's), and the report says which file is missing."""
+    sets = ("prid2011", "ilidsvid")
+    base = [e for name in sets for e in evals(0, {}, dataset=name, split_std=0.01)]
+    nodiv = [e for name in sets for e in evals(0, {"spatial": 0.5}, dataset=name, split_std=0.01)]
+    exp = experiment(git, "t1-s0-nodiv", nodiv, params={"loss": {"diversity": "none"}})
+    rev = exp["revs"][0]["rev"]
+    del git.commits[rev]["metrics/eval/ilidsvid-1.json"]
+    report = report_of(git, exp_show(git, base, [exp]), seeds=[0])
+    spa = row(report.table1["prid2011", "official"], "SpaAtn").rank1
+    assert spa.mean == pytest.approx(0.5) and spa.std == pytest.approx(0.01)
+    assert row(report.table1["ilidsvid", "official"], "SpaAtn").rank1 == MISSING
+    assert row(report.table1["ilidsvid", "official"], "Baseline").rank1.mean == pytest.approx(0.1)
+    assert report.problems["t1-s0-nodiv"] == (f"path 'metrics/eval/ilidsvid-1.json' does not "
+                                              f"exist in '{rev}'")
+    text = render_markdown(report, "cmd")
+    assert "`t1-s0-nodiv`: path 'metrics/eval/ilidsvid-1.json' does not exist" in text
+
+
+def test_two_of_three_seeds(git):
+    report = report_of(git, three_seeds(git, skip=("t1-s2-nodiv",)), seeds=[0, 1, 2])
     cells = md_row(render_markdown(report, "cmd"), "SpaAtn")
     assert cells[1] == "53.0 ± 3.0" and cells[-2] == "2/3"  # mean of 0.50 and 0.56
 
 
-def test_unfinished_or_mislabelled_experiments_are_missing():
-    base = results_json(0, {})
-    show = exp_show(base, [
-        experiment("t1-s0-nodiv", results_json(0, {"spatial": 0.7}), state="running"),
+def test_unfinished_or_mislabelled_experiments_are_missing(git):
+    show = exp_show(git, evals(0, {}), [
+        experiment(git, "t1-s0-nodiv", evals(0, {"spatial": 0.7}), state="running"),
         # the params say diversity is still hellinger: not the SpaAtn row
-        experiment("t1-s0-sparse", results_json(0, {"spatial": 0.7}),
+        experiment(git, "t1-s0-sparse", evals(0, {"spatial": 0.7}),
                    params={"loss": {"diversity": "hellinger"}}),
         # a default-pipeline experiment for seed 1 whose results are the seed-0 ones
-        experiment("t1-s1", results_json(0, {"baseline": 0.7}), params={"seed": 1}),
+        experiment(git, "t1-s1", evals(0, {"baseline": 0.7}), params={"seed": 1}),
     ])
-    report = build_report(show, base_seed=0, base_k=6, seeds=[0, 1])
+    report = report_of(git, show, seeds=[0, 1])
     rows = report.table1["synthetic", "official"]
     assert row(rows, "SpaAtn").seeds_found == 0 and row(rows, "SpaAtn").rank1 == MISSING
     assert row(rows, "SpaAtn+Q'").rank1 == MISSING
     assert row(rows, "Baseline").seeds_found == 1
     assert "running" in report.problems["t1-s0-nodiv"]
     assert "loss.diversity=hellinger" in report.problems["t1-s0-sparse"]
-    assert "seed 0, not 1" in report.problems["t1-s1"]
+    assert report.problems["t1-s1"] == ("metrics/eval/synthetic-0.json: results for seed 0, "
+                                        "not 1")
 
 
-def test_paper_numbers_for_mars_and_none_for_synthetic():
-    mars = build_report(exp_show(results_json(0, {}, dataset="mars"), []), base_seed=0,
-                        base_k=6)
+def test_paper_numbers_for_mars_and_none_for_synthetic(git):
+    mars = report_of(git, exp_show(git, evals(0, {}, dataset="mars"), []))
     text = render_markdown(mars, "cmd")
     assert "paper mAP (mars)" in text
     cells = md_row(text, "Baseline")
     assert "73.4" in cells and "58.1" in cells  # the paper's MARS rank-1 and mAP
     assert "77.1" in md_row(text, "6")  # Table 2, K = 6 on MARS
-    synthetic = render_markdown(build_report(exp_show(results_json(0, {}), []), base_seed=0,
-                                             base_k=6), "cmd")
+    synthetic = render_markdown(report_of(git, exp_show(git, evals(0, {}), [], sha="c" * 40)),
+                                "cmd")
     assert "n/a (no paper number)" in md_row(synthetic, "Baseline")
     assert "paper mAP" not in synthetic
 
 
-def test_table2_reads_t2_k_and_the_baseline_for_the_params_k():
-    base = results_json(0, {"temporal": 0.60})
-    exps = [experiment(f"t2-k{k}", results_json(0, {"temporal": k / 10}),
+def test_table2_reads_t2_k_and_the_baseline_for_the_params_k(git):
+    exps = [experiment(git, f"t2-k{k}", evals(0, {"temporal": k / 10}),
                        params={"model": {"K": k}}) for k in (1, 2, 4)]
-    exps.append(experiment("t2-k6", results_json(0, {"temporal": 0.99}),
+    exps.append(experiment(git, "t2-k6", evals(0, {"temporal": 0.99}),
                            params={"model": {"K": 6}}))  # K = 6 is not read from an experiment
-    report = build_report(exp_show(base, exps), base_seed=0, base_k=8)
+    report = report_of(git, exp_show(git, evals(0, {"temporal": 0.60}), exps), base_k=8)
     rows = report.table2["synthetic", "official"]
     assert [r.label for r in rows] == ["K = 1", "K = 2", "K = 4", "K = 6", "K = 8"]
     assert [r.experiments for r in rows] == [("t2-k1",), ("t2-k2",), ("t2-k4",),
@@ -211,33 +292,27 @@ def test_table2_reads_t2_k_and_the_baseline_for_the_params_k():
     assert md_row(text, "8")[-1] == "baseline commit"
 
 
-def test_old_results_without_attention_show_missing_maps():
-    show = exp_show(results_json(0, {}, attention=False), [])
-    text = render_markdown(build_report(show, base_seed=0, base_k=6), "cmd")
+def test_old_results_without_attention_show_missing_maps(git):
+    show = exp_show(git, evals(0, {}, attention=False), [])
+    text = render_markdown(report_of(git, show), "cmd")
     assert md_row(text, "SpaAtn+Q")[3:5] == [MISSING, MISSING]
     assert md_row(text, "SpaAtn+Q")[1] == "10.0 ± 0.0"
     # Two seeds with maps, one from before: the maps' mean is over the two, and says so.
-    show = three_seeds()
-    old = show[1]["experiments"][-1]["revs"][0]["data"]["metrics"]["metrics/results.json"]["data"]
-    del old["attention"]
-    text = render_markdown(build_report(show, base_seed=0, base_k=6, seeds=[0, 1, 2]), "cmd")
+    show = three_seeds(git, no_attention=("t1-s2-nodiv",))
+    text = render_markdown(report_of(git, show, seeds=[0, 1, 2]), "cmd")
     assert md_row(text, "SpaAtn")[3] == "0.300 ± 0.000 (2/3 seeds)"
 
 
-def test_overlap_of_one_map_is_not_applicable():
-    base = results_json(0, {})
-    base["attention"]["synthetic"]["temporal"]["overlap"] = None  # K = 1: no pairs of maps
-    text = render_markdown(build_report(exp_show(base, []), base_seed=0, base_k=6), "cmd")
+def test_overlap_of_one_map_is_not_applicable(git):
+    base = evals(0, {}, split_std=0.01)
+    base[1]["attention"]["temporal"]["overlap"] = None  # K = 1: no pairs of maps
+    text = render_markdown(report_of(git, exp_show(git, base, [])), "cmd")
     assert md_row(text, "SpaAtn+Q+TemAtn")[3:5] == ["n/a", "2.000 ± 0.000"]
-    # `dvc exp show --json` leaves the null out of the metrics: still not applicable, not missing.
-    del base["attention"]["synthetic"]["temporal"]["overlap"]
-    text = render_markdown(build_report(exp_show(base, []), base_seed=0, base_k=6), "cmd")
-    assert md_row(text, "SpaAtn+Q+TemAtn")[3:5] == ["n/a", "2.000 ± 0.000"]
+    assert md_row(text, "SpaAtn+Q")[3:5] == ["0.300 ± 0.000", "2.000 ± 0.000"]
 
 
-def test_protocols_in_order_official_first():
-    text = render_markdown(build_report(exp_show(results_json(0, {}), []), base_seed=0,
-                                        base_k=6), "cmd")
+def test_protocols_in_order_official_first(git):
+    text = render_markdown(report_of(git, exp_show(git, evals(0, {}), [])), "cmd")
     official = text.index("## synthetic, official protocol")
     torchreid = text.index("## synthetic, torchreid protocol")
     assert official < torchreid
@@ -245,14 +320,12 @@ def test_protocols_in_order_official_first():
     assert "queries without a valid match are skipped" in text[torchreid:]
 
 
-def test_default_seeds_are_those_with_experiments():
-    report = build_report(three_seeds(), base_seed=0, base_k=6)
-    assert report.seeds == (0, 1, 2)
+def test_default_seeds_are_those_with_experiments(git):
+    assert report_of(git, three_seeds(git)).seeds == (0, 1, 2)
 
 
-def test_chart_is_a_png_of_the_fixed_size(tmp_path):
-    show = three_seeds(skip=("t1-s2-nodiv",))
-    report = build_report(show, base_seed=0, base_k=6, seeds=[0, 1, 2])
+def test_chart_is_a_png_of_the_fixed_size(git, tmp_path):
+    report = report_of(git, three_seeds(git, skip=("t1-s2-nodiv",)), seeds=[0, 1, 2])
     path = tmp_path / "plots" / "table1.png"
     draw_chart(report, path)
     with Image.open(path) as image:
@@ -262,8 +335,8 @@ def test_chart_is_a_png_of_the_fixed_size(tmp_path):
     assert os.listdir(path.parent) == ["table1.png"]
 
 
-def test_chart_leaves_no_partial_file_on_error(tmp_path, monkeypatch):
-    report = build_report(exp_show(results_json(0, {}), []), base_seed=0, base_k=6)
+def test_chart_leaves_no_partial_file_on_error(git, tmp_path, monkeypatch):
+    report = report_of(git, exp_show(git, evals(0, {}), []))
 
     def fail(*args):
         raise OSError("disk full")
@@ -285,25 +358,24 @@ def write_inputs(tmp_path, show: list[dict]):
     return argv, out, chart
 
 
-def test_main_writes_report_and_chart_atomically(tmp_path, capsys):
-    base = results_json(0, {}, dataset="mars")
-    base["results"]["synthetic"] = results_json(0, {})["results"]["synthetic"]
-    argv, out, chart = write_inputs(tmp_path, exp_show(base, []))
-    main(argv)
+def test_main_writes_report_and_chart_atomically(git, tmp_path, capsys):
+    argv, out, chart = write_inputs(tmp_path, exp_show(
+        git, evals(0, {}, dataset="mars") + evals(0, {}), []))
+    main(argv, read=git.read)
     assert sorted(os.listdir(out.parent)) == ["report.md", "table1.png"]  # no temp files
     text = out.read_text()
-    assert text.startswith("# ") and "--show-json" in text
+    assert text.startswith("# ") and "--show-json" in text and "python -m tools.report" in text
     with Image.open(chart) as image:  # two datasets: two panels
         assert image.size == (round(CHART_WIDTH * CHART_DPI),
                               round(2 * CHART_PANEL_HEIGHT * CHART_DPI))
     printed = capsys.readouterr().out
     assert "Table 1, mars, official protocol" in printed and "Table 2, synthetic" in printed
-    main(argv)
+    main(argv, read=git.read)
     assert out.read_text() == text  # deterministic
 
 
-def test_main_leaves_no_partial_file_on_error(tmp_path, monkeypatch):
-    argv, out, _ = write_inputs(tmp_path, exp_show(results_json(0, {}), []))
+def test_main_leaves_no_partial_file_on_error(git, tmp_path, monkeypatch):
+    argv, out, _ = write_inputs(tmp_path, exp_show(git, evals(0, {}), []))
     out.parent.mkdir()
     out.write_text("previous report\n")
 
@@ -312,39 +384,69 @@ def test_main_leaves_no_partial_file_on_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        main(argv)
+        main(argv, read=git.read)
     assert out.read_text() == "previous report\n"
     assert os.listdir(out.parent) == ["report.md"]
 
 
-def test_no_baseline_commit_is_a_clear_error(tmp_path):
-    show = exp_show(results_json(0, {}), [])[:1]  # the workspace only
+def test_no_baseline_commit_is_a_clear_error(git, tmp_path):
+    show = exp_show(git, evals(0, {}), [])[:1]  # the workspace only
     argv, _, _ = write_inputs(tmp_path, show)
     with pytest.raises(SystemExit, match=r"^error: `dvc exp show --json` has no baseline commit "
                                          r"entry .*; it lists: workspace$"):
-        main(argv)
+        main(argv, read=git.read)
 
 
-def test_head_not_listed_is_a_clear_error():
+def test_head_not_listed_is_a_clear_error(git):
     with pytest.raises(ReportError, match=f"has no entry for the baseline commit {'b' * 40}"):
-        build_report(exp_show(results_json(0, {}), []), base_seed=0, base_k=6, head="b" * 40)
+        report_of(git, exp_show(git, evals(0, {}), []), head="b" * 40)
 
 
-def test_baseline_without_results_is_a_clear_error(tmp_path):
-    show = exp_show(results_json(0, {}), [])
-    show[1]["data"]["metrics"] = {}
+def test_baseline_without_results_is_a_clear_error(git, tmp_path):
+    show = exp_show(git, evals(0, {}), [])
+    git.commits[HEAD] = {}
     argv, _, _ = write_inputs(tmp_path, show)
-    with pytest.raises(SystemExit, match=r"^error: baseline commit a+: no readable "
-                                         r"metrics/results.json"):
-        main(argv)
+    with pytest.raises(SystemExit, match=r"^error: baseline commit a+: path "
+                                         r"'metrics/eval/synthetic-0.json' does not exist in "
+                                         r"'a+'; run `make repro` and commit metrics/eval$"):
+        main(argv, read=git.read)
 
 
-def test_unreadable_json_is_a_clear_error(tmp_path):
+def test_unreadable_json_is_a_clear_error(git, tmp_path):
     argv, _, _ = write_inputs(tmp_path, [])
     (tmp_path / "show.json").write_text("Traceback (most recent call last):\n")
     with pytest.raises(SystemExit, match=r"^error: .*show.json: expected the JSON output of "
                                          r"`dvc exp show --json`"):
-        main(argv)
+        main(argv, read=git.read)
     (tmp_path / "show.json").write_text('{"rev": "workspace"}')
     with pytest.raises(SystemExit, match=r"^error: .*expected a JSON list of revisions"):
-        main(argv)
+        main(argv, read=git.read)
+
+
+def test_eval_file_is_where_dvc_yaml_writes_it():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["evaluate"]["outs"]]
+    pattern = EVAL_FILE.format(run=run_name("${item.dataset}", "${item.split}"))
+    assert pattern in outs
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_show_reads_a_file_of_a_commit(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "metrics" / "eval").mkdir(parents=True)
+    evaluation = evals(0, {})[0]
+    (repo / EVAL_FILE.format(run=run_name("synthetic", 0))).write_text(json.dumps(evaluation))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", "results")
+    rev = run(repo, "git", "rev-parse", "HEAD", stdout_only=True).strip()
+    (repo / EVAL_FILE.format(run=run_name("synthetic", 0))).write_text("changed, not committed")
+    monkeypatch.chdir(repo)
+    assert json.loads(git_show(rev, "metrics/eval/synthetic-0.json")) == evaluation
+    with pytest.raises(FileNotFoundError, match=f"^path 'metrics/eval/mars-0.json' does not "
+                                                f"exist in '{rev}'$"):
+        git_show(rev, "metrics/eval/mars-0.json")
+    show = [{"rev": rev, "name": "main", "data": rev_data(rev, params_of([evaluation])),
+             "error": None, "experiments": None}]
+    report = build_report(copy.deepcopy(show), base_seed=0, base_k=6)  # git show by default
+    assert row(report.table1["synthetic", "official"], "Baseline").rank1 == Stat(0.1, 0.0, 1)

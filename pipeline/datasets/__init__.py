@@ -2,7 +2,7 @@
 
 ``index_video(name, root, split_id)`` and ``index_images(name, root)`` dispatch on the dataset name
 (the names ``params.yaml`` accepts under ``data.video`` and ``data.image``); everything downstream
-reads only the canonical tables (see ``common``).
+reads only the canonical tables (``pipeline.tables``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.datasets import dukev, ilidsvid, images, mars, prid2011
-from pipeline.datasets.common import IMAGE_COLUMNS, VIDEO_COLUMNS, DatasetError
+from pipeline.errors import DatasetError
+from pipeline.params import VIDEO_SPLITS
 
-__all__ = ["IMAGE_COLUMNS", "VIDEO_COLUMNS", "DatasetError", "index_images", "index_video",
-           "num_splits", "pool_images"]
+__all__ = ["index_images", "index_video", "num_splits"]
 
 
 def _synthetic_video(root: Path, split_id: int = 0) -> pd.DataFrame:
@@ -28,13 +28,13 @@ def _synthetic_images(root: Path) -> pd.DataFrame:
     return images.market_layout(Path(root) / "images" / "bounding_box_train")
 
 
-# name -> (reader, number of standard splits)
+# name -> reader (the names and split counts of pipeline.params.VIDEO_SPLITS)
 VIDEO_SETS = {
-    "synthetic": (_synthetic_video, 1),
-    "mars": (mars.index, mars.NUM_SPLITS),
-    "ilidsvid": (ilidsvid.index, ilidsvid.NUM_SPLITS),
-    "prid2011": (prid2011.index, prid2011.NUM_SPLITS),
-    "dukev": (dukev.index, dukev.NUM_SPLITS),
+    "synthetic": _synthetic_video,
+    "mars": mars.index,
+    "ilidsvid": ilidsvid.index,
+    "prid2011": prid2011.index,
+    "dukev": dukev.index,
 }
 IMAGE_SETS = {
     "synthetic": _synthetic_images,
@@ -51,7 +51,7 @@ IMAGE_SETS = {
 def index_video(name: str, root: str | Path, split_id: int = 0) -> pd.DataFrame:
     """One row per tracklet: ``pid``, ``camid``, ``subset`` ("train"/"test"), ``is_query``,
     ``frames`` (image paths sorted by the frame number in their names) for split ``split_id``."""
-    return VIDEO_SETS[_known(name, VIDEO_SETS, "video")][0](Path(root), split_id)
+    return VIDEO_SETS[_known(name, VIDEO_SETS, "video")](Path(root), split_id)
 
 
 def index_images(name: str, root: str | Path) -> pd.DataFrame:
@@ -61,21 +61,7 @@ def index_images(name: str, root: str | Path) -> pd.DataFrame:
 
 def num_splits(name: str) -> int:
     """How many standard train/test splits a video set has (results are averaged over them)."""
-    return VIDEO_SETS[_known(name, VIDEO_SETS, "video")][1]
-
-
-def pool_images(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate image tables of several sets, giving every (dataset, pid) its own global id
-    0..C-1 (the labels pretraining classifies). Adds ``dataset`` and ``local_pid`` columns."""
-    parts = []
-    for name, table in tables.items():
-        part = table.rename(columns={"pid": "local_pid"})
-        part.insert(0, "dataset", name)
-        parts.append(part)
-    pooled = pd.concat(parts, ignore_index=True)
-    keys = pd.MultiIndex.from_frame(pooled[["dataset", "local_pid"]])
-    pooled.insert(0, "pid", pd.factorize(keys, sort=True)[0])
-    return pooled
+    return VIDEO_SPLITS[_known(name, VIDEO_SETS, "video")]
 
 
 def _known(name: str, registry: dict, kind: str) -> str:

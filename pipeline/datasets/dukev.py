@@ -21,17 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.datasets.common import (
-    DatasetError,
-    by_frame_number,
-    image_files,
-    require,
-    video_table,
-)
+from pipeline.datasets.common import by_frame_number, image_files, require
+from pipeline.errors import DatasetError
+from pipeline.tables import video_table
 
 FRAME_PATTERN = r"F(\d+)"
 CAMERA_PATTERN = re.compile(r"^\d+_?C(\d+)")
-NUM_SPLITS = 1
 
 
 def index(root: Path, split_id: int = 0) -> pd.DataFrame:

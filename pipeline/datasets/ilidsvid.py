@@ -23,17 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.datasets.common import (
-    DatasetError,
-    by_frame_number,
-    image_files,
-    require,
-    video_table,
-)
+from pipeline.datasets.common import by_frame_number, image_files, require
 from pipeline.datasets.mars import load_mat_key
+from pipeline.errors import DatasetError
+from pipeline.tables import video_table
 
 FRAME_PATTERN = r"_(\d+)\.\w+$"
-NUM_SPLITS = 10
 SPLIT_FILE = Path("train-test people splits") / "train_test_splits_ilidsvid.mat"
 
 

@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.datasets.common import DatasetError, image_files, image_table, require
+from pipeline.datasets.common import image_files, require
+from pipeline.errors import DatasetError
+from pipeline.files import write_with
+from pipeline.tables import image_table
 
 MARKET_PATTERN = re.compile(r"^([-\d]+)_c(\d)")
 
@@ -135,8 +138,4 @@ def threedpes(root: Path) -> pd.DataFrame:
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
-    """Write atomically: a temporary name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image.astype(np.uint8)).save(tmp, format="PNG")
-    tmp.replace(path)
+    write_with(path, lambda tmp: Image.fromarray(image.astype(np.uint8)).save(tmp, format="PNG"))

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from pipeline.datasets.common import DatasetError, by_frame_number, require, video_table
+from pipeline.datasets.common import by_frame_number, require
+from pipeline.errors import DatasetError
+from pipeline.tables import video_table
 
 FRAME_PATTERN = r"F(\d+)\."
-NUM_SPLITS = 1
 
 
 def load_mat_key(path: Path, key: str) -> np.ndarray:

@@ -26,16 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.datasets.common import (
-    DatasetError,
-    by_frame_number,
-    image_files,
-    require,
-    video_table,
-)
+from pipeline.datasets.common import by_frame_number, image_files, require
+from pipeline.errors import DatasetError
+from pipeline.params import VIDEO_SPLITS
+from pipeline.tables import video_table
+
+NUM_SPLITS = VIDEO_SPLITS["prid2011"]  # without a split file: seeded random splits
 
 FRAME_PATTERN = r"(\d+)\.\w+$"
-NUM_SPLITS = 10
 SHARED_PEOPLE = 200  # persons 1..200 are seen by both cameras
 MIN_FRAMES = 27
 SPLIT_SEED = 2011

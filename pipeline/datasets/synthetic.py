@@ -36,9 +36,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +43,7 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
+from pipeline.files import atomic_dir
 from pipeline.params import SyntheticParams
 
 # --- palettes: distinct enough that one part change is visible --------------------------------
@@ -274,15 +272,8 @@ def generator_version() -> str:
 def generate(cfg: SyntheticParams, root: str | Path) -> Path:
     """Write the dataset under ``root`` (replaced whole, atomically) and return ``root``."""
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         _write(cfg, tmp)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

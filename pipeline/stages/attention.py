@@ -21,10 +21,11 @@ from pathlib import Path
 
 from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
+from pipeline.files import write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import DRSA
 from pipeline.params import load_params, to_dict
-from pipeline.stages.common import run, write_csv
+from pipeline.stages.common import run
 from pipeline.train import (
     Step,
     export_model,

@@ -12,10 +12,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.datasets.common import load_video_index
 from pipeline.features import cache_attrs, write_cache
 from pipeline.params import load_params
 from pipeline.stages.common import run
+from pipeline.tables import load_video_index
 from pipeline.train import compiled, load_exported, start, use_autocast
 
 log = logging.getLogger("cache")

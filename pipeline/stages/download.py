@@ -23,12 +23,14 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.datasets import DatasetError, index_images, index_video, synthetic
-from pipeline.datasets.common import resolve_data_path
+from pipeline.datasets import index_images, index_video, synthetic
 from pipeline.datasets.sources import SOURCES, instructions
-from pipeline.download import extract, fetch, md5sum
+from pipeline.download import extract, fetch
+from pipeline.errors import DatasetError
+from pipeline.files import md5_file, write_json
 from pipeline.params import SyntheticParams, load_params
-from pipeline.stages.common import run, write_json
+from pipeline.stages.common import run
+from pipeline.tables import resolve_data_path
 
 log = logging.getLogger("download")
 
@@ -79,7 +81,7 @@ def prepare_real(name: str, root: Path, archive_dir: Path, raw: Path, video: boo
                 raise DatasetError(instructions(name, str(raw), str(archive_dir.parent)))
             log.info("%s: downloading %s", name, archive.url)
             fetch(archive.url, path, archive.md5)
-        checksums[archive.name] = md5sum(path)
+        checksums[archive.name] = md5_file(path)
         if archive.md5 is not None and checksums[archive.name] != archive.md5:
             raise DatasetError(f"{path}: md5 {checksums[archive.name]} does not match the "
                                f"published {archive.md5}; the archive is damaged or another "

@@ -15,12 +15,12 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.datasets.common import load_video_index
-from pipeline.features import sha256_file
+from pipeline.files import sha256_file, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import load_params, to_dict
-from pipeline.stages.common import run, write_csv
+from pipeline.stages.common import run
+from pipeline.tables import load_video_index
 from pipeline.train import (
     Step,
     config_of,

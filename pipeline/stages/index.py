@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.datasets import index_images, index_video, num_splits
-from pipeline.datasets.common import (
-    check_video_invariants,
-    resolve_data_path,
-    save_image_index,
-    save_video_index,
-    screen_frames,
-)
+from pipeline.datasets.common import check_video_invariants, screen_frames
+from pipeline.files import atomic_dir, format_table, write_json
 from pipeline.params import load_params
-from pipeline.stages.common import format_table, run, write_json
+from pipeline.stages.common import run
+from pipeline.tables import resolve_data_path, save_image_index, save_video_index
 
 log = logging.getLogger("index")
 
@@ -72,12 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     raw = resolve_data_path(args.raw)  # the project's data/raw, also from an experiment workspace
 
-    # build the whole index beside its destination, then swap it in
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
     stats: dict = {"video": {}, "image": {}}
     rows = []
-    try:
+    with atomic_dir(args.out) as tmp:  # the whole index, swapped in only when complete
         for name in params.data.video:
             stats["video"][name] = {}
             checked: dict = {}  # frame verdicts, shared by the splits of this set
@@ -101,11 +92,6 @@ def main(argv: list[str] | None = None) -> None:
             save_image_index(table, raw / name, tmp / name / "images.json",
                              recorded_root=args.raw / name)
             stats["image"][name] = {**image_stats(table), "skipped": skipped["frames"]}
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        tmp.rename(args.out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_json(args.stats, stats)
 
     print(format_table(["video set", "split", "train ids", "train tracklets", "test ids",

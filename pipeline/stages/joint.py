@@ -14,15 +14,13 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.datasets.common import load_video_index
-from pipeline.features import sha256_file
+from pipeline.files import sha256_file, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet
 from pipeline.params import load_params, to_dict
-from pipeline.stages.common import run, write_csv
+from pipeline.stages.common import run
+from pipeline.tables import load_video_index
 from pipeline.train import (
     Step,
     export_model,
@@ -76,19 +74,11 @@ def main(argv: list[str] | None = None) -> None:
                       p.data.width, p.model.N, sha256_file(args.index), sha256_file(args.backbone),
                       sha256_file(args.heads))
     resume = args.scratch / "last.pt"
-
-    def train_mode() -> None:
-        # The heads were trained on features of the backbone in eval mode, with batches of many
-        # clips: keep every BatchNorm's statistics frozen, so fine-tuning starts from exactly
-        # those features (the small clip batches of end-to-end training would shift them).
-        model.train()
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
     step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
+    # BatchNorm statistics frozen: fine-tuning starts from exactly the features the heads were
+    # trained on (train.freeze_batchnorm says why)
     history = fit(model, criterion, loader, p.joint, step, device, resume, key, desc="joint",
-                  **fit_options(p.runtime, device), set_train_mode=train_mode)
+                  **fit_options(p.runtime, device), frozen_batchnorm=True)
     if world.is_main:
         export_model(args.out, model.cpu(), cfg, "drsa",
                      {"stage": "joint", "criterion": criterion.cpu().state_dict()})

@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_loader
-from pipeline.datasets import pool_images
-from pipeline.datasets.common import load_image_index
-from pipeline.features import sha256_file
+from pipeline.files import sha256_file, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import load_params, to_dict
-from pipeline.stages.common import run, write_csv
+from pipeline.stages.common import run
+from pipeline.tables import load_image_index, pool_images
 from pipeline.train import (
     Step,
     config_of,

@@ -15,9 +15,9 @@ ablation rows, which restore ``cache`` from DVC's run-cache (``pretrain`` and ``
 again: their git-tracked loss curves are uncached outputs, which the run-cache restores only when
 the workspace copy already matches).
 
-    python -m pipeline.experiments run table1 --seeds 0 1 2 --jobs 1
-    python -m pipeline.experiments run table2 --jobs 1
-    python -m pipeline.experiments list table1 --seeds 0 1 2
+    python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
+    python -m tools.experiments run table2 --jobs 1
+    python -m tools.experiments list table1 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.params import load_params
+from tools.shell import BIN, run, user_env
 
 log = logging.getLogger("experiments")
 
@@ -57,7 +55,7 @@ TABLE1 = (
     Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
 )
 TABLE2_K = (1, 2, 4, 6, 8)
-REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by pipeline.report
+REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by tools.report
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
 
 # The paper's numbers (REFERENCE section 1): rank-1 on PRID2011, iLIDS-VID, MARS, and MARS mAP.
@@ -129,18 +127,13 @@ def to_queue(cells: list[Cell]) -> dict[str, tuple[tuple[str, str], ...]]:
 # --- talking to DVC ------------------------------------------------------------------------------
 
 
-def dvc(*args: str, capture: bool = True) -> str:
-    """Run the project's ``dvc`` (the one beside this Python) and return its stdout."""
-    bin_dir = Path(sys.executable).parent
-    exe = bin_dir / "dvc"
-    cmd = [str(exe) if exe.exists() else "dvc", *args]
-    # stage commands run `python`: the project's, also in the queue's workers
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run(cmd, capture_output=capture, text=True, check=False, env=env)
-    if result.returncode:
-        detail = (result.stderr or "").strip() if capture else ""
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode}): {detail}")
-    return result.stdout if capture else ""
+def dvc(*args: str, echo: bool = False) -> str:
+    """Run the project's ``dvc`` (the one beside this Python) in the current directory, in the
+    user's environment; its stdout. ``echo``: its output goes to the terminal as it comes (the
+    queue's run: the experiments' logs) and "" is returned. A failure raises RuntimeError."""
+    exe = BIN / "dvc"
+    cmd = (str(exe) if exe.exists() else "dvc", *args)
+    return run(Path.cwd(), *cmd, env=user_env(), stdout_only=True, capture=not echo)
 
 
 def existing_experiments(show: list[dict]) -> set[str]:
@@ -151,9 +144,9 @@ def existing_experiments(show: list[dict]) -> set[str]:
         if rev.get("rev") == "workspace":
             continue
         for exp in rev.get("experiments") or []:
-            for run in exp.get("revs") or []:
-                if run.get("name") and not run.get("error"):
-                    names.add(run["name"])
+            for revision in exp.get("revs") or []:
+                if revision.get("name") and not revision.get("error"):
+                    names.add(revision["name"])
     return names
 
 
@@ -166,8 +159,8 @@ def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
         raise SystemExit("error: the pipeline is not up to date: run `make repro` and commit "
                          "dvc.lock and metrics/ first (experiments are based on that commit)")
     tracked = ("params.yaml", "dvc.yaml", "dvc.lock", "metrics")
-    status = subprocess.run(["git", "status", "--porcelain", "--", *tracked],
-                            capture_output=True, text=True, check=True).stdout
+    status = run(Path.cwd(), "git", "status", "--porcelain", "--", *tracked, env=user_env(),
+                 stdout_only=True)
     dirty = "".join(line + "\n" for line in status.splitlines()
                     if line[3:] not in REPORT_OUTPUTS)  # the report is no input of the runs
     if dirty:
@@ -192,8 +185,9 @@ def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
         log.info("queueing %s: %s", name, " ".join(f"{k}={v}" for k, v in overrides))
         dvc("exp", "run", "--queue", "-n", name, *(a for k, v in overrides
                                                    for a in ("-S", f"{k}={v}")))
-    log.info("running %d experiment(s) with %d worker(s)", len(queue), jobs)
-    dvc("exp", "run", "--run-all", "--jobs", str(jobs), capture=False)
+    log.info("running %d experiment(s) with %d worker(s); their logs are printed when the run "
+             "ends (meanwhile: `dvc queue status`, `dvc queue logs <name>`)", len(queue), jobs)
+    dvc("exp", "run", "--run-all", "--jobs", str(jobs), echo=True)
     done = existing_experiments(json.loads(dvc("exp", "show", "--json")))
     failed = [name for name in queue if name not in done]
     if failed:

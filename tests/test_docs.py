@@ -1,0 +1,489 @@
+"""The documentation: README.md and docs/*.md.
+
+- Every generated block equals what ``tools.docs`` renders from the files now (a stale figure
+  fails), and the generator itself is checked on small fabricated files.
+- No measured-looking figure is typed by hand outside the generated blocks and code fences.
+- Every test the docs name (the bad-input catalogue above all) exists.
+- The front page stays short, its contents list resolves, and every relative link resolves.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.params import flatten
+from tools import docs
+from tools.docs import BLOCKS, blocks, fill, main, render
+from tools.docs.common import DocsError, table
+from tools.docs.params_reference import field_comments, yaml_comments
+from tools.docs.report import parse_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = docs.documents(ROOT)
+# block -> the page that must carry it
+REQUIRED = {"results": "README.md", "params": "docs/params.md", "bench": "docs/benchmarks.md",
+            "report": "docs/experiments.md", "datasets": "docs/datasets.md"}
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+# --- (a) the generated blocks are up to date ------------------------------------------------------
+
+
+def changed_since_commit(*paths: str) -> bool:
+    """Whether git sees ``paths`` changed in the workspace since the last commit (False outside
+    a git checkout)."""
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT,
+                                capture_output=True, text=True, check=False)
+    except OSError:
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=rel)
+def test_every_generated_block_is_what_the_generator_renders_now(path):
+    _, stale = fill(path.read_text(), ROOT, rel(path))
+    if stale and changed_since_commit("metrics", "params.yaml") \
+            and not changed_since_commit("README.md", "docs"):
+        # a run or an experiment in this workspace since the last commit: the committed pages
+        # match the committed results (a clean checkout, as CI's, checks that strictly)
+        pytest.skip("the results changed since the last commit and the pages were not "
+                    "regenerated: `make docs` brings them up to date")
+    assert not stale, (f"{rel(path)}: generated block(s) {stale} differ from their sources; "
+                       "run `make docs`")
+
+
+def test_the_required_blocks_are_where_readers_look():
+    found = {name: rel(path) for path in DOCUMENTS
+             for name, _, _ in blocks(path.read_text(), rel(path))}
+    assert {name: found.get(name) for name in REQUIRED} == REQUIRED
+
+
+def write(root: Path, relative: str, content: str | dict) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def protocol(rank1: float, mAP: float, valid: int = 8) -> dict:
+    return {"rank1": rank1, "rank5": 0.75, "rank10": 0.875, "rank20": 1.0, "mAP": mAP,
+            "num_valid_queries": valid, "num_queries": 8}
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A repository root with small hand-made params and results."""
+    write(tmp_path, "params.yaml", "data:\n  video: [synthetic]\n  splits: [0]\n")
+    write(tmp_path, "metrics/results/synthetic.json",
+          {"R1": {"base": 12.5, "ind": 50.0}, "mAP": {"base": 10.0, "ind": 40.25}})
+    write(tmp_path, "metrics/eval/synthetic-0.json", {
+        "dataset": "synthetic", "split": 0, "seed": 7,
+        "models": {"baseline": {"official": protocol(0.125, 0.1),
+                                "torchreid": protocol(0.25, 0.2, valid=6)},
+                   "joint": {"official": protocol(0.5, 0.4025),
+                             "torchreid": protocol(0.625, 0.5, valid=6)}},
+        "attention": {"joint": {"overlap": 0.00012, "entropy": 0.5}}})
+    return tmp_path
+
+
+def test_results_block_from_the_headline_and_the_detail(fake):
+    out = render("results", fake)
+    assert "| synthetic | 0 | 12.5 | 50.0 | 10.0 | 40.2 |" in out  # 40.25 rounds half to even
+    assert "| R1.base | R1.ind | mAP.base | mAP.ind |" in out
+    assert "split 0, seed 7" in out
+    assert "official: 8 of 8 queries valid; torchreid: 6 of 8 queries valid" in out
+    assert ("| `baseline` (base) | Baseline | 12.5 | 75.0 | 87.5 | 100.0 | 10.0 | 25.0 | 20.0 "
+            "| n/a | n/a |") in out
+    assert "| `joint` (ind) | SpaAtn+Q+TemAtn+Ind | 50.0 |" in out and "| 0.00012 | 0.5 |" in out
+
+
+@pytest.mark.parametrize(("name", "missing", "command"), [
+    ("results", "metrics/results/synthetic.json", "make repro"),
+    ("results", "metrics/eval/synthetic-0.json", "make repro"),
+    ("datasets", "metrics/datasets.json", "make repro"),
+    ("bench", "metrics/bench.json", "make bench"),
+    ("bench-notes", "metrics/bench.json", "make bench"),
+    ("report", "metrics/report.md", "make report"),
+])
+def test_a_missing_source_renders_a_line_naming_it_and_its_command(fake, name, missing, command):
+    (fake / missing).unlink(missing_ok=True)
+    out = render(name, fake)
+    assert out.startswith("*Not yet produced: ") and out.count("\n") == 1
+    assert f"`{missing}` does not exist" in out and command in out
+
+
+def test_an_unreadable_source_is_an_error_naming_it(fake):
+    write(fake, "metrics/results/synthetic.json", "{not json")
+    with pytest.raises(DocsError, match=r"metrics/results/synthetic\.json: not readable JSON"):
+        render("results", fake)
+    write(fake, "metrics/results/synthetic.json", {"mAP": {}})
+    with pytest.raises(DocsError, match=r"metrics/results/synthetic\.json: expected the key R1"):
+        render("results", fake)
+
+
+BENCH = {"quick": False, "total_s": 90.0,
+         "machine": {"processor": "Test CPU", "cpus_usable": 2, "gpu": None, "torch": "x"},
+         "setup": {"device": "cpu", "backbone": "resnet18", "input": [128, 64]},
+         "benchmarks": {
+             "cache_throughput": {
+                 "numerator": "cache_frames_per_s", "denominator": "backbone_frames_per_s",
+                 "figures": {"cache_frames_per_s": 80.0, "backbone_frames_per_s": 100.0},
+                 "ratio": 0.8, "target": ">= 0.85", "met": False,
+                 "backbone_runs_frames_per_s": [90.0, 100.0], "num_workers": 2},
+             "attention_cached_epoch": {
+                 "numerator": "uncached_epoch_s", "denominator": "cached_epoch_s",
+                 "figures": {"uncached_epoch_s": 9.0, "cached_epoch_s": 3.0},
+                 "ratio": 3.0, "target": None, "met": None},
+             "roofline_paper": {"skipped": True, "reason": "--quick or --no-paper"}}}
+
+
+def test_bench_block_and_notes_from_bench_json(tmp_path):
+    write(tmp_path, "metrics/bench.json", BENCH)
+    out = render("bench", tmp_path)
+    assert "Test CPU, 2 usable cores" in out and "1.5 min in all" in out
+    assert ("| `cache_throughput` | cache 80.0 frames/s | backbone 100.0 frames/s | 0.8 | >= 0.85 "
+            "| **no** |") in out
+    assert ("| `attention_cached_epoch` | uncached epoch 9.00 s | cached epoch 3.00 s | 3 "
+            "| reported") in out
+    assert "| `roofline_paper` | skipped (--quick or --no-paper) |" in out
+    notes = render("bench-notes", tmp_path)
+    assert "from 90.0 to 100.0 frames/s" in notes and "it would be 0.89" in notes
+    assert "3.0 times as fast" in notes
+
+
+HEADER = ["row", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
+          "paper rank-1 (synthetic)", "experiments"]
+NO_PAPER = "n/a (no paper number)"
+REPORT = f"""# DRSA reproduction: Tables 1 and 2
+
+Produced by `python -m tools.report` from the DVC experiments of baseline commit
+`0123456789abcdef` (main). Table 1: seed(s) 0, 1. Table 2: seed 0.
+
+## synthetic, official protocol
+
+### Table 1
+
+{table(HEADER, [
+    ["Baseline", "30.0 ± 1.0", "28.0 ± 0.5", "n/a", "n/a", NO_PAPER, "baseline commit"],
+    ["SpaAtn+Q+TemAtn+Ind", "40.5 ± 2.0", "missing", "0.001 ± 0.000", "0.024 ± 0.006", NO_PAPER,
+     "baseline commit"]])}
+
+## synthetic, torchreid protocol
+
+### Table 1
+
+{table(HEADER, [["Baseline", "77.7 ± 1.0", "66.6 ± 0.5", "n/a", "n/a", NO_PAPER, "c"]])}
+
+## Missing results
+
+- t1-s1: no results
+"""
+
+
+def test_report_block_keeps_the_official_tables_and_the_steps(tmp_path):
+    write(tmp_path, "metrics/report.md", REPORT)
+    out = render("report", tmp_path)
+    assert "baseline commit `0123456`; Table 1 over seeds 0, 1" in out
+    assert "| Baseline | 30.0 ± 1.0 | 28.0 ± 0.5 | n/a | n/a |" in out
+    assert "77.7" not in out and "paper rank-1" not in out and "experiments |" not in out
+    assert "the full model over the Baseline" not in out  # mAP missing: no step
+    assert "Some cells are missing" in out
+
+
+def test_report_steps_are_differences_of_the_means(tmp_path):
+    complete = REPORT.replace("| missing |", "| 30.0 ± 1.0 |")
+    sections = parse_report(complete, "metrics/report.md")
+    assert sections[("synthetic", "official")]["Table 1"][1]["mAP (%)"] == "30.0 ± 1.0"
+    write(tmp_path, "metrics/report.md", complete)
+    assert ("- the full model over the Baseline (SpaAtn+Q+TemAtn+Ind against Baseline): "
+            "+10.5 rank-1, +2.0 mAP") in render("report", tmp_path)
+
+
+def test_a_report_without_tables_is_an_error_naming_it(tmp_path):
+    write(tmp_path, "metrics/report.md", "# a report\n\nno tables\n")
+    with pytest.raises(DocsError, match=r"metrics/report\.md: expected '## <set>, <protocol>"):
+        render("report", tmp_path)
+
+
+def test_datasets_block_from_the_index_statistics(tmp_path):
+    write(tmp_path, "metrics/datasets.json", {
+        "video": {"synthetic": {"split_0": {
+            "train": {"ids": 4, "tracklets": 8, "frames": 80, "cameras": 2},
+            "test": {"ids": 4, "tracklets": 10, "frames": 90, "cameras": 2, "queries": 4,
+                     "junk_tracklets": 1, "distractor_tracklets": 1},
+            "frames_per_tracklet": {"min": 3, "mean": 9.44, "max": 20},
+            "skipped": {"frames": 2, "tracklets": 0}}}},
+        "image": {"synthetic": {"ids": 6, "images": 12, "cameras": 2, "skipped": 0}}})
+    out = render("datasets", tmp_path)
+    assert "| synthetic | 0 | 4 / 8 / 80 | 4 / 10 / 90 | 4 | 1 | 1 | 3 / 9.4 / 20 | 2 |" in out
+    assert "| synthetic | 6 | 12 | 2 | 0 |" in out
+
+
+def test_params_block_reads_the_comments_from_the_source_and_the_yaml_values(tmp_path):
+    from pipeline.params import ModelParams
+
+    write(tmp_path, "params.yaml", "data:\n  height: 128  # (default run) was 256\n"
+                                   "model:\n  K: 6  # the default: no value shown\n")
+    out = render("params", tmp_path)
+    comment = field_comments(ModelParams)["K"]
+    assert f"| `model.K` | `int` | `6` | >= 1 |  | {comment} |" in out
+    assert "| `data.height` | `int` | `256` | >= 16 | `128` (was 256) |" in out
+    assert "`loss.oim_momentum` | `float` | `0.5` | >= 0, < 1 |" in out
+    assert "| `pretrain.weight_decay` | `float` | `5.0e-4` |" in out
+    assert "### `attention.temporal`\n\nPhase 2, CNN fixed" in out
+    assert "How dvc.yaml starts the stages that run models" in out  # a comment above its field
+
+
+def test_params_yaml_marks_exactly_the_keys_that_differ_from_the_paper():
+    from pipeline.params import Params, load_params, to_dict
+
+    defaults = flatten(to_dict(Params()))
+    mine = flatten(to_dict(load_params(ROOT / "params.yaml")))
+    marked = {k for k, c in yaml_comments((ROOT / "params.yaml").read_text()).items()
+              if "(default run)" in c}
+    assert marked == {k for k in defaults if mine[k] != defaults[k]}
+
+
+def test_yaml_comments_follow_the_nesting():
+    text = "a:\n  b: 1  # one\n  c:\n    d: 2  # (default run) two\n  e: 3\nf: 4 # four\n"
+    assert yaml_comments(text) == {"a": "", "a.b": "one", "a.c": "", "a.c.d":
+                                        "(default run) two", "a.e": "", "f": "four"}
+
+
+# --- writing and checking the documents -----------------------------------------------------------
+
+
+def test_check_names_a_stale_block_and_make_docs_fixes_it(tmp_path, capsys):
+    page = ("# Title\n\n<!-- generated: paper -->\nan old figure\n<!-- end generated -->\n\n"
+            "text after\n")
+    write(tmp_path, "README.md", "# Front\n")
+    write(tmp_path, "docs/page.md", page)
+    assert main(["--check", "--root", str(tmp_path)]) == 1
+    assert "docs/page.md: block 'paper'" in capsys.readouterr().err
+    assert (tmp_path / "docs/page.md").read_text() == page  # --check writes nothing
+    assert main(["--root", str(tmp_path)]) == 0
+    text = (tmp_path / "docs/page.md").read_text()
+    assert "an old figure" not in text and "| SpaAtn+Q+TemAtn+Ind | 93.2 |" in text
+    assert text.startswith("# Title\n\n<!-- generated: paper -->\nFrom `tools/experiments.py`")
+    assert text.endswith("<!-- end generated -->\n\ntext after\n")
+    assert main(["--check", "--root", str(tmp_path)]) == 0
+    assert fill(text, tmp_path) == (text, [])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("<!-- generated: nonsense -->\n<!-- end generated -->\n",
+     "unknown generated block 'nonsense'"),
+    ("<!-- generated: paper -->\nno end\n", "block 'paper' has no '<!-- end generated -->'"),
+    ("<!-- end generated -->\n", "without a block"),
+    ("<!-- generated: paper -->\n<!-- generated: rows -->\n<!-- end generated -->\n",
+     "block 'rows' starts inside block 'paper'"),
+])
+def test_broken_markers_are_errors_naming_the_file_and_line(tmp_path, capsys, text, message):
+    write(tmp_path, "README.md", text)
+    assert main(["--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: README.md:") and message in err
+
+
+def test_every_block_name_has_a_renderer_and_the_index_names_them_all():
+    index = (ROOT / "docs/README.md").read_text()
+    assert all(callable(BLOCKS[name]) and f"`{name}`" in index for name in BLOCKS)
+
+
+# --- (b) no figure typed by hand ------------------------------------------------------------------
+
+# Measured-looking figures. Parameter values (`lr 0.1`, `1.0e-4`, `m = 0.5`), sizes of inputs
+# (`256x128`, `8 x 4`, `1980 x 12180`) and the paper's equations match none of these.
+FIGURES = {
+    "percentage": r"\d+(?:\.\d+)?\s?%",
+    "multiplier": r"\b\d+\.\d+\s?x\b|\b\d+(?:\.\d+)?\s?x\s+(?:faster|slower|quicker|as fast)",
+    "comparison": r"\b\d+(?:\.\d+)?\s+vs\.?\s+\d",
+    "plus-minus": r"\d\s*±\s*\d",
+    "score": r"(?:rank-?1|R1|mAP)\b[^.;\n|]{0,20}?\b\d+\.\d|\b\d+\.\d+\s*(?:rank-?1|mAP)\b"
+             r"|(?<![\w.-])[+-]?\d+(?:\.\d+)?\s+(?:rank-?1|mAP|points?)\b",
+    "duration": r"\b\d+(?:\.\d+)?\s?(?:ms|s|sec|seconds?|min|minutes?|h|hours?)\b|\b\d+m\d+s\b",
+    "size": r"\b\d+(?:[.,]\d+)?\s?(?:[KMGT]i?B)\b",
+    "rate": r"\b\d+(?:\.\d+)?\s?(?:frames/s|images/s|fps|GFLOP/s|it/s)",
+    "decimal table cell": r"\|\s*[-+]?\d+\.\d+\s*(?:±[^|]*)?\|",
+}
+PATTERN = re.compile("|".join(f"(?:{p})" for p in FIGURES.values()))
+# Figures that are not measurements, each with its reason: (page, exact text).
+EXCEPTIONS = {
+    ("docs/gpus.md", "30 s after forwarding it (its default)"): "torchrun's own default timeout",
+    ("docs/gpus.md", "128 KiB at ResNet-50's"): "arithmetic: 2048 x 8 x 4 values x 2 bytes",
+    ("docs/gpus.md", "take about 150 GB"): "arithmetic: MARS's frame count x 128 KiB",
+}
+
+
+def prose(text: str) -> str:
+    """``text`` with the generated blocks and fenced code blanked (line numbers kept)."""
+    lines, inside = text.splitlines(), False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            inside, lines[i] = not inside, ""
+        elif docs.START.match(line):
+            inside, lines[i] = True, ""
+        elif line == docs.END:
+            inside, lines[i] = False, ""
+        elif inside:
+            lines[i] = ""
+    return "\n".join(lines)
+
+
+def hand_typed(page: str, text: str) -> list[str]:
+    text = prose(text)
+    for (where, allowed), _ in EXCEPTIONS.items():
+        if where == page:
+            text = text.replace(allowed, " " * len(allowed))
+    return [f"{page}:{text.count(chr(10), 0, m.start()) + 1}: {m[0]!r}"
+            for m in PATTERN.finditer(text)]
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=rel)
+def test_no_measured_figure_is_typed_by_hand(path):
+    found = hand_typed(rel(path), path.read_text())
+    assert not found, ("figures typed by hand (put them in a generated block of tools/docs.py, "
+                       f"or add a commented exception): {found}")
+
+
+def test_every_exception_is_still_needed():
+    for (page, allowed), reason in EXCEPTIONS.items():
+        assert allowed in prose((ROOT / page).read_text()), (page, allowed, reason)
+        assert PATTERN.search(allowed), f"{allowed!r} would not be flagged: drop the exception"
+
+
+@pytest.mark.parametrize("text", [
+    "12.3% faster", "0.57 vs 0.40 in NCHW", "only 3.9x faster here", "2x faster", "8m18s",
+    "51.6 rank-1", "rank-1 of 48.4", "mAP: 44.6", "+14.6 rank-1", "by 6.8 points",
+    "about 7 minutes", "takes 2.96 s", "116 MB", "about 5.5 GB", "98.2 frames/s", "| 32.8 |",
+    "| 29.2 ± 1.9 |",
+])
+def test_the_scan_flags_measured_figures(text):
+    assert PATTERN.search(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "lr 0.1 then 0.01", "write `1.0e-4`", "momentum m = 0.5", "an 8x4 grid", "256x128 input",
+    "8 x 4 cells", "1980 x 12180", "K(K-1)", "`b_i = floor(i*F/N)`", "Q = ||R R^T - I||_F^2",
+    "caching 4x the frames", "P x M", "rank-1/5/10/20", "K = 1, 2, 4, 6, 8", "128-d", "N = 6",
+    "seeds 0, 1, 2", "the 10 splits", "python 3.11", "torch 2.14.1",
+])
+def test_the_scan_leaves_params_sizes_and_equations_alone(text):
+    assert not PATTERN.search(text), text
+
+
+def test_the_scan_skips_generated_blocks_and_code_fences():
+    text = ("a\n<!-- generated: bench -->\n| 0.8 |\n<!-- end generated -->\n```\n3.9x faster\n```\n"
+            "b 12.5%\n")
+    assert hand_typed("p.md", text) == ["p.md:8: '12.5%'"]
+
+
+# --- (c) the tests the docs name exist ------------------------------------------------------------
+
+NODE = re.compile(r"`(tests/[\w/]+\.py)::([\w:]+)(?:\[[^\]`]*\])?`")
+
+
+def defined(path: Path) -> set[str]:
+    """``name`` of every test function and ``Class::name`` of every method of a test file."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names |= {f"{node.name}::{f.name}" for f in node.body if isinstance(f, ast.FunctionDef)}
+    return names
+
+
+def missing_tests(text: str) -> list[str]:
+    return [f"{file}::{name}" for file, name in NODE.findall(text)
+            if not (ROOT / file).exists() or name not in defined(ROOT / file)]
+
+
+def catalogue_rows() -> list[str]:
+    text = (ROOT / "docs/bad-inputs.md").read_text()
+    table = text.split("## The catalogue", 1)[1].split("\n## ", 1)[0]
+    return [line for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| input |", "| ---"))]
+
+
+def test_the_catalogue_has_its_rows():
+    assert len(catalogue_rows()) >= 20
+
+
+@pytest.mark.parametrize("row", catalogue_rows(), ids=lambda row: row.split(" | ")[0][2:40])
+def test_every_catalogue_row_names_tests_that_exist(row):
+    tests_cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+    assert NODE.search(tests_cell), f"no test named in: {row}"
+    assert not missing_tests(tests_cell)
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=rel)
+def test_every_test_the_docs_name_exists(path):
+    assert not missing_tests(path.read_text())
+
+
+def test_a_renamed_test_is_caught():
+    assert missing_tests("`tests/test_docs.py::test_that_does_not_exist`") == [
+        "tests/test_docs.py::test_that_does_not_exist"]
+    assert missing_tests("`tests/test_docs.py::test_a_renamed_test_is_caught[x]`") == []
+
+
+# --- (d) the front page and the links -------------------------------------------------------------
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def slugs(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown page."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in prose(text).splitlines():
+        if m := re.match(r"^#{1,6}\s+(.+?)\s*$", line):
+            slug = re.sub(r"[^\w\- ]", "", m[1].lower()).replace(" ", "-")
+            out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def test_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 300, f"README.md has {len(lines)} lines; move reference material to docs/"
+
+
+def test_readme_contents_list_links_every_section():
+    text = (ROOT / "README.md").read_text()
+    contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^- \[[^\]]+\]\(#([\w-]+)\)$", contents, flags=re.MULTILINE)
+    sections = [re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-")
+                for h in re.findall(r"^## (.+)$", prose(text), flags=re.MULTILINE)]
+    assert listed and set(listed) <= slugs(text)
+    assert listed == [s for s in sections if s != "contents"]
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=rel)
+def test_every_relative_link_resolves(path):
+    broken = []
+    for target in LINK.findall(prose(path.read_text())):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists() or (anchor and dest.suffix == ".md"
+                                 and anchor not in slugs(dest.read_text())):
+            broken.append(target)
+    assert not broken, f"{rel(path)}: broken links {broken}"
+
+
+def test_slugs_follow_githubs_rule():
+    assert slugs("# The paper's tables\n## Real data: disk and time\n## A\n## A\n") == {
+        "the-papers-tables", "real-data-disk-and-time", "a", "a-1"}

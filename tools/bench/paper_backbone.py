@@ -1,0 +1,39 @@
+"""Rows 1 and 2 again in the paper's setting: ResNet-50, last stride 2, 256x128 input, on fewer
+frames and one cache run (rows ``<row>_paper``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from pipeline.model import Backbone
+from tools.bench.cache import bench_cache_and_roofline
+from tools.bench.common import Setup, log, skipped, tracklet_table
+
+PAPER = {"backbone": "resnet50", "last_stride": 2, "size": (256, 128)}
+
+
+def bench_paper_backbone(setup: Setup, paths: Sequence[Path], workdir: Path) -> dict[str, dict]:
+    """Rows 1 and 2 again with the paper's backbone and input (ResNet-50, 256x128), on fewer
+    frames, one cache run: rows ``<row>_paper``. Skipped where ``paper_frames`` is 0 (--quick,
+    --no-paper) or the run already measures the paper's setting."""
+    s = setup.sizes
+    keys = ("cache_throughput", "roofline", "roofline_nchw")
+    if (setup.backbone, setup.last_stride, setup.size) == tuple(PAPER.values()):
+        return {f"{k}_paper": skipped("the main rows are the paper's setting") for k in keys}
+    if not s.paper_frames:
+        return {f"{k}_paper": skipped("--quick or --no-paper") for k in keys}
+    paper = dataclasses.replace(
+        setup, **PAPER,
+        sizes=dataclasses.replace(s, cache_runs=1, bare_batches=s.paper_bare_batches))
+    log.info("1-2 again with the paper's backbone: ResNet-50 at 256x128")
+    torch.manual_seed(setup.seed)
+    backbone = Backbone(paper.backbone, paper.last_stride).eval()
+    table = tracklet_table(paths[:s.paper_frames], s.frames_per_tracklet,
+                           s.tracklets_per_identity)
+    rows = bench_cache_and_roofline(paper, backbone, table, workdir / "cache-paper.h5",
+                                    loader_check=False)
+    return {f"{k}_paper": rows[k] for k in keys}

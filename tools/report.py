@@ -1,0 +1,144 @@
+"""The paper's Tables 1 and 2 from the DVC experiments: ``metrics/report.md``, a bar chart of
+Table 1 and the same tables in the terminal.
+
+Every row of a table is read from the experiment that ran it, or from the baseline commit for the
+rows the default pipeline evaluates (``tools.experiments`` says which is which), as
+``dvc exp show --json`` lists them: its params from that listing, its results from the per-split
+files ``metrics/eval/<set>-<split>.json`` of its commit (every set of its ``data.video``, every
+split of its ``data.splits``; ``git show``), combined over the splits as the summary stage
+combines them. A Table 1 row run with several seeds shows the mean over the seeds of the per-seed
+means over splits, ± their standard deviation over the seeds; a row with one seed shows ± the
+standard deviation over the dataset's splits. A row without usable results says "missing", never
+0. Modules: ``report_sources`` (reading), ``report_tables`` (statistics, markdown, terminal),
+``report_chart`` (the chart).
+
+    python -m tools.report --params params.yaml --out metrics/report.md \
+        --chart metrics/plots/table1.png [--seeds 0 1 2] [--show-json exp-show.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.errors import ParamsError
+from pipeline.files import write_text
+from pipeline.params import load_params
+from tools.experiments import Cell, table1_cells, table2_cells
+from tools.report_chart import draw_chart
+from tools.report_sources import (
+    EVAL_DIR,
+    Reader,
+    ReportError,
+    Source,
+    Sources,
+    collect_sources,
+    git_head,
+    git_show,
+    load_show_json,
+    read_results,
+    resolve,
+    run_exp_show,
+)
+from tools.report_tables import (
+    BASELINE_COMMIT,
+    Report,
+    aggregate,
+    render_markdown,
+    render_terminal,
+)
+
+PROTOCOL_ORDER = ("official", "torchreid")
+
+
+def default_seeds(sources: Sources, base_seed: int) -> list[int]:
+    """The params' seed and every seed some Table 1 experiment (``t1-s<seed>...``) exists for."""
+    pattern = re.compile(r"t1-s(\d+)(?:-|$)")
+    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
+    return sorted(found | {base_seed})
+
+
+def build_report(show: list[dict], *, base_seed: int, base_k: int,
+                 seeds: Sequence[int] | None = None, head: str | None = None,
+                 read: Reader = git_show) -> Report:
+    """Collect Table 1 (``seeds``, default: ``default_seeds``) and Table 2 (``base_seed``, K
+    around ``base_k``) from a ``dvc exp show --json`` output, each source's results read with
+    ``read`` (default: ``git show`` in the repository here)."""
+    sources = collect_sources(show, head)
+    read_once: dict[str | None, tuple[dict | None, str | None]] = {}
+
+    def results_of(source: Source) -> tuple[dict | None, str | None]:
+        if source.name not in read_once:
+            read_once[source.name] = read_results(source, read)
+        return read_once[source.name]
+
+    if results_of(sources.baseline)[0] is None:
+        raise ReportError(f"baseline commit {sources.commit}: {results_of(sources.baseline)[1]}; "
+                          f"run `make repro` and commit {EVAL_DIR}")
+    seeds = list(seeds) if seeds else default_seeds(sources, base_seed)
+    cells1 = table1_cells(seeds, base_seed)
+    cells2 = table2_cells(base_k, base_seed)
+    resolved: dict[Cell, dict | None] = {}
+    problems: dict[str, str] = {}
+    for cell in cells1 + cells2:
+        resolved[cell], problem = resolve(cell, sources, results_of)
+        if problem:
+            problems.setdefault(cell.experiment or BASELINE_COMMIT, problem)
+    datasets, protocols = {}, {}
+    for results in resolved.values():
+        for dataset, models in ((results or {}).get("results") or {}).items():
+            datasets.setdefault(dataset, None)
+            for per_protocol in (models or {}).values():
+                for protocol in per_protocol or {}:
+                    protocols.setdefault((dataset, protocol), None)
+    pairs = sorted(protocols, key=lambda dp: (list(datasets).index(dp[0]), _protocol_rank(dp[1])))
+    return Report(
+        commit=sources.commit, commit_name=sources.commit_name, seeds=tuple(seeds),
+        base_seed=base_seed, base_k=base_k, datasets=tuple(datasets),
+        table1={pair: aggregate(cells1, resolved, *pair) for pair in pairs},
+        table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
+        problems=problems)
+
+
+def _protocol_rank(protocol: str) -> tuple[int, str]:
+    order = PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+    return order, protocol
+
+
+def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("metrics/report.md"))
+    parser.add_argument("--chart", type=Path, default=Path("metrics/plots/table1.png"))
+    parser.add_argument("--show-json", type=Path,
+                        help="a saved `dvc exp show --json` output (default: run it)")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="Table 1 seeds (default: the params' seed and every seed a "
+                             "t1-s<seed> experiment exists for)")
+    parser.add_argument("--rev", help="baseline commit sha to report (default: the git HEAD "
+                                      "when running dvc, the first commit of --show-json)")
+    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        p = load_params(args.params)
+        if args.show_json is not None:
+            show, head = load_show_json(args.show_json), args.rev
+        else:
+            show, head = run_exp_show(), args.rev or git_head()
+        report = build_report(show, base_seed=p.seed, base_k=p.model.K, seeds=args.seeds,
+                              head=head, read=read)
+    except (ReportError, ParamsError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    command = shlex.join(["python", "-m", "tools.report", *argv])
+    write_text(args.out, render_markdown(report, command))
+    draw_chart(report, args.chart)
+    print(render_terminal(report))
+    print(f"\nwrote {args.out} and {args.chart}")
+
+
+if __name__ == "__main__":
+    main()

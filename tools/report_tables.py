@@ -1,0 +1,260 @@
+"""The report's tables: each row's mean ± std over the seeds found (or over one seed's splits),
+and both tables as markdown (``metrics/report.md``) and as plain text for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.files import format_table
+from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
+from tools.report_sources import dotted
+
+PROTOCOL_NOTES = {
+    "official": "Official protocol (MARS evaluation code): each query is ranked against all test "
+                "tracklets, queries included, junk skipped; rank-1 and mAP are divided by all "
+                "queries, so a query without a true match counts as a miss.",
+    "torchreid": "Torchreid protocol: the gallery is the test tracklets without the queries and "
+                 "without junk (pid -1); queries without a valid match are skipped, so rank-1 "
+                 "and mAP are divided by the valid queries only.",
+}
+TABLE1_ORDER = {row.label: i for i, row in enumerate(TABLE1)}  # the paper's row order
+PAPER_DATASETS = ("prid2011", "ilidsvid", "mars")  # the video sets of the paper's tables
+MISSING = "missing"
+NOT_APPLICABLE = "n/a"
+NO_PAPER_NUMBER = "n/a (no paper number)"
+BASELINE_COMMIT = "baseline commit"  # how a cell read from the baseline commit is named
+
+
+# --- combining seeds -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A mean ± std: over the seeds found when ``seeds`` > 1, else over one seed's splits."""
+
+    mean: float
+    std: float
+    seeds: int
+
+
+Value = Stat | str  # a string is shown instead of a number: "missing" or "n/a"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One row of a table on one dataset under one protocol."""
+
+    label: str
+    model: str
+    rank1: Value
+    mean_ap: Value  # mAP
+    overlap: Value
+    entropy: Value
+    valid_queries: float | None  # mean over the seeds found (each a mean over splits)
+    seeds_found: int
+    seeds_wanted: int
+    experiments: tuple[str, ...]  # where each seed was read from; missing ones say so
+
+
+def combine(values: Sequence[tuple[float, float]]) -> Stat | None:
+    """(mean over splits, std over splits) of each seed found -> one Stat (None if none): the
+    mean of the means ± their population std, or ± the split std for a single seed."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return Stat(float(values[0][0]), float(values[0][1]), 1)
+    means = np.array([mean for mean, _ in values], dtype=float)
+    return Stat(float(means.mean()), float(means.std()), len(values))
+
+
+def aggregate(cells: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
+              protocol: str) -> list[RowResult]:
+    """One RowResult per row label of ``cells`` (in the paper's order), on ``dataset`` under
+    ``protocol``, from each cell's results (``resolved``; None: missing)."""
+    labels = sorted(dict.fromkeys(cell.label for cell in cells),
+                    key=lambda label: TABLE1_ORDER.get(label, len(TABLE1_ORDER)))  # stable
+    return [aggregate_row([cell for cell in cells if cell.label == label], resolved, dataset,
+                          protocol) for label in labels]
+
+
+def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
+                  protocol: str) -> RowResult:
+    """The cells of one row (one per seed) combined into a RowResult."""
+    metrics: dict[str, list[tuple[float, float]]] = {"rank1": [], "mAP": []}
+    attention: dict[str, list[tuple[float, float]]] = {"overlap": [], "entropy": []}
+    not_applicable = {"overlap": False, "entropy": False}
+    valid, experiments, found = [], [], 0
+    for cell in group:
+        results = resolved.get(cell)
+        entry = dotted(results, f"results.{dataset}.{cell.model}.{protocol}")
+        name = cell.experiment or BASELINE_COMMIT
+        experiments.append(name if isinstance(entry, dict) else f"{name} ({MISSING})")
+        if not isinstance(entry, dict):
+            continue
+        found += 1
+        if entry.get("num_valid_queries") is not None:
+            valid.append(float(entry["num_valid_queries"]))
+        for metric, values in metrics.items():
+            if isinstance(entry.get(metric), dict):
+                values.append((entry[metric]["mean"], entry[metric].get("std", 0.0)))
+        maps = dotted(results, f"attention.{dataset}.{cell.model}")
+        for key, values in attention.items():
+            if not isinstance(maps, dict) or not maps:
+                continue  # results from before attention was measured
+            value = maps.get(key)
+            if value is None or (isinstance(value, dict) and value.get("mean") is None):
+                not_applicable[key] = True  # overlap with K = 1: no pairs of maps
+            elif isinstance(value, dict):
+                values.append((value["mean"], value.get("std") or 0.0))
+    model = group[0].model
+    no_maps = NOT_APPLICABLE if model == "baseline" else MISSING  # the baseline has no maps
+    return RowResult(
+        label=group[0].label, model=model,
+        rank1=combine(metrics["rank1"]) or MISSING, mean_ap=combine(metrics["mAP"]) or MISSING,
+        overlap=combine(attention["overlap"])
+        or (NOT_APPLICABLE if not_applicable["overlap"] else no_maps),
+        entropy=combine(attention["entropy"])
+        or (NOT_APPLICABLE if not_applicable["entropy"] else no_maps),
+        valid_queries=float(np.mean(valid)) if valid else None,
+        seeds_found=found, seeds_wanted=len(group), experiments=tuple(experiments))
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """Both tables on every dataset and protocol found, and what was missing."""
+
+    commit: str
+    commit_name: str | None
+    seeds: tuple[int, ...]  # Table 1
+    base_seed: int  # Table 2
+    base_k: int
+    datasets: tuple[str, ...]
+    table1: dict[tuple[str, str], list[RowResult]]  # (dataset, protocol) -> rows
+    table2: dict[tuple[str, str], list[RowResult]]
+    problems: dict[str, str]  # experiment (or "baseline commit") -> why it is missing
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def percent(value: Value) -> str:
+    """A fraction as percent with one decimal, ± its std; strings ("missing") as they are."""
+    if isinstance(value, str):
+        return value
+    return f"{100 * value.mean:.1f} ± {100 * value.std:.1f}"
+
+
+def plain(value: Value) -> str:
+    """An overlap or entropy with three decimals, ± its std."""
+    if isinstance(value, str):
+        return value
+    return f"{value.mean:.3f} ± {value.std:.3f}"
+
+
+def _maps(value: Value, row: RowResult) -> str:
+    """An attention value of a row, saying so when fewer seeds measured it than the row found
+    (results from before attention was measured)."""
+    if isinstance(value, Stat) and value.seeds < row.seeds_found:
+        return f"{plain(value)} ({value.seeds}/{row.seeds_found} seeds)"
+    return plain(value)
+
+
+def paper_rank1(key: str | int, dataset: str, table: dict) -> str:
+    """The paper's rank-1 of a row (a Table 1 label or a Table 2 K) on ``dataset``, if any."""
+    number = table.get(key, {}).get(dataset) if dataset in PAPER_DATASETS else None
+    return NO_PAPER_NUMBER if number is None else f"{number:.1f}"
+
+
+def table1_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of Table 1 on ``dataset``."""
+    header = ["row", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
+              f"paper rank-1 ({dataset})"]
+    if dataset == "mars":
+        header.append("paper mAP (mars)")
+    header += ["experiments", "seeds found", "valid queries"]
+    cells = []
+    for row in rows:
+        line = [row.label, percent(row.rank1), percent(row.mean_ap), _maps(row.overlap, row),
+                _maps(row.entropy, row), paper_rank1(row.label, dataset, PAPER_TABLE1)]
+        if dataset == "mars":
+            line.append(f"{PAPER_TABLE1[row.label]['mars_mAP']:.1f}"
+                        if row.label in PAPER_TABLE1 else NO_PAPER_NUMBER)
+        line += [", ".join(row.experiments), f"{row.seeds_found}/{row.seeds_wanted}",
+                 MISSING if row.valid_queries is None else f"{row.valid_queries:.1f}"]
+        cells.append(line)
+    return header, cells
+
+
+def table2_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of Table 2 on ``dataset``."""
+    header = ["K", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
+              f"paper rank-1 ({dataset})", "experiment"]
+    cells = []
+    for row in rows:
+        k = int(row.label.removeprefix("K = "))
+        cells.append([str(k), percent(row.rank1), percent(row.mean_ap), _maps(row.overlap, row),
+                      _maps(row.entropy, row), paper_rank1(k, dataset, PAPER_TABLE2),
+                      ", ".join(row.experiments)])
+    return header, cells
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown pipe table (pipes inside cells escaped)."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
+
+
+def render_markdown(report: Report, command: str) -> str:
+    """``metrics/report.md``: how it was made, then both tables per dataset and protocol."""
+    commit = f"`{report.commit}`" + (f" ({report.commit_name})" if report.commit_name else "")
+    seeds = ", ".join(map(str, report.seeds))
+    parts = [
+        "# DRSA reproduction: Tables 1 and 2",
+        f"Produced by `{command}` from the DVC experiments of baseline commit {commit}. "
+        f"Table 1: seed(s) {seeds}. Table 2: seed {report.base_seed}, the `{TABLE2_MODEL}` model "
+        f"(SpaAtn+Q+TemAtn) with K varied; its K = {report.base_k} row is the baseline commit.",
+        "Rank-1 and mAP are in percent. With several seeds a value is the mean over the seeds of "
+        "each seed's mean over the dataset's splits, ± the standard deviation over the seeds; "
+        "with one seed, ± the standard deviation over the splits (0.0 for a set of one split). "
+        f'"{MISSING}": no usable results (see the list at the end), never a zero. Map overlap: '
+        "mean pairwise Bhattacharyya coefficient between the K spatial attention maps "
+        "(0 disjoint, 1 identical); map entropy in nats. The paper's numbers are its rank-1 (and "
+        "MARS mAP) on PRID2011, iLIDS-VID and MARS.",
+    ]
+    for dataset, protocol in report.table1:
+        parts += [f"## {dataset}, {protocol} protocol",
+                  PROTOCOL_NOTES.get(protocol, f"Protocol {protocol}."),
+                  "### Table 1",
+                  markdown_table(*table1_rows(dataset, report.table1[dataset, protocol])),
+                  "### Table 2",
+                  markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
+    parts.append("## Missing results")
+    if report.problems:
+        parts.append("\n".join(f"- `{name}`: {why}" for name, why in report.problems.items()))
+        parts.append("Run the missing experiments with `make ablations` (Table 1, `SEEDS=...`) "
+                     "or `make ksweep` (Table 2); each ends by writing this report again.")
+    else:
+        parts.append("None: every row was found.")
+    return "\n\n".join(parts) + "\n"
+
+
+def render_terminal(report: Report) -> str:
+    """Both tables per dataset and protocol, as plain-text tables."""
+    parts = []
+    for dataset, protocol in report.table1:
+        parts.append(f"Table 1, {dataset}, {protocol} protocol (percent)\n"
+                     + format_table(*table1_rows(dataset, report.table1[dataset, protocol])))
+        parts.append(f"Table 2, {dataset}, {protocol} protocol (percent)\n"
+                     + format_table(*table2_rows(dataset, report.table2[dataset, protocol])))
+    if report.problems:
+        parts.append("missing:\n" + "\n".join(f"  {name}: {why}"
+                                             for name, why in report.problems.items()))
+    return "\n\n".join(parts)
