@@ -24,6 +24,7 @@ $(STAMP): requirements.txt requirements.lock
 	touch $@
 
 repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
+	$(BIN)/python -m pipeline.params --check  # before DVC reads params.yaml for its matrix
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(MAKE) --no-print-directory docs
 
@@ -31,8 +32,10 @@ exp: setup ## The experiments table: changed params and the headline (rank-1, mA
 	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Created|.*/.*' --keep '(^|:)(R1|mAP)\.'
 
 DATASET ?= mars
-paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment
-	eval "PATH=\"$(CURDIR)/$(BIN):$$PATH\" $(BIN)/dvc exp run $$($(BIN)/python -m pipeline.params --dataset $(DATASET))"
+paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment; ARGS: more options, after the paper's (they win)
+	@overrides="$$($(BIN)/python -m pipeline.params --dataset $(DATASET))" || exit 1; \
+	echo "dvc exp run $$overrides $(ARGS)"; \
+	eval "PATH=\"$(CURDIR)/$(BIN):$$PATH\" $(BIN)/dvc exp run $$overrides $(ARGS)"
 
 SEEDS ?= 0 1 2
 JOBS ?= 1

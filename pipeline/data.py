@@ -154,11 +154,13 @@ class CachedClipDataset(Dataset):
 
 
 def train_loader(dataset: Dataset, pids: Sequence[int], cfg: TrainParams, seed: int,
-                 num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """P x M identity batches of seeded samples; under torchrun, this rank's share of each."""
+                 num_workers: int, pin_memory: bool = False, section: str = "") -> DataLoader:
+    """P x M identity batches of seeded samples; under torchrun, this rank's share of each.
+    ``section`` names ``cfg``'s params section (``finetune``, ``attention.spatial``, ...) in
+    errors."""
     w = distributed.world()
     sampler = IdentityBatchSampler(pids, cfg.identities_per_batch, cfg.instances_per_identity,
-                                   seed=seed, rank=w.rank, world_size=w.size)
+                                   seed=seed, rank=w.rank, world_size=w.size, section=section)
     return DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 

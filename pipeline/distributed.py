@@ -36,7 +36,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from pipeline.errors import InputError, ParamsError
+
 log = logging.getLogger(__name__)
+NO_CUDA = ("runtime.device: cuda, but torch sees no CUDA device (no GPU, no driver, or a CPU "
+           "build of torch); set runtime.device to auto or cpu")
 
 
 @dataclass(frozen=True)
@@ -57,15 +61,30 @@ class World:
         return self.size > 1
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, lowest: int = 0) -> int:
+    """An integer torchrun put in the environment (``default`` when unset)."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r}: expected an integer "
-                         "(set by torchrun)") from None
+        number = None
+    if number is None or number < lowest:
+        raise InputError(f"environment variable {name}={value!r}: expected an integer >= {lowest} "
+                         "(torchrun sets it: start the stage through pipeline.launch or torchrun, "
+                         f"or unset {name})")
+    return number
+
+
+def _env_world() -> World:
+    """The world torchrun describes in ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``, checked."""
+    size = _env_int("WORLD_SIZE", 1, lowest=1)
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if rank >= size:
+        raise InputError(f"environment variable RANK={rank}: expected less than "
+                         f"WORLD_SIZE={size} (torchrun sets both)")
+    return World(rank, local_rank, size)
 
 
 def world() -> World:
@@ -83,20 +102,20 @@ def init(device: str = "auto") -> World:
     device and use NCCL when CUDA is present, ``cpu`` (or no CUDA) uses gloo; ``train.pick_device``
     then returns the current device.
     """
-    size = _env_int("WORLD_SIZE", 1)
-    if size <= 1:
+    env = _env_world()
+    if not env.distributed:
         return World()
     if not dist.is_available():
-        raise RuntimeError(f"WORLD_SIZE={size} but this torch build has no torch.distributed")
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+        raise RuntimeError(f"WORLD_SIZE={env.size} but this torch build has no torch.distributed")
+    rank, local_rank, size = env.rank, env.local_rank, env.size
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if device == "cuda" and not use_cuda:
-        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+        raise ParamsError(NO_CUDA)
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} "
-                               "CUDA devices are visible: start at most that many processes "
-                               "per node (torchrun --nproc_per_node)")
+            raise InputError(f"environment variable LOCAL_RANK={local_rank}: only "
+                             f"{torch.cuda.device_count()} CUDA devices are visible: start at "
+                             "most that many processes per node (torchrun --nproc_per_node)")
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)
     else:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,12 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
 from pipeline.errors import CacheError
-from pipeline.files import atomic_path, sha256_file
+from pipeline.files import atomic_path, check_writable, sha256_file
 from pipeline.model import HeadOutput
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
+SUBSETS = ("train", "test")
 
 
 def cache_attrs(model_path: str | Path, payload: dict) -> dict:
@@ -72,16 +74,37 @@ class _Frames(Dataset):
         return load_frame(self.paths[i], self.size)
 
 
-def check_free_space(path: Path, needed: int) -> None:
-    """Fail before writing ``needed`` bytes (plus 2% and 64 MiB for HDF5's own structures) beside
-    ``path`` when its file system has less free space, instead of filling the disk."""
-    needed = int(needed * 1.02) + (64 << 20)
-    free = shutil.disk_usage(path.parent).free
-    log.info("%s: about %.2f GB to write, %.2f GB free", path, needed / 1e9, free / 1e9)
+def grid_shape(backbone: nn.Module, size: tuple[int, int],
+               device: torch.device | str = "cpu") -> tuple[int, int, int]:
+    """(D, h, w) of the grid ``backbone`` makes of one ``size`` frame (a probe of zeros)."""
+    probe = torch.zeros(1, 3, *size, device=device)
+    with torch.no_grad():
+        D, h, w = backbone(probe).shape[1:]
+    return int(D), int(h), int(w)
+
+
+def cache_bytes(frame_counts: Iterable[int], grid: tuple[int, int, int],
+                max_frames: int = 0) -> int:
+    """Bytes of the grids of one cache of tracklets of ``frame_counts`` frames: the frames
+    ``select_frames`` keeps of each, D x h x w float16 values per frame (HDF5's own structures
+    aside: ``check_free_space`` adds them)."""
+    frames = sum(len(select_frames(n, max_frames)) for n in frame_counts)
+    return frames * math.prod(grid) * 2
+
+
+def check_free_space(path: Path, needed: int, files: int = 1, what: str = "the feature cache",
+                     remedy: str = "") -> None:
+    """Fail before writing ``needed`` bytes in ``files`` caches (plus 2% and 64 MiB each for
+    HDF5's own structures) beside ``path`` when its file system has less free space, instead of
+    filling the disk. ``what`` names what is to be written, ``remedy`` adds a way out."""
+    needed = int(needed * 1.02) + files * (64 << 20)
+    folder = next(p for p in (path.parent, *path.parents) if p.exists())  # may not exist yet
+    free = shutil.disk_usage(folder).free
+    log.info("%s: %s, about %.2f GB to write, %.2f GB free", path, what, needed / 1e9, free / 1e9)
     if free < needed:
-        raise CacheError(f"{path}: the feature cache needs about {needed / 1e9:.2f} GB but "
-                         f"{path.parent} has {free / 1e9:.2f} GB free; free some space, point "
-                         "data/cache at a larger disk, or lower cache.max_frames_per_tracklet")
+        raise CacheError(f"{path}: {what} needs about {needed / 1e9:.2f} GB but {path.parent} "
+                         f"has {free / 1e9:.2f} GB free; free some space, point data/cache at a "
+                         f"larger disk, or lower cache.max_frames_per_tracklet{remedy}")
 
 
 def write_cache(
@@ -106,11 +129,11 @@ def write_cache(
     path = Path(path)
     world = distributed.world()
     main = world.is_main
+    if main:  # a read-only or full folder fails now, not after the backbone ran over every frame
+        check_writable(path.parent)
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    probe = torch.zeros(1, 3, *size, device=device)
-    with torch.no_grad():
-        D, h, w = backbone(probe).shape[1:]
+    D, h, w = grid_shape(backbone, size, device)
     with atomic_path(path) if main else contextlib.nullcontext() as tmp:
         if main:  # (atomic_path removed a killed run's leftover: it does not count as used)
             frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
@@ -182,10 +205,42 @@ def open_cache(path: str | Path, expect: dict) -> h5py.File:
             if stored is None or _plain(stored) != _plain(value):
                 raise CacheError(f"{path}: made with {key}={_plain(stored)!r}, but this run "
                                  f"expects {key}={_plain(value)!r}: re-run the cache stage")
+        for subset in SUBSETS:
+            problem = _layout_problem(f, subset)
+            if problem:
+                raise CacheError(f"{path}: {problem}, though its attributes say complete; "
+                                 "re-run the cache stage")
     except BaseException:
         f.close()
         raise
     return f
+
+
+def _layout_problem(f: h5py.File, subset: str) -> str:
+    """What is wrong with the datasets of ``subset`` ("" when nothing), against the layout of the
+    module docstring: every dataset present, grids of 4 dimensions, offsets that start at 0,
+    increase and end at the number of grids, one pid, camid and is_query per tracklet, one
+    frame_index per grid."""
+    names = ("grids", "offsets", "frame_index", "pids", "camids", "is_query")
+    group = f.get(subset)
+    missing = [f"{subset}/{n}" for n in names if not isinstance(group, h5py.Group)
+               or not isinstance(group.get(n), h5py.Dataset)]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    if group["grids"].ndim != 4:
+        return f"{subset}/grids has shape {group['grids'].shape}, expected (frames, D, h, w)"
+    F, offsets = len(group["grids"]), group["offsets"][()]
+    ordered = (offsets.ndim == 1 and len(offsets) > 0 and offsets[0] == 0 and offsets[-1] == F
+               and bool(np.all(np.diff(offsets) > 0)))
+    if not ordered:
+        return f"{subset}/offsets do not start at 0, increase and end at its {F} grids"
+    T = len(offsets) - 1
+    for name, rows, per in (("pids", T, "tracklet"), ("camids", T, "tracklet"),
+                            ("is_query", T, "tracklet"), ("frame_index", F, "grid")):
+        if group[name].shape != (rows,):
+            return (f"{subset}/{name} has shape {group[name].shape}, expected ({rows},): one "
+                    f"per {per}")
+    return ""
 
 
 def _plain(value):

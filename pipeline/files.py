@@ -1,4 +1,5 @@
-"""File helpers, the one place for them: atomic writes, checksums, terminal tables.
+"""File helpers, the one place for them: atomic writes, checksums, terminal tables, and the
+check that a stage can write its outputs (``check_writable``) before it computes them.
 
 Every output of the pipeline is written through ``atomic_path``: to a temporary file beside its
 destination, renamed over it only once complete, so that an interrupted or failed write never
@@ -8,6 +9,7 @@ leaves a half-written output (the previous file, if any, stays as it was).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +19,69 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
+
 CHUNK = 1 << 20
+MIN_FREE = 1 << 16  # a folder with less free space than this counts as full (a few blocks)
+
+# The OSError numbers that mean the disk is full or the place is not writable: a stage reports
+# them in one line naming the file (``stages.common.run``), never as a traceback.
+DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+def disk_error_text(err: OSError) -> str:
+    """Why a file could not be written (or read) and what to do: ``DISK_ERRORS``' words."""
+    reason = DISK_ERRORS.get(err.errno) or (err.strerror or str(err)).lower()
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{reason}: free some space, then run the stage again"
+    if err.errno in (errno.EACCES, errno.EPERM):  # a read as well as a write
+        return (f"{reason}: check the permissions of the file and its folder, then run the stage "
+                "again")
+    return f"{reason}: make it writable or point the output elsewhere, then run the stage again"
+
+
+def check_writable(*folders: str | Path) -> None:
+    """Fail before any computation when a stage could not write its outputs: each folder (or,
+    when it does not exist yet, the nearest existing folder above it, where it will be created)
+    must accept a new file and have at least ``MIN_FREE`` bytes free. Writes nothing that stays.
+
+    Raises:
+        InputError: naming the folder and the reason (read-only, permission denied, full).
+    """
+    for folder in map(Path, folders):
+        existing = nearest_folder(folder)
+        where = f"{folder}" if existing == folder else f"{folder} (to be created in {existing})"
+        try:
+            with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            raise InputError(f"{where}: cannot write there, {disk_error_text(err)}") from err
+        if shutil.disk_usage(existing).free < MIN_FREE:
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise InputError(f"{where}: cannot write there, {disk_error_text(full)}")
+
+
+def nearest_folder(path: str | Path) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does (where it would be
+    created)."""
+    path = Path(path)
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def check_room(path: str | Path, needed: int, what: str) -> None:
+    """Fail before a computation whose result, ``needed`` bytes, could not be written to
+    ``path`` for lack of free space.
+
+    Raises:
+        InputError: naming ``path``, ``what`` it is, the bytes needed and the bytes free.
+    """
+    free = shutil.disk_usage(nearest_folder(Path(path).parent)).free
+    if free < needed:
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise InputError(f"{path}: {what} needs about {needed / 1e6:.0f} MB but "
+                         f"{free / 1e6:.0f} MB are free, {disk_error_text(full)}")
 
 
 def temporary_path(path: str | Path) -> Path:
@@ -30,7 +94,8 @@ def temporary_path(path: str | Path) -> Path:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write ``path``'s content to; renamed to ``path`` when the block ends
-    normally, removed when it raises (the block's error is the one that propagates)."""
+    normally, removed when it raises (the block's error is the one that propagates). A full disk
+    or a refused write that names no file (a write to an open file) is raised naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
@@ -38,6 +103,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS or err.filename is not None:
+            raise
+        raise OSError(err.errno, DISK_ERRORS[err.errno], str(path)) from err
     finally:
         with contextlib.suppress(OSError):  # never hide the real error behind a cleanup error
             tmp.unlink(missing_ok=True)
@@ -118,3 +187,20 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tree_fingerprint(root: str | Path) -> dict:
+    """Number of files, total bytes and a hash of every relative path and size under ``root``
+    (symlinks followed): cheap (no file is read) and changes whenever a file is added, removed
+    or resized."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = size = 0
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\n".encode())
+            files, size = files + 1, size + stat.st_size
+    return {"files": files, "bytes": size, "sha256": digest.hexdigest()}

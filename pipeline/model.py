@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.errors import InputError
+from pipeline.errors import CheckpointError, InputError
 from pipeline.params import ModelParams
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
@@ -81,15 +81,39 @@ def build_backbone(name: str, init: str, last_stride: int = 2) -> Backbone:
     if init == "scratch":
         return backbone
     state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches raise even with strict=False
-        raise ValueError(f"model.init={init}: the weights do not fit a {name} backbone "
-                         f"({str(err)[:500]})") from err
-    if missing or unexpected:
-        raise ValueError(f"model.init={init}: the weights do not fit a {name} backbone "
-                         f"(missing keys: {missing[:5]}, unexpected keys: {unexpected[:5]})")
+    mismatch = _mismatch(backbone.state_dict(), state)
+    found = _resnet_of(state) if mismatch else name
+    if found not in (name, None):
+        raise CheckpointError(f"model.init: {init} holds the weights of a {found}, but "
+                              f"model.backbone is {name}; expected a {name} checkpoint (or set "
+                              f"model.backbone to {found})")
+    if mismatch:
+        raise CheckpointError(f"model.init: {init}: its weights do not fit a {name} backbone "
+                              f"({mismatch}); expected a {name} checkpoint of this pipeline or "
+                              "torchvision")
+    backbone.load_state_dict(state)
     return backbone
+
+
+def _mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """How ``state`` fails to fit a module whose state dict is ``expected`` ("" when it fits)."""
+    missing = sorted(k for k in expected.keys() - state.keys()
+                     if not k.endswith("num_batches_tracked"))  # old checkpoints lack them
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = sorted(k for k in expected.keys() & state.keys()
+                    if getattr(state[k], "shape", None) != expected[k].shape)
+    parts = [f"{what}: {', '.join(keys[:3])}" for what, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if keys]
+    return "; ".join(parts)
+
+
+def _resnet_of(state: dict[str, Tensor]) -> str | None:
+    """Which backbone of ``_RESNETS`` a state dict is of, from its layout: the blocks of layer3
+    and whether they are bottlenecks (None: none of them)."""
+    blocks = sum(k.startswith("layer3.") and k.endswith(".conv1.weight") for k in state)
+    bottleneck = any(k.endswith(".conv3.weight") for k in state)
+    return {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}.get(
+        (blocks, bottleneck))
 
 
 def imagenet_state_dict(name: str) -> dict[str, Tensor]:
@@ -360,13 +384,3 @@ def build_model(cfg: ModelParams, head: str = "drsa", init: str | None = None) -
         raise ValueError(f"unknown head {head!r}; expected one of: {', '.join(HEADS)}")
     backbone = build_backbone(cfg.backbone, cfg.init if init is None else init, cfg.last_stride)
     return VideoReIDNet(backbone, HEADS[head](cfg, backbone.out_channels))
-
-
-def grid_size(height: int, width: int, last_stride: int = 2) -> tuple[int, int]:
-    """The (H, W) grid a ResNet gives for an input of ``height`` x ``width`` pixels."""
-    def down(size: int) -> int:  # conv1, maxpool, layers 2-3 (stride 2 each), layer 4
-        for _ in range(4 if last_stride == 1 else 5):
-            size = (size + 1) // 2
-        return size
-    return down(height), down(width)
-

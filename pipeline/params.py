@@ -2,18 +2,21 @@
 
 Every knob of the project exists once: a field of one of the frozen dataclasses below, with its
 default (the paper's value where the paper gives one) and a one-line comment. ``load_params``
-reads the YAML file, applies command-line style overrides, and checks every value: an unknown key,
-a value of the wrong type or one outside its range raises ``ParamsError`` naming the dotted key
-(``model.K``) and what was expected. Nothing is coerced silently, except an int where a float is
-expected.
+reads the YAML file, applies command-line style overrides, and checks every value: an unknown or
+duplicated key, a value of the wrong type, an infinite number, a value outside its range, a list
+that repeats an item, or a combination of keys that cannot work (K heads on fewer grid cells, more
+identities per batch than a set has) raises ``ParamsError`` naming the dotted key (``model.K``) and
+what was expected. Nothing is coerced silently, except an int where a float is expected.
 
-Range rules live in each field's ``metadata`` (``choices``, ``ge``, ``gt``, ``lt``, ``nonempty``)
-so that the rule sits next to the field it guards.
+Range rules live in each field's ``metadata`` (``choices``, ``ge``, ``gt``, ``lt``, ``le``,
+``nonempty``, ``unique``) so that the rule sits next to the field it guards; rules across keys
+live in the ``__post_init__`` of the section that holds them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -37,6 +40,9 @@ PROTOCOLS = ("official", "torchreid")
 # video sets and how many standard train/test splits each has
 VIDEO_SPLITS = {"synthetic": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10, "dukev": 1}
 VIDEO_DATASETS = tuple(VIDEO_SPLITS)
+# training identities of each real video set's standard split (MARS 625; iLIDS-VID 300 and
+# PRID2011 178 people halved; DukeMTMC-VideoReID 702): a batch cannot hold more
+VIDEO_TRAIN_IDENTITIES = {"mars": 625, "ilidsvid": 150, "prid2011": 89, "dukev": 702}
 DEVICES = ("auto", "cpu", "cuda")
 # runtime.launcher: python, or torchrun with --key[=value] options made of letters, digits and
 # _.:/$- (a $VARIABLE, a host:port). pipeline/launch.py turns it into an argument list (never a
@@ -55,10 +61,10 @@ def choice(default: str, options: tuple[str, ...]) -> Any:
     return field(default=default, metadata={"choices": options})
 
 
-def choices(default: list[str], options: tuple[str, ...]) -> Any:
-    """A non-empty list field whose items are restricted to ``options``."""
+def choices(default: list[str], options: tuple[str, ...], nonempty: bool = True) -> Any:
+    """A list field of distinct items restricted to ``options`` (non-empty unless told)."""
     return field(default_factory=lambda: list(default),
-                 metadata={"choices": options, "nonempty": True})
+                 metadata={"choices": options, "nonempty": nonempty, "unique": True})
 
 
 def at_least(default: int | float, lower: int | float) -> Any:
@@ -87,9 +93,12 @@ def section(factory: Any) -> Any:
 @dataclass(frozen=True)
 class DataParams:
     video: list[str] = choices(["synthetic"], VIDEO_DATASETS)  # video sets, one branch each
-    image: list[str] = choices(["synthetic"], IMAGE_DATASETS)  # image sets pooled for pretraining
+    # image sets pooled for pretraining; none: pretraining is skipped and the backbone starts the
+    # video stages as model.init made it (e.g. ImageNet weights)
+    image: list[str] = choices(["synthetic"], IMAGE_DATASETS, nonempty=False)
     # split ids of the video sets; each (set, split) is a branch of its own
-    splits: list[int] = field(default_factory=lambda: [0], metadata={"ge": 0, "nonempty": True})
+    splits: list[int] = field(default_factory=lambda: [0],
+                              metadata={"ge": 0, "nonempty": True, "unique": True})
     height: int = at_least(256, 16)  # input height in pixels (paper: 256)
     width: int = at_least(128, 16)  # input width in pixels (paper: 128)
     augment: bool = True  # pretrain/finetune clips: random flip (whole clip) and small shifts
@@ -243,6 +252,43 @@ class Params:
     evaluate: EvaluateParams = section(EvaluateParams)
     runtime: RuntimeParams = section(RuntimeParams)
 
+    def __post_init__(self) -> None:
+        h, w = grid_size(self.data.height, self.data.width, self.model.last_stride)
+        if h * w < self.model.K:
+            raise ParamsError(
+                f"model.K: {self.model.K} spatial attention heads on a res5c grid of {h} x {w} = "
+                f"{h * w} cells (data.height x data.width = {self.data.height} x "
+                f"{self.data.width}, model.last_stride {self.model.last_stride}): expected "
+                f"K <= {h * w}")
+        for dataset in self.data.video:
+            available = (self.synthetic.train_identities if dataset == "synthetic"
+                         else VIDEO_TRAIN_IDENTITIES[dataset])
+            for key, cfg in self.video_stages().items():
+                _check_batch(key, cfg, available, f"{dataset}'s training identities")
+        if self.data.image == ["synthetic"]:
+            _check_batch("pretrain", self.pretrain, self.synthetic.image_identities,
+                         "synthetic.image_identities")
+
+    def video_stages(self) -> dict[str, TrainParams]:
+        """The training sections of the stages that train on a video set, by params key."""
+        return {"finetune": self.finetune, "attention.spatial": self.attention.spatial,
+                "attention.temporal": self.attention.temporal, "joint": self.joint}
+
+
+def _check_batch(key: str, cfg: TrainParams, available: int, what: str) -> None:
+    if cfg.identities_per_batch > available:
+        raise ParamsError(f"{key}.identities_per_batch: {cfg.identities_per_batch} identities per "
+                          f"batch, but {what} are {available}: expected at most {available}")
+
+
+def grid_size(height: int, width: int, last_stride: int = 2) -> tuple[int, int]:
+    """The (h, w) res5c grid a ResNet gives for an input of ``height`` x ``width`` pixels."""
+    def down(size: int) -> int:  # conv1, maxpool, layers 2-3 (stride 2 each), layer 4
+        for _ in range(4 if last_stride == 1 else 5):
+            size = (size + 1) // 2
+        return size
+    return down(height), down(width)
+
 
 def run_name(dataset: str, split: int | str) -> str:
     """The name of one (video set, split) branch of the pipeline, as dvc.yaml's matrix stages name
@@ -272,11 +318,11 @@ def load_params(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for key, value in _parse_overrides(overrides).items():
@@ -285,6 +331,30 @@ def load_params(
         return from_dict(Params, raw)
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error (YAML itself
+    keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (YAML would keep the last value only)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -321,6 +391,10 @@ def _check(value: Any, tp: Any, rules: Mapping[str, Any], key: str) -> Any:
             raise ParamsError(f"{key}: expected a list, got {_show(value)}")
         if rules.get("nonempty") and not value:
             raise ParamsError(f"{key}: expected a non-empty list")
+        repeated = sorted({repr(v) for v in value if value.count(v) > 1})
+        if rules.get("unique") and repeated:
+            raise ParamsError(f"{key}: expected each item once, got {value} (repeats "
+                              f"{', '.join(repeated)})")
         (item_tp,) = typing.get_args(tp)
         return [_check(v, item_tp, rules, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
@@ -341,6 +415,8 @@ def _check_scalar(value: Any, tp: type, key: str) -> Any:
         raise ParamsError(f"{key}: expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ParamsError(f"{key}: expected a finite number, got {value}")
             return float(value)
         hint = ""
         if isinstance(value, str) and _looks_numeric(value):
@@ -451,12 +527,27 @@ def _yaml_value(value: Any) -> str:
     return str(value)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``--check``: check the params file (one line naming the key, exit 1, when it is wrong);
+    else print the ``dvc exp run`` options of the paper's setting on ``--dataset``."""
     import argparse
+    import sys
 
-    parser = argparse.ArgumentParser(description="Print `dvc exp run` options for the paper's "
-                                     "setting on one video set.")
+    parser = argparse.ArgumentParser(description="Check the params file, or print the `dvc exp "
+                                     "run` options of the paper's setting on one video set.")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--dataset", default="mars", choices=VIDEO_DATASETS)
-    args = parser.parse_args()
-    print(" ".join(f"-S '{o}'" for o in paper_overrides(load_params(args.params), args.dataset)))
+    parser.add_argument("--check", action="store_true", help="only check the params file")
+    parser.add_argument("--dataset", default="mars")
+    args = parser.parse_args(argv)
+    try:
+        p = load_params(args.params)
+        overrides = None if args.check else paper_overrides(p, args.dataset)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if overrides is not None:
+        print(" ".join(f"-S '{o}'" for o in overrides))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from pipeline.errors import ParamsError
+
 
 def chunk_bounds(num_frames: int, num_chunks: int) -> list[tuple[int, int]]:
     """Half-open frame ranges of the ``num_chunks`` equal-duration chunks of a tracklet.
@@ -74,25 +76,30 @@ class IdentityBatchSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        section: str = "",
     ) -> None:
-        if identities_per_batch < 1 or instances_per_identity < 1:
-            raise ValueError("identities_per_batch and instances_per_identity must be >= 1, got "
-                             f"{identities_per_batch} and {instances_per_identity}")
+        """``section``: the params section of P and M (``finetune``, ...), named in errors."""
+        p_key, m_key = (f"{section}.{key}" if section else key
+                        for key in ("identities_per_batch", "instances_per_identity"))
+        P, M = identities_per_batch, instances_per_identity
+        if P < 1 or M < 1:
+            raise ParamsError(f"{p_key} and {m_key}: expected values >= 1, got {P} and {M}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        batch_size = identities_per_batch * instances_per_identity
-        if batch_size % world_size:
-            raise ValueError(f"the global batch of {identities_per_batch} x "
-                             f"{instances_per_identity} = {batch_size} samples does not split "
-                             f"evenly over {world_size} ranks")
+        if (P * M) % world_size:
+            raise ParamsError(f"{p_key} x {m_key} = {P} x {M} = {P * M} samples per global "
+                              f"batch: expected a multiple of WORLD_SIZE={world_size}, the "
+                              "number of torchrun processes, so that each gets an equal share; "
+                              "change them or the number of processes")
         pids = np.asarray(pids)
         self.identities = np.unique(pids)
-        if len(self.identities) < identities_per_batch:
-            raise ValueError(f"{len(self.identities)} identities cannot fill a batch of "
-                             f"identities_per_batch={identities_per_batch}")
+        if len(self.identities) < P:
+            raise ParamsError(f"{p_key}={P}: expected at most "
+                              f"{len(self.identities)}, the number of identities in the training "
+                              "set (a batch holds P different identities)")
         # sample indices of each identity, in dataset order
         self.members = {int(p): np.flatnonzero(pids == p) for p in self.identities}
-        self.P, self.M = identities_per_batch, instances_per_identity
+        self.P, self.M = P, M
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 

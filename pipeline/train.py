@@ -16,10 +16,13 @@ being told: ``export_model`` / ``load_exported``. Every file is loaded with ``we
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.errors import CheckpointError, InputError, ParamsError
-from pipeline.files import write_with
+from pipeline.files import check_room, nearest_folder, write_with
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
 from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 def pick_device(cfg: RuntimeParams) -> torch.device:
     """``runtime.device``: auto picks CUDA when present."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but no CUDA device is available")
+        raise ParamsError(distributed.NO_CUDA)
     cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
     if not cuda:
         return torch.device("cpu")
@@ -98,8 +101,26 @@ def fingerprint(*parts: Any) -> str:
 
 
 def save(path: str | Path, payload: dict) -> None:
-    """torch.save, atomically: never a half-written checkpoint, nothing left of a failed save."""
-    write_with(path, lambda tmp: torch.save(payload, tmp))
+    """torch.save, atomically: never a half-written checkpoint, nothing left of a failed save.
+    A full disk is an OSError (ENOSPC) naming ``path``: torch reports a failed write as a
+    RuntimeError without its reason, so the free space is compared with the tensors' size."""
+    try:
+        write_with(path, lambda tmp: torch.save(payload, tmp))
+    except RuntimeError as err:
+        if shutil.disk_usage(nearest_folder(Path(path).parent)).free >= tensor_bytes(payload):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+
+
+def tensor_bytes(tree: Any) -> int:
+    """Bytes of the tensors in a checkpoint payload (nested dicts, lists and tuples)."""
+    if isinstance(tree, Tensor):
+        return tree.nbytes
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
 
 
 def load(path: str | Path) -> dict:
@@ -207,6 +228,9 @@ def fit(
     history: list[dict] = []
     start, skip = 0, 0  # the epoch to run first, and the batches of it already done
     resume_path = Path(resume_path)
+    if world.is_main:  # the checkpoint: weights, the loss's state, a momentum per parameter
+        check_room(resume_path, tensor_bytes([model.state_dict(), criterion.state_dict(),
+                                              trainable]), "the resume checkpoint")
     if resume_path.exists():
         state = load(resume_path)
         if state.get("key") == key:

@@ -4,10 +4,18 @@ no traceback from a stage, and nothing half-written."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -15,8 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from pipeline import distributed
 from pipeline.data import ClipDataset, eval_loader, load_frame
 from pipeline.datasets import dukev, ilidsvid
 from pipeline.datasets.common import screen_frames
@@ -27,13 +37,20 @@ from pipeline.errors import (
     CheckpointError,
     DatasetError,
     InputError,
+    ParamsError,
     UnsafeArchiveError,
 )
-from pipeline.features import open_cache
-from pipeline.model import backbone_state_from_file
-from pipeline.stages.common import one_line
-from pipeline.tables import load_image_index, load_video_index
-from pipeline.train import load_exported
+from pipeline.features import cache_attrs, open_cache, write_cache
+from pipeline.files import write_with
+from pipeline.model import Backbone, backbone_state_from_file, build_model
+from pipeline.params import ModelParams
+from pipeline.stages import attention, evaluate, finetune, joint, pretrain, summary
+from pipeline.stages.common import one_line, run
+from pipeline.tables import image_table, load_image_index, load_video_index, save_image_index
+from pipeline.train import export_model, load, load_exported, save
+
+ROOT = Path(__file__).resolve().parents[1]
+DiskUsage = type(shutil.disk_usage("/"))
 
 
 def jpeg(path: Path, seed: int = 0) -> Path:
@@ -247,3 +264,357 @@ def test_sound_frames_pass_untouched(tmp_path):
     table = bad_tree(tmp_path).head(1)
     kept, counts = screen_frames(table, "fail", "x")
     assert kept is table and counts == {"frames": 0, "tracklets": 0}
+
+
+# --- stages: one line on stderr, exit status 1, nothing written -----------------------------------
+
+LOG_LINE = re.compile(r"\d\d:\d\d:\d\d ")  # stages.common.setup_logging's format
+
+
+@pytest.fixture
+def stage(capsys):
+    """``stage(main, argv)``: a stage's ``main`` run through ``stages.common.run`` the way its
+    command line runs it; checks exit status 1 and no traceback, returns the lines it printed on
+    stderr (log lines left out). The signal handlers ``run`` installs are put back after."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def call(main, argv: list) -> list[str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as caught:
+            run(main, [str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert caught.value.code == 1, err
+        assert "Traceback" not in err
+        return [line for line in err.splitlines() if not LOG_LINE.match(line)]
+
+    yield call
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def files(folder: Path) -> list[str]:
+    """Every file and folder under ``folder``: compared before and after a failed stage."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def params_file(folder: Path, **sections: dict) -> Path:
+    """A small CPU configuration (64 x 32 frames, ResNet-18 from scratch, 8 grid cells, K = 2),
+    its sections updated by ``sections``."""
+    params = {"data": {"image": ["synthetic"], "height": 64, "width": 32, "num_workers": 0},
+              "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "K": 2,
+                        "d": 8, "embed_dim": 16},
+              "pretrain": {"epochs": 1, "identities_per_batch": 2, "instances_per_identity": 2},
+              "runtime": {"device": "cpu"}}
+    for name, values in sections.items():
+        params[name] = {**params.get(name, {}), **values}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def pretrain_args(tmp_path) -> Callable[..., list]:
+    """``pretrain_args(**sections)``: the pretrain stage's command line over an image index of 3
+    identities x 2 cameras, with ``params_file(**sections)``; outputs under tmp_path/out."""
+    root = tmp_path / "raw"
+    rows = [{"pid": pid, "camid": cam, "path": jpeg(root / f"{pid}_{cam}.jpg", 2 * pid + cam)}
+            for pid in range(3) for cam in (1, 2)]
+    save_image_index(image_table(rows, root), root,
+                     tmp_path / "index" / "synthetic" / "images.json")
+    out = tmp_path / "out"
+    return lambda **sections: [
+        "--params", params_file(tmp_path, **sections), "--index", tmp_path / "index",
+        "--out", out / "pretrain.pt", "--plot", out / "pretrain.csv", "--scratch", out / "scratch"]
+
+
+def test_cuda_without_cuda_names_runtime_device(stage, pretrain_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = pretrain_args(runtime={"device": "cuda"})
+    before = files(tmp_path)
+    assert stage(pretrain.main, args) == [
+        "error: runtime.device: cuda, but torch sees no CUDA device (no GPU, no driver, or a CPU "
+        "build of torch); set runtime.device to auto or cpu"]
+    assert files(tmp_path) == before
+
+
+def test_more_identities_per_batch_than_identities_names_the_key(stage, pretrain_args, tmp_path):
+    args = pretrain_args(pretrain={"identities_per_batch": 4})
+    before = files(tmp_path)
+    assert stage(pretrain.main, args) == [
+        "error: pretrain.identities_per_batch=4: expected at most 3, the number of identities in "
+        "the training set (a batch holds P different identities)"]
+    assert files(tmp_path) == before
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_names_the_keys(
+        stage, pretrain_args, tmp_path, monkeypatch):
+    """Under torchrun with 3 processes (their world, as the training loader sees it), 2 x 2
+    samples per batch cannot be shared out: the keys and WORLD_SIZE are named."""
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 0, 3))
+    args = pretrain_args()
+    before = files(tmp_path)
+    assert stage(pretrain.main, args) == [
+        "error: pretrain.identities_per_batch x pretrain.instances_per_identity = 2 x 2 = 4 "
+        "samples per global batch: expected a multiple of WORLD_SIZE=3, the number of torchrun "
+        "processes, so that each gets an equal share; change them or the number of processes"]
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize(("env", "error", "printed"), [
+    ({"RANK": "0"}, ParamsError("pretrain.identities_per_batch: ..."), True),
+    ({"RANK": "2"}, ParamsError("pretrain.identities_per_batch: ..."), False),
+    ({"RANK": "2"}, InputError("out: cannot write there, ..."), False),
+    ({"RANK": "1"}, DatasetError("f.jpg: cannot read the image"), True),  # read by rank 1 alone
+    ({"RANK": "x"}, InputError("environment variable RANK='x': ..."), True),
+    ({"RANK": "3"}, InputError("environment variable RANK=3: ..."), True),  # not below WORLD_SIZE
+])
+def test_under_torchrun_rank_0_alone_reports_what_every_rank_meets(stage, monkeypatch, env,
+                                                                     error, printed):
+    """The other ranks exit with status 1 silently, except for a DatasetError (a frame only that
+    rank read) and a torchrun environment that does not say which rank this is."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def main(argv):
+        raise error
+
+    assert stage(main, []) == ([f"error: {error}"] if printed else [])
+
+
+def test_a_model_init_of_another_backbone_names_the_key_and_the_file(stage, pretrain_args,
+                                                                      tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save(Backbone("resnet18").state_dict(), weights)
+    args = pretrain_args(model={"backbone": "resnet34", "init": str(weights)})
+    before = files(tmp_path)
+    assert stage(pretrain.main, args) == [
+        f"error: model.init: {weights} holds the weights of a resnet18, but model.backbone is "
+        "resnet34; expected a resnet34 checkpoint (or set model.backbone to resnet18)"]
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize(("variables", "line"), [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two': expected an integer >= 1 (torchrun sets it: start "
+                            "the stage through pipeline.launch or torchrun, or unset WORLD_SIZE)"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': expected an integer >= 1"),
+    ({"WORLD_SIZE": "2", "RANK": "one"}, "RANK='one': expected an integer >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1': expected an integer >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0.5"}, "LOCAL_RANK='0.5': expected an "
+                                                            "integer >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2: expected less than WORLD_SIZE=2 (torchrun sets "
+                                       "both)"),
+])
+def test_a_malformed_torchrun_environment_names_the_variable(stage, pretrain_args, tmp_path,
+                                                             monkeypatch, variables, line):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    args = pretrain_args()
+    before = files(tmp_path)
+    printed = stage(pretrain.main, args)
+    assert len(printed) == 1 and printed[0].startswith(f"error: environment variable {line}")
+    assert files(tmp_path) == before
+
+
+# --- read-only folders, full disks ----------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch) -> Path:
+    """A folder where no file can be created, as on a read-only mount: creating one in it (or
+    below) raises EROFS. (Simulated: the tests may run as root, whom chmod does not stop.)"""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    return folder
+
+
+# Each stage that checks its output folders first, with its command line's path arguments (an
+# output's folder or a folder; inputs need not exist, the check comes first).
+STAGE_OUTPUTS = {
+    pretrain: {"--index": "index", "--out": "models/pretrain.pt", "--plot": "plots/p.csv",
+               "--scratch": "scratch"},
+    finetune: {"--index": "split_0.json", "--init": "pretrain.pt", "--out": "models/f.pt",
+               "--plot": "plots/f.csv", "--scratch": "scratch"},
+    attention: {"--cache": "c.h5", "--backbone": "f.pt", "--spatial": "models/s.pt",
+                "--temporal": "models/t.pt", "--plots": "plots", "--scratch": "scratch"},
+    joint: {"--index": "split_0.json", "--backbone": "f.pt", "--heads": "t.pt",
+            "--out": "models/j.pt", "--plot": "plots/j.csv", "--scratch": "scratch"},
+    evaluate: {"--dataset": "synthetic", "--split": "0", "--index": "split_0.json",
+               "--cache": "c.h5", "--backbone": "f.pt", "--model": "joint=j.pt",
+               "--out": "eval/s.json", "--cmc": "cmc/s.csv", "--figures": "figures"},
+}
+OUTPUTS = {"--out", "--plot", "--scratch", "--spatial", "--temporal", "--plots", "--cmc",
+           "--figures"}
+
+
+@pytest.mark.parametrize(("module", "option"), [(m, o) for m, paths in STAGE_OUTPUTS.items()
+                                                for o in paths if o in OUTPUTS])
+def test_a_read_only_output_folder_fails_before_anything_runs(stage, tmp_path, read_only, module,
+                                                              option):
+    """Every training stage and evaluate: the folder of each output, and the scratch folder, is
+    checked writable first (before the params are read: here there are none)."""
+    argv = []
+    for name, value in STAGE_OUTPUTS[module].items():
+        place = read_only if name == option else tmp_path
+        argv += [name, value if name in ("--dataset", "--split", "--model") else place / value]
+    target = read_only / STAGE_OUTPUTS[module][option]
+    folder = target if option in ("--scratch", "--plots", "--figures") else target.parent
+    where = f"{folder}" if folder == read_only else f"{folder} (to be created in {read_only})"
+    before = files(tmp_path)
+    assert stage(module.main, argv) == [
+        f"error: {where}: cannot write there, read-only file system: make it writable or point "
+        "the output elsewhere, then run the stage again"]
+    assert files(tmp_path) == before
+
+
+def test_a_full_disk_fails_before_anything_runs(stage, pretrain_args, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: DiskUsage(100 << 30, 100 << 30, 0))
+    args = pretrain_args()
+    before = files(tmp_path)
+    assert stage(pretrain.main, args) == [
+        f"error: {tmp_path / 'out'} (to be created in {tmp_path}): cannot write there, no space "
+        "left on device: free some space, then run the stage again"]
+    assert files(tmp_path) == before
+
+
+class Probe(torch.nn.Module):
+    """A backbone that records that it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.zeros(len(x), 4, 2, 1)
+
+
+def test_the_cache_checks_its_folder_before_running_the_backbone(tmp_path, read_only):
+    table = pd.DataFrame({"pid": [1], "camid": [1], "subset": ["train"], "is_query": [False],
+                          "frames": [[jpeg(tmp_path / "f.jpg")]]})
+    probe = Probe()
+    with pytest.raises(InputError, match=rf"{re.escape(str(read_only))}: cannot write there, "
+                                         "read-only file system"):
+        write_cache(read_only / "c.h5", probe, {"train": table}, (32, 16), {})
+    assert probe.calls == 0 and files(read_only) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_a_write_that_fails_for_lack_of_space_or_rights_is_one_line(stage, tmp_path, code):
+    """A write refused halfway (the file holds some bytes, the OSError names no file, as from
+    ``write()``): one line naming the output and the reason; no temporary file is left."""
+    out = tmp_path / "metrics" / "eval.json"
+
+    def writer(tmp: Path) -> None:
+        tmp.write_text("{\"models\": ")
+        raise OSError(code, os.strerror(code))
+
+    def main(argv):
+        write_with(out, writer)
+
+    reason = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}[code]
+    advice = {errno.ENOSPC: "free some space, then run the stage again",
+              errno.EDQUOT: "free some space, then run the stage again",
+              errno.EROFS: "make it writable or point the output elsewhere, then run the stage "
+                           "again",
+              errno.EACCES: "check the permissions of the file and its folder, then run the "
+                            "stage again"}[code]
+    assert stage(main, []) == [f"error: {out}: {reason}: {advice}"]
+    assert files(tmp_path) == ["metrics"]
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line(stage, tmp_path, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError without the reason: with less space
+    free than the checkpoint's tensors, it is reported as a full disk naming the checkpoint."""
+    path = tmp_path / "scratch" / "last.pt"
+
+    def failing_save(payload, tmp):
+        Path(tmp).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: DiskUsage(1 << 30, (1 << 30) - 100, 100))
+    assert stage(lambda argv: save(path, {"w": torch.zeros(1000)}), []) == [
+        f"error: {path}: no space left on device: free some space, then run the stage again"]
+    assert files(tmp_path) == ["scratch"]
+
+
+# --- results files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ('{"dataset": "synthetic", "models": {"baseline": ', "not a JSON results file of the "
+                                                          "evaluate stage (Expecting value"),
+    ("\x89PNG\r\n", "not a JSON results file of the evaluate stage"),
+    ("[1, 2]", "holds a JSON list, expected the object the evaluate stage writes"),
+])
+def test_a_truncated_or_non_json_metrics_file_names_it(stage, tmp_path, content, reason):
+    evals, out = tmp_path / "eval", tmp_path / "results"
+    evals.mkdir()
+    (evals / "synthetic-0.json").write_text(content)
+    out.mkdir()
+    (out / "synthetic.json").write_text("{}")  # the last run's: kept
+    params = params_file(tmp_path, data={"video": ["synthetic"], "splits": [0]})
+    before = files(tmp_path)
+    printed = stage(summary.main, ["--params", params, "--evals", evals, "--cmc", tmp_path / "cmc",
+                                   "--losses", tmp_path / "loss", "--out", out, "--figures",
+                                   tmp_path / "figures"])
+    assert len(printed) == 1
+    assert printed[0].startswith(f"error: {evals / 'synthetic-0.json'}: {reason}")
+    assert printed[0].endswith("run the evaluate stage again")
+    assert files(tmp_path) == before
+
+
+def test_a_complete_cache_with_missing_datasets_is_one_line(stage, tmp_path):
+    """A cache whose attributes say complete and fit the backbone, but whose test subset and
+    train pids are gone: the attention stage names the file and what is missing."""
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, embed_dim=16)
+    backbone = tmp_path / "finetune.pt"
+    export_model(backbone, build_model(cfg, head="baseline"), cfg, "baseline")
+    cache = tmp_path / "cache.h5"
+    with h5py.File(cache, "w") as f:
+        f.attrs.update({**cache_attrs(backbone, load(backbone)), "height": 64, "width": 32,
+                        "complete": True})
+        f["train/grids"] = np.zeros((2, 512, 4, 2), dtype=np.float16)
+    params = params_file(tmp_path)
+    out = tmp_path / "out"
+    before = files(tmp_path)
+    assert stage(attention.main, [
+        "--params", params, "--cache", cache, "--backbone", backbone, "--spatial",
+        out / "spatial.pt", "--temporal", out / "temporal.pt", "--plots", out / "plots",
+        "--scratch", out / "scratch"]) == [
+        f"error: {cache}: train/offsets, train/frame_index, train/pids, train/camids, "
+        "train/is_query missing, though its attributes say complete; re-run the cache stage"]
+    assert files(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_batch_that_does_not_split_is_one_line_from_rank_0(pretrain_args,
+                                                                            tmp_path):
+    """Two CPU processes started by pipeline.launch through torchrun, 3 x 1 samples per batch:
+    every rank meets the error, rank 0 alone prints it, torchrun adds no traceback of its own;
+    exit status 1, nothing written."""
+    args = pretrain_args(pretrain={"identities_per_batch": 3, "instances_per_identity": 1},
+                         runtime={"launcher": "torchrun --standalone --nproc_per_node=2"})
+    before = files(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "pipeline.launch", "pipeline.stages.pretrain",
+                             *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: pretrain.identities_per_batch x pretrain.instances_per_identity = 3 x 1 = 3 "
+        "samples per global batch: expected a multiple of WORLD_SIZE=2, the number of torchrun "
+        "processes, so that each gets an equal share; change them or the number of processes"]
+    assert files(tmp_path) == before

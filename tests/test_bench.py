@@ -23,7 +23,7 @@ from tools.bench.cache import count_flops
 from tools.bench.common import QUICK, Setup, Target, row, table_rows
 from tools.bench.evaluation import mars_like_problem, sort_bound, usual_evaluator
 from tools.bench.experiment import bench_experiment
-from tools.tinyrepo import tiny_repo
+from tools.tinyrepo import TINY, tiny_repo
 
 PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_nchw_paper"}
 BENCHMARKS = {
@@ -123,7 +123,7 @@ def test_tiny_repo_is_a_committed_pipeline_with_tiny_params(tmp_path):
     repo = tmp_path / "exp" / "repo"
     tiny_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["model"]["K"] == 3 and params["data"]["height"] == 32
+    assert params["model"]["K"] == 3 and params["data"]["height"] == TINY["data"]["height"]
     assert params["attention"]["temporal"]["epochs"] == 1
     for path in ("dvc.yaml", ".dvc/config", "pipeline/params.py", "data/archives/.gitkeep"):
         assert (repo / path).is_file(), path

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import torch
 import yaml
 from PIL import Image
 
 from pipeline.datasets import sources
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, DownloadError
 from pipeline.files import md5_file
 from pipeline.stages import download, index
 from pipeline.tables import load_image_index, load_video_index
+from tools.experiments import out_of_date
 from tools.shell import run
 from tools.tinyrepo import tiny_repo
 
@@ -38,11 +40,16 @@ TINY_SYNTHETIC = {
 }
 
 
+SMALL_BATCH = {"identities_per_batch": 2}  # the tiny sets have 3 and 4 identities to train on
+
+
 def write_params(folder: Path, video=("synthetic",), image=("synthetic",), **synthetic) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"video": list(video), "image": list(image)},
         "synthetic": {**TINY_SYNTHETIC, **synthetic},
+        "pretrain": SMALL_BATCH, "finetune": SMALL_BATCH, "joint": SMALL_BATCH,
+        "attention": {"spatial": SMALL_BATCH, "temporal": SMALL_BATCH},
     }))
     return path
 
@@ -197,13 +204,15 @@ def test_dvc_pipeline_and_what_model_params_rerun(tmp_path):
     changing the synthetic seed does not."""
     work = tiny_repo(tmp_path / "repo", update={"synthetic": TINY_SYNTHETIC})
     output = run(work, "dvc", "repro", "index")
-    assert set(re.findall(r"Running stage '([^']+)'", output)) == {"download", "index"}
+    assert set(re.findall(r"Running stage '([^']+)'", output)) == {"check", "download", "index"}
     assert (work / "metrics" / "datasets.json").is_file()
     assert (work / "data" / "index" / "synthetic" / "split_0.json").is_file()
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["model"]["K"] = 8
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "up to date" in run(work, "dvc", "status", "index", "--with-deps")
+    status = json.loads(run(work, "dvc", "status", "index", "--with-deps", "--json",
+                            stdout_only=True))
+    assert out_of_date(status) == []  # (the check stage, always changed, changes nothing)
     params["synthetic"]["seed"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(work, "dvc", "status", "index", "--with-deps")
@@ -264,3 +273,184 @@ def test_index_skips_bad_frames_when_asked_and_counts_them(tmp_path):
     assert stats["video"]["synthetic"]["split_0"]["skipped"]["frames"] == 1
     table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
     assert victim not in {Path(f) for frames in table["frames"] for f in frames}
+
+
+# --- an extracted tree that does not read is the error: nothing is extracted or fetched over it ---
+
+
+def fabricate_prid(multi_shot_parent: Path, people: int = 4) -> None:
+    """A miniature PRID2011 multi_shot/ folder (27 frames per person and camera) under
+    ``multi_shot_parent``."""
+    for cam in ("cam_a", "cam_b"):
+        for person in range(1, people + 1):
+            folder = multi_shot_parent / "multi_shot" / cam / f"person_{person:04d}"
+            folder.mkdir(parents=True)
+            for frame in range(1, 28):
+                (folder / f"{frame:04d}.png").write_bytes(png_bytes())
+
+
+def prid_zip(archives: Path) -> Path:
+    """A prid_2011.zip in ``archives``/prid2011 holding the miniature set."""
+    path = archives / "prid2011" / "prid_2011.zip"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for cam in ("cam_a", "cam_b"):
+            for person in range(1, 5):
+                for frame in range(1, 28):
+                    zf.writestr(f"prid_2011/multi_shot/{cam}/person_{person:04d}/{frame:04d}.png",
+                                png_bytes())
+    return path
+
+
+@pytest.fixture
+def no_fetch(monkeypatch):
+    """Fail the test if the stage tries to download anything."""
+    def fetch(url, *args, **kwargs):
+        pytest.fail(f"the download stage tried to fetch {url}")
+    monkeypatch.setattr("pipeline.download.fetch", fetch)
+
+
+def download_only(tmp_path: Path, video: str) -> None:
+    params = write_params(tmp_path, video=[video], image=[])
+    download.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--archives",
+                   str(tmp_path / "archives"), "--manifest", str(tmp_path / "download.json")])
+
+
+def test_a_stray_folder_in_an_extracted_tree_is_named_and_nothing_is_fetched(tmp_path, no_fetch):
+    """One stray folder in an extracted iLIDS-VID (a set with a public URL, no archive present):
+    the reader's error, and the two ways out; never a download of iLIDS-VID.tar."""
+    root = tmp_path / "raw" / "ilidsvid"
+    fabricate_ilidsvid(root)
+    (root / "i-LIDS-VID" / "sequences" / "cam1" / "notes").mkdir()
+    with pytest.raises(DatasetError) as err:
+        download_only(tmp_path, "ilidsvid")
+    message = str(err.value)
+    assert f"{root} holds an extracted tree that does not read" in message
+    assert "expected only person<number> folders" in message and "'notes'" in message
+    assert f"remove everything in {root} so that the stage extracts iLIDS-VID.tar" in message
+    assert not (tmp_path / "archives").exists() and not (tmp_path / "download.json").exists()
+
+
+@pytest.mark.parametrize(("where", "found", "move"), [
+    # extracted one level too deep, into a folder of the archive's own name
+    ("prid_2011/prid_2011", "prid_2011/prid_2011/multi_shot",
+     "move the contents of {root}/prid_2011/prid_2011 up into {root}/prid_2011"),
+    # the archive's top folder missing
+    ("", "multi_shot", "move {root}/multi_shot to {root}/prid_2011/multi_shot"),
+    # extracted into a folder of another name
+    ("PRID/prid_2011", "PRID/prid_2011/multi_shot",
+     "move {root}/PRID/prid_2011 to {root}/prid_2011"),
+])
+def test_a_tree_one_level_off_says_where_the_folder_was_found(tmp_path, no_fetch, where, found,
+                                                               move):
+    """The archive is there too: it is not extracted over the user's tree."""
+    root = tmp_path / "raw" / "prid2011"
+    fabricate_prid(root / where)
+    archive = prid_zip(tmp_path / "archives")
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    with pytest.raises(DatasetError) as err:
+        download_only(tmp_path, "prid2011")
+    message = str(err.value)
+    assert f"expected the PRID2011 folder prid_2011/multi_shot (from prid_2011.zip) at {root}/" \
+           "prid_2011/multi_shot, which does not exist" in message
+    assert f"was found at {root}/{found} instead: {move.format(root=root)}." in message
+    assert "is not available" not in message and str(archive.parent) in message
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+
+def test_a_bad_prid_split_file_is_the_error_not_a_missing_set(tmp_path, no_fetch):
+    root = tmp_path / "raw" / "prid2011"
+    fabricate_prid(root / "prid_2011")
+    (root / "splits_prid2011.json").write_text("{not json")
+    with pytest.raises(DatasetError) as err:
+        download_only(tmp_path, "prid2011")
+    message = str(err.value)
+    assert message.startswith(f"prid2011: {root / 'splits_prid2011.json'}: expected a list of")
+    assert "Fix or remove that file" in message and "not available" not in message
+
+
+def test_only_an_absent_or_empty_folder_leads_to_the_archives(tmp_path, no_fetch):
+    """A folder holding only what the user places by hand (splits_prid2011.json) counts as
+    empty: the archive is extracted beside it and the split file is used."""
+    root = tmp_path / "raw" / "prid2011"
+    root.mkdir(parents=True)
+    (root / "splits_prid2011.json").write_text(json.dumps([{"train": [1, 2], "test": [3, 4]}]))
+    prid_zip(tmp_path / "archives")
+    download_only(tmp_path, "prid2011")
+    manifest = json.loads((tmp_path / "download.json").read_text())
+    assert manifest["prid2011"]["source"] == "archives"
+    assert (root / "prid_2011" / "multi_shot" / "cam_a").is_dir()
+
+
+def test_an_empty_folder_of_a_set_with_a_url_is_downloaded(tmp_path, monkeypatch):
+    fetched = []
+
+    def fetch(url, dest, md5=None):
+        fetched.append(url)
+        raise DownloadError(f"downloading {url} failed (offline)")
+
+    monkeypatch.setattr("pipeline.download.fetch", fetch)
+    (tmp_path / "raw" / "ilidsvid").mkdir(parents=True)
+    with pytest.raises(DownloadError, match="offline"):
+        download_only(tmp_path, "ilidsvid")
+    assert fetched == [sources.SOURCES["ilidsvid"].archives[0].url]
+
+
+def test_a_dangling_symlink_is_named(tmp_path, no_fetch):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "ilidsvid").symlink_to(tmp_path / "gone")
+    with pytest.raises(DatasetError, match=rf"is a symlink to {tmp_path / 'gone'}, which does "
+                                           "not exist"):
+        download_only(tmp_path, "ilidsvid")
+
+
+def test_pretrain_without_image_sets_exports_the_initial_backbone(tmp_path):
+    """data.image: [] skips pretraining: the stage exports the model.init backbone untouched (a
+    seeded init: twice the same weights) and a loss curve of the header alone."""
+    from pipeline.model import build_model
+    from pipeline.params import load_params
+    from pipeline.stages import pretrain
+    from pipeline.train import load_exported, seed_everything
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"video": ["synthetic"], "image": [], "height": 128, "width": 64},
+        "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "embed_dim": 16}}))
+    out, plot = tmp_path / "models" / "pretrain.pt", tmp_path / "plots" / "pretrain.csv"
+    pretrain.main(["--params", str(params), "--index", str(tmp_path / "no-index"), "--out",
+                   str(out), "--plot", str(plot), "--scratch", str(tmp_path / "scratch")])
+    assert plot.read_text() == "epoch,step,lr,loss,id_loss,diversity\n"
+    net, payload = load_exported(out)
+    assert payload["stage"] == "pretrain" and payload["pretrained"] is False
+    p = load_params(params)
+    seed_everything(p.seed)
+    fresh = build_model(p.model, head="baseline").state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in net.state_dict().items())
+
+
+# --- make paper ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_paper_stops_on_a_bad_dataset_and_appends_args(tmp_path):
+    """`make paper DATASET=<typo>` ends with the params command's one-line error and runs
+    nothing; ARGS come after the paper's overrides, so that they win. (A stand-in `dvc` records
+    its arguments; a fresh STAMP keeps `setup` from installing anything.)"""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python").symlink_to(sys.executable)
+    (bin_ / "dvc").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "dvc-args"}\n')
+    (bin_ / "dvc").chmod(0o755)
+    (tmp_path / "stamp").touch()
+    make = ["make", "-s", "--no-print-directory", f"BIN={bin_}", f"STAMP={tmp_path / 'stamp'}",
+            "paper"]
+    bad = subprocess.run([*make, "DATASET=nope"], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode != 0 and not (tmp_path / "dvc-args").exists()
+    assert bad.stderr.startswith("error: unknown video dataset 'nope'; expected one of: ")
+    good = subprocess.run([*make, "DATASET=prid2011", "ARGS=-S 'data.image=[]'"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert good.returncode == 0, good.stderr
+    args = (tmp_path / "dvc-args").read_text().splitlines()
+    assert args[:2] == ["exp", "run"] and args[-2:] == ["-S", "data.image=[]"]
+    assert "data.video=[prid2011]" in args and "data.splits=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in args

@@ -14,6 +14,7 @@ and every rank's embeddings equal one process's.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,10 +22,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline import distributed
 from pipeline.data import CachedClipDataset, eval_loader, train_loader
+from pipeline.errors import InputError, ParamsError
 from pipeline.features import embed, write_cache
 from pipeline.losses import OIMLoss, SoftmaxLoss
 from pipeline.model import DRSA
@@ -167,10 +170,32 @@ def test_single_process_world_without_torchrun(monkeypatch):
     assert distributed.world() == distributed.World()
 
 
-def test_bad_torchrun_environment_is_named(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(ValueError, match="WORLD_SIZE='two'"):
+@pytest.mark.parametrize(("variables", "message"), [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two': expected an integer >= 1"),
+    ({"WORLD_SIZE": "-2"}, "WORLD_SIZE='-2': expected an integer >= 1"),
+    ({"WORLD_SIZE": "2", "RANK": "first"}, "RANK='first': expected an integer >= 0"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1': expected an integer >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5: expected less than WORLD_SIZE=2"),
+    ({"RANK": "1"}, "RANK=1: expected less than WORLD_SIZE=1"),
+])
+def test_bad_torchrun_environment_is_named(monkeypatch, variables, message):
+    """An InputError naming the variable, before any process group is joined."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=f"^environment variable {re.escape(message)}"):
         distributed.init("cpu")
+    assert not dist.is_initialized()
+
+
+def test_cuda_without_cuda_under_torchrun_names_runtime_device(monkeypatch):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParamsError, match=r"^runtime\.device: cuda, but torch sees no CUDA"):
+        distributed.init("cuda")
+    assert not dist.is_initialized()
 
 
 def test_average_is_a_no_op_in_one_process():

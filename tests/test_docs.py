@@ -487,3 +487,26 @@ def test_every_relative_link_resolves(path):
 def test_slugs_follow_githubs_rule():
     assert slugs("# The paper's tables\n## Real data: disk and time\n## A\n## A\n") == {
         "the-papers-tables", "real-data-disk-and-time", "a", "a-1"}
+
+
+def test_cache_disk_block_from_the_frame_counts_and_the_bench(tmp_path):
+    """Disk = frames x 2048 x 8 x 4 x 2 bytes per cache, times the splits; time = the matrix's
+    frames over the bench's ResNet-50 caching rate (10 frames/s here)."""
+    bench = {"machine": {"processor": "Test CPU", "cpus_usable": 2},
+             "benchmarks": {"cache_throughput_paper": {
+                 "figures": {"cache_frames_per_s": 10.0}, "device": "cpu"}}}
+    write(tmp_path, "metrics/bench.json", bench)
+    out = render("cache-disk", tmp_path)
+    assert "2048 x 8 x 4 float16 values (128 KiB) per frame" in out
+    assert "the 10.0 frames/s of the `cache_throughput_paper` row" in out
+    assert "(Test CPU, 2 usable cores, cpu): a GPU caches far faster" in out
+    # 400 x 100 frames x 131072 bytes = 5.24 GB; 10 splits: 400,000 frames / 10 per s = 11.1 h
+    assert "| PRID2011 | 40,000 |" in out and "| 10 | 5.2 GB | 52.4 GB | 11.1 h |" in out
+    assert "| iLIDS-VID | 43,800 |" in out and "| 10 | 5.7 GB | 57.4 GB | 12.2 h |" in out
+    # 1,191,003 frames = 156.1 GB, one split: 33.1 h
+    assert "| MARS | 1,191,003 | train 509,914 + test 681,089 frames (published) | 1 | 156.1 GB " \
+           "| 156.1 GB | 33.1 h |" in out
+    bench["benchmarks"]["cache_throughput_paper"] = {"skipped": True}
+    write(tmp_path, "metrics/bench.json", bench)
+    out = render("cache-disk", tmp_path)
+    assert "not measured yet: run `make bench`" in out and "| 156.1 GB | not measured |" in out

@@ -133,3 +133,11 @@ def test_dvc_runs_the_projects_dvc_here_in_the_users_environment(monkeypatch, ca
     # the queue's logs go to the terminal as they come, not captured
     assert dvc("exp", "run", "--run-all", echo=True) == ""
     assert calls[1][4] is False
+
+
+def test_only_the_always_changed_check_stage_counts_as_up_to_date():
+    assert experiments.out_of_date({}) == []
+    assert experiments.out_of_date({"check": ["always changed"]}) == []
+    status = {"check": ["always changed"],
+              "evaluate@synthetic-0": [{"changed deps": {"pipeline/metrics.py": "modified"}}]}
+    assert experiments.out_of_date(status) == ["evaluate@synthetic-0"]

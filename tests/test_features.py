@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -250,6 +251,52 @@ def test_open_cache_refuses_an_incomplete_file(cache, tmp_path):
         open_cache(path, ATTRS)
 
 
+def _drop(f: h5py.File, name: str) -> None:
+    del f[name]
+
+
+def _replace(name: str, values) -> Callable[[h5py.File], None]:
+    def replace(f: h5py.File) -> None:
+        del f[name]
+        f[name] = values
+    return replace
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda f: _drop(f, "test"), "test/grids, test/offsets, test/frame_index, test/pids, "
+                                 "test/camids, test/is_query missing"),
+    (lambda f: _drop(f, "train/pids"), "train/pids missing"),
+    (_replace("train/grids", np.zeros((22, 4), np.float16)),
+     "train/grids has shape (22, 4), expected (frames, D, h, w)"),
+    (_replace("train/offsets", np.array([0, 1, 5, 12, 14, 17])),
+     "train/offsets do not start at 0, increase and end at its 22 grids"),
+    (_replace("test/offsets", np.array([1, 4, 9, 10, 16])),
+     "test/offsets do not start at 0, increase and end at its 15 grids"),
+    (_replace("test/offsets", np.array([0, 4, 4, 10, 15])),
+     "test/offsets do not start at 0, increase and end at its 15 grids"),
+    (_replace("test/offsets", np.zeros(0, np.int64)),
+     "test/offsets do not start at 0, increase and end at its 15 grids"),
+    (_replace("test/pids", np.array([20, 20, -1])),
+     "test/pids has shape (3,), expected (4,): one per tracklet"),
+    (_replace("train/is_query", np.zeros((6, 1), bool)),
+     "train/is_query has shape (6, 1), expected (6,): one per tracklet"),
+    (_replace("train/frame_index", np.zeros(21, np.int32)),
+     "train/frame_index has shape (21,), expected (22,): one per grid"),
+])
+def test_open_cache_refuses_a_complete_file_of_missing_or_short_datasets(cache, tmp_path, damage,
+                                                                         problem):
+    """Attributes that say complete over datasets that are missing, short or out of order: a
+    CacheError naming the file and what is wrong, never an h5py KeyError or a wrong read later."""
+    path = tmp_path / "damaged.h5"
+    shutil.copy(cache, path)
+    with h5py.File(path, "a") as f:
+        damage(f)
+    with pytest.raises(CacheError) as caught:
+        open_cache(path, ATTRS)
+    assert str(caught.value) == (f"{path}: {problem}, though its attributes say complete; "
+                                 "re-run the cache stage")
+
+
 @pytest.mark.parametrize("content", [b"not an HDF5 file\n", b"", None])
 def test_open_cache_refuses_what_is_not_hdf5(tmp_path, content):
     """Text, an empty file or no file at all: a CacheError, not an h5py OSError."""
@@ -463,3 +510,97 @@ def test_a_cache_larger_than_the_free_disk_fails_before_writing(table, tmp_path,
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 ** 9))
     write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=2)
     assert path.exists()
+
+
+# --- the disk for a whole split matrix (the cache stage) -----------------------------------------
+
+# frames of the tracklets of each split's fabricated index (cap 32: 3 + 5 + 32 = 40 cached)
+MATRIX_LENGTHS = [3, 5, 40]
+
+
+def fabricate_matrix(tmp_path: Path, splits: int = 3) -> tuple[str, str]:
+    """Index files of ``splits`` splits of one set (frames named, not written: only their counts
+    matter) and the patterns the cache stage gets from dvc.yaml."""
+    from pipeline.tables import save_video_index
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    for k in range(splits):
+        rows = [{"pid": t + 1, "camid": 1 + t % 2, "subset": ("train", "test")[t % 2],
+                 "is_query": False, "frames": [root / f"{k}_{t}_{f:03d}.png" for f in range(n)]}
+                for t, n in enumerate(MATRIX_LENGTHS)]
+        save_video_index(pd.DataFrame(rows), root, tmp_path / "index" / f"split_{k}.json")
+    (tmp_path / "cache").mkdir()
+    return str(tmp_path / "index" / "split_{split}.json"), str(tmp_path / "cache" / "x-{split}.h5")
+
+
+def free_disk(monkeypatch, free: int) -> None:
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+
+
+def test_the_cache_stage_checks_the_disk_for_every_cache_of_the_matrix_not_yet_written(
+        tmp_path, monkeypatch):
+    from pipeline.stages.cache import check_matrix_space, unwritten_caches
+    from pipeline.tables import load_video_index
+
+    index, out = fabricate_matrix(tmp_path)
+    own_index, own_out = Path(index.format(split=0)), Path(out.format(split=0))
+    grid = (4, 2, 2)  # D x h x w: 16 float16 values, 32 bytes per frame
+    one = (3 + 5 + 32) * 32  # cache.max_frames_per_tracklet 32
+    margin = 64 << 20  # check_free_space's per-file allowance for HDF5's structures
+
+    def check(caches):
+        check_matrix_space(caches, grid, 32, own_out, load_video_index(own_index), out)
+
+    caches = unwritten_caches(own_index, own_out, index, out, [0, 1, 2])
+    assert list(caches) == [0, 1, 2]
+    needed = int(3 * one * 1.02) + 3 * margin
+    free_disk(monkeypatch, needed - 1)
+    with pytest.raises(CacheError) as err:
+        check(caches)
+    assert str(err.value) == (
+        f"{own_out}: writing the 3 feature caches of {out} not yet written (splits 0, 1, 2 of "
+        f"data.splits; 120 frames of 4 x 2 x 2 float16 values) needs about "
+        f"{needed / 1e9:.2f} GB but {own_out.parent} has {(needed - 1) / 1e9:.2f} GB free; free "
+        "some space, point data/cache at a larger disk, or lower cache.max_frames_per_tracklet, "
+        "or run fewer splits at a time (data.splits)")
+    free_disk(monkeypatch, needed)
+    check(caches)
+    # a cache already written is on the disk already: it no longer counts
+    Path(out.format(split=2)).write_bytes(b"written")
+    caches = unwritten_caches(own_index, own_out, index, out, [0, 1, 2])
+    assert list(caches) == [0, 1]
+    free_disk(monkeypatch, int(2 * one * 1.02) + 2 * margin)
+    check(caches)
+    # without the patterns (a stage started by hand): its own cache alone
+    assert unwritten_caches(own_index, own_out, None, None, [0, 1, 2]) == {
+        None: (own_index, own_out)}
+
+
+def test_the_cache_stage_fails_on_a_matrix_too_large_before_reading_a_frame(tmp_path,
+                                                                            monkeypatch):
+    """As dvc.yaml starts it: the grid comes from the loaded backbone (ResNet-18, last stride 1:
+    512 x 2 x 1 at 32x16), the splits from data.splits; nothing is written."""
+    import yaml
+
+    from pipeline.model import build_model
+    from pipeline.stages import cache as stage
+    from pipeline.train import export_model
+
+    index, out = fabricate_matrix(tmp_path, splits=4)
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, K=2, embed_dim=16)
+    export_model(tmp_path / "finetune.pt", build_model(cfg, head="baseline"), cfg, "baseline")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"video": ["prid2011"], "image": [], "splits": [0, 1, 3], "height": 32,
+                 "width": 16, "num_workers": 0},
+        "model": {"backbone": "resnet18", "last_stride": 1, "K": 2}}))
+    free_disk(monkeypatch, 3 * (64 << 20))  # the HDF5 allowance of 3 caches, no byte for grids
+    with pytest.raises(CacheError, match=(
+            r"writing the 3 feature caches .* \(splits 0, 1, 3 of data\.splits; 144 frames of "
+            r"512 x 2 x 1 float16 values\) needs about 0\.20 GB")):
+        stage.main(["--params", str(params), "--index", index.format(split=0), "--model",
+                    str(tmp_path / "finetune.pt"), "--out", out.format(split=0),
+                    "--matrix-index", index, "--matrix-out", out])
+    assert list((tmp_path / "cache").iterdir()) == []

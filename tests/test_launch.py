@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed.run
 import yaml
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from pipeline import launch
 from pipeline.params import ParamsError
@@ -37,16 +39,54 @@ def test_an_unset_variable_is_named():
         launch.torchrun_argv("torchrun --nproc_per_node=$NPROC", "pipeline.stages.cache", [], {})
 
 
-def test_torchrun_replaces_the_process(tmp_path, monkeypatch):
+def test_torchrun_runs_in_this_process(tmp_path, monkeypatch):
+    """torchrun's own main gets what `python -m torch.distributed.run` would get."""
     params = params_with(tmp_path, "torchrun --standalone --nproc_per_node=$NPROC")
     monkeypatch.setenv("NPROC", "2")
     calls = []
-    monkeypatch.setattr(launch.os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setattr(torch.distributed.run, "main", calls.append)
     launch.main(["pipeline.stages.cache", "--params", str(params), "--out", "x.h5"])
-    assert calls == [(sys.executable, [sys.executable, "-m", "torch.distributed.run",
-                                       "--standalone", "--nproc_per_node=2", "-m",
-                                       "pipeline.stages.cache", "--params", str(params),
-                                       "--out", "x.h5"])]
+    assert calls == [["--standalone", "--nproc_per_node=2", "-m", "pipeline.stages.cache",
+                      "--params", str(params), "--out", "x.h5"]]
+
+
+@pytest.mark.parametrize(("exitcode", "status", "line"), [
+    (1, 1, ""),  # the rank printed its own `error: ...` line
+    (143, 143, ""),  # stopped by SIGTERM: the rank printed `stopped: ...`
+    (-9, 137, "error: pipeline.stages.joint: rank 1 was killed by signal 9\n"),
+])
+def test_a_failed_rank_ends_torchrun_without_its_traceback(monkeypatch, capsys, exitcode,
+                                                          status, line):
+    """torchrun raises ChildFailedError, which Python would print with a traceback of torchrun:
+    the launcher exits with the rank's status instead, and names a signal that killed it."""
+    failure = ProcessFailure(local_rank=1, pid=4321, exitcode=exitcode, error_file="")
+
+    def fail(args):
+        raise ChildFailedError("pipeline.stages.joint", {1: failure})
+
+    monkeypatch.setattr(torch.distributed.run, "main", fail)
+    with pytest.raises(SystemExit) as caught:
+        launch.run_torchrun(["--nproc_per_node=2", "-m", "pipeline.stages.joint"])
+    assert caught.value.code == status
+    assert capsys.readouterr().err == line
+
+
+def test_a_misspelt_stage_is_named_with_the_stages_there_are(monkeypatch, capsys, tmp_path):
+    """One line naming it, the closest stage and every stage; nothing read or started."""
+    started = []
+    monkeypatch.setattr(launch, "load_params", started.append)
+    monkeypatch.setattr(launch.runpy, "run_module", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(launch, "run_torchrun", started.append)
+    with pytest.raises(SystemExit) as caught:
+        launch.main(["pipeline.stages.evalute", "--params", str(tmp_path / "params.yaml")])
+    assert caught.value.code == 1
+    stages = sorted(p.stem for p in (ROOT / "pipeline" / "stages").glob("*.py")
+                    if p.stem not in ("__init__", "common"))
+    assert "evaluate" in stages and "train" not in stages
+    assert capsys.readouterr().err == (
+        "error: pipeline.stages.evalute: no such stage (did you mean pipeline.stages.evaluate?); "
+        f"expected pipeline.stages.<stage> with <stage> one of: {', '.join(stages)}\n")
+    assert started == []
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import torch
 import torchvision
 from torch.testing import assert_close
 
+from pipeline.errors import CheckpointError
 from pipeline.model import (
     DRSA,
     Backbone,
@@ -25,9 +26,8 @@ from pipeline.model import (
     VideoReIDNet,
     build_backbone,
     build_model,
-    grid_size,
 )
-from pipeline.params import ModelParams
+from pipeline.params import ModelParams, grid_size
 
 ENHANCEMENTS = ["identity", "second_order"]
 POOLINGS = ["attention", "avg", "max"]
@@ -540,11 +540,26 @@ def test_init_from_a_file_without_a_state_dict(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["resnet50", "resnet34"])
-def test_init_with_another_backbones_weights_is_a_value_error(resnet18_file, target):
-    """ResNet-18 weights into ResNet-50 (shape mismatches) or ResNet-34 (missing blocks)."""
+def test_init_with_another_backbones_weights_names_model_init_and_the_file(resnet18_file,
+                                                                            target):
+    """ResNet-18 weights into ResNet-50 (shape mismatches) or ResNet-34 (missing blocks): a
+    CheckpointError in one line naming model.init, the file and both backbones."""
     path, _ = resnet18_file
-    with pytest.raises(ValueError, match=f"model.init=.*{target}"):
+    with pytest.raises(CheckpointError) as caught:
         build_backbone(target, str(path))
+    assert str(caught.value) == (
+        f"model.init: {path} holds the weights of a resnet18, but model.backbone is {target}; "
+        f"expected a {target} checkpoint (or set model.backbone to resnet18)")
+
+
+def test_init_with_weights_of_no_known_backbone_lists_what_does_not_fit(tmp_path):
+    path = tmp_path / "odd.pt"
+    state = Backbone("resnet18").state_dict()
+    state["layer4.0.conv1.weight"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"odd\.pt: its weights do not fit a resnet18 "
+                                              r"backbone \(other shapes: layer4\.0\.conv1\."):
+        build_backbone("resnet18", str(path))
 
 
 def test_imagenet_offline_explains_where_to_put_the_weights(monkeypatch, tmp_path):

@@ -21,6 +21,7 @@ from pipeline.params import (
     paper_overrides,
     to_dict,
 )
+from pipeline.params import main as params_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +174,37 @@ def test_model_init_takes_the_two_words_or_a_checkpoint_path(init):
     assert load_params(ROOT / "params.yaml", [f"model.init={init}"]).model.init == init
 
 
+def test_a_duplicated_key_is_named_with_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  K: 6\n  d: 8\n  K: 8\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML: line 4, column 3: "
+                                          r"duplicate key 'K' "):
+        load_params(path)
+    path.write_text("model:\n  K: 6\nmodel:\n  K: 8\n")
+    with pytest.raises(ParamsError, match=r"line 3, column 1: duplicate key 'model'"):
+        load_params(path)
+
+
+def test_no_image_sets_skip_pretraining_and_real_sets_bound_the_batch():
+    """data.image may be empty (pretraining skipped); the identities per batch of a real set's
+    stages are bounded by its training identities (iLIDS-VID: 150 of 300 people)."""
+    assert load_params(ROOT / "params.yaml", ["data.image=[]"]).data.image == []
+    p = load_params(ROOT / "params.yaml", ["data.video=[ilidsvid]", "data.splits=[3]",
+                                           "finetune.identities_per_batch=150"])
+    assert p.finetune.identities_per_batch == 150
+    with pytest.raises(ParamsError, match="ilidsvid's training identities are 150"):
+        load_params(ROOT / "params.yaml", ["data.video=[ilidsvid]",
+                                           "finetune.identities_per_batch=151"])
+
+
+def test_k_may_fill_the_grid_exactly():
+    assert load_params(ROOT / "params.yaml", ["model.K=32"]).model.K == 32
+    # the paper's size: 256 x 128 with last stride 2 is 8 x 4 too
+    p = load_params(ROOT / "params.yaml", ["data.height=256", "data.width=128",
+                                           "model.last_stride=2", "model.K=32"])
+    assert p.model.K == 32
+
+
 def test_int_for_float_becomes_float():
     params = load_params(ROOT / "params.yaml", ["loss.oim_scalar=30"])
     assert isinstance(params.loss.oim_scalar, float)
@@ -216,6 +248,25 @@ def test_int_for_float_becomes_float():
         ("data.image=[synthetic, mars]", "data.image[1]", "market1501"),
         ("evaluate.protocols=[matlab]", "evaluate.protocols[0]", "official"),
         ("model.init=imagnet", "model.init", "expected imagenet or scratch, or the path"),
+        # infinities and NaN pass every range check but no training survives them
+        ("attention.spatial.lr=.inf", "attention.spatial.lr", "expected a finite number"),
+        ("finetune.weight_decay=.inf", "finetune.weight_decay", "expected a finite number"),
+        ("loss.oim_scalar=.inf", "loss.oim_scalar", "expected a finite number"),
+        ("loss.diversity_weight=.nan", "loss.diversity_weight", "expected a finite number"),
+        # a list that repeats an item would be averaged with itself
+        ("data.splits=[0, 0]", "data.splits", "expected each item once"),
+        ("data.video=[synthetic, synthetic]", "data.video", "expected each item once"),
+        ("data.image=[synthetic, synthetic]", "data.image", "expected each item once"),
+        ("evaluate.protocols=[official, official]", "evaluate.protocols", "each item once"),
+        # keys that cannot work together
+        ("model.K=33", "model.K", "expected K <= 32"),  # 128 x 64, last stride 1: 8 x 4 cells
+        ("finetune.identities_per_batch=65", "finetune.identities_per_batch",
+         "synthetic's training identities are 64"),
+        ("joint.identities_per_batch=65", "joint.identities_per_batch", "expected at most 64"),
+        ("attention.temporal.identities_per_batch=65",
+         "attention.temporal.identities_per_batch", "expected at most 64"),
+        ("pretrain.identities_per_batch=129", "pretrain.identities_per_batch",
+         "synthetic.image_identities are 128"),
         ("model.init=''", "model.init", "expected imagenet or scratch, or the path"),
         # the launcher: only python or torchrun with plain --options, nothing a shell acts on
         ("runtime.launcher=bash", "runtime.launcher", "torchrun"),
@@ -295,3 +346,25 @@ def test_round_trip_through_a_plain_dict():
 def test_stage_defaults_differ_where_documented():
     assert Params().pretrain == TrainParams(epochs=40, lr_step_epoch=30)
     assert Params().joint == TrainParams(epochs=10, lr_step_epoch=7)
+
+
+def test_the_check_command_names_the_key_in_one_line(tmp_path, capsys):
+    """`python -m pipeline.params --check` (make repro runs it before DVC, which reads
+    params.yaml for its matrix and fails on a set given as a string with "'Value' object is not
+    iterable", no key named): one line naming the key, exit 1."""
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  video: synthetic\n")
+    with pytest.raises(SystemExit) as stop:
+        params_main(["--params", str(path), "--check"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (f"error: {path}: data.video: expected a list, got str "
+                                       "'synthetic'\n")
+    params_main(["--params", str(ROOT / "params.yaml"), "--check"])
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_paper_command_refuses_an_unknown_set_in_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        params_main(["--params", str(ROOT / "params.yaml"), "--dataset", "nope"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith("error: unknown video dataset 'nope'")

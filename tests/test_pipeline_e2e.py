@@ -31,10 +31,11 @@ import yaml
 from PIL import Image
 
 from pipeline.figures import DPI, INCHES_PER_COLUMN
-from pipeline.model import grid_size
+from pipeline.params import grid_size
 from pipeline.stages.summary import LOSS_CURVES
 from pipeline.tables import load_video_index
 from pipeline.train import load_exported
+from tools.experiments import out_of_date
 from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH
 from tools.shell import BIN, clean_env, run
 from tools.tinyrepo import TINY
@@ -46,13 +47,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PER_SPLIT = ("finetune", "cache", "attention", "joint", "evaluate")
 MODELS = {"baseline": "base", "spatial": "spa", "temporal": "tem", "joint": "ind"}
 RUN = "synthetic-0"  # the one (set, split) of the tiny params
+# the stage every `dvc repro` runs first, before any other (always_changed): the params checked
+CHECK = "check"
 # what a change to the attention heads (model.K, .d, .temporal_pooling) re-runs: not the backbone
-ATTENTION_ON = {f"attention@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}", "summary"}
+ATTENTION_ON = {CHECK, f"attention@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}", "summary"}
 
 
 def ran(output: str) -> set[str]:
     """The stages a `dvc repro` or `dvc exp run` output says it ran."""
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def up_to_date(repo: Path, *targets: str) -> bool:
+    """Whether `dvc status` has nothing to run but the check stage (always changed)."""
+    status = json.loads(run(repo, "dvc", "status", "--json", *targets, stdout_only=True) or "{}")
+    return out_of_date(status) == []
 
 
 def md5_of(path: Path) -> str:
@@ -94,7 +103,7 @@ def test_queued_ablation_and_report(repo):
     assert data["params"]["params.yaml"]["data"]["model"]["temporal_pooling"] == "max"
     headline = data["metrics"]["metrics/results/synthetic.json"]["data"]
     assert set(headline) == {"R1", "mAP"} and set(headline["R1"]) == set(MODELS.values())
-    assert "Data and pipelines are up to date" in run(repo, "dvc", "status")  # workspace as was
+    assert up_to_date(repo)  # the workspace as it was
 
     run(repo, sys.executable, "-m", "tools.report", "--params", "params.yaml", "--out",
         "metrics/report.md", "--chart", "metrics/plots/table1.png", env=env)
@@ -171,7 +180,7 @@ def test_sigkill_then_dvc_repro_resumes_to_the_uninterrupted_result(joint_3_epoc
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     output = run(repo, "dvc", "repro", stage)
-    assert ran(output) == {stage}
+    assert ran(output) == {CHECK, stage}
     assert "resuming after epoch 1" in output
     assert not partial.exists()  # dropped once the model is written
     assert lock_md5(repo, stage, f"data/models/{RUN}/joint.pt") == uninterrupted
@@ -324,7 +333,7 @@ def test_fresh_clone_prepares_the_data_again(repo, tmp_path, monkeypatch):
     run(repo, "git", "clone", "-q", str(repo), str(clone))
     assert not (clone / "data" / "download.json").exists()
     output = run(clone, "dvc", "repro", "index")
-    assert ran(output) == {"download", "index"}
+    assert ran(output) == {CHECK, "download", "index"}
     assert (clone / "data" / "raw" / "synthetic").is_dir()
     monkeypatch.chdir(clone)  # the index names data/raw/synthetic, relative to the project
     table = load_video_index(Path("data/index/synthetic/split_0.json"))
@@ -336,7 +345,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
     """`dvc repro` of the tiny pipeline: every stage runs once; the per-split results, the
     headline (`dvc metrics show`), the Fig. 3 pictures, the CMC and loss curves and the summary
     pictures are where dvc.yaml says, and `dvc plots show` renders them offline."""
-    assert ran(reproduced.output) == {"download", "index", "pretrain", "summary",
+    assert ran(reproduced.output) == {CHECK, "download", "index", "pretrain", "summary",
                                       *(f"{s}@{RUN}" for s in PER_SPLIT)}
     assert "Results (percent" in reproduced.output  # the summary table is printed
     data, model, synthetic = TINY["data"], TINY["model"], TINY["synthetic"]
@@ -396,7 +405,7 @@ def test_a_copy_of_the_reproduced_repository_is_clean_and_its_own(reproduced, re
     """What every test here starts from: the copy is up to date for DVC and git, and no file of
     it is the shared repository's (a hard link or a symbolic link into it would let one test
     change another's outputs or DVC cache)."""
-    assert "Data and pipelines are up to date" in run(repo, "dvc", "status")
+    assert up_to_date(repo)
     assert run(repo, "git", "status", "--porcelain", stdout_only=True) == ""
     shared = {(s.st_dev, s.st_ino) for p in reproduced.path.rglob("*")
               if p.is_file() and not p.is_symlink() for s in [p.stat()]}
@@ -409,3 +418,64 @@ def test_a_copy_of_the_reproduced_repository_is_clean_and_its_own(reproduced, re
     model = repo / "data" / "models" / RUN / "joint.pt"
     cached = repo / ".dvc" / "cache" / "files" / "md5" / (digest := md5_of(model))[:2] / digest[2:]
     assert model.stat().st_ino == cached.stat().st_ino
+
+
+# --- a refused value costs no result; inputs DVC cannot see ---------------------------------------
+
+
+def committed_results_untouched(repo: Path) -> None:
+    """Nothing git keeps of the last run (metrics, plots, dvc.lock) was deleted or changed."""
+    assert run(repo, "git", "status", "--porcelain", "--", "metrics", "dvc.lock",
+               stdout_only=True) == ""
+    assert (repo / "metrics" / "eval" / f"{RUN}.json").is_file()
+    assert list((repo / "metrics" / "plots" / "attention" / RUN).glob("*.png"))
+
+
+def test_a_refused_value_fails_in_one_line_before_any_output_is_removed(repo):
+    """`dvc exp run -S evaluate.max_rank=0`: the check stage refuses it before DVC removes the
+    evaluate stage's outputs (metrics and plots kept by git, not in DVC's cache); a misspelt key
+    on an up-to-date pipeline fails `dvc repro` too, and nothing runs."""
+    result = subprocess.run(["dvc", "exp", "run", "-S", "evaluate.max_rank=0"], cwd=repo,
+                            env=clean_env(repo.parent), capture_output=True, text=True,
+                            check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
+              if line.startswith("error: ")]
+    assert errors == ["error: params.yaml: evaluate.max_rank: expected a value >= 1, got 0"]
+    assert "Traceback" not in result.stderr and ran(result.stdout) == {CHECK}
+    committed_results_untouched(repo)
+
+    run(repo, "git", "checkout", "--", "params.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["augmnet"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run(["dvc", "repro"], cwd=repo, env=clean_env(repo.parent),
+                            capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "unknown key data.augmnet" in result.stderr
+    assert ran(result.stdout) == {CHECK}
+    committed_results_untouched(repo)
+
+
+def test_frames_added_to_data_raw_rerun_download_and_index_only(repo):
+    """data/raw is not a DVC dependency (too many files); the check stage's fingerprint of it
+    is, so a file added there re-runs download and index, and nothing after them when the tables
+    do not change (this file is not listed in the set's name lists)."""
+    extra = repo / "data" / "raw" / "synthetic" / "video" / "bbox_test" / "stray.jpg"
+    extra.write_bytes(b"not listed anywhere")
+    assert ran(run(repo, "dvc", "repro")) == {CHECK, "download", "index"}
+    assert up_to_date(repo)
+
+
+def test_another_file_behind_the_same_model_init_reruns_pretraining(repo):
+    """model.init names a file; DVC sees the params value, not the file: the check stage records
+    its sha256, on which pretrain depends."""
+    weights = repo / "weights" / "init.pt"
+    weights.parent.mkdir()
+    shutil.copy(repo / "data" / "models" / "pretrain.pt", weights)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["init"] = "weights/init.pt"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(repo, "dvc", "repro", "pretrain")) == {CHECK, "pretrain"}  # a new value
+    assert up_to_date(repo, "pretrain")
+    shutil.copy(repo / "data" / "models" / RUN / "finetune.pt", weights)  # same path, new file
+    assert ran(run(repo, "dvc", "repro", "pretrain")) == {CHECK, "pretrain"}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from pipeline.errors import ParamsError
 from pipeline.sampling import IdentityBatchSampler, chunk_bounds, restricted_random_sample
 
 N = 6  # the paper's number of chunks
@@ -239,7 +240,8 @@ def test_ranks_split_the_global_batch(world_size):
     ("kwargs", "match"),
     [
         ({"identities_per_batch": 11, "instances_per_identity": 2}, "identities"),
-        ({"identities_per_batch": 3, "instances_per_identity": 3, "world_size": 2}, "ranks"),
+        ({"identities_per_batch": 3, "instances_per_identity": 3, "world_size": 2},
+         "WORLD_SIZE=2"),
         ({"identities_per_batch": 2, "instances_per_identity": 2, "rank": 2, "world_size": 2},
          "rank"),
         ({"identities_per_batch": 2, "instances_per_identity": 2, "rank": -1, "world_size": 2},
@@ -252,6 +254,23 @@ def test_sampler_rejects_bad_settings(kwargs, match):
     """Too few identities for P, a batch that does not split over the ranks, a bad rank."""
     with pytest.raises(ValueError, match=match):
         IdentityBatchSampler(toy_pids(), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"identities_per_batch": 11, "instances_per_identity": 2},
+     "finetune.identities_per_batch=11: expected at most 10, the number of identities in the "
+     "training set (a batch holds P different identities)"),
+    ({"identities_per_batch": 3, "instances_per_identity": 3, "world_size": 2},
+     "finetune.identities_per_batch x finetune.instances_per_identity = 3 x 3 = 9 samples per "
+     "global batch: expected a multiple of WORLD_SIZE=2, the number of torchrun processes, so "
+     "that each gets an equal share; change them or the number of processes"),
+])
+def test_sampler_errors_name_the_params_keys_of_their_section(kwargs, message):
+    """P larger than the identities there are, or P x M not a multiple of the processes: a
+    ParamsError naming the keys of the section the sampler serves (and WORLD_SIZE)."""
+    with pytest.raises(ParamsError) as caught:
+        IdentityBatchSampler(toy_pids(), **kwargs, section="finetune")
+    assert str(caught.value) == message
 
 
 class ToyDataset(torch.utils.data.Dataset):

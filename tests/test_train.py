@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.data import train_loader
+from pipeline.errors import InputError, ParamsError
 from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import ModelParams, RuntimeParams, TrainParams
@@ -213,6 +215,21 @@ def test_a_checkpoint_for_other_inputs_is_ignored(straight, tmp_path):
     assert load(resume)["key"] == "other inputs"
     assert_same_run(train(resume), straight)
     assert load(resume)["key"] == "key"
+
+
+def test_a_checkpoint_that_would_not_fit_on_the_disk_fails_before_training(tmp_path,
+                                                                             monkeypatch):
+    """Less free space than the resume checkpoint needs (weights, loss state, a momentum per
+    parameter): an error naming the checkpoint and both sizes, before the first step."""
+    usage = type(shutil.disk_usage("/"))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - 1000, 1000))
+    calls = []
+    with pytest.raises(InputError) as caught:
+        train(tmp_path / "scratch" / "resume.pt", wrap=lambda f: lambda x: calls.append(1) or f(x))
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'scratch' / 'resume.pt'))}: the resume "
+                        r"checkpoint needs about \d+ MB but 0 MB are free, no space left on "
+                        r"device: free some space, then run the stage again", str(caught.value))
+    assert calls == [] and sorted(tmp_path.iterdir()) == []
 
 
 def test_finish_removes_the_scratch_checkpoint(tmp_path):
@@ -418,9 +435,13 @@ def test_pick_device(monkeypatch, device, cuda, expected):
 
 
 def test_pick_device_cuda_without_cuda(monkeypatch):
+    """A ParamsError naming runtime.device and the way out."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(ParamsError) as caught:
         pick_device(RuntimeParams(device="cuda"))
+    assert str(caught.value) == ("runtime.device: cuda, but torch sees no CUDA device (no GPU, no "
+                                 "driver, or a CPU build of torch); set runtime.device to auto or "
+                                 "cpu")
 
 
 @pytest.mark.parametrize(("amp", "device", "expected"), [

@@ -150,12 +150,17 @@ def existing_experiments(show: list[dict]) -> set[str]:
     return names
 
 
+def out_of_date(status: dict) -> list[str]:
+    """The stages of a ``dvc status --json`` output that need running, leaving out those that
+    are only ``always changed`` (the check stage runs at every repro and changes nothing)."""
+    return [stage for stage, changes in status.items() if changes != ["always changed"]]
+
+
 def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
               only: list[str] | None = None) -> None:
     """Queue the table's experiments that this commit lacks (or just those named in ``only``),
     run them, and fail naming any that did not complete."""
-    status = dvc("status", "--json")
-    if json.loads(status or "{}"):
+    if out_of_date(json.loads(dvc("status", "--json") or "{}")):
         raise SystemExit("error: the pipeline is not up to date: run `make repro` and commit "
                          "dvc.lock and metrics/ first (experiments are based on that commit)")
     tracked = ("params.yaml", "dvc.yaml", "dvc.lock", "metrics")

@@ -14,12 +14,14 @@ from tools.shell import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# 64 x 32 frames with last stride 1 give a 4 x 2 res5c grid: room for K = 3 heads (and for the
+# K experiments of the tests and benchmarks), which params.py requires (K <= cells)
 TINY = {
-    "data": {"height": 32, "width": 16, "num_workers": 0},
+    "data": {"height": 64, "width": 32, "num_workers": 0},
     "synthetic": {"train_identities": 4, "test_identities": 4, "image_identities": 4,
                   "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1,
                   "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
-                  "junk_tracklets": 1, "height": 32, "width": 16},
+                  "junk_tracklets": 1, "height": 64, "width": 32},
     "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
               "d": 8, "embed_dim": 16},
     "cache": {"batch_size": 16},

@@ -20,11 +20,57 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+class MissingPathError(DatasetError):
+    """A file or folder of a set's layout that is not where the reader looks (``path``)."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def require(path: Path, what: str) -> Path:
-    """``path`` if it exists, else a DatasetError naming it and what it should be."""
+    """``path`` if it exists, else a MissingPathError naming it and what it should be."""
     if not path.exists():
-        raise DatasetError(f"expected {what} at {path}, which does not exist")
+        raise MissingPathError(f"expected {what} at {path}, which does not exist", path)
     return path
+
+
+def find_misplaced(root: Path, expected: Path,
+                   max_entries: int = 100_000) -> tuple[Path, int] | None:
+    """Where under ``root`` a file or folder that the layout wants at ``expected`` (under
+    ``root``) lies instead: a tree extracted one level too deep or without the archive's top
+    folder. Looks for the longest tail of ``expected``'s path below ``root`` first (a whole
+    ``prid_2011/multi_shot`` one level down before a bare ``multi_shot``), up to two levels
+    deeper than ``expected``, shallowest first, reading at most ``max_entries`` entries.
+
+    Returns:
+        (the path found, how many trailing parts of ``expected`` it matches), or None."""
+    try:
+        wanted = expected.relative_to(root).parts
+    except ValueError:
+        return None
+    found, level, seen = [], [root], 0
+    for _ in range(len(wanted) + 2):
+        below = []
+        for folder in level:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            seen += len(entries)
+            found += [Path(e.path) for e in entries]
+            below += [Path(e.path) for e in entries if e.is_dir()]
+            if seen > max_entries:
+                break
+        if seen > max_entries:
+            break
+        level = below
+    for tail in range(len(wanted), 0, -1):
+        hits = [p for p in found if p.relative_to(root).parts[-tail:] == wanted[-tail:]
+                and p != expected]
+        if hits:
+            return min(hits, key=lambda p: len(p.parts)), tail
+    return None
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -29,6 +29,10 @@ from pipeline.errors import DatasetError
 from pipeline.tables import video_table
 
 FRAME_PATTERN = r"_(\d+)\.\w+$"
+# The published statistics (the dataset page and Wang et al., ECCV 2014): 600 sequences (300 people
+# x 2 cameras) of 23-192 frames, mean 73, so about 600 x 73 frames in all; every split caches all
+# of them (its 150 train and 150 test people).
+SEQUENCES, MEAN_FRAMES = 600, 73
 SPLIT_FILE = Path("train-test people splits") / "train_test_splits_ilidsvid.mat"
 
 

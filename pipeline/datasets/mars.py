@@ -32,6 +32,9 @@ from pipeline.errors import DatasetError
 from pipeline.tables import video_table
 
 FRAME_PATTERN = r"F(\d+)\."
+# The published frame counts (the statistics above): every frame of bbox_train/ and bbox_test/,
+# junk and distractor tracklets included, as the cache holds them.
+TRAIN_FRAMES, TEST_FRAMES = 509_914, 681_089
 
 
 def load_mat_key(path: Path, key: str) -> np.ndarray:

@@ -3,9 +3,12 @@
 The ``download`` stage prepares ``data/raw/<name>/`` for every dataset named in ``params.yaml``, by
 the first of these that applies:
 
-1. ``data/raw/<name>/`` already holds the extracted layout (or is a symlink to it): used as is.
-2. ``data/archives/<name>/`` holds the archives listed below (put there by you): checked against
-   their md5 where one is known, then extracted into ``data/raw/<name>/``.
+1. ``data/raw/<name>/`` holds an extracted tree (or is a symlink to one): used as is when it
+   reads; when it does not, the reader's error is the stage's error (with where a misplaced folder
+   was found), and nothing is extracted or downloaded over it.
+2. ``data/raw/<name>/`` is absent or empty (or holds only the files ``placed`` there by hand,
+   such as MARS's ``info/``), and ``data/archives/<name>/`` holds the archives listed below (put
+   there by you): checked against their md5 where one is known, then extracted.
 3. The set has a public URL: the archive is downloaded to ``data/archives/<name>/`` (resumable),
    verified, then extracted.
 
@@ -29,6 +32,8 @@ class Source:
     archives: tuple[Archive, ...]
     obtain: str  # where to get the files, for the error message
     extra: str = ""  # files to place besides the archives
+    # what ``extra`` puts in data/raw/<name>/ by hand: alone there, they are not an extracted tree
+    placed: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, Source] = {
@@ -39,6 +44,7 @@ SOURCES: dict[str, Source] = {
         extra="Also copy the folder info/ of the MARS-evaluation repository "
               "(tracks_train_info.mat, tracks_test_info.mat, query_IDX.mat, train_name.txt, "
               "test_name.txt) to {raw}/mars/info/.",
+        placed=("info",),
     ),
     "ilidsvid": Source(
         archives=(Archive("iLIDS-VID.tar", "7752bd15b611558701bb0e2380ed8950",
@@ -50,6 +56,7 @@ SOURCES: dict[str, Source] = {
         obtain="https://www.tugraz.at/institute/icg/research/team-bischof/lrs/downloads/PRID11/",
         extra="Optionally put splits_prid2011.json (the usual 10 splits) in {raw}/prid2011/; "
               "without it, 10 seeded 89/89 splits are drawn.",
+        placed=("splits_prid2011.json",),
     ),
     "dukev": Source(
         archives=(Archive("DukeMTMC-VideoReID.zip"),),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
-from pipeline.files import write_csv
+from pipeline.files import check_writable, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import DRSA
 from pipeline.params import load_params, to_dict
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", type=Path, required=True, help="folder of loss curve CSVs")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
+    check_writable(args.spatial.parent, args.temporal.parent, args.plots, args.scratch)
     p = load_params(args.params)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         param.requires_grad_(False)
     spatial_step = Step(lambda net, grids: net(grids, "avg"), p.loss.diversity,
                         p.loss.diversity_weight)
-    loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers)
+    loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers,
+                          section="attention.spatial")
     spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
                           args.scratch / "spatial.pt", key, desc="attention spatial",
                           **fit_options(p.runtime, device, backbone=False))
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
     temporal_step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
-    loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers)
+    loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers,
+                          section="attention.temporal")
     temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
                            args.scratch / "temporal.pt", key, desc="attention temporal",
                            **fit_options(p.runtime, device, backbone=False))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from pipeline import distributed
-from pipeline.errors import InputError
+from pipeline.errors import DatasetError, InputError
+from pipeline.files import DISK_ERRORS, disk_error_text
 
 # Errors that mean bad input, not a bug: reported as one line, exit status 1, no traceback.
-# InputError covers every class of pipeline.errors.
+# InputError covers every class of pipeline.errors; an OSError counts when its errno is one of
+# files.DISK_ERRORS (a full disk, a read-only or forbidden place).
 INPUT_ERRORS = (InputError, FileNotFoundError)
 
 
@@ -26,15 +29,39 @@ def one_line(err: BaseException) -> str:
     return message
 
 
+def error_line(err: BaseException) -> str | None:
+    """The one line that reports ``err``, or None when it is not bad input (a bug: its traceback
+    is shown)."""
+    if isinstance(err, INPUT_ERRORS):
+        return f"error: {one_line(err)}"
+    if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        return f"error: {where}{disk_error_text(err)}"
+    return None
+
+
+def reports(err: BaseException) -> bool:
+    """Whether this process prints ``err``. Under torchrun every rank meets an error of the
+    params, the environment, a model or a folder alike, and rank 0 alone reports it (the others
+    exit with status 1 silently); a DatasetError can come from a frame only this rank read, so
+    every rank reports its own. Without a readable torchrun environment, the process reports."""
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return True
+    return not 0 < rank < size or isinstance(err, DatasetError)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage's ``main`` with logging set up; bad input ends it with the error's message on
-    stderr and exit status 1, SIGINT/SIGTERM with a message and 128 + the signal's number
-    (``distributed.Stopped``; training stages write a resume checkpoint first)."""
+    """Run a stage's ``main`` with logging set up; bad input ends it with one line ``error: ...``
+    on stderr (``error_line``; rank 0 alone under torchrun, ``reports``) and exit status 1,
+    SIGINT/SIGTERM with a message and 128 + the signal's number (``distributed.Stopped``;
+    training stages write a resume checkpoint first)."""
     setup_logging()
     distributed.install_signal_handlers()
     try:
@@ -43,11 +70,12 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         distributed.shutdown(failed=True)
         print(f"stopped: {err}", file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
-    except INPUT_ERRORS as err:
+    except BaseException as err:
         distributed.shutdown(failed=True)
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        line = error_line(err)
+        if line is None:
+            raise
+        if reports(err):
+            print(line, file=sys.stderr)
         raise SystemExit(1) from None
-    except BaseException:
-        distributed.shutdown(failed=True)
-        raise
     distributed.shutdown()

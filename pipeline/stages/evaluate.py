@@ -36,10 +36,10 @@ from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
 from pipeline.errors import CacheError
 from pipeline.features import cache_attrs, embed, open_cache
 from pipeline.figures import attention_figure, save_figure
-from pipeline.files import format_table, sha256_file, write_csv, write_json
+from pipeline.files import check_writable, format_table, sha256_file, write_csv, write_json
 from pipeline.metrics import RANKS, attention_frame_stats, attention_summary, score
-from pipeline.model import HeadOutput, grid_size
-from pipeline.params import load_params
+from pipeline.model import HeadOutput
+from pipeline.params import grid_size, load_params
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figures", type=Path, required=True,
                         help="folder for the attention map PNGs (Fig. 3)")
     args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.cmc.parent, args.figures)
     p = load_params(args.params)
     world, device = start(p.runtime)  # under torchrun: the ranks share the test batches
     autocast = use_autocast(p.runtime, device)

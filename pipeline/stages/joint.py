@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.files import sha256_file, write_csv
+from pipeline.files import check_writable, sha256_file, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet
 from pipeline.params import load_params, to_dict
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.plot.parent, args.scratch)
     p = load_params(args.params)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = ClipDataset(train["frames"].tolist(), targets, p.model.N,
                           (p.data.height, p.data.width), augment=False)
     loader = train_loader(dataset, targets, p.joint, p.seed, p.data.num_workers,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", section="joint")
 
     base, _ = load_exported(args.backbone)
     heads, payload = load_exported(args.heads)

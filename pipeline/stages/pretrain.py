@@ -1,5 +1,7 @@
 """Stage ``pretrain``: the backbone trained with OIM on the pooled image re-id sets (paper §4.2),
-each (dataset, pid) a class of its own, one image per sample (N = 1), from ``model.init``.
+each (dataset, pid) a class of its own, one image per sample (N = 1), from ``model.init``. With no
+image sets (``data.image: []``) pretraining is skipped: the backbone is exported as ``model.init``
+made it (e.g. ImageNet weights), and the loss curve holds its header alone.
 
     python -m pipeline.stages.pretrain --params params.yaml --index data/index \
         --out data/models/pretrain.pt --plot metrics/plots/loss/pretrain.csv \
@@ -13,10 +15,10 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_loader
-from pipeline.files import sha256_file, write_csv
+from pipeline.files import check_writable, sha256_file, write_csv, write_text
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import load_params, to_dict
+from pipeline.params import Params, load_params, to_dict
 from pipeline.stages.common import run
 from pipeline.tables import load_image_index, pool_images
 from pipeline.train import (
@@ -32,6 +34,20 @@ from pipeline.train import (
 )
 
 log = logging.getLogger("pretrain")
+# the columns of a loss curve (``fit``'s history); without pretraining, the header alone
+LOSS_COLUMNS = ("epoch", "step", "lr", "loss", "id_loss", "diversity")
+
+
+def export_untrained(p: Params, out: Path, plot: Path) -> None:
+    """No image sets: export the backbone of ``model.init`` (ImageNet weights, a checkpoint, or a
+    seeded random init) with a baseline head as initialised, and a header-only loss curve, so
+    that the stage's outputs exist and finetune starts from ``model.init``."""
+    log.info("data.image is empty: pretraining skipped; exporting the %s backbone as model.init "
+             "(%s) made it", p.model.backbone, p.model.init)
+    model = build_model(p.model, head="baseline")
+    export_model(out, model, config_of(p.model, "backbone", "init", "last_stride", "embed_dim"),
+                 "baseline", {"stage": "pretrain", "num_classes": 0, "pretrained": False})
+    write_text(plot, ",".join(LOSS_COLUMNS) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.plot.parent, args.scratch)
     p = load_params(args.params)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
+    if not p.data.image:
+        if world.is_main:
+            export_untrained(p, args.out, args.plot)
+            finish(args.scratch / "last.pt")  # a checkpoint of an earlier run with image sets
+        return
 
     files = {name: args.index / name / "images.json" for name in p.data.image}
     pooled = pool_images({name: load_image_index(path) for name, path in files.items()})
@@ -54,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = ClipDataset([[path] for path in pooled["path"]], labels, 1,
                           (p.data.height, p.data.width), augment=p.data.augment)
     loader = train_loader(dataset, labels, p.pretrain, p.seed, p.data.num_workers,
-                          pin_memory=device.type == "cuda")
+                          pin_memory=device.type == "cuda", section="pretrain")
 
     model = build_model(p.model, head="baseline")
     criterion = build_identity_loss(p.loss, p.model.embed_dim, num_classes)

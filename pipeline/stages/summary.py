@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import InputError
 from pipeline.figures import cmc_figure, loss_figure, save_figure
 from pipeline.files import format_table, write_json
 from pipeline.metrics import SUMMARY_METRICS, headline, summarize, summarize_attention
@@ -37,10 +38,19 @@ LOSS_CURVES = {"pretrain": "pretrain.csv",
 
 
 def read_json(path: Path) -> dict:
-    """A results file of the evaluate stage; a missing one is an error naming it."""
+    """A results file of the evaluate stage; a missing, truncated or non-JSON one is an error
+    naming it."""
     if not path.exists():
         raise FileNotFoundError(f"evaluation results missing: {path} (run the evaluate stage)")
-    return json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a JSON results file of the evaluate stage ({err}); run "
+                         "the evaluate stage again") from err
+    if not isinstance(results, dict):
+        raise InputError(f"{path}: holds a JSON {type(results).__name__}, expected the object "
+                         "the evaluate stage writes; run the evaluate stage again")
+    return results
 
 
 def mean_cmc(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -49,9 +59,10 @@ def mean_cmc(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def loss_histories(losses: Path, run_: str) -> dict[str, pd.DataFrame]:
-    """The loss curves of one run that exist, by stage (``LOSS_CURVES``)."""
+    """The loss curves of one run that exist and have steps, by stage (``LOSS_CURVES``)."""
     files = {stage: losses / pattern.format(run=run_) for stage, pattern in LOSS_CURVES.items()}
-    return {stage: pd.read_csv(f) for stage, f in files.items() if f.exists()}
+    tables = {stage: pd.read_csv(f) for stage, f in files.items() if f.exists()}
+    return {stage: t for stage, t in tables.items() if not t.empty}  # (no image sets: no steps)
 
 
 def print_tables(summary: dict, attention: dict) -> None:

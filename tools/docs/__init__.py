@@ -13,7 +13,9 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``bench``, ``bench-notes``: the benchmark table and what its details say (``metrics/bench.json``);
 - ``report``: Tables 1 and 2 of ``metrics/report.md`` (official protocol) and the steps of Table 1;
 - ``paper``, ``rows``: the paper's numbers and the experiment of each table row
-  (``tools.experiments``).
+  (``tools.experiments``);
+- ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
+  time caching takes (the sets' published frame counts, ``metrics/bench.json``).
 
 A measured source that does not exist yet renders one line saying so, naming the file and the
 command that writes it; a source that exists but cannot be read is an error naming it.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from pipeline.files import write_text
 from tools.docs.bench import bench_block, bench_notes_block
+from tools.docs.cache_disk import cache_disk_block
 from tools.docs.common import DocsError, NotProduced
 from tools.docs.params_reference import params_block
 from tools.docs.report import paper_block, report_block, rows_block
@@ -44,7 +47,7 @@ END = "<!-- end generated -->"
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block, "datasets": datasets_block, "params": params_block,
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
-    "paper": paper_block, "rows": rows_block,
+    "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
 }
 
 
