@@ -10,6 +10,17 @@ File layout, one group per subset (``train``, ``test``)::
     <subset>/offsets      (T + 1,) int64: tracklet t owns grids[offsets[t]:offsets[t + 1]]
     <subset>/frame_index  (F,) int32: position of each cached frame in its tracklet
     <subset>/pids, camids (T,) int64; is_query (T,) bool
+    <subset>/parts        (F, P, h, w) float16, only for tables with label maps (the synthetic
+                          set): the fraction of each grid cell's pixels that have label p
+    <subset>/visibility   (F, P) float16, likewise: per label, its visible pixels / its pixels
+                          without the occluder (NaN: label 0, and labels absent without it)
+
+``parts`` and ``visibility`` are the ground truth the attention is measured against: a cached
+frame's visible label map (``pipeline.tables.LABELS``) resized to the network input (nearest
+neighbour) and pooled into the h x w grid, pixel row r and column c falling in cell
+(r * h // H, c * w // W) as ``pipeline.figures.cell_maps`` draws it, so each cell's fractions sum
+to 1; ``visibility`` counts the label map at its own size. The file attribute ``part_names`` names
+the P labels; ``read_parts`` reads the three, or None from a cache of a set without label maps.
 
 Attributes record what the grids depend on (``checkpoint_sha256``, ``backbone``, ``last_stride``,
 ``height``, ``width``, ``max_frames_per_tracklet``); ``open_cache`` refuses a file whose attributes
@@ -25,7 +36,7 @@ import contextlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -107,6 +119,84 @@ def check_free_space(path: Path, needed: int, files: int = 1, what: str = "the f
                          f"larger disk, or lower cache.max_frames_per_tracklet{remedy}")
 
 
+def label_fractions(labels: np.ndarray, grid: tuple[int, int], num_labels: int) -> np.ndarray:
+    """The fraction of each grid cell's pixels that have each label: ``labels`` (H, W) integer
+    label map -> (P, h, w) float64 for ``grid`` = (h, w), P = ``num_labels``; pixel (r, c) lies in
+    cell (r * h // H, c * w // W), as ``pipeline.figures.cell_maps`` draws a cell. Each cell's
+    fractions sum to 1."""
+    H, W = labels.shape
+    h, w = grid
+    if h > H or w > W:
+        raise ValueError(f"a {H} x {W} label map has fewer pixels than the {h} x {w} grid")
+    cells = (np.arange(H) * h // H)[:, None] * w + (np.arange(W) * w // W)[None, :]  # (H, W)
+    counts = np.bincount((labels.astype(np.int64) * (h * w) + cells).ravel(),
+                         minlength=num_labels * h * w).reshape(num_labels, h, w)
+    return counts / np.bincount(cells.ravel(), minlength=h * w).reshape(h, w)
+
+
+def label_visibility(visible: np.ndarray, unoccluded: np.ndarray, num_labels: int) -> np.ndarray:
+    """Per label, its visible pixels / its pixels without the occluder: (P,) float64 from two
+    (H, W) label maps; NaN for a label without pixels in ``unoccluded`` (the occluder's own label
+    always) and for label 0 (the background)."""
+    shown = np.bincount(visible.ravel(), minlength=num_labels).astype(np.float64)
+    whole = np.bincount(unoccluded.ravel(), minlength=num_labels).astype(np.float64)
+    fraction = np.full(num_labels, np.nan)
+    np.divide(shown, whole, out=fraction, where=whole > 0)
+    fraction[0] = np.nan
+    return fraction
+
+
+def read_label_map(path: str | Path, size: tuple[int, int], grid: tuple[int, int],
+                   num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A label map file (a 2-channel "LA" PNG: visible labels, labels without the occluder) as
+    (``label_fractions`` of its visible labels resized to ``size`` = (H, W) by nearest neighbour,
+    ``label_visibility``). A file that is not such a map, or has a label >= ``num_labels``, is a
+    CacheError."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "LA":
+                raise CacheError(f"{path}: a label map must be a 2-channel (LA) image, this one "
+                                 f"is {image.mode}")
+            image.load()
+            visible, unoccluded = image.getchannel("L"), image.getchannel("A")
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise CacheError(f"{path}: cannot read the label map ({err})") from err
+    resized = np.asarray(visible.resize((size[1], size[0]), Image.NEAREST))
+    visible, unoccluded = np.asarray(visible), np.asarray(unoccluded)
+    top = max(int(visible.max()), int(unoccluded.max()))
+    if top >= num_labels:
+        raise CacheError(f"{path}: label {top} in a label map of {num_labels} labels")
+    return (label_fractions(resized, grid, num_labels),
+            label_visibility(visible, unoccluded, num_labels))
+
+
+def _labelled(table: pd.DataFrame, path: Path, subset: str) -> bool:
+    """Whether the tracklets of ``table`` have label maps: all of them (True) or none (False, as
+    in every real set); some but not all is a CacheError."""
+    if "labels" not in table.columns:
+        return False
+    has = table["labels"].map(len) > 0
+    if has.any() and not has.all():
+        raise CacheError(f"{path}: {int((~has).sum())} of the {len(table)} {subset} tracklets "
+                         "have no label maps, the others have: expected all or none")
+    return bool(has.all())
+
+
+def _write_parts(group: h5py.Group, table: pd.DataFrame, picks: list[np.ndarray],
+                 size: tuple[int, int], grid: tuple[int, int], num_labels: int,
+                 block: int = 4096) -> None:
+    """``group``'s ``parts`` and ``visibility`` of the cached frames (``picks`` of each tracklet),
+    from their label maps, written ``block`` frames at a time."""
+    maps = [labels[i] for labels, p in zip(table["labels"], picks, strict=True) for i in p]
+    parts = group.create_dataset("parts", shape=(len(maps), num_labels, *grid), dtype=np.float16)
+    visibility = group.create_dataset("visibility", shape=(len(maps), num_labels),
+                                      dtype=np.float16)
+    for start in range(0, len(maps), block):
+        read = [read_label_map(m, size, grid, num_labels) for m in maps[start:start + block]]
+        parts[start:start + len(read)] = np.stack([r[0] for r in read]).astype(np.float16)
+        visibility[start:start + len(read)] = np.stack([r[1] for r in read]).astype(np.float16)
+
+
 def write_cache(
     path: str | Path,
     backbone: nn.Module,
@@ -118,14 +208,19 @@ def write_cache(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     autocast: bool = False,
+    part_names: Sequence[str] = (),
 ) -> None:
     """Run ``backbone`` over the selected frames of every tracklet and stream the grids to
     ``path``. ``tables`` maps a subset name to its video table; ``attrs`` are stored as file
-    attributes (with ``max_frames_per_tracklet``, ``height``, ``width``).
+    attributes (with ``max_frames_per_tracklet``, ``height``, ``width``). A table whose tracklets
+    have label maps (its ``labels`` column) also gets the ``parts`` and ``visibility`` of its
+    cached frames, for the labels ``part_names`` (``pipeline.tables.LABELS``; stored as the file
+    attribute ``part_names``).
 
     Under torchrun every rank computes its share of the batches (``distributed.my_batches``: the
     same batches as one process, so the same grids) and sends them, as fp16, to rank 0, which alone
-    writes the file; every rank calls this with the same arguments."""
+    writes the file; every rank calls this with the same arguments and returns once the file is
+    in place."""
     path = Path(path)
     world = distributed.world()
     main = world.is_main
@@ -134,6 +229,9 @@ def write_cache(
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     D, h, w = grid_shape(backbone, size, device)
+    labelled = {subset: _labelled(table, path, subset) for subset, table in tables.items()}
+    if any(labelled.values()) and not part_names:
+        raise CacheError(f"{path}: the tracklets have label maps, but no part_names name them")
     with atomic_path(path) if main else contextlib.nullcontext() as tmp:
         if main:  # (atomic_path removed a killed run's leftover: it does not count as used)
             frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
@@ -143,6 +241,8 @@ def write_cache(
             if main:
                 f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0],
                                 "width": size[1], "max_frames_per_tracklet": max_frames})
+                if any(labelled.values()):
+                    f.attrs["part_names"] = list(part_names)
             for subset, table in tables.items():
                 if table.empty:
                     raise CacheError(f"{path}: no {subset} tracklets to cache")
@@ -183,10 +283,14 @@ def write_cache(
                             grids[rows.start:rows.stop] = block.cpu().numpy()
                             bar.update(len(rows))
                 bar.close()
+                if main and labelled[subset]:  # cheap beside the backbone: rank 0 alone
+                    _write_parts(group, table, picks, size, (h, w), len(part_names))
                 if main:
-                    log.info("%s: %d tracklets, %d frames cached", subset, len(table), len(paths))
+                    log.info("%s: %d tracklets, %d frames cached%s", subset, len(table),
+                             len(paths), " with their parts" if labelled[subset] else "")
             if main:
                 f.attrs["complete"] = True
+    distributed.barrier()  # every rank returns once the file is in place (rank 0 renamed it)
 
 
 def open_cache(path: str | Path, expect: dict) -> h5py.File:
@@ -220,7 +324,8 @@ def _layout_problem(f: h5py.File, subset: str) -> str:
     """What is wrong with the datasets of ``subset`` ("" when nothing), against the layout of the
     module docstring: every dataset present, grids of 4 dimensions, offsets that start at 0,
     increase and end at the number of grids, one pid, camid and is_query per tracklet, one
-    frame_index per grid."""
+    frame_index per grid; where there are ``parts``, one (P, h, w) and ``visibility`` (P,) per
+    grid, P the number of ``part_names``."""
     names = ("grids", "offsets", "frame_index", "pids", "camids", "is_query")
     group = f.get(subset)
     missing = [f"{subset}/{n}" for n in names if not isinstance(group, h5py.Group)
@@ -240,7 +345,32 @@ def _layout_problem(f: h5py.File, subset: str) -> str:
         if group[name].shape != (rows,):
             return (f"{subset}/{name} has shape {group[name].shape}, expected ({rows},): one "
                     f"per {per}")
+    if "parts" in group or "visibility" in group:
+        P, (h, w) = len(f.attrs.get("part_names", [])), group["grids"].shape[2:]
+        for name, shape in (("parts", (F, P, h, w)), ("visibility", (F, P))):
+            if not isinstance(group.get(name), h5py.Dataset) or group[name].shape != shape:
+                found = group[name].shape if isinstance(group.get(name), h5py.Dataset) else None
+                return (f"{subset}/{name} has shape {found}, expected {shape}: one per grid, for "
+                        f"the {P} part_names")
     return ""
+
+
+def read_parts(cache: str | Path | h5py.File, subset: str
+               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
+    """The ground truth of ``subset``'s cached frames (see the module docstring): ``parts``
+    (F, P, h, w) and ``visibility`` (F, P) as float32, and the P ``part_names``; None for a cache
+    without them (a set without label maps, or a file written before they existed). ``cache``: a
+    path, or a file ``open_cache`` opened."""
+    if not isinstance(cache, h5py.File):
+        with h5py.File(cache, "r") as f:
+            return read_parts(f, subset)
+    group = cache.get(subset)
+    if not isinstance(group, h5py.Group) or "parts" not in group:
+        return None
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n)
+                  for n in cache.attrs["part_names"])
+    return (group["parts"][()].astype(np.float32), group["visibility"][()].astype(np.float32),
+            names)
 
 
 def _plain(value):

@@ -1,6 +1,7 @@
 """Pictures of the results, as PNG files (DVC image plots, readable offline): the paper's Fig. 3
 (each frame of a tracklet with the K spatial attention maps overlaid, one column per head, and
-the temporal weight of each (frame, head) printed on it), CMC curves and training-loss curves.
+the temporal weight of each (frame, head) printed on it; beside the frame its ground-truth body
+parts where the set has label maps), CMC curves and training-loss curves.
 
 matplotlib's object-oriented API (``Figure``, no pyplot state and no display needed). Figures are
 written as palette PNGs (at most ``PALETTE_COLOURS`` colours): a fraction of the size of full
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from PIL import Image
 
 from pipeline.files import write_with
@@ -23,6 +26,12 @@ from pipeline.files import write_with
 DPI = 100
 PALETTE_COLOURS = 64
 INCHES_PER_COLUMN = 1.0  # width of one frame column of the attention figure
+LEGEND_INCHES = 0.3  # height of the legend row of the body parts
+# Flat colours of the labels of a label map (pipeline.tables.LABELS), by name; another name takes
+# a grey. Few, flat colours: the palette PNG stays small.
+PART_COLOURS = {"background": "#303030", "hair": "#8c564b", "skin": "#f2b880",
+                "torso": "#d62728", "arms": "#ff7f0e", "legs": "#1f77b4", "shoes": "#17becf",
+                "bag": "#2ca02c", "occluder": "#ffffff"}
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
@@ -58,35 +67,61 @@ def cell_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) ->
 
 def attention_figure(frames: np.ndarray, maps: np.ndarray, grid: tuple[int, int],
                      temporal: np.ndarray | None = None, title: str = "",
-                     frame_labels: Sequence[str] | None = None) -> Figure:
-    """One row per frame: the frame, then each of the K spatial attention maps overlaid on it as a
-    heatmap, with the temporal weight of (frame, head) printed in the corner.
+                     frame_labels: Sequence[str] | None = None,
+                     parts: np.ndarray | None = None,
+                     part_names: Sequence[str] | None = None) -> Figure:
+    """One row per frame: the frame, its ground-truth body parts when ``parts`` is given, then
+    each of the K spatial attention maps overlaid on the frame as a heatmap, with the temporal
+    weight of (frame, head) printed in the corner.
 
-    frames: (N, H, W, 3) uint8; maps: (N, K, L), each summing to 1 over L; temporal: (N, K)."""
+    frames: (N, H, W, 3) uint8; maps: (N, K, L), each summing to 1 over L; temporal: (N, K);
+    parts: (N, H, W) label maps (integers indexing ``part_names``), drawn in flat colours
+    (``PART_COLOURS``) with a legend of the labels present."""
     N, H, W, _ = frames.shape
     K = maps.shape[1]
     heat = cell_maps(maps, grid, (H, W))
+    first = 1 if parts is None else 2  # the column of head 1
     scale = INCHES_PER_COLUMN / max(W, 1)  # inches per pixel
-    fig = Figure(figsize=((K + 1) * W * scale, N * H * scale + 0.5))
-    axes = fig.subplots(N, K + 1, squeeze=False)
+    legend = 0.0 if parts is None else LEGEND_INCHES
+    fig = Figure(figsize=((K + first) * W * scale, N * H * scale + 0.5 + legend))
+    axes = fig.subplots(N, K + first, squeeze=False)
+    if parts is not None:
+        names = list(part_names) if part_names is not None else [
+            str(i) for i in range(int(parts.max()) + 1)]
+        colours = ListedColormap([PART_COLOURS.get(n, "#808080") for n in names])
     for n in range(N):
         axes[n, 0].imshow(frames[n])
         axes[n, 0].set_ylabel(frame_labels[n] if frame_labels else f"frame {n + 1}", fontsize=7)
+        if parts is not None:
+            axes[n, 1].imshow(parts[n], cmap=colours, vmin=-0.5, vmax=len(names) - 0.5,
+                              interpolation="nearest")
         for k in range(K):
-            ax = axes[n, k + 1]
+            ax = axes[n, k + first]
             ax.imshow(frames[n])
             ax.imshow(heat[n, k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
                       interpolation="nearest")
             if temporal is not None:
                 ax.text(1, 1, f"{temporal[n, k]:.2f}", color="white", fontsize=7, va="top",
                         bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
-    for k in range(K + 1):
-        axes[0, k].set_title("frame" if k == 0 else f"head {k}", fontsize=8)
+    titles = ["frame", *(["parts"] if parts is not None else []),
+              *(f"head {k + 1}" for k in range(K))]
+    for ax, name in zip(axes[0], titles, strict=True):
+        ax.set_title(name, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    if parts is not None:
+        present = np.unique(parts)
+        handles = [Patch(facecolor=colours(int(i)), edgecolor="black", linewidth=0.3,
+                         label=names[int(i)]) for i in present]
+        width = fig.get_size_inches()[0]
+        fig.legend(handles=handles, loc="lower center", fontsize=6, frameon=False,
+                   ncol=max(1, min(len(handles), int(width / 0.8))), handlelength=1,
+                   columnspacing=0.8)
+        fig.tight_layout(rect=(0, legend / fig.get_size_inches()[1], 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

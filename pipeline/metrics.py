@@ -16,6 +16,10 @@ Arrays: ``distmat`` (num_q, num_g) distances, smaller = more similar; ``q_pids``
 (num_q,); ``g_pids``, ``g_camids`` (num_g,). Ranking uses a stable sort, so ties keep gallery order.
 Queries are processed in blocks, so memory stays bounded whatever the number of queries (what a
 MARS-sized problem needs beyond its distance matrix: docs/benchmarks.md).
+
+Precision: a seeded bootstrap over the query identities (``bootstrap_interval``) gives a 95 percent
+interval of rank-1 and mAP. Results over splits: ``summarize`` and the headline. (The statistics
+of the attention maps: ``pipeline.attention_stats``.)
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ import numpy as np
 from pipeline.params import PROTOCOLS
 
 RANKS = (1, 5, 10, 20)  # the CMC ranks reported (those up to max_rank)
+# The bootstrap behind every interval: resamples, their seed (a constant, not params' `seed`, so
+# that an interval moves only with the results it is computed from), and the coverage.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
 
 
 def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray) -> np.ndarray:
@@ -41,8 +50,10 @@ def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: 
     ``camids`` and ``is_query`` (num_tracklets,), ranked under each protocol.
 
     Returns:
-        ``{protocol: {"rank1", "rank5", ..., "mAP", "num_valid_queries", "num_queries"}}`` and
-        ``{protocol: cmc}`` (the CMC curve, ``max_rank`` fractions).
+        ``{protocol: {"rank1", "rank1_lo", "rank1_hi", "rank5", ..., "mAP", "mAP_lo", "mAP_hi",
+        "num_valid_queries", "num_queries"}}`` (``_lo``, ``_hi``: the bounds of the 95 percent
+        bootstrap interval, ``rank_intervals``) and ``{protocol: cmc}`` (the CMC curve,
+        ``max_rank`` fractions).
     """
     pids, camids = np.asarray(pids), np.asarray(camids)
     is_query = np.asarray(is_query, dtype=bool)
@@ -53,8 +64,11 @@ def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: 
         result = evaluate_rank(distmat, pids[is_query], pids[gallery], camids[is_query],
                                camids[gallery], max_rank=max_rank, protocol=protocol)
         cmc = result["cmc"]
-        metrics[protocol] = {f"rank{r}": float(cmc[r - 1]) for r in RANKS if r <= max_rank}
-        metrics[protocol].update({"mAP": result["mAP"],
+        (r1_lo, r1_hi), (ap_lo, ap_hi) = rank_intervals(result, pids[is_query], protocol)
+        metrics[protocol] = {"rank1": float(cmc[0]), "rank1_lo": r1_lo, "rank1_hi": r1_hi}
+        metrics[protocol].update({f"rank{r}": float(cmc[r - 1]) for r in RANKS[1:]
+                                  if r <= max_rank})
+        metrics[protocol].update({"mAP": result["mAP"], "mAP_lo": ap_lo, "mAP_hi": ap_hi,
                                   "num_valid_queries": result["num_valid_queries"],
                                   "num_queries": result["num_queries"]})
         curves[protocol] = cmc
@@ -77,7 +91,8 @@ def evaluate_rank(
         ``cmc``: float64 array of length ``max_rank``, cmc[k] = fraction of queries whose first true
         match is within the top k+1 (after junk removal); ``mAP``: float in [0, 1];
         ``num_valid_queries``: queries with at least one true match in the gallery;
-        ``num_queries``: all queries.
+        ``num_queries``: all queries; per query (num_q,): ``first_hit``, the 0-based rank of its
+        first true match (-1 without one), and ``ap``, its AP (0 without a true match).
     """
     distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
@@ -100,17 +115,18 @@ def evaluate_rank(
     ranks = np.arange(max_rank)
     hits[valid] = first_hit[valid, None] <= ranks[None, :]
     if protocol == "official":
-        denominator = num_q
+        denominator, counted = num_q, np.ones(num_q, dtype=bool)
     else:
-        denominator = num_valid
-        hits, ap = hits[valid], ap[valid]
+        denominator, counted = num_valid, valid
     if num_valid == 0:  # under either protocol the scores would mean nothing
         raise ValueError("no query has a true match in the gallery: check the ids and cameras")
     return {
-        "cmc": hits.sum(axis=0) / denominator,
-        "mAP": float(ap.sum() / denominator),
+        "cmc": hits[counted].sum(axis=0) / denominator,
+        "mAP": float(ap[counted].sum() / denominator),
         "num_valid_queries": num_valid,
         "num_queries": num_q,
+        "first_hit": first_hit,
+        "ap": ap,
     }
 
 
@@ -176,45 +192,59 @@ def pairwise_distance(q_feats: np.ndarray, g_feats: np.ndarray) -> np.ndarray:
     return np.maximum(dist, 0.0).astype(np.float32)
 
 
-# --- how diverse the spatial attention maps are --------------------------------------------------
+# --- precision: bootstrap intervals ---------------------------------------------------------------
 
 
-def attention_overlap(S: np.ndarray) -> np.ndarray:
-    """Mean pairwise Bhattacharyya coefficient ``sum_l sqrt(s_i[l] s_j[l])`` over the K(K-1)/2
-    pairs of an image's K spatial attention maps, for S of shape (..., K, L) whose rows sum to 1:
-    shape (...). 0 when the maps have disjoint supports, 1 when they are identical; NaN for K = 1
-    (no pair). This is 1 - H^2 of the Hellinger distance the diversity term Q penalises."""
-    S = np.asarray(S, dtype=np.float64)
-    K = S.shape[-2]
-    if K < 2:
-        return np.full(S.shape[:-2], np.nan)
-    root = np.sqrt(np.clip(S, 0.0, None))
-    bc = root @ np.swapaxes(root, -1, -2)  # (..., K, K), ones on the diagonal
-    off_diagonal = bc.sum(axis=(-1, -2)) - np.trace(bc, axis1=-2, axis2=-1)
-    return off_diagonal / (K * (K - 1))
+def bootstrap_weights(num_groups: int, num_resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(num_resamples, num_groups) int counts: how many times each of ``num_groups`` groups is
+    drawn in each resample of ``num_groups`` groups drawn with replacement (seeded)."""
+    if num_groups < 1:
+        raise ValueError(f"a bootstrap needs at least one group, got {num_groups}")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=num_resamples)
 
 
-def attention_entropy(S: np.ndarray) -> np.ndarray:
-    """Mean entropy (nats) of an image's K attention maps, for S of shape (..., K, L): shape (...).
-    0 for maps on one cell, log(L) for uniform maps; 0 log 0 counts as 0."""
-    S = np.asarray(S, dtype=np.float64)
-    terms = np.where(S > 0, -S * np.log(np.where(S > 0, S, 1.0)), 0.0)
-    return terms.sum(axis=-1).mean(axis=-1)
+def bootstrap_estimates(values: np.ndarray, groups: np.ndarray,
+                        num_resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """The mean of ``values`` (Q,) or (Q, M) over the queries of each resample of the groups:
+    (num_resamples,) or (num_resamples, M). The groups (``groups`` (Q,), e.g. the query pids)
+    are resampled as wholes with replacement: a group drawn twice counts all its queries twice,
+    since the queries of one identity are not independent draws."""
+    values = np.asarray(values, dtype=np.float64)
+    column = values.ndim == 1
+    values = values[:, None] if column else values  # (Q, M)
+    if len(groups) != len(values):
+        raise ValueError(f"{len(values)} values but {len(groups)} group labels")
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.zeros((group.max() + 1, values.shape[1]))  # (G, M) per group
+    np.add.at(sums, group, values)
+    counts = np.bincount(group).astype(np.float64)  # (G,) queries per group
+    weights = bootstrap_weights(len(counts), num_resamples, seed)  # (R, G)
+    estimates = (weights @ sums) / (weights @ counts)[:, None]  # (R, M)
+    return estimates[:, 0] if column else estimates
 
 
-def attention_frame_stats(S: np.ndarray) -> dict[str, np.ndarray]:
-    """Per frame of a batch of spatial attention maps S (B, N, K, L): the overlap and the entropy
-    of its K maps, flattened to (B * N,) arrays (a record for ``attention_summary``)."""
-    return {"overlap": attention_overlap(S).ravel(), "entropy": attention_entropy(S).ravel()}
+def bootstrap_interval(values: np.ndarray, groups: np.ndarray,
+                       num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = CI_LEVEL) -> np.ndarray:
+    """Percentile interval of ``bootstrap_estimates``: (2,) ``[lo, hi]`` for values (Q,), (M, 2)
+    for values (Q, M); the same for the same inputs and seed."""
+    estimates = bootstrap_estimates(values, groups, num_resamples, seed)
+    tail = 100 * (1 - level) / 2
+    return np.percentile(estimates, [tail, 100 - tail], axis=0).T
 
 
-def attention_summary(records: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
-    """Means over every test frame of ``attention_frame_stats`` records: ``overlap`` (None for
-    K = 1, where no pair of maps exists) and ``entropy``."""
-    overlap = np.concatenate([r["overlap"] for r in records])
-    entropy = np.concatenate([r["entropy"] for r in records])
-    return {"overlap": None if np.isnan(overlap).all() else float(overlap.mean()),
-            "entropy": float(entropy.mean())}
+def rank_intervals(result: dict, q_pids: np.ndarray, protocol: str) -> list[tuple[float, float]]:
+    """95 percent intervals ``[(lo, hi) of rank-1, (lo, hi) of mAP]`` of an ``evaluate_rank``
+    result, bootstrapping the query identities (``q_pids``). The protocol's own averaging:
+    official, every query (one without a true match counts 0); torchreid, the valid ones only."""
+    first_hit, ap = result["first_hit"], result["ap"]
+    counted = np.ones(len(ap), dtype=bool) if protocol == "official" else first_hit >= 0
+    values = np.stack([first_hit == 0, ap], axis=1)[counted]  # (Q, 2): hit at rank 1, AP
+    bounds = bootstrap_interval(values, np.asarray(q_pids)[counted])
+    return [(float(lo), float(hi)) for lo, hi in bounds]
 
 
 # --- results over splits: what the summary stage and the report read ----------------------------
@@ -243,31 +273,45 @@ def summarize(evals: list[dict]) -> dict:
                         values = [e["models"][model][protocol][metric] for e in runs]
                         entry[metric] = {"mean": float(np.mean(values)),
                                          "std": float(np.std(values))}
+                        bounds = [(e["models"][model][protocol].get(f"{metric}_lo"),
+                                   e["models"][model][protocol].get(f"{metric}_hi"))
+                                  for e in runs]
+                        if all(None not in b for b in bounds):  # (older files have none)
+                            entry[metric]["lo"], entry[metric]["hi"] = split_interval(
+                                values, bounds)
                 summary[dataset][model][protocol] = entry
     return summary
 
 
-def summarize_attention(evals: list[dict]) -> dict:
-    """{dataset: {model: {"overlap" | "entropy": {"mean", "std"} or None}}} over the splits."""
-    summary: dict = {}
-    for dataset in dict.fromkeys(e["dataset"] for e in evals):
-        runs = [e for e in evals if e["dataset"] == dataset and "attention" in e]
-        summary[dataset] = {}
-        for model in runs[0]["attention"] if runs else []:
-            summary[dataset][model] = {}
-            for stat in ("overlap", "entropy"):
-                values = [e["attention"][model][stat] for e in runs]
-                summary[dataset][model][stat] = None if None in values else {
-                    "mean": float(np.mean(values)), "std": float(np.std(values))}
-    return summary
+def split_interval(values: list[float], bounds: list[tuple[float, float]]) -> tuple[float, float]:
+    """The 95 percent interval of the mean over splits of ``values``, from each split's interval
+    ``bounds`` [(lo, hi)]: that interval itself for one split; for several (independent test
+    sets), the normal approximation ``mean ± sqrt(sum_s h_s^2) / S`` with h_s = (hi - lo) / 2
+    each split's half-width (the standard error of a mean of independent estimates)."""
+    if len(values) == 1:
+        return float(bounds[0][0]), float(bounds[0][1])
+    half = float(np.sqrt(sum(((hi - lo) / 2) ** 2 for lo, hi in bounds)) / len(values))
+    mean = float(np.mean(values))
+    return mean - half, mean + half
+
+
+HEADLINE_CI = "ci"  # the headline's precision group: ci.R1, ci.mAP
 
 
 def headline(summary: dict, protocol: str) -> dict:
-    """``{"R1": {short model name: percent}, "mAP": {...}}`` of one dataset's ``summarize`` entry
-    under ``protocol``: the means over the splits, in percent with one decimal."""
+    """``{"R1": {short model name: percent}, "mAP": {...}, "ci": {"R1": percent, "mAP":
+    percent}}`` of one dataset's ``summarize`` entry under ``protocol``: the means over the
+    splits, in percent with one decimal, and ``ci``, for each metric the largest half-width of
+    the models' 95 percent intervals (a difference smaller than it is within the noise of the
+    test set); no ``ci`` where a model has no interval (results from before intervals)."""
     out: dict = {"R1": {}, "mAP": {}}
+    halves: dict[str, list] = {"R1": [], "mAP": []}
     for model, protocols in summary.items():
         short = HEADLINE_NAMES.get(model, model)
-        out["R1"][short] = round(100 * protocols[protocol]["rank1"]["mean"], 1)
-        out["mAP"][short] = round(100 * protocols[protocol]["mAP"]["mean"], 1)
+        for name, metric in (("R1", "rank1"), ("mAP", "mAP")):
+            value = protocols[protocol][metric]
+            out[name][short] = round(100 * value["mean"], 1)
+            halves[name].append((value["hi"] - value["lo"]) / 2 if "lo" in value else None)
+    if all(h and None not in h for h in halves.values()):
+        out[HEADLINE_CI] = {name: round(100 * max(h), 1) for name, h in halves.items()}
     return out

@@ -127,6 +127,10 @@ class SyntheticParams:
     # walks past every camera
     cameras: int = field(default=3, metadata={"ge": 2, "le": 9})
     tracklets_per_camera: int = at_least(1, 1)  # 1 to this many tracklets per id and camera
+    # test identities have a query tracklet in this many of their cameras (chosen per identity;
+    # MARS has one query per identity and camera); the other cameras hold gallery tracklets only,
+    # so that every query has a true match outside the queries (the torchreid protocol's gallery)
+    query_cameras: int = at_least(1, 1)
     min_length: int = at_least(3, 1)  # shortest tracklet, in frames
     max_length: int = field(default=40, metadata={"ge": 1, "le": 999})  # longest, in frames
     # share of the tracklets in which an occluder hides a band of the body, a different band in
@@ -144,6 +148,10 @@ class SyntheticParams:
         if self.min_length > self.max_length:
             raise ParamsError(f"synthetic.min_length: expected a value <= synthetic.max_length "
                               f"({self.max_length}), got {self.min_length}")
+        if self.query_cameras >= self.cameras:
+            raise ParamsError(f"synthetic.query_cameras: expected fewer than synthetic.cameras "
+                              f"({self.cameras}), so that a camera holds gallery tracklets only, "
+                              f"got {self.query_cameras}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ stage stores them as JSON files; nothing downstream knows a dataset's layout:
 
 - video: one row per tracklet, columns ``pid`` (int; -1 junk and 0 distractors kept where the set
   has them), ``camid`` (int, the camera number of the set's own naming), ``subset`` ("train" or
-  "test"), ``is_query`` (bool), ``frames`` (list of image paths in temporal order).
+  "test"), ``is_query`` (bool), ``frames`` (list of image paths in temporal order), ``labels``
+  (list of label map paths parallel to ``frames``, or an empty list: only the synthetic set has
+  them; see ``LABELS``).
 - image: one row per image, columns ``pid``, ``camid``, ``path``.
 
 This module imports no reader, so that a change to a reader re-runs only the stages that read raw
@@ -22,19 +24,33 @@ import pandas as pd
 from pipeline.errors import DatasetError
 from pipeline.files import write_json
 
-VIDEO_COLUMNS = ["pid", "camid", "subset", "is_query", "frames"]
+VIDEO_COLUMNS = ["pid", "camid", "subset", "is_query", "frames", "labels"]
 IMAGE_COLUMNS = ["pid", "camid", "path"]
+
+# The values of a label map (the files of the ``labels`` column), pixel by pixel: index = label.
+# A label map is a 2-channel PNG (mode "LA") the size of its frame: channel L the visible labels,
+# channel A the labels the frame would have without its occluder. hair: hair or hat; skin: face,
+# hands, legs below shorts; arms: the sleeves; legs: trousers or shorts.
+LABELS = ("background", "hair", "skin", "torso", "arms", "legs", "shoes", "bag", "occluder")
 
 
 def video_table(rows: list[dict], source: Path) -> pd.DataFrame:
     """The canonical video table from reader rows, with dtypes fixed and basic invariants checked:
-    no empty tracklet, queries only among test tracklets."""
+    no empty tracklet, queries only among test tracklets, label maps (where a row has them) one
+    per frame. A row without ``labels`` gets an empty list."""
+    rows = [{**r, "labels": [] if r.get("labels") is None else list(r["labels"])} for r in rows]
     table = pd.DataFrame(rows, columns=VIDEO_COLUMNS)
     table = table.astype({"pid": "int64", "camid": "int64", "subset": "object", "is_query": "bool"})
     empty = table[table["frames"].map(len) == 0]
     if len(empty):
         raise DatasetError(f"{source}: tracklet of pid {empty.iloc[0]['pid']} camera "
                            f"{empty.iloc[0]['camid']} has no frames")
+    num_labels = table["labels"].map(len)
+    unmatched = table[(num_labels > 0) & (num_labels != table["frames"].map(len))]
+    if len(unmatched):
+        row = unmatched.iloc[0]
+        raise DatasetError(f"{source}: tracklet of pid {row['pid']} camera {row['camid']} has "
+                           f"{len(row['frames'])} frames but {len(row['labels'])} label maps")
     if (table["is_query"] & (table["subset"] != "test")).any():
         raise DatasetError(f"{source}: a query tracklet is not in the test subset")
     return table.reset_index(drop=True)
@@ -110,12 +126,19 @@ def _relative_records(paths, root: Path, source: Path) -> list[str]:
 def save_video_index(table: pd.DataFrame, root: Path, path: Path,
                      recorded_root: Path | None = None) -> None:
     """Write a video table as JSON: ``{"root": ..., "tracklets": [{pid, camid, subset,
-    is_query, frames: [relative paths]}, ...]}``. Frames are relative to ``root``; the file
-    records ``recorded_root`` (default ``root``) as the place to find them."""
+    is_query, frames: [relative paths], labels: [relative paths]}, ...]}``, ``labels`` only in
+    tracklets that have label maps (a table without the column has none). Frames and label maps
+    are relative to ``root``; the file records ``recorded_root`` (default ``root``) as the place
+    to find them."""
     root = Path(root)
-    records = [{"pid": int(r.pid), "camid": int(r.camid), "subset": r.subset,
-                "is_query": bool(r.is_query), "frames": _relative_records(r.frames, root, path)}
-               for r in table.itertuples(index=False)]
+    has_labels = "labels" in table.columns
+    records = []
+    for r in table.itertuples(index=False):
+        record = {"pid": int(r.pid), "camid": int(r.camid), "subset": r.subset,
+                  "is_query": bool(r.is_query), "frames": _relative_records(r.frames, root, path)}
+        if has_labels and len(r.labels):
+            record["labels"] = _relative_records(r.labels, root, path)
+        records.append(record)
     write_json(path, indent=None, obj={"root": str(recorded_root or root), "tracklets": records})
 
 
@@ -157,10 +180,18 @@ def _under(root: Path, relative: str, path: Path) -> Path:
 
 
 def load_video_index(path: Path) -> pd.DataFrame:
-    """Read a table written by ``save_video_index``; frames become paths under its root again."""
+    """Read a table written by ``save_video_index``; frames and label maps become paths under its
+    root again (a tracklet without ``labels``, as in every index of a real set: an empty list)."""
     root, records = _read_index(path, "tracklets",
                                 ("pid", "camid", "subset", "is_query", "frames"))
-    rows = [{**r, "frames": [_under(root, f, path) for f in r["frames"]]} for r in records]
+    rows = []
+    for r in records:
+        labels = r.get("labels", [])
+        if not isinstance(labels, list):
+            raise DatasetError(f"{path}: a tracklet's labels are {labels!r}, expected a list of "
+                               "paths relative to the dataset root")
+        rows.append({**r, "frames": [_under(root, f, path) for f in r["frames"]],
+                     "labels": [_under(root, f, path) for f in labels]})
     return video_table(rows, Path(path))
 
 

@@ -66,8 +66,10 @@ def test_synthetic_download_and_index(tmp_path, capsys):
     stats = run_stages(tmp_path, write_params(tmp_path))
     table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
     images = load_image_index(tmp_path / "index" / "synthetic" / "images.json")
-    # the tables on disk point at real files under the dataset root
+    # the tables on disk point at real files under the dataset root, label maps included
     assert all(Path(f).is_file() for frames in table["frames"] for f in frames)
+    assert table["labels"].map(len).equals(table["frames"].map(len))
+    assert all(Path(f).is_file() for labels in table["labels"] for f in labels)
     assert all(Path(p).is_file() for p in images["path"])
     video = stats["video"]["synthetic"]["split_0"]
     assert video["train"]["ids"] == 4 and video["test"]["ids"] == 4
@@ -273,6 +275,10 @@ def test_index_skips_bad_frames_when_asked_and_counts_them(tmp_path):
     assert stats["video"]["synthetic"]["split_0"]["skipped"]["frames"] == 1
     table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
     assert victim not in {Path(f) for frames in table["frames"] for f in frames}
+    # its label map left with it: the maps stay parallel to the frames
+    assert all([Path(f).stem for f in frames] == [Path(m).stem for m in labels]
+               for frames, labels in zip(table["frames"], table["labels"], strict=True))
+    assert victim.stem not in {Path(m).stem for labels in table["labels"] for m in labels}
 
 
 # --- an extracted tree that does not read is the error: nothing is extracted or fetched over it ---

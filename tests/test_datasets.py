@@ -19,7 +19,7 @@ import scipy.io
 from PIL import Image
 
 from pipeline.datasets import IMAGE_SETS, VIDEO_SETS, index_images, index_video, num_splits
-from pipeline.datasets.common import by_frame_number
+from pipeline.datasets.common import by_frame_number, screen_frames
 from pipeline.errors import DatasetError
 from pipeline.params import IMAGE_DATASETS, VIDEO_DATASETS, VIDEO_SPLITS
 from pipeline.tables import (
@@ -51,14 +51,17 @@ def touch(path: Path) -> Path:
 
 
 def check_video_table(table: pd.DataFrame) -> None:
-    """The canonical video table: exact columns and dtypes, frames non-empty lists of Paths."""
+    """The canonical video table: exact columns and dtypes, frames non-empty lists of Paths, no
+    label maps (a real set has none)."""
     assert list(table.columns) == VIDEO_COLUMNS
-    assert [str(t) for t in table.dtypes] == ["int64", "int64", "object", "bool", "object"]
+    assert [str(t) for t in table.dtypes] == ["int64", "int64", "object", "bool", "object",
+                                              "object"]
     assert set(table["subset"]) <= {"train", "test"}
     for frames in table["frames"]:
         assert isinstance(frames, list)
         assert frames
         assert all(isinstance(f, Path) for f in frames)
+    assert all(labels == [] for labels in table["labels"])
 
 
 def rows(table: pd.DataFrame) -> list[tuple]:
@@ -688,3 +691,82 @@ def test_index_of_a_frame_outside_the_root_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="not under the dataset root"):
         save_video_index(video_table(rows, index), tmp_path / "raw", index)
     assert not index.exists()
+
+
+# --- label maps: the optional column of the video table -------------------------------------------
+
+
+def labelled_rows(root: Path) -> list[dict]:
+    """Two tracklets of two frames with label maps under ``root/labels``, and one without."""
+    rows = [{"pid": 1, "camid": c, "subset": "test", "is_query": c == 1,
+             "frames": [touch(root / "frames" / f"{c}_{i}.jpg") for i in range(2)],
+             "labels": [touch(root / "labels" / f"{c}_{i}.png") for i in range(2)]}
+            for c in (1, 2)]
+    return [*rows, {"pid": 2, "camid": 1, "subset": "train", "is_query": False,
+                    "frames": [touch(root / "frames" / "3_0.jpg")]}]
+
+
+def test_index_round_trip_keeps_label_maps(tmp_path):
+    """Label maps are stored relative to the root like frames, only where a tracklet has them,
+    and come back as paths parallel to the frames; a tracklet without them reads back with []."""
+    root = tmp_path / "raw"
+    index = tmp_path / "split_0.json"
+    table = video_table(labelled_rows(root), index)
+    assert list(table.columns) == VIDEO_COLUMNS
+    assert table["labels"][2] == []
+    save_video_index(table, root, index)
+    records = json.loads(index.read_text())["tracklets"]
+    assert records[0]["labels"] == ["labels/1_0.png", "labels/1_1.png"]
+    assert "labels" not in records[2]
+    back = load_video_index(index)
+    assert back["labels"].tolist() == table["labels"].tolist()
+    assert back["frames"].tolist() == table["frames"].tolist()
+
+
+def test_index_of_a_real_set_has_no_label_maps_and_old_files_read(tmp_path):
+    """A table without label maps writes the index it always wrote (no labels key), and an index
+    file from before the column existed reads back with empty label lists."""
+    root = tmp_path / "raw"
+    rows = [{"pid": 1, "camid": c, "subset": "test", "is_query": c == 1,
+             "frames": [touch(root / f"{c}.jpg")]} for c in (1, 2)]
+    index = tmp_path / "split_0.json"
+    save_video_index(video_table(rows, index), root, index)
+    content = json.loads(index.read_text())
+    assert all(set(r) == {"pid", "camid", "subset", "is_query", "frames"}
+               for r in content["tracklets"])
+    assert load_video_index(index)["labels"].tolist() == [[], []]
+
+
+def test_index_refuses_label_maps_leaving_the_root(tmp_path):
+    root = tmp_path / "raw"
+    rows = labelled_rows(root)
+    index = tmp_path / "split_0.json"
+    outside = [{**rows[0], "labels": [tmp_path / "elsewhere.png"] * 2}]
+    with pytest.raises(DatasetError, match="not under the dataset root"):
+        save_video_index(video_table(outside, index), root, index)
+    save_video_index(video_table(rows, index), root, index)
+    content = json.loads(index.read_text())
+    content["tracklets"][0]["labels"][1] = "../elsewhere.png"
+    index.write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match="leaves the dataset root"):
+        load_video_index(index)
+
+
+def test_video_table_refuses_label_maps_not_one_per_frame(tmp_path):
+    rows = labelled_rows(tmp_path)
+    rows[1]["labels"] = rows[1]["labels"][:1]
+    with pytest.raises(DatasetError, match="camera 2 has 2 frames but 1 label maps"):
+        video_table(rows, tmp_path)
+
+
+def test_screening_keeps_label_maps_parallel_to_the_frames(tmp_path):
+    """A bad frame left out takes its label map with it; a tracklet without maps keeps none."""
+    rows = labelled_rows(tmp_path)
+    rows[0]["frames"][0].write_bytes(b"")  # tracklet 0 loses frame 0, and its label map
+    table = video_table(rows, tmp_path)
+    kept, counts = screen_frames(table, "skip", "set split 0")
+    assert counts == {"frames": 1, "tracklets": 0}
+    assert kept["frames"][0] == [rows[0]["frames"][1]]
+    assert kept["labels"][0] == [rows[0]["labels"][1]]
+    assert kept["labels"][1] == rows[1]["labels"]
+    assert kept["labels"][2] == []

@@ -105,6 +105,34 @@ def test_results_block_from_the_headline_and_the_detail(fake):
     assert ("| `baseline` (base) | Baseline | 12.5 | 75.0 | 87.5 | 100.0 | 10.0 | 25.0 | 20.0 "
             "| n/a | n/a |") in out
     assert "| `joint` (ind) | SpaAtn+Q+TemAtn+Ind | 50.0 |" in out and "| 0.00012 | 0.5 |" in out
+    assert "interval" not in out and "Where the heads look" not in out  # older files: none
+
+
+def test_results_block_prints_the_intervals_and_the_ground_truth(fake):
+    """Results with intervals (headline ci, per-model bounds) and ground-truth measures: the
+    headline gains ci.R1 and ci.mAP, the detail's scores their intervals, and a table says where
+    each attention model's heads look."""
+    write(fake, "metrics/results/synthetic.json",
+          {"R1": {"base": 12.5, "ind": 50.0}, "mAP": {"base": 10.0, "ind": 40.25},
+           "ci": {"R1": 7.5, "mAP": 6.0}})
+    evaluation = json.loads((fake / "metrics/eval/synthetic-0.json").read_text())
+    for per_protocol in evaluation["models"].values():
+        for m in per_protocol.values():
+            m.update(rank1_lo=m["rank1"] - 0.05, rank1_hi=m["rank1"] + 0.1,
+                     mAP_lo=m["mAP"] - 0.05, mAP_hi=m["mAP"] + 0.05)
+    evaluation["attention"]["joint"].update(
+        person=0.8, occluder=0.05, background=0.15, parts_covered=2, visibility_corr=0.25,
+        visibility_corr_lo=0.125, visibility_corr_hi=0.375, head1_part="torso",
+        head2_part="legs")
+    write(fake, "metrics/eval/synthetic-0.json", evaluation)
+    out = render("results", fake)
+    assert "| R1.base | R1.ind | mAP.base | mAP.ind | ci.R1 | ci.mAP |" in out
+    assert "| synthetic | 0 | 12.5 | 50.0 | 10.0 | 40.2 | 7.5 | 6.0 |" in out
+    assert "a difference smaller than it is within the noise of the test set" in out
+    assert ("| `baseline` (base) | Baseline | 12.5 [7.5, 22.5] | 75.0 | 87.5 | 100.0 "
+            "| 10.0 [5.0, 15.0] | 25.0 [20.0, 35.0] | 20.0 [15.0, 25.0] | n/a | n/a |") in out
+    assert ("| `joint` (ind) | 0.8 | 0.05 | 0.15 | 2 | torso, legs | +0.25 [+0.12, +0.38] |"
+            in out)
 
 
 @pytest.mark.parametrize(("name", "missing", "command"), [
@@ -510,3 +538,19 @@ def test_cache_disk_block_from_the_frame_counts_and_the_bench(tmp_path):
     write(tmp_path, "metrics/bench.json", bench)
     out = render("cache-disk", tmp_path)
     assert "not measured yet: run `make bench`" in out and "| 156.1 GB | not measured |" in out
+
+
+def test_timings_block_from_the_stages_records(tmp_path):
+    write(tmp_path, "metrics/timings.json", {
+        "machine": {"cpu": "Some CPU", "cores": 2},
+        "stages": {"summary": {"seconds": 10.0}, "check": {"seconds": 5.0},
+                   "attention@synthetic-0": {"seconds": 45.0},
+                   "pretrain": {"seconds": 120.0}, "joint@synthetic-0": {"seconds": 20.0}}})
+    body = render("timings", tmp_path)
+    lines = body.splitlines()
+    order = [line.split(" | ")[0].strip("| `") for line in lines if line.startswith("| `")]
+    assert order == ["check", "pretrain", "attention@synthetic-0", "joint@synthetic-0", "summary"]
+    assert "| all stages | 3m20.0s | 100% |" in body and "Some CPU, 2 cores" in body
+    assert "0m45.0s" in body and "| 60% |" in body  # pretrain: 120 of 200 s
+    assert "1m20.0s, 0.40 of the full run" in body  # check + attention + joint + summary
+    assert "Not yet produced" in render("timings", tmp_path / "elsewhere")

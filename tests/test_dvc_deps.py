@@ -114,6 +114,7 @@ INVALIDATES = {
     "pipeline/sampling.py": MODELS,
     "pipeline/features.py": {"cache", "attention", "evaluate"},
     "pipeline/metrics.py": {"evaluate", "summary"},
+    "pipeline/attention_stats.py": {"evaluate", "summary"},
     "pipeline/figures.py": {"evaluate", "summary"},
 }
 

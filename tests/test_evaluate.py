@@ -1,15 +1,30 @@
 """Tests of the scoring the evaluate stage does (pipeline.metrics.score) on a hand-made ranking
-problem, and of the averaging over splits and the headline the summary stage writes."""
+problem, of the averaging over splits and the headline the summary stage writes (with their
+intervals), and of the evaluate stage itself on two tiny fabricated sets: one shaped like a real
+set (no label maps) and one like the synthetic set (label maps, a cache with parts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
+from PIL import Image
 
+from pipeline.features import cache_attrs, write_cache
+from pipeline.figures import DPI, INCHES_PER_COLUMN
 from pipeline.metrics import headline, protocol_gallery, score, summarize
+from pipeline.model import DRSA, build_model
+from pipeline.params import ModelParams
+from pipeline.stages import evaluate as stage
+from pipeline.stages import summary
+from pipeline.tables import LABELS, load_video_index, save_video_index
+from pipeline.train import export_model, load
 
 # The test set: (pid, camid, is_query, angle in degrees of the 2-D unit feature). Squared
 # Euclidean distances between unit vectors are 2 - 2 cos(angle difference), so each query ranks
@@ -40,10 +55,17 @@ TEST_SET = [
 #   q1: 3 junk, 5, 6*, 7, 9, 8*: first hit at rank 2; AP = mean(1/2, 2/5) = 9/20.
 #   q2: 9 junk, 7*: rank 1, AP = 1.   q3: no true match: skipped (2 valid queries).
 #   rank1 = 1/2, rank5 = 1, mAP = (9/20 + 1) / 2 = 29/40.
+# 95% intervals, a bootstrap over the query identities (one query each here):
+#   official, 3 identities: every draw is q3 (rank-1 0, AP 0) with probability 1/27, every draw q2
+#     (rank-1 1, AP 1) with probability 1/27, both above 2.5%: rank1 and mAP in [0, 1].
+#   torchreid, 2 valid identities: both draws q1 (rank-1 0, AP 9/20) or both q2 (1, 1), each with
+#     probability 1/4: rank1 in [0, 1], mAP in [9/20, 1].
 EXPECTED = {
-    "official": {"rank1": 1 / 3, "rank5": 2 / 3, "mAP": 26 / 63, "num_valid_queries": 2,
+    "official": {"rank1": 1 / 3, "rank1_lo": 0.0, "rank1_hi": 1.0, "rank5": 2 / 3,
+                 "mAP": 26 / 63, "mAP_lo": 0.0, "mAP_hi": 1.0, "num_valid_queries": 2,
                  "num_queries": 3},
-    "torchreid": {"rank1": 1 / 2, "rank5": 1.0, "mAP": 29 / 40, "num_valid_queries": 2,
+    "torchreid": {"rank1": 1 / 2, "rank1_lo": 0.0, "rank1_hi": 1.0, "rank5": 1.0,
+                  "mAP": 29 / 40, "mAP_lo": 9 / 20, "mAP_hi": 1.0, "num_valid_queries": 2,
                   "num_queries": 3},
 }
 EXPECTED_CMC = {"official": [1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3], "torchreid": [0.5, 1, 1, 1, 1]}
@@ -79,8 +101,8 @@ def test_score_hand_made_case(protocol):
     metrics, curves = score(features, *columns(test), [protocol], max_rank=5)
     assert list(metrics) == [protocol] and list(curves) == [protocol]
     assert metrics[protocol] == pytest.approx(EXPECTED[protocol], abs=1e-12)
-    assert list(metrics[protocol]) == ["rank1", "rank5", "mAP", "num_valid_queries",
-                                       "num_queries"]
+    assert list(metrics[protocol]) == ["rank1", "rank1_lo", "rank1_hi", "rank5", "mAP",
+                                       "mAP_lo", "mAP_hi", "num_valid_queries", "num_queries"]
     np.testing.assert_allclose(curves[protocol], EXPECTED_CMC[protocol], atol=1e-12)
     json.dumps(metrics)  # plain Python numbers, ready for the metrics file
     assert all(type(v) is float for k, v in metrics[protocol].items() if k[0] in "rm")
@@ -171,3 +193,190 @@ def test_headline_rounds_to_one_decimal():
     summary = summarize([evaluation("mars", 0, 1 / 3, 2 / 3, 8)])
     assert headline(summary["mars"], "official")["R1"]["base"] == 33.3
     assert headline(summary["mars"], "official")["mAP"]["base"] == 66.7
+
+
+# --- intervals over splits and in the headline ----------------------------------------------------
+
+
+def with_intervals(evaluation_: dict, half: float) -> dict:
+    """``evaluation_`` with every rank1 and mAP given the interval value ± ``half``."""
+    for per_protocol in evaluation_["models"].values():
+        for m in per_protocol.values():
+            for metric in ("rank1", "mAP"):
+                m[f"{metric}_lo"], m[f"{metric}_hi"] = m[metric] - half, m[metric] + half
+    return evaluation_
+
+
+def test_summary_interval_of_one_split_is_its_own_and_of_several_the_normal_approximation():
+    """One split: its bounds as they are. Two independent splits with half-widths 0.125 and
+    0.25 (exact binary fractions): the mean ± sqrt(0.125² + 0.25²) / 2."""
+    one = summarize([with_intervals(evaluation("prid2011", 0, 0.25, 0.5, 8), 0.125)])
+    assert one["prid2011"]["temporal"]["official"]["rank1"] == {
+        "mean": 0.25, "std": 0.0, "lo": 0.125, "hi": 0.375}
+    two = summarize([with_intervals(evaluation("prid2011", 0, 0.25, 0.5, 8), 0.125),
+                     with_intervals(evaluation("prid2011", 1, 0.75, 0.75, 9), 0.25)])
+    rank1 = two["prid2011"]["temporal"]["official"]["rank1"]
+    half = np.sqrt(0.125 ** 2 + 0.25 ** 2) / 2
+    assert rank1 == pytest.approx({"mean": 0.5, "std": 0.25, "lo": 0.5 - half,
+                                   "hi": 0.5 + half}, abs=1e-15)
+    assert "lo" not in two["prid2011"]["temporal"]["official"]["rank5"]  # rank-1 and mAP only
+    # an older split file without intervals: no interval for the mean
+    mixed = summarize([with_intervals(evaluation("prid2011", 0, 0.25, 0.5, 8), 0.125),
+                       evaluation("prid2011", 1, 0.75, 0.75, 9)])
+    assert "lo" not in mixed["prid2011"]["temporal"]["official"]["rank1"]
+
+
+def test_headline_ci_is_the_largest_half_width_over_the_models():
+    """ci.R1 and ci.mAP: the largest half-width of the models' intervals, in percent, after the
+    models' groups; none when a model has no interval (results from before intervals)."""
+    split = with_intervals(evaluation("prid2011", 0, 0.25, 0.5, 8), 0.125)
+    split["models"]["joint"]["official"].update(rank1_lo=0.0625, rank1_hi=0.1875)  # ± 0.0625
+    split["models"]["baseline"]["official"].update(mAP_lo=0.25, mAP_hi=0.875)  # ± 0.3125
+    head = headline(summarize([split])["prid2011"], "official")
+    assert head == {"R1": {"tem": 25.0, "base": 25.0, "ind": 12.5},
+                    "mAP": {"tem": 50.0, "base": 50.0, "ind": 50.0},
+                    "ci": {"R1": 12.5, "mAP": 31.2}}
+    assert list(head) == ["R1", "mAP", "ci"]
+    del split["models"]["joint"]["official"]["rank1_lo"]
+    assert "ci" not in headline(summarize([split])["prid2011"], "official")
+
+
+# --- the stage on fabricated sets: a real set's shape (no label maps) and a labelled one ---------
+
+SIZE = (64, 32)  # (H, W): a 4 x 2 res5c grid with last stride 1
+TORSO, LEGS, OCCLUDER = LABELS.index("torso"), LABELS.index("legs"), LABELS.index("occluder")
+# (pid, camid, subset, is_query, frames) of each tracklet
+TRACKLETS = [(1, 1, "train", False, 4), (1, 2, "train", False, 3), (2, 1, "train", False, 5),
+             (2, 2, "train", False, 4), (5, 1, "test", True, 4), (5, 2, "test", False, 5),
+             (6, 1, "test", True, 3), (6, 2, "test", False, 6), (7, 2, "test", False, 4)]
+
+
+def label_map(frame: int) -> np.ndarray:
+    """(H, W, 2) uint8: torso above legs; the lower 5/8 (a quarter of the torso, all the legs)
+    hidden by the occluder in odd frames (channel 0 what is seen, channel 1 without the
+    occluder)."""
+    H, W = SIZE
+    whole = np.full((H, W), TORSO, dtype=np.uint8)
+    whole[H // 2:] = LEGS
+    seen = whole.copy()
+    if frame % 2:
+        seen[3 * H // 8:] = OCCLUDER
+    return np.stack([seen, whole], axis=-1)
+
+
+def fabricate(root: Path, labelled: bool) -> list[str]:
+    """Frames (and label maps), the index, the cache and three exported models of a tiny set;
+    the evaluate stage's arguments."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, (pid, camid, subset, is_query, length) in enumerate(TRACKLETS):
+        frames, labels = [], []
+        for n in range(length):
+            frame = root / "raw" / f"{t}_{n}.png"
+            frame.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)).save(frame)
+            frames.append(frame)
+            if labelled:
+                labels.append(root / "raw" / "labels" / f"{t}_{n}.png")
+                labels[-1].parent.mkdir(exist_ok=True)
+                Image.fromarray(label_map(n), mode="LA").save(labels[-1])
+        rows.append({"pid": pid, "camid": camid, "subset": subset, "is_query": is_query,
+                     "frames": frames, "labels": labels})
+    save_video_index(pd.DataFrame(rows), root / "raw", root / "split_0.json")
+    table = load_video_index(root / "split_0.json")
+
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, N=3, K=2, d=8,
+                      embed_dim=8)
+    torch.manual_seed(0)
+    backbone_net = build_model(cfg, head="baseline")
+    export_model(root / "finetune.pt", backbone_net, cfg, "baseline")
+    spatial = dataclasses.replace(cfg, temporal_pooling="avg")
+    export_model(root / "spatial.pt", DRSA(spatial, 512), spatial, "drsa")
+    joint = build_model(cfg, head="drsa")
+    with torch.no_grad():  # temporal attention starts as average pooling: make it attend
+        joint.head.temporal.weight.normal_()
+    export_model(root / "joint.pt", joint, cfg, "drsa")
+    write_cache(root / "cache.h5", backbone_net.backbone,
+                {s: table[table["subset"] == s].reset_index(drop=True) for s in ("train", "test")},
+                SIZE, cache_attrs(root / "finetune.pt", load(root / "finetune.pt")),
+                part_names=LABELS if labelled else ())
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"video": ["synthetic"], "height": SIZE[0], "width": SIZE[1], "num_workers": 0},
+        "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 2,
+                  "d": 8, "embed_dim": 8},
+        "evaluate": {"batch_size": 2, "max_rank": 5, "attention_figures": 1},
+        "runtime": {"device": "cpu"}}))
+    return ["--params", str(root / "params.yaml"), "--dataset", "synthetic", "--split", "0",
+            "--index", str(root / "split_0.json"), "--cache", str(root / "cache.h5"),
+            "--backbone", str(root / "finetune.pt"),
+            "--model", f"baseline={root / 'finetune.pt'}", "--model",
+            f"spatial={root / 'spatial.pt'}", "--model", f"joint={root / 'joint.pt'}",
+            "--out", str(root / "eval.json"), "--cmc", str(root / "cmc.csv"),
+            "--figures", str(root / "figures")]
+
+
+GROUND_TRUTH_KEYS = {"person", "occluder", "background", "parts_covered", "visibility_corr",
+                     "frames_measured", "frames_missing"}
+
+
+def test_a_set_without_label_maps_gets_intervals_and_no_ground_truth(tmp_path, capsys):
+    """A real set's shape (a cache without parts, a table without label maps): every model
+    scored with its intervals, the attention models with overlap and entropy only, no error; the
+    figure of the query drawn without a parts column."""
+    stage.main(fabricate(tmp_path, labelled=False))
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert list(result["models"]) == ["baseline", "spatial", "joint"]
+    for per_protocol in result["models"].values():
+        for m in per_protocol.values():
+            assert m["rank1_lo"] <= m["rank1"] <= m["rank1_hi"]
+            assert m["mAP_lo"] <= m["mAP"] <= m["mAP_hi"]
+    assert {m: set(a) for m, a in result["attention"].items()} == {
+        "spatial": {"overlap", "entropy"}, "joint": {"overlap", "entropy"}}
+    assert "where the heads look" not in capsys.readouterr().out
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 1
+
+
+def test_a_labelled_set_gets_the_ground_truth_measures(tmp_path, capsys):
+    """The synthetic set's shape (label maps, a cache with parts): each attention model measured
+    against the ground truth, masses summing to 1 per head, the parts those of the label maps,
+    average pooling (spatial) 0 by construction; the figure gains its parts column."""
+    args = fabricate(tmp_path, labelled=True)
+    stage.main(args)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    for name, a in result["attention"].items():
+        assert set(a) >= GROUND_TRUTH_KEYS, name
+        assert a["frames_measured"] == 5 * 3 and a["frames_missing"] == 0  # 5 test clips of N 3
+        for k in (1, 2):
+            masses = [a[f"head{k}_{what}"] for what in ("person", "occluder", "background")]
+            assert sum(masses) == pytest.approx(1.0, abs=2e-3)  # float16 fractions
+            assert a[f"head{k}_background"] == pytest.approx(0.0, abs=1e-3)  # no background
+            assert a[f"head{k}_part"] in ("torso", "legs")
+        assert 1 <= a["parts_covered"] <= 2
+    spatial = result["attention"]["spatial"]
+    assert (spatial["visibility_corr"], spatial["visibility_corr_lo"],
+            spatial["visibility_corr_hi"]) == (0.0, 0.0, 0.0)
+    assert "0 by construction" in spatial["visibility_corr_note"]
+    joint = result["attention"]["joint"]  # its temporal attention does vary over the frames
+    assert "visibility_corr_note" not in joint
+    assert -1 <= joint["visibility_corr_lo"] <= joint["visibility_corr_hi"] <= 1
+    out = capsys.readouterr().out
+    assert "where the heads look" in out and "per head" in out
+    (figure,) = (tmp_path / "figures").glob("*.png")
+    with Image.open(figure) as image:  # frame, parts, 2 heads; N rows, title and legend
+        assert image.mode == "P" and image.size[0] == round(4 * INCHES_PER_COLUMN * DPI)
+
+    # the summary stage on this split: the headline with its ci, the measures printed
+    for folder in ("evals", "cmc", "loss"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "eval.json").rename(tmp_path / "evals" / "synthetic-0.json")
+    (tmp_path / "cmc.csv").rename(tmp_path / "cmc" / "synthetic-0.csv")
+    (tmp_path / "loss" / "pretrain.csv").write_text("epoch,step,loss\n1,1,2.0\n")
+    summary.main(["--params", args[1], "--evals", str(tmp_path / "evals"), "--cmc",
+                  str(tmp_path / "cmc"), "--losses", str(tmp_path / "loss"), "--out",
+                  str(tmp_path / "results"), "--figures", str(tmp_path / "summary")])
+    head = json.loads((tmp_path / "results" / "synthetic.json").read_text())
+    assert list(head) == ["R1", "mAP", "ci"] and list(head["R1"]) == ["base", "spa", "ind"]
+    joint = result["models"]["joint"]["official"]
+    assert head["ci"]["R1"] >= round(50 * (joint["rank1_hi"] - joint["rank1_lo"]), 1)
+    out = capsys.readouterr().out
+    assert "Where the heads look" in out and "parts_covered" in out

@@ -4,6 +4,7 @@ finished experiments out of `dvc exp show --json`; running the project's dvc."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -141,3 +142,14 @@ def test_only_the_always_changed_check_stage_counts_as_up_to_date():
     status = {"check": ["always changed"],
               "evaluate@synthetic-0": [{"changed deps": {"pipeline/metrics.py": "modified"}}]}
     assert experiments.out_of_date(status) == ["evaluate@synthetic-0"]
+
+
+def test_the_noise_line_reads_the_headline_intervals(tmp_path):
+    from tools.noise import noise_lines
+
+    (tmp_path / "synthetic.json").write_text(json.dumps(
+        {"R1": {"base": 30.0}, "mAP": {"base": 28.0}, "ci": {"R1": 3.4, "mAP": 2.9}}))
+    (tmp_path / "old.json").write_text(json.dumps({"R1": {"base": 30.0}}))  # no interval yet
+    assert noise_lines(tmp_path) == [
+        "synthetic: differences below 3.4 rank-1 points or 2.9 mAP points are test-set noise "
+        "(the workspace's largest 95 percent half-width over the models)"]

@@ -38,7 +38,9 @@ from pipeline.errors import CacheError
 from pipeline.features import (
     cache_attrs,
     embed,
+    label_fractions,
     open_cache,
+    read_parts,
     select_frames,
     sha256_file,
     write_cache,
@@ -46,6 +48,7 @@ from pipeline.features import (
 from pipeline.model import DRSA, Backbone
 from pipeline.params import ModelParams, TrainParams
 from pipeline.sampling import restricted_random_sample
+from pipeline.tables import LABELS
 
 SIZE = (32, 16)  # (H, W) of the frames
 N = 3  # frames per clip
@@ -215,6 +218,117 @@ def test_cache_honours_the_frame_cap(table, tmp_path):
             expected = net.eval()(torch.stack([load_frame(p, SIZE) for p in frames]))
             assert_close(torch.from_numpy(f[subset]["grids"][:]).float(), expected,
                          rtol=2e-3, atol=1e-3)
+
+
+# --- parts: the ground truth of label maps, per cached frame and grid cell -----------------------
+
+P = len(LABELS)
+TORSO, LEGS, OCCLUDER = LABELS.index("torso"), LABELS.index("legs"), LABELS.index("occluder")
+
+
+def label_map(position: int) -> np.ndarray:
+    """A hand-made (64, 32, 2) label map, twice the input size (so the cache resizes it) in 2 x 2
+    blocks (so that nearest neighbour is exact): without the occluder, torso on the top half and
+    legs below; visible, at an even ``position`` in the tracklet, the occluder over the top 16
+    rows, half the torso; at an odd one, nothing hidden."""
+    clear = np.full((32, 16), LEGS, np.uint8)
+    clear[:16] = TORSO
+    visible = clear.copy()
+    if position % 2 == 0:
+        visible[:8] = OCCLUDER
+    return np.stack([visible, clear], axis=-1).repeat(2, axis=0).repeat(2, axis=1)
+
+
+@pytest.fixture(scope="module")
+def labelled(table, tmp_path_factory) -> pd.DataFrame:
+    """``table`` with a label map (``label_map``) for each frame."""
+    root = tmp_path_factory.mktemp("labels")
+    labels = []
+    for t, frames in enumerate(table["frames"]):
+        labels.append([root / f"{t:02d}_{i:03d}.png" for i in range(len(frames))])
+        for i, path in enumerate(labels[-1]):
+            Image.fromarray(label_map(i)).save(path)
+    return table.assign(labels=labels)
+
+
+def test_label_fractions_match_a_brute_force_count():
+    """Pixel (r, c) counts in cell (r * h // H, c * w // W); each cell's fractions sum to 1."""
+    labels = np.random.default_rng(0).integers(0, P, (37, 23))
+    fractions = label_fractions(labels, (8, 4), P)
+    counts = np.zeros((P, 8, 4))
+    for r in range(37):
+        for c in range(23):
+            counts[labels[r, c], r * 8 // 37, c * 4 // 23] += 1
+    assert_close(fractions, counts / counts.sum(axis=0, keepdims=True))
+    assert_close(fractions.sum(axis=0), np.ones((8, 4)))
+
+
+@pytest.mark.parametrize("max_frames", [0, 2])
+def test_cache_of_a_labelled_table_holds_exact_parts(labelled, tmp_path, max_frames):
+    """For each cached frame (the cap's picks, in frame_index order), the share of each label in
+    each of the 4 x 2 cells of 8 x 8 input pixels, and the visible share of each label: torso
+    1/2 where the occluder hides its top half, 1 elsewhere; NaN for labels without pixels."""
+    path = tmp_path / "parts.h5"
+    write_cache(path, TinyBackbone(), split(labelled), SIZE, ATTRS, max_frames=max_frames,
+                batch_size=4, part_names=LABELS)
+    with open_cache(path, ATTRS) as f:
+        assert tuple(f.attrs["part_names"]) == LABELS
+        for subset in ("train", "test"):
+            assert f[subset]["parts"].dtype == f[subset]["visibility"].dtype == np.float16
+            parts, visibility, names = read_parts(f, subset)
+            positions = f[subset]["frame_index"][:]
+            assert parts.shape == (len(positions), P, 4, 2)
+            assert visibility.shape == (len(positions), P)
+            assert names == LABELS
+            for part, seen, position in zip(parts, visibility, positions, strict=True):
+                expected = np.zeros((P, 4, 2))
+                expected[TORSO, :2], expected[LEGS, 2:] = 1, 1
+                if position % 2 == 0:
+                    expected[TORSO, 0], expected[OCCLUDER, 0] = 0, 1
+                assert np.array_equal(part, expected)
+                assert np.array_equal(part.sum(axis=0), np.ones((4, 2)))
+                assert seen[TORSO] == (0.5 if position % 2 == 0 else 1.0)
+                assert seen[LEGS] == 1.0
+                others = [p for p in range(P) if p not in (TORSO, LEGS)]
+                assert np.isnan(seen[others]).all()  # background, occluder, absent labels
+    assert read_parts(path, "test")[0].shape[1:] == (P, 4, 2)  # from a path too
+
+
+def test_a_table_without_label_maps_writes_no_parts(cache, table, tmp_path):
+    """A real set's tables (no labels column, or empty label lists as the index reads them):
+    no parts, no part_names; read_parts says None and the cache opens as before."""
+    assert read_parts(cache, "train") is None
+    path = tmp_path / "real.h5"
+    empty = table.assign(labels=[[] for _ in range(len(table))])
+    write_cache(path, TinyBackbone(), split(empty), SIZE, ATTRS, batch_size=4, part_names=LABELS)
+    with open_cache(path, ATTRS) as f:
+        assert "part_names" not in f.attrs
+        assert "parts" not in f["train"] and "visibility" not in f["test"]
+        assert read_parts(f, "test") is None
+
+
+def test_label_maps_need_names_all_tracklets_and_known_labels(labelled, tmp_path):
+    with pytest.raises(CacheError, match="no part_names"):
+        write_cache(tmp_path / "a.h5", TinyBackbone(), split(labelled), SIZE, ATTRS)
+    mixed = labelled.copy()
+    mixed.at[0, "labels"] = []
+    with pytest.raises(CacheError, match="1 of the 6 train tracklets have no label maps"):
+        write_cache(tmp_path / "b.h5", TinyBackbone(), split(mixed), SIZE, ATTRS,
+                    part_names=LABELS)
+    with pytest.raises(CacheError, match=f"label {OCCLUDER} in a label map of 8 labels"):
+        write_cache(tmp_path / "c.h5", TinyBackbone(), split(labelled), SIZE, ATTRS,
+                    part_names=LABELS[:-1])
+    assert not any(tmp_path.glob("*.h5"))
+
+
+def test_open_cache_refuses_parts_not_one_per_grid(labelled, tmp_path):
+    path = tmp_path / "parts.h5"
+    write_cache(path, TinyBackbone(), split(labelled), SIZE, ATTRS, part_names=LABELS)
+    with h5py.File(path, "a") as f:
+        _replace("test/visibility", np.zeros((15, P - 1), np.float16))(f)
+    with pytest.raises(CacheError, match=r"test/visibility has shape \(15, 8\), expected "
+                                         r"\(15, 9\): one per grid, for the 9 part_names"):
+        open_cache(path, ATTRS)
 
 
 # --- open_cache ---------------------------------------------------------------------------------

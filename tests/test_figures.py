@@ -9,18 +9,20 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
 
+from pipeline.attention_stats import attention_entropy, attention_overlap, summarize_attention
 from pipeline.figures import (
     DPI,
     PALETTE_COLOURS,
+    PART_COLOURS,
     attention_figure,
     cell_maps,
     cmc_figure,
     loss_figure,
     save_figure,
 )
-from pipeline.metrics import attention_entropy, attention_overlap, summarize_attention
 
 # --- overlap and entropy ------------------------------------------------------------------------
 
@@ -122,6 +124,38 @@ def test_attention_figure_has_a_panel_per_frame_and_head_and_prints_the_weights(
     assert [p.name for p in path.parent.iterdir()] == ["tiny.png"]  # no temporary left
 
 
+def test_attention_figure_with_the_ground_truth_parts_column(tmp_path):
+    """A parts column after the frame, each label in its flat colour, a legend of the labels
+    present; the heads' panels and weights as without it; the picture a small palette PNG."""
+    N, K, H, W, h, w = 2, 2, 32, 16, 4, 2
+    frames = tiny_tracklet(N, H, W)
+    maps = np.full((N, K, h * w), 1 / (h * w))
+    names = ["background", "hair", "skin", "torso", "arms", "legs", "shoes", "bag", "occluder"]
+    parts = np.zeros((N, H, W), dtype=np.uint8)
+    parts[:, 8:20] = names.index("torso")
+    parts[:, 20:] = names.index("legs")
+    parts[1, 24:] = names.index("occluder")
+    fig = attention_figure(frames, maps, (h, w), np.full((N, K), 0.5), parts=parts,
+                           part_names=names)
+    axes = fig.get_axes()
+    assert len(axes) == N * (K + 2)
+    assert [ax.get_title() for ax in axes[:K + 2]] == ["frame", "parts", "head 1", "head 2"]
+    for n in range(N):
+        shown = axes[n * (K + 2) + 1].images[0]
+        np.testing.assert_array_equal(shown.get_array(), parts[n])
+        colours = shown.cmap(shown.norm(parts[n]))[..., :3]  # each label its own colour
+        torso = np.array(to_rgb(PART_COLOURS["torso"]))
+        np.testing.assert_allclose(colours[10, 5], torso)
+        np.testing.assert_allclose(colours[0, 0], to_rgb(PART_COLOURS["background"]))
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == [
+        "background", "legs", "occluder", "torso"]
+    assert sorted(t.get_text() for ax in axes for t in ax.texts) == ["0.50"] * (N * K)
+    path = tmp_path / "parts.png"
+    save_figure(fig, path)
+    with Image.open(path) as image:
+        assert image.mode == "P" and image.size == (round(4 * DPI), round((N * 2 + 0.8) * DPI))
+
+
 def test_save_figure_leaves_nothing_when_writing_fails(tmp_path):
     fig = attention_figure(tiny_tracklet(1), np.full((1, 1, 8), 1 / 8), (4, 2))
     path = tmp_path / "broken.png"
@@ -168,3 +202,25 @@ def test_attention_statistics_averaged_over_splits():
     assert spatial["entropy"] == pytest.approx({"mean": 1.5, "std": 0.5})
     assert summary["prid2011"]["joint"]["overlap"] is None  # K = 1: no pair of maps
     assert summary["mars"] == {}
+
+
+def test_ground_truth_statistics_averaged_over_splits_where_every_split_has_them():
+    """The model-level ground-truth measures (synthetic set) averaged like overlap and entropy;
+    per-head ones never (other splits, other heads); none where a split lacks them."""
+    def evaluation(split, person, corr, covered):
+        return {"dataset": "synthetic", "split": split,
+                "attention": {"joint": {"overlap": 0.1, "entropy": 1.0, "person": person,
+                                        "occluder": 0.0, "background": 1 - person,
+                                        "parts_covered": covered, "visibility_corr": corr,
+                                        "head1_part": "torso", "head1_person": person}}}
+
+    joint = summarize_attention([evaluation(0, 0.75, 0.5, 2),
+                                 evaluation(1, 0.25, None, 4)])["synthetic"]["joint"]
+    assert joint["person"] == pytest.approx({"mean": 0.5, "std": 0.25})
+    assert joint["parts_covered"] == pytest.approx({"mean": 3.0, "std": 1.0})
+    assert joint["visibility_corr"] is None  # undefined in one split
+    assert not any(key.startswith("head") for key in joint)
+    older = {"dataset": "synthetic", "split": 2,
+             "attention": {"joint": {"overlap": 0.1, "entropy": 1.0}}}
+    assert set(summarize_attention([evaluation(0, 0.75, 0.5, 2), older])["synthetic"]["joint"]) \
+        == {"overlap", "entropy"}

@@ -1,8 +1,10 @@
-"""Ranking metrics: CMC and mAP under the official (MARS MATLAB) and torchreid protocols.
+"""Ranking metrics: CMC and mAP under the official (MARS MATLAB) and torchreid protocols, their
+bootstrap intervals, and the attention statistics against the ground truth of the frames.
 
 Values are checked against the published AP test vectors of the two protocols' reference codes
 (MARS-evaluation, torchreid), hand-built problems worked out in the comments, and a brute-force
-reference that follows each protocol's text loop by loop.
+reference that follows each protocol's text loop by loop; the ground-truth measures on label maps
+counted by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +13,23 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from pipeline.metrics import evaluate_rank, pairwise_distance
+from pipeline.attention_stats import (
+    attention_ground_truth,
+    cached_rows,
+    check_parts,
+    clip_ground_truth,
+    head_parts,
+    part_mass,
+    parts_covered,
+    visibility_correlation,
+)
+from pipeline.metrics import (
+    bootstrap_estimates,
+    bootstrap_interval,
+    evaluate_rank,
+    pairwise_distance,
+    rank_intervals,
+)
 
 PROTOCOLS = ("official", "torchreid")
 
@@ -343,3 +361,253 @@ def test_pairwise_distance_rejects_bad_shapes(q_shape, g_shape):
     """Features must be (num_q, E) and (num_g, E) with the same E."""
     with pytest.raises(ValueError, match="expected features"):
         pairwise_distance(np.zeros(q_shape), np.zeros(g_shape))
+
+
+# --- intervals: the bootstrap over query identities ----------------------------------------------
+
+
+def hits_of(num_ids: int, per_id: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hits at rank 1 (Q,) of ``num_ids`` identities with ``per_id`` queries each, and the pids."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(num_ids * per_id) < 0.4).astype(float), np.repeat(np.arange(num_ids),
+                                                                           per_id)
+
+
+def test_bootstrap_interval_is_deterministic_for_a_seed():
+    values, groups = hits_of(30)
+    first = bootstrap_interval(values, groups, seed=3)
+    assert_array_equal(bootstrap_interval(values, groups, seed=3), first)
+    assert not np.array_equal(bootstrap_interval(values, groups, seed=4), first)
+    assert_array_equal(bootstrap_interval(values, groups), bootstrap_interval(values, groups,
+                                                                              seed=0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_interval_contains_the_point_estimate(seed):
+    values, groups = hits_of(40, seed=seed)
+    lo, hi = bootstrap_interval(values, groups)
+    assert 0.0 <= lo < values.mean() < hi <= 1.0
+
+
+def test_bootstrap_interval_shrinks_as_queries_grow():
+    """The same hit rate over 4 and 16 times as many identities: narrower and narrower, by about
+    the square root of the number (the standard error of a mean)."""
+    values, groups = hits_of(20)
+    widths = []
+    for copies in (1, 4, 16):
+        lo, hi = bootstrap_interval(np.tile(values, copies),
+                                    np.concatenate([groups + 20 * c for c in range(copies)]))
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[0] / widths[2] == pytest.approx(4, rel=0.25)
+
+
+def test_bootstrap_resamples_identities_as_wholes():
+    """Identity 0 has two hits, identity 1 two misses: a resample of 2 identities scores 0, 1/2 or
+    1, never 1/4 or 3/4 (what resampling the 4 queries one by one would give)."""
+    estimates = bootstrap_estimates(np.array([1.0, 1.0, 0.0, 0.0]), np.array([7, 7, 3, 3]))
+    assert set(np.unique(estimates)) <= {0.0, 0.5, 1.0}
+    assert len(np.unique(estimates)) == 3
+    # an identity with more queries weighs more: 3 hits of id 7 and 1 miss of id 3
+    estimates = bootstrap_estimates(np.array([1.0, 1.0, 1.0, 0.0]), np.array([7, 7, 7, 3]))
+    assert set(np.unique(estimates)) <= {0.0, 0.75, 1.0}
+
+
+def test_bootstrap_of_several_columns_at_once():
+    """Columns (Q, M) resampled together: each column's interval is its own."""
+    values, groups = hits_of(25)
+    both = bootstrap_interval(np.stack([values, 1 - values], axis=1), groups)
+    assert both.shape == (2, 2)
+    assert_allclose(both[0], bootstrap_interval(values, groups))
+    assert_allclose(both[1], 1 - both[0][::-1])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_evaluate_rank_per_query_values_average_to_the_scores(protocol):
+    """first_hit and ap per query: the protocol's average of them is its rank-1 and mAP (a query
+    without a true match: -1 and 0)."""
+    problem = random_problem(1)
+    res = evaluate_rank(*problem, max_rank=20, protocol=protocol)
+    valid = res["first_hit"] >= 0
+    assert (res["ap"][~valid] == 0).all() and valid.sum() == res["num_valid_queries"]
+    counted = np.ones_like(valid) if protocol == "official" else valid
+    assert (res["first_hit"][counted] == 0).mean() == pytest.approx(res["cmc"][0], abs=1e-12)
+    assert res["ap"][counted].mean() == pytest.approx(res["mAP"], abs=1e-12)
+    (r1_lo, r1_hi), (ap_lo, ap_hi) = rank_intervals(res, problem[1], protocol)
+    assert r1_lo <= res["cmc"][0] <= r1_hi and ap_lo <= res["mAP"] <= ap_hi
+
+
+# --- the attention against the ground truth ------------------------------------------------------
+
+NAMES = ["background", "hair", "skin", "torso", "arms", "legs", "shoes", "bag", "occluder"]
+TORSO, LEGS, BAG, OCCLUDER = (NAMES.index(n) for n in ("torso", "legs", "bag", "occluder"))
+
+
+def fractions_of(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Cell fractions (P, h * w) of a label map (H, W), by counting: the reference."""
+    H, W = labels.shape
+    h, w = grid
+    out = np.zeros((len(NAMES), h * w))
+    for r in range(H):
+        for c in range(W):
+            out[labels[r, c], (r * h // H) * w + c * w // W] += 1
+    return out / out.sum(axis=0, keepdims=True)
+
+
+def person_frame(seed: int = 0) -> np.ndarray:
+    """A (16, 8) label map on a 4 x 2 grid of 4 x 4 pixel cells: hair on the background (cells
+    0, 1), torso filling cells 2 and 3, legs filling cell 4 and beside a bag in cell 5, legs on
+    the background under an occluder (cells 6, 7)."""
+    labels = np.zeros((16, 8), dtype=np.int64)
+    labels[1:4, 2:6] = NAMES.index("hair")
+    labels[4:8, :] = TORSO
+    labels[8:12, :6], labels[8:12, 6:] = LEGS, BAG
+    labels[12:16, 2:6] = LEGS
+    labels[13 + seed % 3:, :] = OCCLUDER
+    return labels
+
+
+def test_cell_fractions_sum_to_one_per_cell():
+    parts = np.stack([fractions_of(person_frame(s), (4, 2)) for s in range(3)])  # (3, P, 8)
+    assert_allclose(parts.sum(axis=1), 1.0)
+    check_parts(parts)  # accepted; float16, as the cache stores them, too
+    check_parts(parts.astype(np.float16))
+    broken = parts.copy()
+    broken[0, TORSO, 0] += 0.1
+    with pytest.raises(ValueError, match="do not sum to 1 in every cell"):
+        check_parts(broken)
+
+
+def test_a_map_on_torso_cells_has_person_mass_one_and_part_torso():
+    """Cells 2 and 3 of the 4 x 2 grid (rows 4-7 of the map) are all torso: a head on them puts
+    all its mass on the person, on the torso."""
+    parts = fractions_of(person_frame(), (4, 2))[None]  # (1, P, 8)
+    assert_allclose(parts[0, TORSO, 2:4], 1.0)
+    S = np.zeros((1, 1, 8))
+    S[0, 0, 2], S[0, 0, 3] = 0.75, 0.25
+    mass = part_mass(S, parts)
+    assert mass.shape == (1, len(NAMES))
+    assert mass[0, TORSO] == pytest.approx(1.0)
+    assert head_parts(mass, NAMES) == (["torso"], pytest.approx([1.0]))
+
+
+def test_a_uniform_map_scores_the_mean_person_fraction():
+    parts = np.stack([fractions_of(person_frame(s), (4, 2)) for s in range(3)])
+    person = [i for i, n in enumerate(NAMES) if n not in ("background", "occluder")]
+    S = np.full((3, 2, 8), 1 / 8)
+    mass = part_mass(S, parts)
+    assert_allclose(mass[:, person].sum(axis=1), parts[:, person].sum(axis=1).mean(), atol=1e-12)
+    assert_allclose(mass.sum(axis=1), 1.0)  # person, occluder and background add up to 1
+
+
+def test_parts_covered_counts_distinct_top_parts():
+    mass = np.zeros((4, len(NAMES)))
+    mass[0, TORSO], mass[1, TORSO], mass[2, LEGS] = 0.5, 0.9, 0.6
+    mass[0, LEGS] = 0.2
+    mass[3, 0] = 1.0  # all on the background: no part
+    parts, share = head_parts(mass, NAMES)
+    assert parts == ["torso", "torso", "legs", None]
+    assert_allclose(share[:3], [0.5 / 0.7, 1.0, 1.0]) and np.isnan(share[3])
+    assert parts_covered(parts) == 2
+    assert parts_covered(["torso", "legs", "bag", "hair", "skin", "shoes"]) == 6
+    assert parts_covered([None, None]) == 0
+
+
+def clips(seed: int = 0, T: int = 12, N: int = 5, K: int = 2) -> np.ndarray:
+    """Visibilities (T, N, K) in [0, 1] that vary within every clip."""
+    return np.random.default_rng(seed).random((T, N, K))
+
+
+def test_visibility_correlation_is_plus_one_for_weights_equal_to_visibility():
+    v = clips()
+    corr = visibility_correlation(v, v)
+    assert_allclose(corr["r"], 1.0) and corr["mean"] == pytest.approx(1.0)
+    assert_allclose(corr["lo"], 1.0) and corr["mean_hi"] == pytest.approx(1.0)
+    assert not corr["equal_weights"].any()
+
+
+def test_visibility_correlation_is_minus_one_for_the_reverse():
+    v = clips()
+    corr = visibility_correlation(1 - v, v)
+    assert_allclose(corr["r"], -1.0) and corr["mean"] == pytest.approx(-1.0)
+
+
+def test_visibility_correlation_is_within_clips():
+    """A per-clip offset of the weights (they sum to 1 per clip, whatever the clip) changes
+    nothing: the values are centred on their clip's mean."""
+    v = clips()
+    offsets = np.random.default_rng(5).random((len(v), 1, 1))
+    assert_allclose(visibility_correlation(v + offsets, v)["r"], 1.0)
+    # and it is Pearson's r of the centred values, pooled over the clips
+    t = clips(seed=1)
+    tc, vc = t - t.mean(axis=1, keepdims=True), v - v.mean(axis=1, keepdims=True)
+    expected = [np.corrcoef(np.r_[tc[..., k].ravel(), -tc[..., k].ravel()],
+                            np.r_[vc[..., k].ravel(), -vc[..., k].ravel()])[0, 1]
+                for k in range(2)]  # mirrored: mean 0, as centring makes it
+    assert_allclose(visibility_correlation(t, v)["r"], expected, atol=1e-12)
+
+
+def test_visibility_correlation_of_equal_weights_is_zero_by_construction():
+    """Average pooling: 1/N in every frame, r = 0 with an interval of 0, flagged."""
+    v = clips()
+    corr = visibility_correlation(np.full(v.shape, 1 / 5, dtype=np.float32), v)
+    assert_array_equal(corr["r"], 0.0) and corr["equal_weights"].all()
+    assert (corr["mean"], corr["mean_lo"], corr["mean_hi"]) == (0.0, 0.0, 0.0)
+
+
+def test_visibility_correlation_leaves_out_absent_parts_and_is_undefined_without_variation():
+    v, t = clips(), clips(seed=1)
+    v_holes = v.copy()
+    v_holes[::2, 1:3, 0] = np.nan  # the part absent in some frames: those frames left out
+    expected = visibility_correlation(np.where(np.isnan(v_holes), np.nan, t), v_holes)["r"]
+    assert_allclose(visibility_correlation(t, v_holes)["r"], expected)
+    v_flat = v.copy()
+    v_flat[..., 1] = 1.0  # head 2's part never hidden: r undefined
+    corr = visibility_correlation(t, v_flat)
+    assert not np.isnan(corr["r"][0]) and np.isnan(corr["r"][1]) and np.isnan(corr["lo"][1])
+    assert corr["mean"] == pytest.approx(corr["r"][0])  # the mean over the defined heads
+
+
+def test_cached_rows_and_clip_ground_truth():
+    """Tracklet 0 cached whole (frames 0-3), tracklet 1 capped (frames 0, 2, 4 of 5): its frame
+    3 was not cached, and its ground truth is NaN."""
+    offsets, frame_index = np.array([0, 4, 7]), np.array([0, 1, 2, 3, 0, 2, 4])
+    rows = cached_rows(offsets, frame_index, np.array([[0, 2], [2, 3]]))
+    assert_array_equal(rows, [[0, 2], [5, -1]])
+    parts = np.arange(7 * 2 * 2 * 1, dtype=np.float32).reshape(7, 2, 2, 1)  # (F, P, h, w)
+    visibility = np.arange(14, dtype=np.float32).reshape(7, 2)
+    clip_parts, clip_visibility = clip_ground_truth(parts, visibility, rows)
+    assert clip_parts.shape == (2, 2, 2, 2) and clip_visibility.shape == (2, 2, 2)
+    assert_array_equal(clip_parts[1, 0], parts[5].reshape(2, 2))
+    assert np.isnan(clip_parts[1, 1]).all() and np.isnan(clip_visibility[1, 1]).all()
+
+
+def test_attention_ground_truth_writes_flat_keys_per_model_and_head():
+    """Two heads on torso cells and leg cells of frames whose legs are hidden in odd frames; the
+    leg head's weight follows the legs' visibility: r = +1 for it, no variation for the torso."""
+    T, N = 4, 4
+    labels = [person_frame() for _ in range(T * N)]
+    parts = np.stack([fractions_of(m, (4, 2)) for m in labels]).reshape(T, N, len(NAMES), 8)
+    visibility = np.full((T, N, len(NAMES)), np.nan)
+    visibility[..., TORSO] = 1.0
+    visibility[..., LEGS] = np.where(np.arange(N) % 2, 0.25, 1.0)[None, :]
+    S = np.zeros((T, N, 2, 8))
+    S[..., 0, 2], S[..., 1, 4] = 1.0, 1.0  # cell 2: all torso; cell 4: all legs
+    t = np.stack([np.random.default_rng(0).dirichlet(np.ones(N), size=T),
+                  visibility[..., LEGS] / visibility[..., LEGS].sum(axis=1, keepdims=True)],
+                 axis=-1)  # (T, N, 2): head 1 anywhere, head 2 following the legs
+    out = attention_ground_truth(S, t, parts, visibility, NAMES)
+    assert (out["head1_part"], out["head2_part"], out["parts_covered"]) == ("torso", "legs", 2)
+    assert out["head1_person"] == pytest.approx(1.0) and out["head1_background"] == 0.0
+    assert out["head2_visibility_corr"] == pytest.approx(1.0)
+    assert out["head1_visibility_corr"] is None  # the torso is never hidden
+    assert out["visibility_corr"] == pytest.approx(1.0)  # the mean over the defined head
+    assert "visibility_corr_note" not in out
+    assert (out["frames_measured"], out["frames_missing"]) == (T * N, 0)
+    assert all(not isinstance(v, dict | list) for v in out.values())  # flat: dvc shows each key
+    # a frame that was not cached (NaN ground truth): left out and counted
+    parts[0, 1], visibility[0, 1] = np.nan, np.nan
+    out = attention_ground_truth(S, t, parts, visibility, NAMES)
+    assert (out["frames_measured"], out["frames_missing"]) == (T * N - 1, 1)
+    assert out["head1_person"] == pytest.approx(1.0) and out["head2_part"] == "legs"
+    assert out["head2_visibility_corr"] == pytest.approx(1.0)

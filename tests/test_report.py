@@ -53,12 +53,14 @@ def git() -> FakeGit:
 
 
 def evals(seed: int, rank1: dict[str, float], *, dataset: str = "synthetic",
-          split_std: float = 0.0, attention: bool = True) -> list[dict]:
+          split_std: float = 0.0, attention: bool = True,
+          half_width: float | None = None) -> list[dict]:
     """The evaluate stage's per-split results of one run: rank-1 per model as given (others 0.1),
     mAP = rank-1 - 0.1, both protocols (torchreid = official + 0.05), and the maps' overlap (0.3)
     and entropy (2.0) of the attention models unless ``attention`` is False. One split, or with
     ``split_std`` two splits at value - split_std and value + split_std (mean: the value,
-    population std: split_std)."""
+    population std: split_std). With ``half_width``, rank-1 and mAP have the 95% interval
+    value ± half_width (``<metric>_lo``, ``<metric>_hi``)."""
     offsets = [0.0] if split_std == 0 else [-split_std, split_std]
     out = []
     for split, offset in enumerate(offsets):
@@ -67,6 +69,12 @@ def evals(seed: int, rank1: dict[str, float], *, dataset: str = "synthetic",
                                      "num_valid_queries": 64, "num_queries": 64}
                           for protocol, extra in (("official", 0.0), ("torchreid", 0.05))}
                   for model in MODELS}
+        if half_width is not None:
+            for per_protocol in models.values():
+                for m in per_protocol.values():
+                    for metric in ("rank1", "mAP"):
+                        m[f"{metric}_lo"] = m[metric] - half_width
+                        m[f"{metric}_hi"] = m[metric] + half_width
         evaluation = {"dataset": dataset, "split": split, "seed": seed, "models": models}
         if attention:
             evaluation["attention"] = {model: {"overlap": 0.3, "entropy": 2.0}
@@ -192,6 +200,32 @@ def test_one_seed_shows_the_split_std_and_each_file_is_read_once(git):
     assert stat.seeds == 1
     assert sorted(git.reads) == [(HEAD, "metrics/eval/synthetic-0.json"),
                                  (HEAD, "metrics/eval/synthetic-1.json")]
+
+
+def test_cells_print_the_interval_of_the_test_set(git):
+    """One seed, one split: its own interval. Two seeds: the mean of their bounds (the same
+    test set: its noise does not average out). A seed without intervals (older results): none."""
+    base = evals(0, {"temporal": 0.5}, half_width=0.05)
+    show = exp_show(git, base, [])
+    text = render_markdown(report_of(git, show, seeds=[0]), "python -m tools.report")
+    assert md_row(text, "SpaAtn+Q+TemAtn")[1:3] == ["50.0 ± 0.0 [45.0, 55.0]",
+                                                     "40.0 ± 0.0 [35.0, 45.0]"]
+    assert md_row(text, "6")[1] == "50.0 ± 0.0 [45.0, 55.0]"  # Table 2, K = 6
+    assert "95 percent interval of the test set" in text
+
+    git = FakeGit()
+    other = experiment(git, "t1-s1", evals(1, {"temporal": 0.6}, half_width=0.15))
+    show = exp_show(git, evals(0, {"temporal": 0.5}, half_width=0.05), [other])
+    rows = report_of(git, show, seeds=[0, 1]).table1["synthetic", "official"]
+    tem = row(rows, "SpaAtn+Q+TemAtn")
+    assert tem.rank1_ci == pytest.approx((0.45, 0.65))  # ((0.45 + 0.45) / 2, (0.55 + 0.75) / 2)
+
+    git = FakeGit()
+    other = experiment(git, "t1-s1", evals(1, {"temporal": 0.6}))  # before intervals
+    show = exp_show(git, evals(0, {"temporal": 0.5}, half_width=0.05), [other])
+    report = report_of(git, show, seeds=[0, 1])
+    assert row(report.table1["synthetic", "official"], "SpaAtn+Q+TemAtn").rank1_ci is None
+    assert md_row(render_markdown(report, "x"), "SpaAtn+Q+TemAtn")[1] == "55.0 ± 5.0"
 
 
 def test_missing_and_failed_experiments_show_missing_never_zero(git):

@@ -8,14 +8,19 @@ import dataclasses
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.datasets import index_images, index_video, synthetic
 from pipeline.datasets.synthetic import (
     CLOTHES,
+    HAIR,
+    LABELS,
+    SKIN,
     Camera,
     Identity,
     generate,
@@ -24,13 +29,15 @@ from pipeline.datasets.synthetic import (
     render_tracklet,
     sibling,
 )
+from pipeline.errors import DatasetError
 from pipeline.params import ParamsError, SyntheticParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 6  # frames per clip (model.N): the set must have tracklets shorter than that
 TINY = SyntheticParams(train_identities=6, test_identities=6, image_identities=4,
-                       images_per_identity=2, cameras=2, tracklets_per_camera=2, min_length=2,
-                       max_length=9, distractor_tracklets=2, junk_tracklets=2, height=64, width=32)
+                       images_per_identity=2, cameras=3, tracklets_per_camera=2, query_cameras=2,
+                       min_length=2, max_length=9, distractor_tracklets=2, junk_tracklets=2,
+                       height=64, width=32)
 # the part groups of synthetic.PARTS: a sibling changes the fields of exactly one of them
 GROUPS = {"head": ("hair", "hat"), "torso": ("torso",), "texture": ("texture", "texture_colour"),
           "legs": ("legs", "shorts"), "shoes": ("shoes",), "bag": ("bag", "bag_colour")}
@@ -105,17 +112,25 @@ def test_tiny_set_images(tiny_root):
     assert all(Path(p).is_file() for p in table["path"])
 
 
-def test_split_invariants(tiny_video):
-    """Disjoint train/test ids; one query per test id, with gallery tracklets in the other
-    cameras; distractors (0) and junk (-1) in the test set only, never queries."""
+def test_split_invariants(tiny_root, tiny_video):
+    """Disjoint train/test ids; a query per test id in query_cameras of its cameras (chosen per
+    identity, as identities.json records), the other cameras gallery only; distractors (0) and
+    junk (-1) in the test set only, never queries."""
     video = tiny_video
     train, test = video[video["subset"] == "train"], video[video["subset"] == "test"]
     assert not set(train["pid"]) & set(test["pid"])
     queries = test[test["is_query"]]
-    assert sorted(queries["pid"]) == list(range(7, 13))
-    for query in queries.itertuples():
-        gallery = test[(test["pid"] == query.pid) & ~test["is_query"]]
-        assert set(gallery["camid"]) >= set(range(1, TINY.cameras + 1)) - {query.camid}
+    assert len(queries) == 6 * TINY.query_cameras
+    entries = json.loads((tiny_root / "identities.json").read_text())["identities"]
+    chosen = set()
+    for pid in range(7, 13):
+        cams = sorted(queries.loc[queries["pid"] == pid, "camid"])
+        assert cams == entries[str(pid)]["query_cameras"]  # one query in each, distinct
+        assert len(cams) == TINY.query_cameras
+        chosen.add(tuple(cams))
+        gallery = test[(test["pid"] == pid) & ~test["is_query"]]
+        assert set(gallery["camid"]) >= set(range(1, TINY.cameras + 1)) - set(cams)
+    assert len(chosen) > 1  # chosen per identity
     assert (test["pid"] == 0).sum() == TINY.distractor_tracklets
     assert (test["pid"] == -1).sum() == TINY.junk_tracklets
     assert not test.loc[test["pid"] <= 0, "is_query"].any()
@@ -141,8 +156,10 @@ def test_identities_are_distinct_across_splits(tiny_root):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tiny_root, tmp_path):
-    again = generate(TINY, tmp_path / "again")
+    """Frames and label maps alike, whether one process renders them or several."""
+    again = generate(TINY, tmp_path / "again", workers=1)
     assert tree_digest(again) == tree_digest(tiny_root)
+    assert tree_digest(generate(TINY, tmp_path / "two", workers=2)) == tree_digest(tiny_root)
     other = generate(dataclasses.replace(TINY, seed=1), tmp_path / "other")
     assert tree_digest(other) != tree_digest(tiny_root)
 
@@ -164,7 +181,7 @@ def test_failed_generation_keeps_the_old_root(tmp_path, monkeypatch):
     root.mkdir()
     (root / "old.txt").write_text("old")
 
-    def broken(cfg, out):
+    def broken(cfg, out, workers):
         (out / "half.txt").write_text("half")
         raise RuntimeError("disk full")
 
@@ -249,21 +266,25 @@ def band_rows(frame: np.ndarray, share: float = 0.6) -> tuple[np.ndarray, set[tu
 
 
 def test_occluders_hide_a_moving_band():
-    """Occluded: most frames carry a horizontal band of one constant palette colour, at varying
-    heights. Not occluded: no such band (the person alone is too narrow for it)."""
+    """Occluded: most frames carry a horizontal band of one palette colour, at varying heights,
+    in a colour drawn per frame (a colour per tracklet would be its fingerprint). Not occluded:
+    no such band (the person alone is too narrow for it)."""
     H, W = 64, 64
     backdrop = np.random.default_rng(0).integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
-    frames = render_tracklet(SUBJECT, PLAIN, backdrop, 30, True, (H, W), np.random.default_rng(1))
+    frames, _ = render_tracklet(SUBJECT, PLAIN, backdrop, 30, True, (H, W),
+                                np.random.default_rng(1))
     bands = [band_rows(f) for f in frames]
     occluded = [(rows, colours) for rows, colours in bands if len(rows)]
     assert len(occluded) >= 15
-    assert len(set().union(*(c for _, c in occluded))) == 1  # one occluder colour per tracklet
+    assert all(len(colours) == 1 for _, colours in occluded)  # one colour in a frame
+    assert len(set().union(*(c for _, c in occluded))) >= 5  # colours vary between frames
     for rows, _ in occluded:
         assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))  # one contiguous band
         assert len(rows) >= 0.2 * H
     assert len({rows[0] for rows, _ in occluded}) >= 5
 
-    clear = render_tracklet(SUBJECT, PLAIN, backdrop, 30, False, (H, W), np.random.default_rng(1))
+    clear, _ = render_tracklet(SUBJECT, PLAIN, backdrop, 30, False, (H, W),
+                               np.random.default_rng(1))
     assert all(len(band_rows(f)[0]) == 0 for f in clear)
 
 
@@ -271,8 +292,8 @@ def test_camera_gain_changes_brightness():
     H, W = 128, 64
     backdrop = synthetic.background(PLAIN, H, W)
     dim, bright = (dataclasses.replace(PLAIN, gain=g) for g in (0.6, 1.2))
-    frames = [np.stack(render_tracklet(SUBJECT, cam, backdrop, 5, False, (H, W),
-                                       np.random.default_rng(3))).astype(float)
+    frames = [render_tracklet(SUBJECT, cam, backdrop, 5, False, (H, W),
+                              np.random.default_rng(3))[0].astype(float)
               for cam in (dim, bright)]
     assert frames[1].mean() > 1.4 * frames[0].mean()
 
@@ -282,8 +303,8 @@ def bag_centroids(mirror: bool) -> list[float]:
     H, W = 128, 64
     backdrop = np.full((2 * H, 2 * W, 3), 90, dtype=np.uint8)
     camera = dataclasses.replace(PLAIN, mirror=mirror)
-    frames = render_tracklet(SUBJECT, camera, backdrop, 10, False, (H, W),
-                             np.random.default_rng(4))
+    frames, _ = render_tracklet(SUBJECT, camera, backdrop, 10, False, (H, W),
+                                np.random.default_rng(4))
     bag = CLOTHES[SUBJECT.bag_colour]
     return [float(np.nonzero((f == bag).all(axis=2))[1].mean()) for f in frames]
 
@@ -291,6 +312,152 @@ def bag_centroids(mirror: bool) -> list[float]:
 def test_mirrored_camera_moves_the_bag_to_the_other_side():
     assert all(x < 32 for x in bag_centroids(mirror=False))
     assert all(x > 32 for x in bag_centroids(mirror=True))
+
+
+# --- label maps: the ground truth of every frame --------------------------------------------------
+
+LABEL = {name: value for value, name in enumerate(LABELS)}
+# the colours each label of SUBJECT shows on a plain camera (no light, no noise)
+SUBJECT_COLOURS = {
+    "hair": [HAIR[SUBJECT.hair]], "skin": [SKIN[SUBJECT.skin]],
+    "torso": [CLOTHES[SUBJECT.torso], CLOTHES[SUBJECT.texture_colour]],  # hstripes
+    "arms": [CLOTHES[SUBJECT.torso]], "legs": [CLOTHES[SUBJECT.legs]],
+    "shoes": [CLOTHES[SUBJECT.shoes]], "bag": [CLOTHES[SUBJECT.bag_colour]],
+}
+
+
+def colours(pixels: np.ndarray) -> set[tuple]:
+    return {tuple(int(v) for v in c) for c in pixels.reshape(-1, 3)}
+
+
+def backdrop_offset(frame: np.ndarray, backdrop: np.ndarray, mask: np.ndarray) -> tuple | None:
+    """An offset (oy, ox) at which ``backdrop``'s crop equals ``frame`` on every pixel of
+    ``mask``, or None."""
+    crops = np.lib.stride_tricks.sliding_window_view(backdrop, (*mask.shape, 3))[:, :, 0]
+    # crops: (oy, ox, H, W, 3), every crop of the backdrop
+    match = (crops[:, :, mask] == frame[mask]).all(axis=(-2, -1))  # (oy, ox)
+    hits = np.argwhere(match)
+    return tuple(int(v) for v in hits[0]) if len(hits) else None
+
+
+def test_labels_are_the_module_constant():
+    assert LABELS == ("background", "hair", "skin", "torso", "arms", "legs", "shoes", "bag",
+                      "occluder")
+    assert synthetic.LABEL == LABEL
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_label_maps_agree_with_the_frames_pixel_for_pixel(mirror):
+    """A plain camera (noise 0, gain 1): pixels labelled background are the backdrop's crop,
+    each person label shows exactly its part's colours, the occluder label the band's one colour;
+    the map without the occluder differs from the visible one exactly on the band, a rectangle."""
+    H, W = 64, 32
+    backdrop = np.random.default_rng(5).integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
+    camera = dataclasses.replace(PLAIN, mirror=mirror)
+    frames, labels = render_tracklet(SUBJECT, camera, backdrop, 12, True, (H, W),
+                                     np.random.default_rng(6))
+    assert frames.shape == (12, H, W, 3) and labels.shape == (12, H, W, 2)
+    assert labels.dtype == np.uint8
+    bands = 0
+    for frame, label in zip(frames, labels, strict=True):
+        visible, clear = label[..., 0], label[..., 1]
+        assert backdrop_offset(frame, backdrop, visible == 0) is not None
+        for name, expected in SUBJECT_COLOURS.items():
+            assert (clear == LABEL[name]).any()  # (the occluder may hide it)
+            assert colours(frame[visible == LABEL[name]]) <= colours(np.asarray(expected))
+        band = visible == LABEL["occluder"]
+        assert not (clear == LABEL["occluder"]).any()
+        assert np.array_equal(visible != clear, band)  # equal everywhere but on the band
+        if band.any():
+            bands += 1
+            assert len(colours(frame[band])) == 1
+            assert colours(frame[band]) <= colours(CLOTHES)
+            rows, cols = np.nonzero(band)  # a rectangle, clipped by the frame
+            assert band[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            assert (clear[band] > 0).any()  # it hides some of the person
+    assert bands >= 4
+    # the bag sits on the side the camera shows it, in the labels as in the colours
+    bag_columns = np.nonzero(labels[..., 0] == LABEL["bag"])[2]
+    assert (bag_columns.mean() > W / 2) == mirror
+
+
+def test_a_part_an_identity_lacks_never_appears_and_a_hat_is_hair():
+    ident = dataclasses.replace(SUBJECT, bag=0, hat=4)  # no bag, a white hat
+    H, W = 64, 32
+    backdrop = np.full((2 * H, 2 * W, 3), 90, dtype=np.uint8)
+    frames, labels = render_tracklet(ident, PLAIN, backdrop, 8, True, (H, W),
+                                     np.random.default_rng(2))
+    assert not (labels == LABEL["bag"]).any()
+    hair = labels[..., 0] == LABEL["hair"]
+    assert hair.any()
+    assert colours(frames[hair]) == {tuple(int(v) for v in CLOTHES[4])}
+
+
+def test_light_and_noise_change_the_frame_not_the_labels():
+    H, W = 64, 32
+    backdrop = synthetic.background(PLAIN, H, W)
+    dim = dataclasses.replace(PLAIN, gain=0.7, cast=(1.1, 0.9, 1.0), noise=6.0)
+    plain_frames, plain_labels = render_tracklet(SUBJECT, PLAIN, backdrop, 6, True, (H, W),
+                                                 np.random.default_rng(8))
+    dim_frames, dim_labels = render_tracklet(SUBJECT, dim, backdrop, 6, True, (H, W),
+                                             np.random.default_rng(8))
+    assert np.array_equal(plain_labels, dim_labels)
+    assert not np.array_equal(plain_frames, dim_frames)
+
+
+def test_two_frames_of_a_tracklet_do_not_share_their_background():
+    """The backdrop is cropped at another offset in every frame: no background is fixed per
+    tracklet (it would let the identity loss learn the tracklet instead of the person)."""
+    H, W = 64, 32
+    backdrop = synthetic.background(PLAIN, H, W)
+    frames, labels = render_tracklet(SUBJECT, PLAIN, backdrop, 10, False, (H, W),
+                                     np.random.default_rng(9))
+    offsets = [backdrop_offset(f, backdrop, lab[..., 0] == 0)
+               for f, lab in zip(frames, labels, strict=True)]
+    assert None not in offsets
+    assert len(set(offsets)) >= 8
+    both = (labels[0, ..., 0] == 0) & (labels[1, ..., 0] == 0)  # background in both frames
+    assert not np.array_equal(frames[0][both], frames[1][both])
+    junk, _ = render_tracklet(None, PLAIN, backdrop, 10, False, (H, W), np.random.default_rng(9))
+    assert len({f.tobytes() for f in junk}) == 10
+
+
+def test_every_frame_on_disk_has_its_label_map(tiny_root, tiny_video):
+    """The index lists a label map per frame, in the parallel labels/ tree: an LA PNG the frame's
+    size whose channels hold labels, the occluder only in the visible one; images likewise."""
+    seen = np.zeros(len(LABELS), dtype=bool)
+    for row in tiny_video.itertuples():
+        assert len(row.labels) == len(row.frames)
+        for frame, label in zip(row.frames, row.labels, strict=True):
+            assert label == tiny_root / "video" / "labels" / frame.relative_to(
+                tiny_root / "video").with_suffix(".png")
+        with Image.open(row.labels[0]) as image:
+            assert image.mode == "LA"
+            maps = np.asarray(image)
+        with Image.open(row.frames[0]) as image:
+            assert maps.shape == (image.height, image.width, 2)
+        assert maps.max() < len(LABELS)
+        assert not (maps[..., 1] == LABEL["occluder"]).any()
+        seen[np.unique(maps)] = True
+        if row.pid == -1:
+            assert set(np.unique(maps)) <= {LABEL["background"], LABEL["occluder"]}
+    assert seen.all()
+    for image in index_images("synthetic", tiny_root)["path"]:
+        assert synthetic.label_path(image, tiny_root).is_file()
+    manifest = json.loads((tiny_root / "identities.json").read_text())
+    assert manifest["labels"] == list(LABELS)
+
+
+def test_the_reader_refuses_a_missing_label_map_and_reads_a_set_without_any(tiny_root,
+                                                                             tmp_path):
+    root = tmp_path / "synthetic"
+    shutil.copytree(tiny_root, root)
+    victim = sorted((root / "video" / "labels" / "bbox_test").rglob("*.png"))[3]
+    victim.unlink()
+    with pytest.raises(DatasetError, match=rf"label map .*{victim.name} of a frame is missing"):
+        index_video("synthetic", root)
+    shutil.rmtree(root / "video" / "labels")  # a set generated before label maps existed
+    assert index_video("synthetic", root)["labels"].map(len).eq(0).all()
 
 
 # --- params and the default set -------------------------------------------------------------------
@@ -303,10 +470,12 @@ def test_min_length_above_max_length_is_refused():
         SyntheticParams(min_length=5, max_length=4)
 
 
+@pytest.mark.slow  # about 18,000 files written by several processes: 10-20 s
 def test_default_set_sizes(tmp_path):
     """The default config: 64 + 64 ids x 3 cameras, 8 + 8 extra test tracklets, 64 queries,
-    128 x 6 images."""
-    cfg = SyntheticParams()
+    128 x 6 images. (Frames of 32 x 16 pixels: the size changes no count, and rendering and
+    saving the default size take most of the time.)"""
+    cfg = dataclasses.replace(SyntheticParams(), height=32, width=16)
     root = generate(cfg, tmp_path / "synthetic")
     video = index_video("synthetic", root)
     train, test = video[video["subset"] == "train"], video[video["subset"] == "test"]

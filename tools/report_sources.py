@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.metrics import summarize, summarize_attention
+from pipeline.attention_stats import summarize_attention
+from pipeline.metrics import summarize
 from pipeline.params import DataParams, Params, run_name
 from tools.experiments import Cell, dvc
 from tools.shell import run, user_env

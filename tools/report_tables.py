@@ -41,6 +41,16 @@ class Stat:
 
 
 Value = Stat | str  # a string is shown instead of a number: "missing" or "n/a"
+Interval = tuple[float, float]  # (lo, hi), fractions
+
+
+def combine_intervals(bounds: Sequence[Interval]) -> Interval | None:
+    """The 95 percent intervals of a row's seeds (each over its splits, ``summarize``) -> one: the
+    mean of their bounds. The seeds are scored on the same test set, whose sampling noise does
+    not average out over them, so the interval does not shrink with more seeds."""
+    if not bounds:
+        return None
+    return float(np.mean([lo for lo, _ in bounds])), float(np.mean([hi for _, hi in bounds]))
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class RowResult:
     seeds_found: int
     seeds_wanted: int
     experiments: tuple[str, ...]  # where each seed was read from; missing ones say so
+    rank1_ci: Interval | None = None  # the 95 percent interval of the test set; None: not known
+    mean_ap_ci: Interval | None = None
 
 
 def combine(values: Sequence[tuple[float, float]]) -> Stat | None:
@@ -84,6 +96,7 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
                   protocol: str) -> RowResult:
     """The cells of one row (one per seed) combined into a RowResult."""
     metrics: dict[str, list[tuple[float, float]]] = {"rank1": [], "mAP": []}
+    intervals: dict[str, list[Interval]] = {"rank1": [], "mAP": []}
     attention: dict[str, list[tuple[float, float]]] = {"overlap": [], "entropy": []}
     not_applicable = {"overlap": False, "entropy": False}
     valid, experiments, found = [], [], 0
@@ -100,6 +113,8 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
         for metric, values in metrics.items():
             if isinstance(entry.get(metric), dict):
                 values.append((entry[metric]["mean"], entry[metric].get("std", 0.0)))
+                if "lo" in entry[metric] and "hi" in entry[metric]:
+                    intervals[metric].append((entry[metric]["lo"], entry[metric]["hi"]))
         maps = dotted(results, f"attention.{dataset}.{cell.model}")
         for key, values in attention.items():
             if not isinstance(maps, dict) or not maps:
@@ -119,7 +134,12 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
         entropy=combine(attention["entropy"])
         or (NOT_APPLICABLE if not_applicable["entropy"] else no_maps),
         valid_queries=float(np.mean(valid)) if valid else None,
-        seeds_found=found, seeds_wanted=len(group), experiments=tuple(experiments))
+        seeds_found=found, seeds_wanted=len(group), experiments=tuple(experiments),
+        # an interval only where every seed found has one (results from before intervals: none)
+        rank1_ci=combine_intervals(intervals["rank1"]) if len(intervals["rank1"]) == found
+        else None,
+        mean_ap_ci=combine_intervals(intervals["mAP"]) if len(intervals["mAP"]) == found
+        else None)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -143,11 +163,13 @@ class Report:
 # --- formatting ----------------------------------------------------------------------------------
 
 
-def percent(value: Value) -> str:
-    """A fraction as percent with one decimal, ± its std; strings ("missing") as they are."""
+def percent(value: Value, interval: Interval | None = None) -> str:
+    """A fraction as percent with one decimal, ± its std, then its 95 percent interval in
+    brackets where known; strings ("missing") as they are."""
     if isinstance(value, str):
         return value
-    return f"{100 * value.mean:.1f} ± {100 * value.std:.1f}"
+    bounds = "" if interval is None else f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return f"{100 * value.mean:.1f} ± {100 * value.std:.1f}{bounds}"
 
 
 def plain(value: Value) -> str:
@@ -180,7 +202,8 @@ def table1_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[li
     header += ["experiments", "seeds found", "valid queries"]
     cells = []
     for row in rows:
-        line = [row.label, percent(row.rank1), percent(row.mean_ap), _maps(row.overlap, row),
+        line = [row.label, percent(row.rank1, row.rank1_ci), percent(row.mean_ap, row.mean_ap_ci),
+                _maps(row.overlap, row),
                 _maps(row.entropy, row), paper_rank1(row.label, dataset, PAPER_TABLE1)]
         if dataset == "mars":
             line.append(f"{PAPER_TABLE1[row.label]['mars_mAP']:.1f}"
@@ -198,7 +221,8 @@ def table2_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[li
     cells = []
     for row in rows:
         k = int(row.label.removeprefix("K = "))
-        cells.append([str(k), percent(row.rank1), percent(row.mean_ap), _maps(row.overlap, row),
+        cells.append([str(k), percent(row.rank1, row.rank1_ci),
+                      percent(row.mean_ap, row.mean_ap_ci), _maps(row.overlap, row),
                       _maps(row.entropy, row), paper_rank1(k, dataset, PAPER_TABLE2),
                       ", ".join(row.experiments)])
     return header, cells
@@ -224,6 +248,10 @@ def render_markdown(report: Report, command: str) -> str:
         "Rank-1 and mAP are in percent. With several seeds a value is the mean over the seeds of "
         "each seed's mean over the dataset's splits, ± the standard deviation over the seeds; "
         "with one seed, ± the standard deviation over the splits (0.0 for a set of one split). "
+        "In brackets, the 95 percent interval of the test set (a bootstrap over the query "
+        "identities of each split, combined over the splits; over seeds, the mean of their "
+        "bounds, since every seed is scored on the same queries): a difference between two rows "
+        "within it is test-set noise. "
         f'"{MISSING}": no usable results (see the list at the end), never a zero. Map overlap: '
         "mean pairwise Bhattacharyya coefficient between the K spatial attention maps "
         "(0 disjoint, 1 identical); map entropy in nats. The paper's numbers are its rank-1 (and "

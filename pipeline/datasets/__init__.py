@@ -7,11 +7,12 @@ reads only the canonical tables (``pipeline.tables``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.datasets import dukev, ilidsvid, images, mars, prid2011
+from pipeline.datasets import dukev, ilidsvid, images, mars, prid2011, synthetic
 from pipeline.errors import DatasetError
 from pipeline.params import VIDEO_SPLITS
 
@@ -19,8 +20,23 @@ __all__ = ["index_images", "index_video", "num_splits"]
 
 
 def _synthetic_video(root: Path, split_id: int = 0) -> pd.DataFrame:
-    """The synthetic set's video part, in the MARS layout under ``<root>/video``."""
-    return mars.index(Path(root) / "video", split_id)
+    """The synthetic set's video part, in the MARS layout under ``<root>/video``, with each
+    frame's label map (``<root>/video/labels/bbox_<subset>/<pid>/<frame>.png``; see
+    ``pipeline.datasets.synthetic``). A set generated before label maps existed (no
+    ``video/labels``) gets none; one whose label map of a frame is missing is an error."""
+    video = Path(root) / "video"
+    table = mars.index(video, split_id)
+    if not (video / "labels").is_dir():
+        return table
+    labels = []
+    for frames in table["frames"]:
+        maps = [synthetic.label_path(f, root) for f in frames]
+        missing = next((m for m in maps if not os.path.isfile(m)), None)
+        if missing is not None:
+            raise DatasetError(f"{video}: the label map {missing} of a frame is missing "
+                               "(regenerate the set: `dvc repro --force download`)")
+        labels.append(maps)
+    return table.assign(labels=labels)
 
 
 def _synthetic_images(root: Path) -> pd.DataFrame:

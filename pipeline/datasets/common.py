@@ -116,9 +116,10 @@ def screen_frames(table: pd.DataFrame, policy: str, source: str, column: str = "
     """Check every frame (``column``: "frames" of a video table, "path" of an image table) with
     ``frame_problem``. ``policy`` (``data.bad_frames``) "fail": any bad frame is a DatasetError
     naming it and the count; "skip": bad frames are left out (tracklets left with none, too), with
-    a warning. ``checked`` keeps the verdicts across calls (the splits of one dataset share their
-    frames: each file is opened once). Returns (the table, {"frames": skipped, "tracklets":
-    dropped})."""
+    a warning; a video table's ``labels`` (label maps, where a tracklet has them) lose the maps
+    of the frames left out, so they stay parallel to the frames. ``checked`` keeps the verdicts
+    across calls (the splits of one dataset share their frames: each file is opened once).
+    Returns (the table, {"frames": skipped, "tracklets": dropped})."""
     video = column == "frames"
     checked = {} if checked is None else checked
     bad = {}
@@ -139,8 +140,13 @@ def screen_frames(table: pd.DataFrame, policy: str, source: str, column: str = "
     log.warning("%s: leaving out %d bad frame(s), e.g. %s %s", source, len(bad), first, problem)
     if not video:
         return table[~table[column].map(str).isin(bad)].reset_index(drop=True), counts
-    kept = table[column].map(lambda paths: [p for p in paths if str(p) not in bad])
-    table = table.assign(**{column: kept})
+    keep = table[column].map(lambda paths: [str(p) not in bad for p in paths])
+    kept = {column: [[p for p, k in zip(paths, mask, strict=True) if k]
+                     for paths, mask in zip(table[column], keep, strict=True)]}
+    if "labels" in table.columns:  # a bad frame's label map goes with it: they stay parallel
+        kept["labels"] = [[p for p, k in zip(maps, mask, strict=True) if k] if len(maps) else maps
+                          for maps, mask in zip(table["labels"], keep, strict=True)]
+    table = table.assign(**kept)
     empty = table[column].map(len) == 0
     counts["tracklets"] = int(empty.sum())
     return table[~empty].reset_index(drop=True), counts

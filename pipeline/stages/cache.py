@@ -1,6 +1,8 @@
 """Stage ``cache``: res5c grids of the fine-tuned backbone for every (selected) frame of one video
 set's split, in HDF5 (see ``pipeline.features``). It reads no attention, loss or pooling params, so
-experiments on those never recompute CNN features.
+experiments on those never recompute CNN features. A set with label maps (the synthetic one) also
+gets, per cached frame, the share of each label in each grid cell and the visible share of each
+label (``parts``, ``visibility``: the ground truth the evaluate stage measures attention against).
 
 Before writing, it checks that the disk holds every cache of its set's split matrix not yet
 written (``--matrix-index`` and ``--matrix-out`` name split ``{split}``'s index file and cache;
@@ -32,7 +34,7 @@ from pipeline.features import (
 )
 from pipeline.params import load_params
 from pipeline.stages.common import run
-from pipeline.tables import load_video_index
+from pipeline.tables import LABELS, load_video_index
 from pipeline.train import compiled, load_exported, start, use_autocast
 
 log = logging.getLogger("cache")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cache(args.out, backbone, tables, (p.data.height, p.data.width),
                 cache_attrs(args.model, payload), p.cache.max_frames_per_tracklet,
                 p.cache.batch_size, p.data.num_workers, device,
-                use_autocast(p.runtime, device))
+                use_autocast(p.runtime, device), part_names=LABELS)
     if world.is_main:
         log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
 

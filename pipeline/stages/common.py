@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import platform
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline import distributed
 from pipeline.errors import DatasetError, InputError
-from pipeline.files import DISK_ERRORS, disk_error_text
+from pipeline.files import DISK_ERRORS, disk_error_text, write_json
 
 # Errors that mean bad input, not a bug: reported as one line, exit status 1, no traceback.
 # InputError covers every class of pipeline.errors; an OSError counts when its errno is one of
@@ -40,11 +45,12 @@ def error_line(err: BaseException) -> str | None:
     return None
 
 
-def reports(err: BaseException) -> bool:
+def reports(err: BaseException | None) -> bool:
     """Whether this process prints ``err``. Under torchrun every rank meets an error of the
     params, the environment, a model or a folder alike, and rank 0 alone reports it (the others
     exit with status 1 silently); a DatasetError can come from a frame only this rank read, so
-    every rank reports its own. Without a readable torchrun environment, the process reports."""
+    every rank reports its own. Without a readable torchrun environment, the process reports.
+    (``err`` None: whether this process is the one that reports, rank 0.)"""
     try:
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except (KeyError, ValueError):
@@ -79,3 +85,57 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
             print(line, file=sys.stderr)
         raise SystemExit(1) from None
     distributed.shutdown()
+    if os.environ.get(DVC_STAGE) and reports(None):
+        record_time(Path(os.environ.get("DVC_ROOT", ".")) / TIMINGS, os.environ[DVC_STAGE],
+                    process_age())
+
+
+# --- how long each stage took ---------------------------------------------------------------------
+# DVC runs each stage's command with DVC_STAGE set to the stage's name (attention@synthetic-0) and
+# DVC_ROOT to the project; every stage that ends well records its wall time there (from the start
+# of its process, imports included) in metrics/timings.json, which git keeps and `make docs` turns
+# into the README's time table. Not a DVC output: a record of the last run of each stage, on this
+# machine.
+
+DVC_STAGE = "DVC_STAGE"
+TIMINGS = Path("metrics") / "timings.json"
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc), else since the interpreter started
+    timing (``time.perf_counter``'s origin is arbitrary: then 0 would be wrong, so fall back to
+    the run's own start, recorded at import)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return max(0.0, time.time() - boot - start)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.monotonic() - _IMPORTED
+
+
+def record_time(path: Path, stage: str, seconds: float) -> None:
+    """Set ``stage``'s entry of the timings file (the others kept), with the machine's CPU."""
+    try:
+        timings = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        timings = {}  # a damaged record is replaced, never a reason to fail a finished stage
+    stages = timings.get("stages") if isinstance(timings.get("stages"), dict) else {}
+    stages[stage] = {"seconds": round(seconds, 1),
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())}
+    write_json(path, {"machine": machine(), "stages": dict(sorted(stages.items()))})
+
+
+def machine() -> dict:
+    """The CPU model and the cores this process may use (what the timings depend on)."""
+    model = None
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip()
+                      for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model or platform.processor() or "unknown", "cores": cores}
+
+
+_IMPORTED = time.monotonic()

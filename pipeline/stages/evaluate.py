@@ -8,10 +8,15 @@ then sees exactly the grids it would compute), and on the frames otherwise. Test
 first frame of each of the N chunks (paper §4.2).
 
 Writes ``--out``: per model and protocol rank-1/5/10/20, mAP, valid and all queries (fractions;
-see ``pipeline.metrics``), and for every model with spatial attention the maps' mean overlap and
-entropy over the test frames; ``--cmc``: the CMC curves; ``--figures``: the paper's Fig. 3 for
-the first ``evaluate.attention_figures`` queries, drawn with the last model given that has
-attention maps and runs on frames.
+see ``pipeline.metrics``), rank-1 and mAP with the bounds of their 95 percent bootstrap interval
+over the query identities (``rank1_lo``, ``rank1_hi``, ``mAP_lo``, ``mAP_hi``); for every model
+with spatial attention the maps' mean overlap and entropy over the test frames, and where the
+cache holds the ground truth of the frames (the synthetic set) where the heads look and how the
+temporal weights follow the visibility of each head's part
+(``pipeline.attention_stats.attention_ground_truth``); ``--cmc``: the CMC curves; ``--figures``: the
+paper's Fig. 3 for the first ``evaluate.attention_figures`` queries, drawn with the last model
+given that has attention maps and runs on frames, beside each frame its label map where the set
+has them.
 
     python -m pipeline.stages.evaluate --params params.yaml --dataset <set> --split <k> \
         --index data/index/<set>/split_<k>.json --cache data/cache/<set>-<k>.h5 \
@@ -24,25 +29,34 @@ attention maps and runs on frames.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 
+from pipeline.attention_stats import (
+    attention_frame_stats,
+    attention_ground_truth,
+    attention_summary,
+    cached_rows,
+    clip_ground_truth,
+)
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
 from pipeline.errors import CacheError
-from pipeline.features import cache_attrs, embed, open_cache
+from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.figures import attention_figure, save_figure
 from pipeline.files import check_writable, format_table, sha256_file, write_csv, write_json
-from pipeline.metrics import RANKS, attention_frame_stats, attention_summary, score
+from pipeline.metrics import RANKS, score
 from pipeline.model import HeadOutput
 from pipeline.params import grid_size, load_params
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
-from pipeline.tables import load_video_index
+from pipeline.tables import LABELS, load_video_index
 from pipeline.train import compiled, load, load_exported, start, use_autocast
 
 log = logging.getLogger("evaluate")
@@ -56,14 +70,45 @@ def named_path(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def record_maps(out: HeadOutput) -> dict | None:
-    """What ``embed`` keeps of each test batch: the statistics of its spatial attention maps."""
-    return None if out.spatial is None else attention_frame_stats(out.spatial.float().cpu().numpy())
+def record_maps(out: HeadOutput, keep_maps: bool = False) -> dict | None:
+    """What ``embed`` keeps of each test batch: the statistics of its spatial attention maps, and
+    with ``keep_maps`` the maps (B, N, K, L) and temporal weights (B, N, K) themselves (for the
+    ground truth: small, float32)."""
+    if out.spatial is None:
+        return None
+    maps = out.spatial.float().cpu().numpy()
+    record = attention_frame_stats(maps)
+    if keep_maps:
+        record.update(spatial=maps, temporal=out.temporal.float().cpu().numpy())
+    return record
+
+
+def clip_rows(offsets: np.ndarray, frame_index: np.ndarray, frame_counts: list[int], N: int,
+              on_cache: bool) -> np.ndarray:
+    """Cache rows (T, N) of the frames of the test clips (each chunk's first frame, paper §4.2):
+    chunks of the cached frames for a model on the cache, of all the frames for a model on
+    frames (-1 where such a frame was not cached)."""
+    if on_cache:
+        picks = [restricted_random_sample(int(n), N, train=False) for n in np.diff(offsets)]
+        return offsets[:-1, None] + np.array(picks, dtype=np.int64)
+    positions = [restricted_random_sample(n, N, train=False) for n in frame_counts]
+    return cached_rows(offsets, frame_index, np.array(positions, dtype=np.int64))
+
+
+def load_label_map(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """The visible labels (H, W) of a label map file (channel L of its "LA" PNG, see
+    ``pipeline.tables.LABELS``) at the network's input ``size``, nearest neighbour (as the cache
+    pools them into cells)."""
+    with Image.open(path) as image:
+        visible = image.getchannel(0)
+        return np.asarray(visible.resize((size[1], size[0]), Image.NEAREST))
 
 
 def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: tuple[int, int],
-                 device: torch.device, out_dir: Path, title: str) -> None:
-    """Fig. 3 for each query tracklet: its N test frames (the first of each chunk) with the
+                 device: torch.device, out_dir: Path, title: str,
+                 part_names: tuple[str, ...] = LABELS) -> None:
+    """Fig. 3 for each query tracklet: its N test frames (the first of each chunk), their label
+    maps where the tracklet has them (``labels`` column, indices into ``part_names``), the
     model's K spatial maps and temporal weights; the folder's old pictures are replaced."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
@@ -75,6 +120,8 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
     for i, row in enumerate(queries.itertuples()):
         clip = frames[i][0]  # (N, 3, H, W), the test-time picks
         picks = restricted_random_sample(len(row.frames), N, train=False, rng=None)
+        labels = list(getattr(row, "labels", None) or [])
+        parts = np.stack([load_label_map(labels[j], size) for j in picks]) if labels else None
         with torch.no_grad():
             out = model(clip[None].to(device))
         fig = attention_figure(
@@ -83,7 +130,8 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
             title=f"{title}: query {row.Index} (pid {row.pid}, camera {row.camid}, "
                   f"{Path(row.frames[0]).parent.name}); K = {out.spatial.shape[2]}, "
                   f"temporal pooling {model.head.cfg.temporal_pooling}",
-            frame_labels=[f"frame {j + 1}/{len(row.frames)}" for j in picks])
+            frame_labels=[f"frame {j + 1}/{len(row.frames)}" for j in picks],
+            parts=parts, part_names=part_names)
         save_figure(fig, out_dir / f"q{row.Index:04d}_pid{row.pid}_cam{row.camid}.png")
 
 
@@ -113,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     test = table[table["subset"] == "test"].reset_index(drop=True)
     expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": size[0],
               "width": size[1]}
-    open_cache(args.cache, expect).close()
+    with open_cache(args.cache, expect) as cache:
+        truth = read_parts(cache, "test")  # (parts, visibility, names); None for a real set
+        offsets, frame_index = cache["test/offsets"][()], cache["test/frame_index"][()]
     cached_test = CachedClipDataset(args.cache, "test", p.model.N)
     if not np.array_equal(cached_test.pids, test["pid"].to_numpy()):
         raise CacheError(f"{args.cache}: its test tracklets are not those of {args.index}: "
@@ -137,9 +187,21 @@ def main(argv: list[str] | None = None) -> None:
             if payload["kind"] == "net":
                 compiled(model.backbone, p.runtime.compile)
         features, records = embed(net, loaders["cache" if on_cache else "frames"], device,
-                                  autocast and not on_cache, desc=name, record=record_maps)
+                                  autocast and not on_cache, desc=name,
+                                  record=functools.partial(record_maps,
+                                                           keep_maps=truth is not None))
         if records and records[0] is not None:
             attention[name] = attention_summary(records)
+            if truth is not None and world.is_main:
+                rows = clip_rows(offsets, frame_index, test["frames"].map(len).tolist(),
+                                 p.model.N, on_cache)
+                attention[name].update(attention_ground_truth(
+                    np.concatenate([r["spatial"] for r in records]),
+                    np.concatenate([r["temporal"] for r in records]),
+                    *clip_ground_truth(truth[0], truth[1], rows), list(truth[2])))
+                if attention[name]["frames_missing"]:
+                    log.info("%s: %d frames of the test clips are not cached: left out of the "
+                             "ground-truth measures", name, attention[name]["frames_missing"])
             if payload["kind"] == "net":  # Fig. 3 needs a model that runs on frames
                 drawn_with = model
         if world.is_main:  # the other ranks only embed their share of the test batches
@@ -152,22 +214,69 @@ def main(argv: list[str] | None = None) -> None:
         return
     queries = test[test["is_query"]].head(p.evaluate.attention_figures if drawn_with else 0)
     draw_queries(drawn_with, queries, p.model.N, size, device, args.figures,
-                 f"{args.dataset} split {args.split}")
+                 f"{args.dataset} split {args.split}", truth[2] if truth else LABELS)
     log.info("attention maps of %d queries drawn in %s", len(queries), args.figures)
     write_json(args.out, {"dataset": args.dataset, "split": args.split, "seed": p.seed,
                           "models": results, "attention": attention})
     write_csv(args.cmc, pd.DataFrame(curves).to_dict("records"))
-    rows = [[name, protocol, *(m[f"rank{r}"] for r in RANKS if f"rank{r}" in m), m["mAP"],
+    print_tables(f"{args.dataset} split {args.split}", results, attention,
+                 [r for r in RANKS if r <= p.evaluate.max_rank])
+
+
+def print_tables(title: str, results: dict, attention: dict, ranks: list[int]) -> None:
+    """The scores (95 percent intervals in brackets), the attention statistics and, where
+    measured, the ground-truth ones per model and per head."""
+    rows = [[name, protocol, m["rank1"], _interval(m, "rank1"),
+             *(m[f"rank{r}"] for r in ranks[1:]), m["mAP"], _interval(m, "mAP"),
              f"{m['num_valid_queries']}/{m['num_queries']}"]
             for name, per_protocol in results.items() for protocol, m in per_protocol.items()]
-    header = ["model", "protocol", *(f"rank{r}" for r in RANKS if r <= p.evaluate.max_rank),
-              "mAP", "valid queries"]
-    print(f"\n{args.dataset} split {args.split}\n" + format_table(header, rows))
+    header = ["model", "protocol", "rank1", "95% interval", *(f"rank{r}" for r in ranks[1:]),
+              "mAP", "95% interval", "valid queries"]
+    print(f"\n{title}\n" + format_table(header, rows))
     print("\nspatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
           "coefficient, 0 = disjoint, 1 = identical; entropy in nats)\n"
           + format_table(["model", "overlap", "entropy"],
                          [[m, "n/a (K = 1)" if a["overlap"] is None else a["overlap"],
                            a["entropy"]] for m, a in attention.items()]))
+    measured = {m: a for m, a in attention.items() if "person" in a}
+    if not measured:
+        return
+    print("\nwhere the heads look (attention mass on the ground truth, mean over heads and "
+          "test frames), and temporal weight against the visibility of each head's part "
+          "(Pearson r within clips, 95% interval over clips)\n" + format_table(
+              ["model", "person", "occluder", "background", "parts covered", "r", "frames"],
+              [[m, a["person"], a["occluder"], a["background"], a["parts_covered"],
+                _correlation(a, "visibility_corr"),
+                f"{a['frames_measured']} ({a['frames_missing']} not cached)"]
+               for m, a in measured.items()]))
+    rows = [[m, k, a[f"head{k}_person"], a[f"head{k}_occluder"], a[f"head{k}_background"],
+             f"{a[f'head{k}_part']} ({_share(a[f'head{k}_part_share'])})",
+             _correlation(a, f"head{k}_visibility_corr")]
+            for m, a in measured.items() for k in range(1, _heads(a) + 1)]
+    print("\nper head\n" + format_table(
+        ["model", "head", "person", "occluder", "background", "part (share of person mass)",
+         "r (visibility)"], rows))
+
+
+def _interval(m: dict, metric: str) -> str:
+    return f"[{m[f'{metric}_lo']:.3f}, {m[f'{metric}_hi']:.3f}]"
+
+
+def _correlation(a: dict, key: str) -> str:
+    if a[key] is None:
+        return "n/a"
+    note = " (equal weights)" if "visibility_corr_note" in a else ""
+    lo, hi = a.get(key + "_lo"), a.get(key + "_hi")
+    interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
+    return f"{a[key]:+.2f}{interval}{note}"
+
+
+def _share(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.2f}"
+
+
+def _heads(a: dict) -> int:
+    return sum(1 for key in a if key.startswith("head") and key.endswith("_part"))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 Reads the evaluate stage's results of every (set, split) of ``data.video`` x ``data.splits`` (the
 runs DVC's matrix makes, named ``<set>-<split>`` in dvc.yaml) and writes, per set,
 ``--out/<set>.json``: the headline figures (official rank-1 and mAP of each model, mean over the
-splits, in percent; see ``pipeline.metrics.headline``), the one metrics file `dvc exp show` and
-`dvc metrics diff` show by default. Prints every metric, mean ± std over the splits, and the
-attention statistics. Draws, into ``--figures``, each set's CMC curves (``cmc_<set>.png``, the
+splits, in percent, and the largest half-width of their 95 percent intervals, ``ci.R1`` and
+``ci.mAP``; see ``pipeline.metrics.headline``), the one metrics file `dvc exp show` and
+`dvc metrics diff` show by default. Prints every metric, mean ± std over the splits with the 95
+percent interval of the mean, and the attention statistics (with the ground-truth ones where the
+set has them). Draws, into ``--figures``, each set's CMC curves (``cmc_<set>.png``, the
 mean over its splits) and each run's training-loss curves (``loss_<set>-<k>.png``).
 
     python -m pipeline.stages.summary --params params.yaml --evals metrics/eval \
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.attention_stats import GROUND_TRUTH_STATS, summarize_attention
 from pipeline.errors import InputError
 from pipeline.figures import cmc_figure, loss_figure, save_figure
 from pipeline.files import format_table, write_json
-from pipeline.metrics import SUMMARY_METRICS, headline, summarize, summarize_attention
+from pipeline.metrics import SUMMARY_METRICS, headline, summarize
 from pipeline.params import load_params, run_name
 from pipeline.stages.common import run
 
@@ -70,13 +73,22 @@ def print_tables(summary: dict, attention: dict) -> None:
              len(m["splits"])]
             for dataset, models in summary.items() for model, protocols in models.items()
             for protocol, m in protocols.items()]
-    print("\nResults (percent, mean ± std over splits)\n"
+    print("\nResults (percent, mean ± std over splits [95% interval of the mean])\n"
           + format_table(["dataset", "model", "protocol", *SUMMARY_METRICS, "splits"], rows))
-    rows = [[dataset, model, *(_stat(a[k]) for k in ("overlap", "entropy"))]
+    rows = [[dataset, model, _stat(a["overlap"], "n/a (K = 1)"), _stat(a["entropy"])]
             for dataset, models in attention.items() for model, a in models.items()]
     print("\nSpatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
           "coefficient, 0 = disjoint, 1 = identical; entropy in nats; mean ± std over splits)\n"
           + format_table(["dataset", "model", "overlap", "entropy"], rows))
+    rows = [[dataset, model, *(_stat(a[k]) if k in a else "n/a" for k in GROUND_TRUTH_STATS)]
+            for dataset, models in attention.items() for model, a in models.items()
+            if any(k in a for k in GROUND_TRUTH_STATS)]
+    if rows:  # only sets with ground truth (the synthetic set)
+        print("\nWhere the heads look (attention mass on the person, occluder, background, mean "
+              "over heads; parts covered by the heads; visibility_corr: Pearson r within clips "
+              "of temporal weight and visibility of each head's part, mean over heads; mean ± "
+              "std over splits)\n"
+              + format_table(["dataset", "model", *GROUND_TRUTH_STATS], rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,11 +123,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _pm(value: dict) -> str:
-    return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}"
+    interval = (f" [{100 * value['lo']:.1f}, {100 * value['hi']:.1f}]" if "lo" in value
+                else "")
+    return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}{interval}"
 
 
-def _stat(value: dict | None) -> str:
-    return "n/a (K = 1)" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
+def _stat(value: dict | None, undefined: str = "n/a") -> str:
+    return undefined if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ rows. The rows, one module each, in the order they run:
 4. ``attention_cached_epoch`` (``attention.py``): one epoch of the attention stage on frames, the
    backbone in the loop (frozen: eval mode, no gradients, the cheapest uncached training can be),
    over one epoch on the cached grids (``data.CachedClipDataset``); both through ``train.fit``
-   with the DRSA heads and the OIM loss. Reported, no target.
+   with the DRSA heads and the OIM loss. Reported, no target. ``cached_step_overhead`` (same
+   module): that cached epoch over the same steps on batches already in memory (the heads'
+   forward, loss, backward and SGD step alone): what loading the cache and the loop cost on top.
+   Target <= 1.2.
 5. ``cache_memory_flatness`` (``memory.py``): peak RSS of a fresh process running
    ``write_cache`` on 4x the frames over the same on 1x (VmHWM, reset once the imports are done;
    ``ru_maxrss``, which cannot be reset, is reported beside it). Target: about 1 (<= 1.1); memory

@@ -39,6 +39,7 @@ from tools.docs.common import DocsError, NotProduced
 from tools.docs.params_reference import params_block
 from tools.docs.report import paper_block, report_block, rows_block
 from tools.docs.results import datasets_block, results_block
+from tools.docs.timings import timings_block
 
 ROOT = Path(__file__).resolve().parents[2]
 START = re.compile(r"^<!-- generated: ([\w-]+) -->$")
@@ -48,6 +49,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block, "datasets": datasets_block, "params": params_block,
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
+    "timings": timings_block,
 }
 
 

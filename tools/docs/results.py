@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.metrics import HEADLINE_NAMES
+from pipeline.attention_stats import GROUND_TRUTH_STATS
+from pipeline.metrics import HEADLINE_CI, HEADLINE_NAMES
 from pipeline.params import load_params
 from tools.docs.common import field_of, pct, read_json, table
 from tools.experiments import TABLE1
@@ -23,11 +24,17 @@ def results_block(root: Path) -> str:
         relative = f"metrics/results/{dataset}.json"
         head = read_json(root, relative, "make repro")
         short = list(field_of(head, relative, "R1"))
-        header = ["set", "splits", *(f"R1.{s}" for s in short), *(f"mAP.{s}" for s in short)]
+        columns = [(m, s) for m in ("R1", "mAP") for s in short]
+        columns += [(HEADLINE_CI, m) for m in ("R1", "mAP") if HEADLINE_CI in head]
+        header = ["set", "splits", *(f"{group}.{key}" for group, key in columns)]
         row = [dataset, ", ".join(map(str, p.data.splits)),
-               *(f"{field_of(head, relative, m, s):.1f}" for m in ("R1", "mAP") for s in short)]
+               *(f"{field_of(head, relative, group, key):.1f}" for group, key in columns)]
+        ci = (f" `{HEADLINE_CI}.R1`, `{HEADLINE_CI}.mAP`: the largest half-width of a 95 percent "
+              "interval over the models (bootstrap over the query identities); a difference "
+              "smaller than it is within the noise of the test set." if HEADLINE_CI in head
+              else "")
         parts.append(f"Headline (`{relative}`): {p.evaluate.protocols[0]} protocol, percent, "
-                     f"mean over the splits.\n\n" + table(header, [row]))
+                     f"mean over the splits.{ci}\n\n" + table(header, [row]))
         parts.append(eval_detail(root, dataset, p.data.splits[0], labels))
     return "\n\n".join(parts)
 
@@ -46,17 +53,58 @@ def eval_detail(root: Path, dataset: str, split: int, labels: dict[str, str]) ->
     rows = []
     for model, scores in models.items():
         attention = ev.get("attention", {}).get(model)
-        cells = [pct(field_of(scores, relative, first, k)) for k in [*ranks, "mAP"]]
-        cells += [pct(field_of(scores, relative, p, m)) for p in protocols[1:]
-                  for m in ("rank1", "mAP")]
+        cells = [_pct(scores, relative, first, k) for k in [*ranks, "mAP"]]
+        cells += [_pct(scores, relative, p, m) for p in protocols[1:] for m in ("rank1", "mAP")]
         cells += (["n/a", "n/a"] if attention is None else
                   [_stat(attention.get("overlap")), _stat(attention.get("entropy"))])
         rows.append([f"`{model}` ({HEADLINE_NAMES.get(model, model)})",
                      labels.get(model, "-"), *cells])
     queries = "; ".join(f"{p}: {some[p]['num_valid_queries']} of {some[p]['num_queries']} "
                         "queries valid" for p in protocols)
-    return (f"Detail of split {ev.get('split', split)}, seed {ev.get('seed', '?')} "
-            f"(`{relative}`), percent; {queries}.\n\n" + table(header, rows))
+    intervals = (" R1 and mAP with their 95 percent interval in brackets (bootstrap over the "
+                 "query identities)." if "rank1_lo" in some[first] else "")
+    detail = (f"Detail of split {ev.get('split', split)}, seed {ev.get('seed', '?')} "
+              f"(`{relative}`), percent; {queries}.{intervals}\n\n" + table(header, rows))
+    truth = ground_truth(ev.get("attention", {}))
+    return detail + (f"\n\n{truth}" if truth else "")
+
+
+def ground_truth(attention: dict) -> str:
+    """Where the heads look, per attention model that was measured against the ground truth of
+    the frames (the synthetic set): "" where none was."""
+    measured = {m: a for m, a in attention.items() if all(k in a for k in GROUND_TRUTH_STATS)}
+    if not measured:
+        return ""
+    rows = []
+    for model, a in measured.items():
+        heads = sum(1 for key in a if key.startswith("head") and key.endswith("_part"))
+        parts = ", ".join(f"{a[f'head{k}_part'] or 'none'}" for k in range(1, heads + 1))
+        r = ("n/a" if a["visibility_corr"] is None else
+             f"{a['visibility_corr']:+.2f} [{_num(a.get('visibility_corr_lo'))}, "
+             f"{_num(a.get('visibility_corr_hi'))}]"
+             + (" (equal weights)" if "visibility_corr_note" in a else ""))
+        rows.append([f"`{model}` ({HEADLINE_NAMES.get(model, model)})",
+                     *(_stat(a[k]) for k in ("person", "occluder", "background")),
+                     a["parts_covered"], parts, r])
+    return ("Where the heads look, on the test frames of that split: attention mass on the "
+            "person, the occluder and the background (mean over heads), the part each head "
+            "looks at most, how many distinct parts that makes, and the correlation of each "
+            "head's temporal weight with the visibility of its part, mean over heads, 95 "
+            "percent interval over clips ([docs/method.md](docs/method.md#measuring-the-"
+            "attention-maps)).\n\n" + table(
+                ["model", "person", "occluder", "background", "parts covered", "head parts",
+                 "r (temporal weight, visibility)"], rows))
+
+
+def _pct(scores: dict, relative: str, protocol: str, metric: str) -> str:
+    """A model's score under ``protocol`` in percent, with its interval where the file has one."""
+    value = pct(field_of(scores, relative, protocol, metric))
+    bounds = [scores[protocol].get(f"{metric}_{end}") for end in ("lo", "hi")]
+    return value if None in bounds else f"{value} [{pct(bounds[0])}, {pct(bounds[1])}]"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
 
 def _stat(value: float | None) -> str:

@@ -1,0 +1,72 @@
+"""The wall time every stage records when DVC runs it (pipeline/stages/common.py), the source of the
+README's time table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pipeline.stages import common
+
+
+def quick(argv):
+    time.sleep(0.01)
+
+
+def failing(argv):
+    raise common.InputError("bad input")
+
+
+@pytest.fixture
+def dvc_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return tmp_path
+
+
+def test_a_stage_run_by_dvc_records_its_wall_time(dvc_env, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "attention@synthetic-0")
+    common.run(quick, [])
+    monkeypatch.setenv("DVC_STAGE", "check")
+    common.run(quick, [])
+    timings = json.loads((dvc_env / "metrics" / "timings.json").read_text())
+    assert list(timings["stages"]) == ["attention@synthetic-0", "check"]  # both kept, sorted
+    entry = timings["stages"]["check"]
+    # from the start of this process (pytest's), imports included: at least the sleep
+    assert entry["seconds"] >= 0.01 and entry["finished"].startswith(time.strftime("%Y-"))
+    assert timings["machine"]["cores"] >= 1 and timings["machine"]["cpu"]
+
+
+def test_nothing_is_recorded_outside_dvc_or_for_a_failed_stage(dvc_env, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    common.run(quick, [])
+    monkeypatch.setenv("DVC_STAGE", "evaluate@synthetic-0")
+    with pytest.raises(SystemExit):
+        common.run(failing, [])
+    assert not (dvc_env / "metrics" / "timings.json").exists()
+
+
+def test_only_rank_0_records(dvc_env, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "cache@synthetic-0")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(common.distributed, "shutdown", lambda failed=False: None)
+    common.run(quick, [])
+    assert not (dvc_env / "metrics" / "timings.json").exists()
+
+
+def test_a_damaged_timings_file_is_replaced(dvc_env, monkeypatch):
+    (dvc_env / "metrics").mkdir()
+    (dvc_env / "metrics" / "timings.json").write_text('{"stages": ')
+    monkeypatch.setenv("DVC_STAGE", "summary")
+    common.run(quick, [])
+    assert list(json.loads((dvc_env / "metrics" / "timings.json").read_text())["stages"]) == [
+        "summary"]
+
+
+def test_the_process_age_is_that_of_this_process():
+    age = common.process_age()
+    assert 0.0 < age < 24 * 3600  # pytest started a moment ago, not at boot
