@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"height": 64, "width": 32, "num_workers": 0},
     "synthetic": {"train_identities": 4, "test_identities": 4, "image_identities": 4,
-                  "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1, "query_cameras": 1,
-                  "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
+                  "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1,
+                  "query_cameras": 1, "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
                   "junk_tracklets": 1, "height": 64, "width": 32},
     "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
               "d": 8, "embed_dim": 16},
