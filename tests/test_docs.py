@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = docs.documents(ROOT)
 # block -> the page that must carry it
 REQUIRED = {"results": "README.md", "params": "docs/params.md", "bench": "docs/benchmarks.md",
-            "report": "docs/experiments.md", "datasets": "docs/datasets.md"}
+            "report": "docs/experiments.md", "datasets": "docs/datasets.md",
+            "figure": "README.md", "timings": "README.md"}
 
 
 def rel(path: Path) -> str:
@@ -554,3 +555,16 @@ def test_timings_block_from_the_stages_records(tmp_path):
     assert "0m45.0s" in body and "| 60% |" in body  # pretrain: 120 of 200 s
     assert "1m20.0s, 0.40 of the full run" in body  # check + attention + joint + summary
     assert "Not yet produced" in render("timings", tmp_path / "elsewhere")
+
+
+def test_figure_block_shows_the_first_query_of_the_first_split(tmp_path):
+    """The picture's name holds the query's pid and camera: read from the folder, first in order;
+    a run without pictures renders the line naming the folder."""
+    write(tmp_path, "params.yaml", "data:\n  video: [synthetic]\n  splits: [0]\nmodel:\n  K: 4\n")
+    assert "Not yet produced: `metrics/plots/attention/synthetic-0/*.png`" in render("figure",
+                                                                                    tmp_path)
+    for name in ("q0003_pid9_cam2.png", "q0000_pid71_cam3.png"):
+        write(tmp_path, f"metrics/plots/attention/synthetic-0/{name}", "")
+    assert render("figure", tmp_path) == (
+        "![Fig. 3 style: the first query of synthetic split 0: its frames, their body parts and "
+        "the 4 spatial attention maps](metrics/plots/attention/synthetic-0/q0000_pid71_cam3.png)\n")

@@ -470,19 +470,22 @@ def test_min_length_above_max_length_is_refused():
         SyntheticParams(min_length=5, max_length=4)
 
 
-@pytest.mark.slow  # about 18,000 files written by several processes: 10-20 s
+@pytest.mark.slow  # about 44,000 files (frames and label maps) written by several processes
 def test_default_set_sizes(tmp_path):
-    """The default config: 64 + 64 ids x 3 cameras, 8 + 8 extra test tracklets, 64 queries,
-    128 x 6 images. (Frames of 32 x 16 pixels: the size changes no count, and rendering and
-    saving the default size take most of the time.)"""
+    """The default config: 64 + 450 ids x 3 cameras, 8 + 8 extra test tracklets, 450 x 2 = 900
+    queries (a rank-1 standard error of at most 2 points), 128 x 6 images. (Frames of
+    32 x 16 pixels: the size changes no count, and rendering and saving the default size take
+    most of the time.)"""
     cfg = dataclasses.replace(SyntheticParams(), height=32, width=16)
     root = generate(cfg, tmp_path / "synthetic")
     video = index_video("synthetic", root)
     train, test = video[video["subset"] == "train"], video[video["subset"] == "test"]
     assert len(train) == 64 * 3
     assert train["pid"].nunique() == 64
-    assert len(test) == 64 * 3 + 8 + 8
-    assert test["is_query"].sum() == 64
+    assert len(test) == 450 * 3 + 8 + 8
+    assert test["is_query"].sum() == 900
+    queries = test[test["is_query"]]
+    assert (queries.groupby("pid")["camid"].nunique() == 2).all()  # two cameras per identity
     assert ((test["pid"] == 0).sum(), (test["pid"] == -1).sum()) == (8, 8)
     assert video["frames"].map(len).between(cfg.min_length, cfg.max_length).all()
     images = index_images("synthetic", root)

@@ -14,6 +14,8 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``report``: Tables 1 and 2 of ``metrics/report.md`` (official protocol) and the steps of Table 1;
 - ``paper``, ``rows``: the paper's numbers and the experiment of each table row
   (``tools.experiments``);
+- ``figure``: the README's Fig. 3 picture: the default run's first query
+  (``metrics/plots/attention/<set>-<split>/``);
 - ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
   time caching takes (the sets' published frame counts, ``metrics/bench.json``).
 
@@ -36,6 +38,7 @@ from pipeline.files import write_text
 from tools.docs.bench import bench_block, bench_notes_block
 from tools.docs.cache_disk import cache_disk_block
 from tools.docs.common import DocsError, NotProduced
+from tools.docs.figure import figure_block
 from tools.docs.params_reference import params_block
 from tools.docs.report import paper_block, report_block, rows_block
 from tools.docs.results import datasets_block, results_block
@@ -49,7 +52,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block, "datasets": datasets_block, "params": params_block,
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
-    "timings": timings_block,
+    "timings": timings_block, "figure": figure_block,
 }
 
 
