@@ -9,6 +9,7 @@ docs/method.md. Averaged over splits by ``summarize_attention``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -131,10 +132,20 @@ def head_parts(mass: np.ndarray, names: list[str]) -> tuple[list[str | None], np
     return parts, np.where(total > 0, share[np.arange(len(top)), top], np.nan)
 
 
-def parts_covered(parts: list[str | None]) -> int:
+# A head covers its part only when at least this share of its map lies on the person: a head that
+# looks at the background finds no part, whatever the few person pixels it touches are.
+COVER_MIN_PERSON = 0.2
+
+
+def parts_covered(parts: list[str | None], person: Sequence[float] | None = None,
+                  min_person: float = COVER_MIN_PERSON) -> int:
     """How many distinct body parts the K heads cover: a part is covered when it is the largest
-    share of at least one head's person mass (``head_parts``)."""
-    return len({part for part in parts if part is not None})
+    share of the person mass (``head_parts``) of at least one head whose attention mass on the
+    person (``person``, one per head; all heads count when not given) is at least
+    ``min_person``."""
+    person = [1.0] * len(parts) if person is None else list(person)
+    return len({part for part, mass in zip(parts, person, strict=True)
+                if part is not None and mass >= min_person})
 
 
 def centred_sums(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -229,7 +240,7 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
             v[:, :, k] = np.where(measured, visibility[:, :, names.index(part)], np.nan)
     corr = visibility_correlation(t, v)
     out = {"person": _num(person.mean()), "occluder": _num(occluder.mean()),
-           "background": _num(background.mean()), "parts_covered": parts_covered(top),
+           "background": _num(background.mean()), "parts_covered": parts_covered(top, person),
            "visibility_corr": _num(corr["mean"]), "visibility_corr_lo": _num(corr["mean_lo"]),
            "visibility_corr_hi": _num(corr["mean_hi"])}
     if corr["equal_weights"].all():

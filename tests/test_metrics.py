@@ -14,6 +14,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from pipeline.attention_stats import (
+    COVER_MIN_PERSON,
     attention_ground_truth,
     cached_rows,
     check_parts,
@@ -511,6 +512,16 @@ def test_parts_covered_counts_distinct_top_parts():
     assert parts_covered(parts) == 2
     assert parts_covered(["torso", "legs", "bag", "hair", "skin", "shoes"]) == 6
     assert parts_covered([None, None]) == 0
+
+
+def test_a_head_mostly_on_the_background_covers_no_part():
+    """A part counts only for the heads with at least COVER_MIN_PERSON of their mass on the
+    person: the legs of a head at 0.19 do not, at exactly 0.2 they do."""
+    parts = ["torso", "legs", "arms"]
+    assert COVER_MIN_PERSON == 0.2
+    assert parts_covered(parts, [0.9, 0.19, 0.01]) == 1
+    assert parts_covered(parts, [0.9, 0.2, 0.01]) == 2
+    assert parts_covered(parts, [0.9, 0.5, 0.3], min_person=0.4) == 2
 
 
 def clips(seed: int = 0, T: int = 12, N: int = 5, K: int = 2) -> np.ndarray:
