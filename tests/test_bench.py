@@ -25,7 +25,8 @@ from tools.bench.evaluation import mars_like_problem, sort_bound, usual_evaluato
 from tools.bench.experiment import bench_experiment
 from tools.tinyrepo import TINY, tiny_repo
 
-PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_nchw_paper"}
+PAPER_ROWS = {"cache_throughput_paper", "roofline_paper", "roofline_nchw_paper",
+              "attention_cached_epoch_paper", "cached_step_overhead_paper"}
 BENCHMARKS = {
     "cache_throughput", "roofline", "roofline_nchw", *PAPER_ROWS,
     *(f"eval_{p}_{kind}" for p in PROTOCOLS for kind in

@@ -35,7 +35,7 @@ from tools.tinyrepo import tiny_repo
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTHETIC = {
     "train_identities": 4, "test_identities": 4, "image_identities": 3, "images_per_identity": 2,
-    "cameras": 2, "tracklets_per_camera": 1, "min_length": 2, "max_length": 6,
+    "cameras": 2, "tracklets_per_camera": 1, "query_cameras": 1, "min_length": 2, "max_length": 6,
     "distractor_tracklets": 1, "junk_tracklets": 1, "height": 32, "width": 16,
 }
 

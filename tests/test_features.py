@@ -32,6 +32,7 @@ from pipeline.data import (
     load_frame,
     train_labels,
     train_loader,
+    workers_for,
 )
 from pipeline.distributed import batches as distributed_batches
 from pipeline.errors import CacheError
@@ -568,16 +569,34 @@ def test_cached_clips_in_worker_processes_match_the_main_process(cache):
         return batches(loader)
 
     labels = train_labels(pids)
-    in_process = CachedClipDataset(cache, "train", N, labels)
+    in_process = CachedClipDataset(cache, "train", N, labels, preload_bytes=0)  # from the file
+    assert not in_process.in_memory
     expected = train_batches(in_process, 0)
-    assert_same_batches(train_batches(CachedClipDataset(cache, "train", N, labels), 2), expected)
+    assert_same_batches(train_batches(CachedClipDataset(cache, "train", N, labels,
+                                                        preload_bytes=0), 2), expected)
     assert_same_batches(train_batches(in_process, 2), expected)
+    held = CachedClipDataset(cache, "train", N, labels)  # preloaded: the same batches
+    assert held.in_memory
+    assert_same_batches(train_batches(held, 0), expected)
 
-    test = CachedClipDataset(cache, "test", N)
+    test = CachedClipDataset(cache, "test", N, preload_bytes=0)
     expected = batches(eval_loader(test, 3, 0))
     assert [i for _, _, indices in expected for i in indices] == [0, 1, 2, 3]
-    assert_same_batches(batches(eval_loader(CachedClipDataset(cache, "test", N), 3, 2)),
-                        expected)
+    assert_same_batches(batches(eval_loader(CachedClipDataset(cache, "test", N, preload_bytes=0),
+                                            3, 2)), expected)
+    assert_same_batches(batches(eval_loader(CachedClipDataset(cache, "test", N), 3, 0)), expected)
+
+
+def test_a_dataset_in_memory_gets_no_loader_workers(cache):
+    """Worker processes only add their start and the copies between processes when the grids
+    are in memory; a subset read from the file keeps data.num_workers."""
+    held, read = (CachedClipDataset(cache, "train", N, preload_bytes=b) for b in (1 << 30, 0))
+    assert (workers_for(held, 2), workers_for(read, 2), workers_for(read, 0)) == (0, 2, 0)
+    cfg = TrainParams(identities_per_batch=2, instances_per_identity=2)
+    pids = [t[0] for t in TRACKLETS["train"]]
+    assert train_loader(held, pids, cfg, seed=0, num_workers=2).num_workers == 0
+    assert train_loader(read, pids, cfg, seed=0, num_workers=2).num_workers == 2
+    assert eval_loader(held, 3, 2).num_workers == 0 and eval_loader(read, 3, 2).num_workers == 2
 
 
 def test_embed_returns_every_item_in_loader_order(cache):

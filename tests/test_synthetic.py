@@ -23,6 +23,7 @@ from pipeline.datasets.synthetic import (
     SKIN,
     Camera,
     Identity,
+    appearance,
     generate,
     make_identities,
     random_identity,
@@ -491,3 +492,40 @@ def test_default_set_sizes(tmp_path):
     images = index_images("synthetic", root)
     assert len(images) == 128 * 6
     assert images["pid"].nunique() == 128
+
+
+def test_more_test_identities_change_only_the_test_set(tiny_root, tmp_path):
+    """Each part of the set has its own stream (synthetic.STREAMS): with 9 test identities instead
+    of 6, the cameras, the training tracklets, the pretraining images and the distractors are the
+    same bytes, the first 6 test identities keep their parts, query cameras and frames, and
+    only 3 identities (and their tracklets) are new."""
+    more = generate(dataclasses.replace(TINY, test_identities=9), tmp_path / "more")
+    for part in ("video/bbox_train", "video/labels/bbox_train", "images"):
+        assert tree_digest(more / part) == tree_digest(tiny_root / part), part
+    assert ((more / "video/info/train_name.txt").read_bytes()
+            == (tiny_root / "video/info/train_name.txt").read_bytes())
+    old, new = (json.loads((r / "identities.json").read_text()) for r in (tiny_root, more))
+    assert new["cameras"] == old["cameras"]
+    kept = {pid: entry for pid, entry in new["identities"].items() if pid in old["identities"]}
+    assert kept == old["identities"]  # train, images, the first 6 test ids: parts and queries
+    assert len(new["identities"]) - len(old["identities"]) == 3
+    before, after = (index_video("synthetic", r) for r in (tiny_root, more))
+    for pid in range(TINY.train_identities + 1, TINY.train_identities + TINY.test_identities + 1):
+        a, b = (t[t["pid"] == pid] for t in (before, after))
+        assert a["camid"].tolist() == b["camid"].tolist()
+        assert a["is_query"].tolist() == b["is_query"].tolist()
+        for frames_a, frames_b in zip(a["frames"], b["frames"], strict=True):
+            assert [f.read_bytes() for f in frames_a] == [f.read_bytes() for f in frames_b]
+    extra = after[after["pid"].isin([0, -1])], before[before["pid"].isin([0, -1])]
+    assert [[f.read_bytes() for f in t] for t in extra[0]["frames"]] == [
+        [f.read_bytes() for f in t] for t in extra[1]["frames"]]  # distractors and junk alike
+
+
+def test_make_identities_grows_by_adding_and_avoids_what_is_seen():
+    """The first n of a larger draw are the draw of n; identities already seen are never drawn."""
+    ten = make_identities(10, 0.5, np.random.default_rng(4))
+    assert make_identities(6, 0.5, np.random.default_rng(4)) == ten[:6]
+    seen = {appearance(i) for i in ten}
+    others = make_identities(20, 0.5, np.random.default_rng(4), seen)
+    assert not {appearance(i) for i in others} & {appearance(i) for i in ten}
+    assert len(seen) == 30  # the call added its own

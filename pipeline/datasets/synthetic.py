@@ -20,8 +20,10 @@ comes with its ground truth, the label of every pixel.
   (pid 0) and junk (pid -1) tracklets are mixed into the test set. Single images of further,
   disjoint identities serve the image-pretraining stage.
 
-What is drawn once for what (nothing is fixed per tracklet that its camera does not explain, so the
-identity loss cannot learn a tracklet's look instead of its person's):
+Each part of the set is drawn from a seeded stream of its own (``STREAMS``; each identity's
+tracklets from one of that identity's), so more test identities change nothing else. What is drawn
+once for what (nothing is fixed per tracklet that its camera does not explain, so the identity
+loss cannot learn a tracklet's look instead of its person's):
 
 - per camera: gain, colour cast, noise level, viewpoint (mirror), mean person scale, and the
   clutter image (``background``, 2H x 2W) that every frame of the camera crops;
@@ -159,11 +161,14 @@ def appearance(ident: Identity) -> Identity:
         bag_colour=0 if BAGS[ident.bag] == "none" else ident.bag_colour)
 
 
-def make_identities(count: int, sibling_rate: float, rng: np.random.Generator) -> list[Identity]:
-    """``count`` identities that all look different, about ``sibling_rate`` of them one-part
-    variants (a variant whose change would not show is drawn again)."""
+def make_identities(count: int, sibling_rate: float, rng: np.random.Generator,
+                    seen: set | None = None) -> list[Identity]:
+    """``count`` identities that all look different, from each other and from the appearances in
+    ``seen`` (which gains theirs), about ``sibling_rate`` of them one-part variants of another of
+    them (a variant whose change would not show is drawn again). The first n of ``count`` are
+    those of a call for n: more identities only add identities."""
     identities: list[Identity] = []
-    seen: set[Identity] = set()  # appearances
+    seen = set() if seen is None else seen  # appearances
     while len(identities) < count:
         if identities and rng.random() < sibling_rate:
             candidate = sibling(identities[int(rng.integers(len(identities)))], rng)
@@ -394,15 +399,28 @@ class _Job:
     seed: int
 
 
+# Each part of the set is drawn from a seeded stream of its own (``stream``), its identities in this
+# order, and each identity's tracklets (or images) from a stream of that identity's own, so that a
+# count changes only its own part: more test identities (drawn last) leave the cameras, the
+# training identities and tracklets, the pretraining images and the distractors as they were, and
+# the first test identities with their query cameras and tracklets too.
+STREAMS = ("cameras", "train", "images", "distractors", "test")
+
+
+def stream(seed: int, name: str, *keys: int) -> np.random.Generator:
+    """The generator of one part of the set (``STREAMS``) for ``synthetic.seed``; with ``keys``
+    (a pid), that of one of its identities."""
+    return np.random.default_rng([seed, STREAMS.index(name), *keys])
+
+
 def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
-    rng = np.random.default_rng(cfg.seed)
+    rngs = {name: stream(cfg.seed, name) for name in STREAMS}
     size = (cfg.height, cfg.width)
-    total = cfg.train_identities + cfg.test_identities + cfg.image_identities
-    identities = make_identities(total + cfg.distractor_tracklets, cfg.sibling_rate, rng)
-    # shuffle so that siblings land in every split, then cut: train | test | images | distractors
-    order = rng.permutation(len(identities))
-    identities = [identities[i] for i in order]
-    cameras = make_cameras(cfg.cameras, rng)
+    cameras = make_cameras(cfg.cameras, rngs["cameras"])
+    seen: set = set()  # every identity looks different from every other, across the parts
+    pools = {name: make_identities(count, cfg.sibling_rate, rngs[name], seen) for name, count in (
+        ("train", cfg.train_identities), ("images", cfg.image_identities),
+        ("distractors", cfg.distractor_tracklets), ("test", cfg.test_identities))}
     video = out / "video"
     train_ids = range(1, cfg.train_identities + 1)
     test_ids = range(cfg.train_identities + 1, cfg.train_identities + cfg.test_identities + 1)
@@ -411,10 +429,10 @@ def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
                 "cameras": [dataclasses.asdict(c) for c in cameras], "identities": {}}
     jobs: list[_Job] = []
 
-    def tracklet(subset: str, pid: int, cam: int, tracklet_no: int, ident: Identity | None,
-                 names: list[str]) -> list[int]:
-        """Plan one tracklet; append its frame names; return its MARS track row [start, end,
-        pid, camid] (1-based, inclusive)."""
+    def tracklet(rng: np.random.Generator, subset: str, pid: int, cam: int, tracklet_no: int,
+                 ident: Identity | None, names: list[str]) -> list[int]:
+        """Plan one tracklet from ``rng`` (its part's stream); append its frame names; return
+        its MARS track row [start, end, pid, camid] (1-based, inclusive)."""
         length = int(rng.integers(cfg.min_length, cfg.max_length + 1))
         occluded = bool(rng.random() < cfg.occlusion_rate)
         pid_name = "00-1" if pid == -1 else f"{pid:04d}"
@@ -430,7 +448,8 @@ def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
         names, tracks, queries = [], [], []
         tracklet_no = 0
         for pid in pids:
-            ident = identities[pid - 1]
+            rng = stream(cfg.seed, subset, pid)  # the identity's query cameras and tracklets
+            ident = pools[subset][pid - pids[0]]
             entry = manifest["identities"][pid] = {"subset": subset, **dataclasses.asdict(ident)}
             query_cams = set()
             if subset == "test":  # the first tracklet in each of these cameras is a query
@@ -442,14 +461,15 @@ def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
                     tracklet_no += 1
                     if cam in query_cams and t == 0:
                         queries.append(len(tracks) + 1)
-                    tracks.append(tracklet(subset, pid, cam, tracklet_no, ident, names))
-        if subset == "test":
-            extras = [(0, identities[total + i]) for i in range(cfg.distractor_tracklets)]
+                    tracks.append(tracklet(rng, subset, pid, cam, tracklet_no, ident, names))
+        if subset == "test":  # distractor (pid 0) and junk (pid -1) tracklets, from their stream
+            extras = [(0, ident) for ident in pools["distractors"]]
             extras += [(-1, None)] * cfg.junk_tracklets
             for pid, ident in extras:
                 tracklet_no += 1
-                cam = int(rng.integers(cfg.cameras)) + 1
-                tracks.append(tracklet(subset, pid, cam, tracklet_no, ident, names))
+                cam = int(rngs["distractors"].integers(cfg.cameras)) + 1
+                tracks.append(tracklet(rngs["distractors"], subset, pid, cam, tracklet_no, ident,
+                                       names))
         info = video / "info"
         info.mkdir(parents=True, exist_ok=True)
         (info / f"{subset}_name.txt").write_text("".join(n + "\n" for n in names))
@@ -460,10 +480,10 @@ def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
                      {"query_IDX": np.asarray(queries, dtype=np.float64)[None, :]})
 
     images = out / "images" / "bounding_box_train"
-    first = cfg.train_identities + cfg.test_identities
     index = 0
     for pid in range(1, cfg.image_identities + 1):
-        ident = identities[first + pid - 1]
+        rng = stream(cfg.seed, "images", pid)  # the identity's images: cameras, occluders, seeds
+        ident = pools["images"][pid - 1]
         manifest["identities"][f"image-{pid}"] = {"subset": "images", **dataclasses.asdict(ident)}
         for _ in range(cfg.images_per_identity):
             cam = int(rng.integers(cfg.cameras))

@@ -14,7 +14,8 @@ rows. The rows, one module each, in the order they run:
    machine's practical peak. Target >= 0.5. The backbone runs channels_last (NHWC), as in the
    pipeline; ``roofline_nchw`` is the same network in the NCHW layout, for comparison.
    Rows 1 and 2 are measured again, on fewer frames, with the paper's ResNet-50 at 256x128
-   (``<row>_paper``, ``paper_backbone.py``; about 5x the FLOPs per frame).
+   (``<row>_paper``, ``paper_backbone.py``; about 5x the FLOPs per frame), and so is row 4, on
+   batches of 4 x 2 clips.
 3. ``eval_<protocol>_speedup``, ``eval_<protocol>_vs_sort``, ``eval_<protocol>_memory``
    (``evaluation.py``): ``metrics.evaluate_rank`` on a MARS-sized problem (1980 queries x 12180
    gallery items) against ``usual_evaluator`` (a full argsort, a match matrix, then a Python loop

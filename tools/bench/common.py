@@ -48,7 +48,7 @@ class Sizes:
     eval_identities: int
     eval_repeats: int  # best of this many runs of evaluate_rank and of the sort bound
     P: int  # identities per training batch (attention stage: 16)
-    M: int  # tracklets per identity in a batch (attention stage: 4)
+    M: int  # tracklets per identity in a batch (attention stage: 2)
     N: int  # frames per clip (model.N)
     cached_epochs: int  # epochs timed on the cache (one epoch is short); the uncached run has 1
     memory_frames: int  # frames of the x1 memory run (the x4 run caches 4 times as many)
@@ -59,7 +59,7 @@ class Sizes:
 
 FULL = Sizes(identities=32, tracklets_per_identity=4, frames_per_tracklet=8, batch_size=64,
              cache_runs=2, bare_batches=8, matmul_n=2048, matmul_repeats=10, num_queries=1980,
-             num_gallery=12180, eval_identities=625, eval_repeats=3, P=16, M=4, N=6,
+             num_gallery=12180, eval_identities=625, eval_repeats=3, P=16, M=2, N=6,
              cached_epochs=5, memory_frames=512, paper_frames=256, paper_bare_batches=1,
              experiment=True)
 QUICK = Sizes(identities=4, tracklets_per_identity=2, frames_per_tracklet=4, batch_size=8,

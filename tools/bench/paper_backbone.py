@@ -1,5 +1,6 @@
-"""Rows 1 and 2 again in the paper's setting: ResNet-50, last stride 2, 256x128 input, on fewer
-frames and one cache run (rows ``<row>_paper``)."""
+"""Rows 1, 2 and 4 again in the paper's setting: ResNet-50 (D = 2048), last stride 2, 256x128
+input, on fewer frames and one cache run (rows ``<row>_paper``); row 4 on batches of
+``PAPER_ATTENTION`` (P x M clips), the paper's backbone being about 5x the FLOPs per frame."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from pathlib import Path
 import torch
 
 from pipeline.model import Backbone
+from tools.bench.attention import bench_attention
 from tools.bench.cache import bench_cache_and_roofline
 from tools.bench.common import Setup, log, skipped, tracklet_table
 
 PAPER = {"backbone": "resnet50", "last_stride": 2, "size": (256, 128)}
+# Row 4's batches in the paper's setting: P identities x M tracklets (the paper_frames frames hold
+# paper_frames / (frames_per_tracklet x tracklets_per_identity) identities: 8 at the FULL sizes)
+PAPER_ATTENTION = {"P": 4, "M": 2}
 
 
 def bench_paper_backbone(setup: Setup, paths: Sequence[Path], workdir: Path) -> dict[str, dict]:
@@ -21,7 +26,8 @@ def bench_paper_backbone(setup: Setup, paths: Sequence[Path], workdir: Path) -> 
     frames, one cache run: rows ``<row>_paper``. Skipped where ``paper_frames`` is 0 (--quick,
     --no-paper) or the run already measures the paper's setting."""
     s = setup.sizes
-    keys = ("cache_throughput", "roofline", "roofline_nchw")
+    keys = ("cache_throughput", "roofline", "roofline_nchw", "attention_cached_epoch",
+            "cached_step_overhead")
     if (setup.backbone, setup.last_stride, setup.size) == tuple(PAPER.values()):
         return {f"{k}_paper": skipped("the main rows are the paper's setting") for k in keys}
     if not s.paper_frames:
@@ -36,4 +42,10 @@ def bench_paper_backbone(setup: Setup, paths: Sequence[Path], workdir: Path) -> 
                            s.tracklets_per_identity)
     rows = bench_cache_and_roofline(paper, backbone, table, workdir / "cache-paper.h5",
                                     loader_check=False)
+    log.info("4 again with the paper's backbone: batches of %d x %d clips",
+             PAPER_ATTENTION["P"], PAPER_ATTENTION["M"])
+    attention = dataclasses.replace(paper, sizes=dataclasses.replace(paper.sizes,
+                                                                     **PAPER_ATTENTION))
+    rows.update(bench_attention(attention, backbone, table, workdir / "cache-paper.h5",
+                                workdir / "scratch-paper"))
     return {f"{k}_paper": rows[k] for k in keys}
