@@ -35,7 +35,9 @@ FRAME_SIZE = (256, 128)  # (H, W) of the JPEG files: MARS's own size, resized by
 class Sizes:
     """Every size the benchmarks use; ``FULL`` for ``make bench``, ``QUICK`` for ``--quick``."""
 
-    identities: int  # training identities of the frame set (benchmarks 1, 4)
+    # training identities of the frame set (benchmarks 1, 4); FULL: the default run's training
+    # set (64 identities x 3 tracklets), so an attention epoch has its 4 batches of P x M clips
+    identities: int
     tracklets_per_identity: int
     frames_per_tracklet: int  # frames = identities x tracklets x frames per tracklet
     batch_size: int  # frames per backbone forward pass (the cache stage's cache.batch_size)
@@ -57,7 +59,7 @@ class Sizes:
     experiment: bool  # run the dvc experiment-overhead benchmark
 
 
-FULL = Sizes(identities=32, tracklets_per_identity=4, frames_per_tracklet=8, batch_size=64,
+FULL = Sizes(identities=64, tracklets_per_identity=3, frames_per_tracklet=8, batch_size=64,
              cache_runs=2, bare_batches=8, matmul_n=2048, matmul_repeats=10, num_queries=1980,
              num_gallery=12180, eval_identities=625, eval_repeats=3, P=16, M=2, N=6,
              cached_epochs=5, memory_frames=512, paper_frames=256, paper_bare_batches=1,
