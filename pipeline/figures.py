@@ -149,7 +149,9 @@ def cmc_figure(table: pd.DataFrame, title: str) -> Figure:
 
 def loss_figure(histories: Mapping[str, pd.DataFrame]) -> Figure:
     """Training loss per epoch (mean over its steps) of each stage, one panel per stage; the
-    identity and diversity parts too where they were logged."""
+    identity and diversity parts too where they were logged, and, on a second axis, the training
+    maps' mean entropy and share of saturated entries where the stage trained spatial attention
+    (``train.map_statistics``)."""
     fig = Figure(figsize=(3.5 * len(histories), 3.0))
     axes = fig.subplots(1, len(histories), squeeze=False)
     for ax, (name, table) in zip(axes[0], histories.items(), strict=True):
@@ -160,5 +162,13 @@ def loss_figure(histories: Mapping[str, pd.DataFrame]) -> Figure:
         ax.set(title=name, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        if "map_entropy" in per_epoch and per_epoch["map_entropy"].notna().any():
+            maps = ax.twinx()
+            maps.plot(per_epoch.index, per_epoch["map_entropy"], ls="--", color="tab:purple",
+                      label="map entropy (nats)")
+            maps.plot(per_epoch.index, per_epoch["map_saturated"], ls=":", color="tab:gray",
+                      label="map entries < 1e-6 (share)")
+            maps.set_ylim(bottom=0)
+            maps.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     return fig

@@ -16,7 +16,7 @@ from pipeline.params import LossParams
 _SQRT_EPS = 1e-12
 
 
-def diversity_penalty(S: Tensor, kind: str) -> Tensor:
+def diversity_penalty(S: Tensor, kind: str, scale: str = "sum") -> Tensor:
     """Mean over images of the receptive-field overlap penalty.
 
     Args:
@@ -25,9 +25,12 @@ def diversity_penalty(S: Tensor, kind: str) -> Tensor:
             entries are the Bhattacharyya coefficients between two maps; ``sparse`` for
             Q' = ||S S^T - I||_F^2 (eq. 10), the text-embedding variant that also pushes each map
             onto a single cell.
+        scale: ``sum``: the norm as written, a sum over the K x K entries; ``pairs``: that sum
+            over the K(K-1) ordered pairs of heads (over 1 for K = 1).
 
     Returns:
-        A scalar: 0 for disjoint fields, K(K-1) for K identical fields (``hellinger``).
+        A scalar: 0 for disjoint fields, K(K-1) for K identical fields (``hellinger``; 1 with
+        ``pairs``).
     """
     if S.dim() < 2:
         raise ValueError(f"diversity_penalty expects maps (..., K, L), got {tuple(S.shape)}")
@@ -38,10 +41,13 @@ def diversity_penalty(S: Tensor, kind: str) -> Tensor:
     else:
         raise ValueError(f"unknown diversity kind {kind!r}; expected 'hellinger' or 'sparse' "
                          "(the caller skips the term for 'none')")
+    if scale not in ("sum", "pairs"):
+        raise ValueError(f"unknown diversity scale {scale!r}; expected 'sum' or 'pairs'")
     K = S.shape[-2]
     gram = R @ R.transpose(-1, -2)  # (..., K, K)
     eye = torch.eye(K, dtype=S.dtype, device=S.device)
-    return (gram - eye).pow(2).sum(dim=(-1, -2)).mean()
+    Q = (gram - eye).pow(2).sum(dim=(-1, -2)).mean()
+    return Q / max(K * (K - 1), 1) if scale == "pairs" else Q
 
 
 class OIMLoss(nn.Module):

@@ -177,12 +177,18 @@ class SpatialAttention(nn.Module):
     stacked as one (K*d x D) linear layer: the same maths as K separate layers, one matmul.
     """
 
-    def __init__(self, D: int, K: int, d: int) -> None:
+    def __init__(self, D: int, K: int, d: int, score_init: str = "uniform") -> None:
         super().__init__()
         self.K, self.d = K, d
         self.hidden = nn.Linear(D, K * d)  # W_k, b_k of the K heads
-        bound = d ** -0.5  # nn.Linear's default init range for a d -> 1 layer
-        self.score_weight = nn.Parameter(torch.empty(K, d).uniform_(-bound, bound))  # w'_k
+        if score_init == "uniform":  # nn.Linear's default init range for a d -> 1 layer
+            bound = d ** -0.5
+            weight = torch.empty(K, d).uniform_(-bound, bound)
+        elif score_init == "zero":  # e = b'_k = 0 for every cell: uniform maps at the start
+            weight = torch.zeros(K, d)
+        else:
+            raise ValueError(f"unknown score_init {score_init!r}; expected 'uniform' or 'zero'")
+        self.score_weight = nn.Parameter(weight)  # w'_k
         self.score_bias = nn.Parameter(torch.zeros(K))  # b'_k
 
     def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
@@ -322,7 +328,7 @@ class DRSA(nn.Module):
         super().__init__()
         self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
-        self.spatial = SpatialAttention(D, K, cfg.d)
+        self.spatial = SpatialAttention(D, K, cfg.d, cfg.score_init)
         self.enhance = Enhancement(cfg.enhancement, K)
         self.temporal = TemporalPooling(cfg.temporal_pooling, K, D)
         self.embed = Embedding(K * D, cfg.embed_dim)

@@ -35,6 +35,8 @@ BACKBONE_INITS = ("imagenet", "scratch")  # ... or the path of a checkpoint file
 ENHANCEMENTS = ("identity", "second_order")
 TEMPORAL_POOLINGS = ("attention", "avg", "max")
 DIVERSITY_KINDS = ("hellinger", "sparse", "none")
+DIVERSITY_SCALES = ("sum", "pairs")
+SCORE_INITS = ("uniform", "zero")
 LOSSES = ("oim", "softmax")
 PROTOCOLS = ("official", "torchreid")
 # video sets and how many standard train/test splits each has
@@ -170,6 +172,9 @@ class ModelParams:
     embed_dim: int = at_least(128, 1)  # size of the final L2-normalised embedding (paper: 128)
     enhancement: str = choice("second_order", ENHANCEMENTS)  # E of eq. 4 (model.Enhancement)
     temporal_pooling: str = choice("attention", TEMPORAL_POOLINGS)  # eq. 11-13, or avg / max
+    # start of each head's scoring vector w'_k (eq. 1; not in the paper): uniform in
+    # +-1/sqrt(d), nn.Linear's default, or zero, every map uniform over the cells at the start
+    score_init: str = choice("uniform", SCORE_INITS)
 
     def __post_init__(self) -> None:
         # a word that is neither keyword is a typo (imagnet); a path has a folder or a suffix
@@ -186,6 +191,14 @@ class LossParams:
     oim_momentum: float = unit_interval(0.5)  # OIM lookup-table momentum m
     diversity: str = choice("hellinger", DIVERSITY_KINDS)  # Q (eq. 9), Q' = sparse (eq. 10), none
     diversity_weight: float = at_least(1.0, 0.0)  # coefficient of the diversity term in the loss
+    # what the coefficient multiplies (the paper: "Q will be multiplied by a coefficient"): the
+    # norm of eq. 9 / 10 as written, a sum over the K x K entries (sum), or that sum over the
+    # K(K-1) ordered pairs of heads (pairs), so the term's size does not grow with K
+    diversity_scale: str = choice("sum", DIVERSITY_SCALES)
+    # the coefficient grows linearly from 0 in the first epoch to its value in this epoch of each
+    # training phase (epoch e, counted from 0, uses weight x min(1, e / n)); 0: from the start.
+    # Not in the paper: lets the identity loss shape the maps before the regulariser separates them
+    diversity_warmup_epochs: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,47 @@ def call_model(model: nn.Module, inputs: Tensor) -> HeadOutput:
     return model(inputs)
 
 
+
+
+# An attention weight below this passes almost no gradient back through its softmax: a map whose
+# entries are mostly below it is frozen wherever it is (``map_statistics``, ``warn_if_saturated``).
+SATURATED = 1e-6
+# The share of saturated entries at the end of a stage above which it warns.
+SATURATION_WARNING = 0.5
+
+
+def map_statistics(S: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean entropy in nats of the spatial maps S (..., K, L), each a distribution over the L
+    cells (0: one cell, log L: uniform), and the share of their entries below ``SATURATED``; two
+    scalar tensors, no gradient."""
+    S = S.detach().float()
+    entropy = -(S * S.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    return entropy, (S < SATURATED).float().mean()
+
+
+def warn_if_saturated(history: list[dict], desc: str, params: str) -> bool:
+    """Log a warning naming ``params`` when the last epoch of ``history`` (``fit``'s, with the
+    ``map_entropy`` and ``map_saturated`` of each step) ended with more than
+    ``SATURATION_WARNING`` of the spatial maps' entries saturated; whether it warned."""
+    last = [h for h in history if h["epoch"] == history[-1]["epoch"] and "map_saturated" in h] \
+        if history else []
+    if not last:
+        return False
+    share = float(np.mean([h["map_saturated"] for h in last]))
+    if share <= SATURATION_WARNING:
+        return False
+    entropy = float(np.mean([h["map_entropy"] for h in last]))
+    log.warning("%s: the spatial attention maps ended saturated: %.0f%% of their entries below "
+                "%g (mean entropy %.3f nats): their softmax passes almost no gradient, so the "
+                "maps stay wherever they are; look at %s", desc, 100 * share, SATURATED, entropy,
+                params)
+    return True
+
+
 @dataclasses.dataclass
 class Step:
-    """How one batch becomes a loss: the forward pass and the diversity term's kind and weight.
+    """How one batch becomes a loss: the forward pass and the diversity term's kind, weight,
+    scale and warm-up (``loss.diversity*``).
 
     ``forward(model, inputs)`` is called with the model ``fit`` trains, or with its
     DistributedDataParallel wrapper under torchrun (which must be called for the gradients to be
@@ -165,6 +203,22 @@ class Step:
     forward: Callable[[nn.Module, Tensor], HeadOutput] = call_model
     diversity: str = "none"
     diversity_weight: float = 0.0
+    diversity_scale: str = "sum"
+    diversity_warmup_epochs: int = 0
+
+    def weight_at(self, epoch: int) -> float:
+        """The diversity coefficient in ``epoch`` (from 0): ``diversity_weight`` times
+        ``min(1, epoch / diversity_warmup_epochs)``, the full weight without a warm-up."""
+        if self.diversity_warmup_epochs <= 0:
+            return self.diversity_weight
+        return self.diversity_weight * min(1.0, epoch / self.diversity_warmup_epochs)
+
+    @classmethod
+    def of(cls, loss: Any, **kwargs: Any) -> Step:
+        """The step of the ``loss`` params section (``LossParams``): its diversity settings."""
+        return cls(diversity=loss.diversity, diversity_weight=loss.diversity_weight,
+                   diversity_scale=loss.diversity_scale,
+                   diversity_warmup_epochs=loss.diversity_warmup_epochs, **kwargs)
 
 
 def fit(
@@ -202,7 +256,9 @@ def fit(
     (up to the order of float reductions, and BatchNorm statistics, which are per rank).
 
     Returns:
-        Per-step history: epoch, step, lr, loss, id_loss, diversity.
+        Per-step history: epoch, step, lr, loss, id_loss, diversity; for a model with spatial
+        attention also the training maps' ``map_entropy`` and ``map_saturated``
+        (``map_statistics``).
     """
     world = distributed.world()
     if sync_bn and world.distributed:
@@ -278,8 +334,10 @@ def fit(
                 id_loss = criterion(out.embedding.float(), labels)
                 div = torch.zeros((), device=device)
                 if step.diversity != "none" and out.spatial is not None:
-                    div = diversity_penalty(out.spatial.float(), step.diversity)
-                loss = id_loss + step.diversity_weight * div
+                    div = diversity_penalty(out.spatial.float(), step.diversity,
+                                            step.diversity_scale)
+                loss = id_loss + step.weight_at(epoch) * div
+                watched = () if out.spatial is None else map_statistics(out.spatial)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch "
                                              f"{epoch + 1}, step {i + 1} (try a lower lr or "
@@ -288,12 +346,14 @@ def fit(
                 loss.backward()
                 distributed.average_([p.grad for p in criterion_params if p.grad is not None])
                 optimizer.step()
-                logged = torch.stack([loss, id_loss, div]).detach().float()
-                distributed.average_([logged])  # the global batch's losses
-                total, id_part, div_part = logged.tolist()
+                logged = torch.stack([loss, id_loss, div, *watched]).detach().float()
+                distributed.average_([logged])  # the global batch's losses (and maps)
+                total, id_part, div_part, *maps = logged.tolist()
                 history.append({"epoch": epoch + 1, "step": len(history) + 1,
                                 "lr": optimizer.param_groups[0]["lr"], "loss": total,
                                 "id_loss": id_part, "diversity": div_part})
+                if maps:  # a model with spatial attention: how its training maps look
+                    history[-1].update(map_entropy=maps[0], map_saturated=maps[1])
                 bar.set_postfix(loss=f"{total:.3f}")
                 signum = distributed.stop_requested()
                 if signum and i + 1 < len(loader.batch_sampler.sampler):

@@ -184,6 +184,13 @@ def test_curve_figures_one_panel_per_protocol_and_stage(tmp_path):
     assert list(loss.get_ydata()) == pytest.approx([3.0, 1.0])  # mean per epoch
     save_figure(fig, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0
+    # a stage that trained spatial maps: their entropy and saturated share on a second axis
+    watched = history.assign(map_entropy=[0.5, 0.3, 0.1, 0.1], map_saturated=[0.2, 0.4, 0.8, 1.0])
+    axes = loss_figure({"pretrain": history, "attention spatial": watched}).get_axes()
+    assert len(axes) == 3  # the second panel's twin
+    lines = {line.get_label(): list(line.get_ydata()) for line in axes[2].lines}
+    assert lines == {"map entropy (nats)": pytest.approx([0.4, 0.1]),
+                     "map entries < 1e-6 (share)": pytest.approx([0.3, 0.9])}
 
 
 # --- the summary of the statistics over splits --------------------------------------------------

@@ -157,6 +157,26 @@ def test_diversity_rejects_bad_input(S, kind, match):
         diversity_penalty(S, kind)
 
 
+@pytest.mark.parametrize("kind", ["hellinger", "sparse"])
+def test_pairs_scale_is_the_sum_over_the_ordered_pairs(kind):
+    """Two maps overlapping on one cell: Hellinger Q = 2 x 0.5^2 = 0.5 (Bhattacharyya 0.5), 0.25
+    per ordered pair; Q' = 2 x 0.25^2 + 2 x (0.5 - 1)^2 = 0.625, 0.3125 per pair; K identical
+    maps: K(K-1) summed, 1 per pair; one map: no pair, the sum itself. (Up to the 1e-12 floor
+    under the square root of empty cells.)"""
+    S = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]], dtype=torch.float64)
+    total = {"hellinger": 0.5, "sparse": 0.625}[kind]
+    assert diversity_penalty(S, kind).item() == pytest.approx(total, rel=1e-4)
+    assert diversity_penalty(S, kind, "sum").item() == diversity_penalty(S, kind).item()
+    assert diversity_penalty(S, kind, "pairs").item() == pytest.approx(total / 2, rel=1e-4)
+    same = torch.eye(5, dtype=torch.float64)[:1].expand(4, 5)  # K = 4 maps on one cell
+    assert diversity_penalty(same, kind, "sum").item() == pytest.approx(12.0, rel=1e-4)
+    assert diversity_penalty(same, kind, "pairs").item() == pytest.approx(1.0, rel=1e-4)
+    one = S[:1]
+    assert diversity_penalty(one, kind, "pairs").item() == diversity_penalty(one, kind).item()
+    with pytest.raises(ValueError, match="unknown diversity scale 'mean'"):
+        diversity_penalty(S, kind, "mean")
+
+
 # --- OIM -----------------------------------------------------------------------------------------
 
 

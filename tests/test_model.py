@@ -628,3 +628,23 @@ def test_video_net_composes_backbone_and_head():
     with torch.no_grad():
         grids = backbone(frames.flatten(0, 1)).view(2, 3, 512, 2, 1)
         assert_close(net(frames).embedding, head(grids).embedding)
+
+
+def test_zero_score_init_gives_uniform_maps_at_the_start():
+    """w'_k = 0 and b'_k = 0: every cell scores 0, every map is 1/L whatever the features; the
+    default (uniform) init draws w'_k from +-1/sqrt(d) with the random numbers it always drew."""
+    torch.manual_seed(0)
+    cfg = ModelParams(backbone="resnet18", init="scratch", K=3, d=8, embed_dim=8, N=2,
+                      score_init="zero")
+    heads = DRSA(cfg, 16)
+    assert torch.equal(heads.spatial.score_weight, torch.zeros(3, 8))
+    out = heads(torch.randn(2, 2, 16, 4, 2).relu())
+    assert_close(out.spatial, torch.full((2, 2, 3, 8), 1 / 8))
+    torch.manual_seed(5)
+    drawn = SpatialAttention(16, 3, 8)
+    torch.manual_seed(5)
+    torch.nn.Linear(16, 24)  # the hidden layer draws first
+    expected = torch.empty(3, 8).uniform_(-8 ** -0.5, 8 ** -0.5)
+    assert torch.equal(drawn.score_weight.detach(), expected)
+    with pytest.raises(ValueError, match="unknown score_init 'gauss'"):
+        SpatialAttention(16, 3, 8, "gauss")

@@ -406,9 +406,10 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
     assert summary_pngs == {"cmc_synthetic.png", f"loss_{RUN}.png"}
     cmc = (repo / "metrics" / "plots" / "cmc" / f"{RUN}.csv").read_text().splitlines()
     assert cmc[0].startswith("rank,baseline_official") and len(cmc) == 1 + 20
-    for curve in LOSS_CURVES.values():
+    for name, curve in LOSS_CURVES.items():
         lines = (repo / "metrics" / "plots" / "loss" / curve.format(run=RUN)).read_text()
-        assert lines.splitlines()[0] == "epoch,step,lr,loss,id_loss,diversity"
+        maps = ",map_entropy,map_saturated" if name.startswith(("attention", "joint")) else ""
+        assert lines.splitlines()[0] == "epoch,step,lr,loss,id_loss,diversity" + maps, name
         assert len(lines.splitlines()) >= 2
     assert not (repo / "scratch" / "pretrain" / "last.pt").exists()  # resume file dropped
 

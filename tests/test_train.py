@@ -26,6 +26,8 @@ from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import ModelParams, RuntimeParams, TrainParams
 from pipeline.train import (
+    SATURATED,
+    SATURATION_WARNING,
     Step,
     compiled,
     config_of,
@@ -36,10 +38,12 @@ from pipeline.train import (
     fit_options,
     load,
     load_exported,
+    map_statistics,
     pick_device,
     save,
     seed_everything,
     use_autocast,
+    warn_if_saturated,
 )
 from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
 
@@ -105,6 +109,80 @@ def test_straight_run_history(straight):
     assert all(np.isfinite(h["loss"]) for h in history)
     assert (criterion.lut.norm(dim=1) > 0.99).all()  # every identity's row was written
     assert heads.temporal.weight.abs().sum() > 0  # trained away from its zero initialisation
+
+
+# --- watching the maps ---------------------------------------------------------------------------
+
+
+def test_map_statistics_of_hand_made_maps():
+    """Uniform maps over L = 4 cells: entropy log 4, nothing saturated; one-hot maps: entropy 0,
+    3 of 4 entries saturated; a map of 1/2, 1/2 - 1e-7, 1e-7, 0: 2 of 4 below 1e-6."""
+    uniform = torch.full((3, 2, 4), 0.25)
+    entropy, saturated = map_statistics(uniform)
+    assert entropy.item() == pytest.approx(np.log(4)) and saturated.item() == 0.0
+    onehot = torch.eye(4)[None, :2].expand(3, 2, 4)
+    entropy, saturated = map_statistics(onehot)
+    assert entropy.item() == pytest.approx(0.0, abs=1e-12) and saturated.item() == 0.75
+    mixed = torch.tensor([[[0.5, 0.5 - 1e-7, 1e-7, 0.0]]], dtype=torch.float64)
+    entropy, saturated = map_statistics(mixed)
+    expected = -(0.5 * np.log(0.5) + (0.5 - 1e-7) * np.log(0.5 - 1e-7) + 1e-7 * np.log(1e-7))
+    assert entropy.item() == pytest.approx(expected, rel=1e-6) and saturated.item() == 0.5
+    assert SATURATED == 1e-6
+
+
+def test_fit_records_the_training_maps_of_a_model_with_spatial_attention(straight, tmp_path):
+    """DRSA heads: every step has map_entropy in [0, log L] and map_saturated in [0, 1]; a
+    baseline head (no maps) has neither column."""
+    _, _, history = straight
+    cells = 2 * 2  # the grids of tests/seeded_grids.py
+    for h in history:
+        assert 0.0 <= h["map_entropy"] <= np.log(cells) + 1e-6
+        assert 0.0 <= h["map_saturated"] <= 1.0
+    _, _, plain = train(tmp_path / "baseline.pt", head="baseline")
+    assert not any("map_entropy" in h or "map_saturated" in h for h in plain)
+
+
+def history_of(saturated: list[float], entropy: float = 0.1) -> list[dict]:
+    return [{"epoch": 1 + i // 2, "step": i + 1, "map_saturated": share, "map_entropy": entropy}
+            for i, share in enumerate(saturated)]
+
+
+def test_the_saturation_warning_fires_on_saturated_maps_only(caplog):
+    """Judged on the last epoch's steps: saturated (0.9, 0.8) warns and names the params; broad
+    (0.1, 0.2) after a saturated first epoch does not; neither does a history without maps."""
+    with caplog.at_level("WARNING"):
+        assert warn_if_saturated(history_of([0.1, 0.2, 0.9, 0.8], 0.02), "attention spatial",
+                                 "loss.diversity_weight and attention.spatial.lr")
+    assert "attention spatial: the spatial attention maps ended saturated: 85% of their entries " \
+           "below 1e-06 (mean entropy 0.020 nats)" in caplog.text
+    assert "look at loss.diversity_weight and attention.spatial.lr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert not warn_if_saturated(history_of([0.9, 0.9, 0.1, 0.2]), "joint", "joint.lr")
+        assert not warn_if_saturated(history_of([SATURATION_WARNING] * 2), "joint", "joint.lr")
+        assert not warn_if_saturated([{"epoch": 1, "step": 1, "loss": 1.0}], "finetune", "x")
+        assert not warn_if_saturated([], "finetune", "x")
+    assert caplog.text == ""
+
+
+def test_diversity_warm_up_ramps_the_coefficient_over_the_first_epochs(tmp_path):
+    """weight_at: 0, 1/2, 1 of the weight in epochs 0, 1, 2 for a warm-up of 2, the full weight
+    without one; fit adds exactly weight_at(epoch) x the diversity term to the identity loss."""
+    step = Step(diversity="hellinger", diversity_weight=2.0, diversity_warmup_epochs=4)
+    assert [step.weight_at(e) for e in range(6)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    assert Step(diversity_weight=2.0).weight_at(0) == 2.0
+    seed_everything(0)
+    heads = DRSA(MODEL, D)
+    criterion = OIMLoss(MODEL.embed_dim, len(set(PIDS)))
+    loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
+    warm = Step(lambda net, x: net(x), "hellinger", 0.5, diversity_warmup_epochs=2)
+    history = fit(heads, criterion, loader, CFG, warm, torch.device("cpu"), tmp_path / "r.pt",
+                  "key")
+    for h in history:
+        factor = {1: 0.0, 2: 0.5, 3: 1.0}[h["epoch"]]
+        assert h["diversity"] > 0
+        assert h["loss"] == pytest.approx(h["id_loss"] + factor * 0.5 * h["diversity"],
+                                          rel=1e-6)
 
 
 def test_resume_after_an_interruption_replays_the_uninterrupted_run(straight, tmp_path):

@@ -36,6 +36,7 @@ from pipeline.train import (
     load,
     seed_everything,
     start,
+    warn_if_saturated,
 )
 
 log = logging.getLogger("attention")
@@ -77,13 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     # zero initialisation (= average pooling) and out of the optimizer.
     for param in heads.temporal.parameters():
         param.requires_grad_(False)
-    spatial_step = Step(lambda net, grids: net(grids, "avg"), p.loss.diversity,
-                        p.loss.diversity_weight)
+    spatial_step = Step.of(p.loss, forward=lambda net, grids: net(grids, "avg"))
     loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers,
                           section="attention.spatial")
     spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
                           args.scratch / "spatial.pt", key, desc="attention spatial",
                           **fit_options(p.runtime, device, backbone=False))
+    warn_if_saturated(spatial_history, "attention spatial", "loss.diversity_weight, "
+                      "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
+                      "attention.spatial.lr")
     if world.is_main:
         export_model(args.spatial, heads.cpu(),
                      dataclasses.replace(p.model, temporal_pooling="avg"), "drsa",
@@ -92,12 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     # Phase 2: everything but the CNN, with the configured temporal pooling.
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
-    temporal_step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
+    temporal_step = Step.of(p.loss)
     loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers,
                           section="attention.temporal")
     temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
                            args.scratch / "temporal.pt", key, desc="attention temporal",
                            **fit_options(p.runtime, device, backbone=False))
+    warn_if_saturated(temporal_history, "attention temporal", "loss.diversity_weight, "
+                      "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
+                      "attention.temporal.lr")
     if world.is_main:
         export_model(args.temporal, heads.cpu(), p.model, "drsa",
                      {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})

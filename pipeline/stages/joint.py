@@ -31,6 +31,7 @@ from pipeline.train import (
     load_exported,
     seed_everything,
     start,
+    warn_if_saturated,
 )
 
 log = logging.getLogger("joint")
@@ -75,11 +76,12 @@ def main(argv: list[str] | None = None) -> None:
                       p.data.width, p.model.N, sha256_file(args.index), sha256_file(args.backbone),
                       sha256_file(args.heads))
     resume = args.scratch / "last.pt"
-    step = Step(diversity=p.loss.diversity, diversity_weight=p.loss.diversity_weight)
+    step = Step.of(p.loss)
     # BatchNorm statistics frozen: fine-tuning starts from exactly the features the heads were
     # trained on (train.freeze_batchnorm says why)
     history = fit(model, criterion, loader, p.joint, step, device, resume, key, desc="joint",
                   **fit_options(p.runtime, device), frozen_batchnorm=True)
+    warn_if_saturated(history, "joint", "loss.diversity_weight, loss.diversity_scale and joint.lr")
     if world.is_main:
         export_model(args.out, model.cpu(), cfg, "drsa",
                      {"stage": "joint", "criterion": criterion.cpu().state_dict()})
