@@ -257,6 +257,12 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
     return out
 
 
+def head_count(stats: dict) -> int:
+    """The number of heads K of an ``attention_ground_truth`` record (its ``head<k>_part``
+    keys)."""
+    return sum(1 for key in stats if key.startswith("head") and key.endswith("_part"))
+
+
 def _num(value: float) -> float | None:
     """A float for the metrics file; None for NaN (undefined)."""
     return None if np.isnan(value) else float(value)

@@ -45,6 +45,7 @@ from pipeline.attention_stats import (
     attention_summary,
     cached_rows,
     clip_ground_truth,
+    head_count,
 )
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
 from pipeline.errors import CacheError
@@ -252,7 +253,7 @@ def print_tables(title: str, results: dict, attention: dict, ranks: list[int]) -
     rows = [[m, k, a[f"head{k}_person"], a[f"head{k}_occluder"], a[f"head{k}_background"],
              f"{a[f'head{k}_part']} ({_share(a[f'head{k}_part_share'])})",
              _correlation(a, f"head{k}_visibility_corr")]
-            for m, a in measured.items() for k in range(1, _heads(a) + 1)]
+            for m, a in measured.items() for k in range(1, head_count(a) + 1)]
     print("\nper head\n" + format_table(
         ["model", "head", "person", "occluder", "background", "part (share of person mass)",
          "r (visibility)"], rows))
@@ -274,9 +275,6 @@ def _correlation(a: dict, key: str) -> str:
 def _share(share: float | None) -> str:
     return "n/a" if share is None else f"{share:.2f}"
 
-
-def _heads(a: dict) -> int:
-    return sum(1 for key in a if key.startswith("head") and key.endswith("_part"))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.attention_stats import GROUND_TRUTH_STATS
+from pipeline.attention_stats import GROUND_TRUTH_STATS, head_count
 from pipeline.metrics import HEADLINE_CI, HEADLINE_NAMES
 from pipeline.params import load_params
 from tools.docs.common import field_of, pct, read_json, table
@@ -77,8 +77,7 @@ def ground_truth(attention: dict) -> str:
         return ""
     rows = []
     for model, a in measured.items():
-        heads = sum(1 for key in a if key.startswith("head") and key.endswith("_part"))
-        parts = ", ".join(f"{a[f'head{k}_part'] or 'none'}" for k in range(1, heads + 1))
+        parts = ", ".join(f"{a[f'head{k}_part'] or 'none'}" for k in range(1, head_count(a) + 1))
         r = ("n/a" if a["visibility_corr"] is None else
              f"{a['visibility_corr']:+.2f} [{_num(a.get('visibility_corr_lo'))}, "
              f"{_num(a.get('visibility_corr_hi'))}]"
