@@ -219,6 +219,10 @@ class AttentionParams:
     spatial: TrainParams = section(lambda: TrainParams(epochs=20, lr_step_epoch=15))
     # Phase 2, CNN fixed: all heads jointly with temporal attention (paper: SpaAtn+Q+TemAtn).
     temporal: TrainParams = section(lambda: TrainParams(epochs=20, lr_step_epoch=15))
+    # added to ``seed`` for the heads' training, in the attention and joint stages only
+    # (Params.heads_seed): another value re-trains the heads on the same cached CNN features, so
+    # that repeated runs (Table 1's seeds) need no CNN stage again
+    seed: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,11 @@ class Params:
         if self.data.image == ["synthetic"]:
             _check_batch("pretrain", self.pretrain, self.synthetic.image_identities,
                          "synthetic.image_identities")
+
+    @property
+    def heads_seed(self) -> int:
+        """The seed of the attention and joint stages: ``seed + attention.seed``."""
+        return self.seed + self.attention.seed
 
     def video_stages(self) -> dict[str, TrainParams]:
         """The training sections of the stages that train on a video set, by params key."""

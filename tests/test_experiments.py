@@ -14,6 +14,7 @@ from tools import experiments
 from tools.experiments import (
     PAPER_TABLE1,
     PAPER_TABLE2,
+    SEED_KEY,
     TABLE1,
     TABLE2_K,
     cells_for,
@@ -47,8 +48,8 @@ def test_other_seeds_run_their_default_pipeline_first_then_their_rows():
     assert list(queue) == ["t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool",
                            "t1-s1", "t1-s1-nodiv", "t1-s1-sparse", "t1-s1-maxpool",
                            "t1-s2", "t1-s2-nodiv", "t1-s2-sparse", "t1-s2-maxpool"]
-    assert queue["t1-s1"] == (("seed", "1"),)
-    assert queue["t1-s2-maxpool"] == (("seed", "2"), ("model.temporal_pooling", "max"))
+    assert queue["t1-s1"] == (("attention.seed", "1"),)
+    assert queue["t1-s2-maxpool"] == (("attention.seed", "2"), ("model.temporal_pooling", "max"))
     cells = table1_cells([0, 1, 2], base_seed=0)
     assert len(cells) == 3 * len(TABLE1)
     assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "t1-s1", "t1-s2"}
@@ -56,7 +57,7 @@ def test_other_seeds_run_their_default_pipeline_first_then_their_rows():
 
 def test_a_base_seed_other_than_zero_is_the_commit():
     queue = to_queue(table1_cells([3, 0], base_seed=3))
-    assert "t1-s3" not in queue and queue["t1-s0"] == (("seed", "0"),)
+    assert "t1-s3" not in queue and queue["t1-s0"] == (("attention.seed", "0"),)
     assert list(queue)[:3] == ["t1-s3-nodiv", "t1-s3-sparse", "t1-s3-maxpool"]
 
 
@@ -71,10 +72,14 @@ def test_table2_queues_every_k_but_the_params_own():
 
 def test_cells_follow_the_params_file(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"seed": 5, "model": {"K": 4}}))
+    params.write_text(yaml.safe_dump({"seed": 5, "model": {"K": 4}, "attention": {"seed": 2}}))
     assert {c.experiment for c in cells_for("table2", str(params), None)} == {
         "t2-k1", "t2-k2", None, "t2-k6", "t2-k8"}
-    assert {c.seed for c in cells_for("table1", str(params), None)} == {5}
+    # Table 1's seeds are the heads' (attention.seed), never the CNN's: no CNN stage re-runs
+    assert {c.seed for c in cells_for("table1", str(params), None)} == {2}
+    cells = cells_for("table1", str(params), [2, 3])
+    assert {k for c in cells for k, _ in c.overrides} == {"attention.seed", "loss.diversity",
+                                                          "model.temporal_pooling"}
 
 
 def test_paper_numbers_cover_every_row():
@@ -108,7 +113,7 @@ def test_list_prints_every_cell_with_its_source(capsys, tmp_path):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * len(TABLE1)
     assert any("SpaAtn+Q+MaxPool" in line and "t1-s1-maxpool" in line
-               and "-S seed=1 -S model.temporal_pooling=max" in line for line in lines)
+               and "-S attention.seed=1 -S model.temporal_pooling=max" in line for line in lines)
     assert any(line.startswith("Baseline") and "(baseline commit)" in line for line in lines)
 
 
@@ -153,3 +158,13 @@ def test_the_noise_line_reads_the_headline_intervals(tmp_path):
     assert noise_lines(tmp_path) == [
         "synthetic: differences below 3.4 rank-1 points or 2.9 mAP points are test-set noise "
         "(the workspace's largest 95 percent half-width over the models)"]
+
+
+def test_table1_seeds_re_run_no_cnn_stage():
+    """SEED_KEY reaches the heads' stages only (dvc.yaml): a seed of Table 1 re-runs attention
+    and joint (then evaluate and summary, on their outputs), never pretrain, finetune or cache."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    section = SEED_KEY.split(".")[0]
+    reading = {name for name, stage in stages.items()
+               if any(key in (SEED_KEY, section) for key in stage.get("params", []))}
+    assert reading == {"attention", "joint"}

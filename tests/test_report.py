@@ -88,7 +88,9 @@ def params_of(runs: list[dict], extra: dict | None = None) -> dict:
     (nested sections) on top."""
     params: dict = {}
     if runs:
-        params = {"seed": runs[0]["seed"],
+        # the table's seed is attention.seed (tools.experiments.SEED_KEY); the evaluate output
+        # records the top-level seed, here the same number
+        params = {"seed": runs[0]["seed"], "attention": {"seed": runs[0]["seed"]},
                   "data": {"video": list(dict.fromkeys(e["dataset"] for e in runs)),
                            "splits": sorted({e["split"] for e in runs})}}
     for key, value in (extra or {}).items():
@@ -282,7 +284,11 @@ def test_unfinished_or_mislabelled_experiments_are_missing(git):
         experiment(git, "t1-s0-sparse", evals(0, {"spatial": 0.7}),
                    params={"loss": {"diversity": "hellinger"}}),
         # a default-pipeline experiment for seed 1 whose results are the seed-0 ones
-        experiment(git, "t1-s1", evals(0, {"baseline": 0.7}), params={"seed": 1}),
+        experiment(git, "t1-s1", evals(0, {"baseline": 0.7}),
+                   params={"seed": 1, "attention": {"seed": 1}}),
+        # a seed-1 row whose params are those of seed 0
+        experiment(git, "t1-s1-nodiv", evals(0, {"spatial": 0.7}),
+                   params={"loss": {"diversity": "none"}}),
     ])
     report = report_of(git, show, seeds=[0, 1])
     rows = report.table1["synthetic", "official"]
@@ -293,6 +299,7 @@ def test_unfinished_or_mislabelled_experiments_are_missing(git):
     assert "loss.diversity=hellinger" in report.problems["t1-s0-sparse"]
     assert report.problems["t1-s1"] == ("metrics/eval/synthetic-0.json: results for seed 0, "
                                         "not 1")
+    assert report.problems["t1-s1-nodiv"] == "its params have attention.seed=0, expected 1"
 
 
 def test_paper_numbers_for_mars_and_none_for_synthetic(git):

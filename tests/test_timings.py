@@ -21,7 +21,8 @@ def failing(argv):
 
 @pytest.fixture
 def dvc_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # a stage's working directory: the project or an experiment's copy
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # the user's project: not written
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     return tmp_path
@@ -38,6 +39,7 @@ def test_a_stage_run_by_dvc_records_its_wall_time(dvc_env, monkeypatch):
     # from the start of this process (pytest's), imports included: at least the sleep
     assert entry["seconds"] >= 0.01 and entry["finished"].startswith(time.strftime("%Y-"))
     assert timings["machine"]["cores"] >= 1 and timings["machine"]["cpu"]
+    assert not (dvc_env / "elsewhere").exists()  # a queued experiment leaves the project alone
 
 
 def test_nothing_is_recorded_outside_dvc_or_for_a_failed_stage(dvc_env, monkeypatch):

@@ -5,15 +5,18 @@ affects re-run.
 Rows the default pipeline already evaluates (Baseline, SpaAtn+Q, SpaAtn+Q+TemAtn, +Ind at the
 params' own seed; Table 2 at the params' own K) are read from the baseline commit, never re-run.
 The others are queued under stable names (``t1-s<seed>-<row>``, ``t1-s<seed>`` for the default
-pipeline at another seed, ``t2-k<K>``) and run with ``dvc exp run --run-all --jobs J``: one
-worker per GPU on a GPU machine; on a CPU, one (two workers would share the same cores). An
-experiment that already exists for the current commit is not queued again, so an interrupted
-``make ablations`` picks up where it stopped.
+pipeline at another seed, ``t2-k<K>``). Table 1's seeds are values of ``attention.seed`` (SEED_KEY):
+another seed re-trains the attention heads and the joint stage on the same cached CNN features,
+so no seed re-runs a CNN stage and Baseline (the fine-tuned CNN) is the same model at every seed;
+the spread over seeds is the heads' training noise. To vary the CNN too, run the default pipeline
+with another top-level ``seed`` by hand (``dvc exp run -S seed=1``: every stage re-runs). They
+run with ``dvc exp run --run-all --jobs J``: one worker per GPU on a GPU machine; on a CPU, one
+(two workers would share the same cores). An experiment that already exists for the current
+commit is not queued again, so an interrupted ``make ablations`` picks up where it stopped.
 
 With one worker the queue runs in order: each seed's default pipeline runs before that seed's
-ablation rows, which restore ``cache`` from DVC's run-cache (``pretrain`` and ``finetune`` run
-again: their git-tracked loss curves are uncached outputs, which the run-cache restores only when
-the workspace copy already matches).
+ablation rows. Each experiment re-runs the attention, joint, evaluate and summary stages (about
+2.5 minutes each on the default run's 2-core CPU).
 
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1
@@ -55,6 +58,7 @@ TABLE1 = (
     Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
 )
 TABLE2_K = (1, 2, 4, 6, 8)
+SEED_KEY = "attention.seed"  # what Table 1's seeds vary (the heads' training, not the CNN's)
 REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by tools.report
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
 
@@ -93,7 +97,7 @@ def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
     first (its stages feed the run-cache), then the rows that change something."""
     cells = []
     for seed in seeds:
-        seed_over = () if seed == base_seed else (("seed", str(seed)),)
+        seed_over = () if seed == base_seed else ((SEED_KEY, str(seed)),)
         default = None if seed == base_seed else f"t1-s{seed}"
         cells += [Cell(row.label, row.model, seed, default, seed_over)
                   for row in TABLE1 if not row.overrides]
@@ -111,8 +115,8 @@ def table2_cells(base_k: int, seed: int) -> list[Cell]:
 def cells_for(table: str, params_path: str, seeds: list[int] | None) -> list[Cell]:
     p = load_params(params_path)
     if table == "table1":
-        return table1_cells(seeds or [p.seed], p.seed)
-    return table2_cells(p.model.K, p.seed)
+        return table1_cells(seeds or [p.attention.seed], p.attention.seed)
+    return table2_cells(p.model.K, p.attention.seed)
 
 
 def to_queue(cells: list[Cell]) -> dict[str, tuple[tuple[str, str], ...]]:
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=("run", "list"))
     parser.add_argument("table", choices=("table1", "table2"))
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", help="Table 1 seeds (default: params)")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
+                        "(default: the params' own)")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time")
     parser.add_argument("--only", nargs="+", help="run just these experiments of the table")
     args = parser.parse_args(argv)

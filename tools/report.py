@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
             show, head = load_show_json(args.show_json), args.rev
         else:
             show, head = run_exp_show(), args.rev or git_head()
-        report = build_report(show, base_seed=p.seed, base_k=p.model.K, seeds=args.seeds,
+        report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=args.seeds,
                               head=head, read=read)
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None

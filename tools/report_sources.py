@@ -16,8 +16,8 @@ import yaml
 
 from pipeline.attention_stats import summarize_attention
 from pipeline.metrics import summarize
-from pipeline.params import DataParams, Params, run_name
-from tools.experiments import Cell, dvc
+from pipeline.params import AttentionParams, DataParams, Params, run_name
+from tools.experiments import SEED_KEY, Cell, dvc
 from tools.shell import run, user_env
 
 # One (set, split)'s results, as dvc.yaml's evaluate stage writes them (a test checks dvc.yaml).
@@ -174,7 +174,7 @@ def _describe_error(error: Any) -> str:
 def read_results(source: Source, read: Reader) -> tuple[dict | None, str | None]:
     """The results of ``source``: every split file of every video set its params list
     (``data.video`` x ``data.splits``), read from its commit and combined over the splits into
-    ``{"seed": its params' seed, "results": summarize(...), "attention":
+    ``{"seed": its params' Table 1 seed (SEED_KEY), "results": summarize(...), "attention":
     summarize_attention(...)}``; and what was missing. A set with a missing, unreadable or stale
     split file (results for another set, split or seed) is left out, and said; None when no set
     is left."""
@@ -192,7 +192,7 @@ def read_results(source: Source, read: Reader) -> tuple[dict | None, str | None]
     problem = "; ".join(missing) or None
     if not evals:
         return None, problem or "its params list no video set"
-    return {"seed": seed, "results": summarize(evals),
+    return {"seed": _param(params, SEED_KEY, AttentionParams().seed), "results": summarize(evals),
             "attention": summarize_attention(evals)}, problem
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_writable(args.spatial.parent, args.temporal.parent, args.plots, args.scratch)
     p = load_params(args.params)
-    seed_everything(p.seed)
+    seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
 
     expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": p.data.height,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     heads = DRSA(p.model, D)
     criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
-    key = fingerprint("attention", p.seed, to_dict(p.model), to_dict(p.loss),
+    key = fingerprint("attention", p.heads_seed, to_dict(p.model), to_dict(p.loss),
                       to_dict(p.attention), p.data.num_workers, cache_hash)
 
     # Phase 1: spatial heads, average temporal pooling; the temporal attention stays at its
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     for param in heads.temporal.parameters():
         param.requires_grad_(False)
     spatial_step = Step.of(p.loss, forward=lambda net, grids: net(grids, "avg"))
-    loader = train_loader(dataset, targets, p.attention.spatial, p.seed, p.data.num_workers,
-                          section="attention.spatial")
+    loader = train_loader(dataset, targets, p.attention.spatial, p.heads_seed,
+                          p.data.num_workers, section="attention.spatial")
     spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
                           args.scratch / "spatial.pt", key, desc="attention spatial",
                           **fit_options(p.runtime, device, backbone=False))
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
     temporal_step = Step.of(p.loss)
-    loader = train_loader(dataset, targets, p.attention.temporal, p.seed + 1, p.data.num_workers,
-                          section="attention.temporal")
+    loader = train_loader(dataset, targets, p.attention.temporal, p.heads_seed + 1,
+                          p.data.num_workers, section="attention.temporal")
     temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
                            args.scratch / "temporal.pt", key, desc="attention temporal",
                            **fit_options(p.runtime, device, backbone=False))

@@ -86,16 +86,16 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         raise SystemExit(1) from None
     distributed.shutdown()
     if os.environ.get(DVC_STAGE) and reports(None):
-        record_time(Path(os.environ.get("DVC_ROOT", ".")) / TIMINGS, os.environ[DVC_STAGE],
-                    process_age())
+        record_time(TIMINGS, os.environ[DVC_STAGE], process_age())
 
 
 # --- how long each stage took ---------------------------------------------------------------------
-# DVC runs each stage's command with DVC_STAGE set to the stage's name (attention@synthetic-0) and
-# DVC_ROOT to the project; every stage that ends well records its wall time there (from the start
-# of its process, imports included) in metrics/timings.json, which git keeps and `make docs` turns
-# into the README's time table. Not a DVC output: a record of the last run of each stage, on this
-# machine.
+# DVC runs each stage's command with DVC_STAGE set to the stage's name (attention@synthetic-0), in
+# the stage's working directory: the project, or a queued experiment's own copy of it (DVC_ROOT
+# names the user's project even then, so it is not used: an experiment's timings stay in its own
+# commit). Every stage that ends well records its wall time (from the start of its process,
+# imports included) in metrics/timings.json, which git keeps and `make docs` turns into the
+# README's time table. Not a DVC output: a record of the last run of each stage, on this machine.
 
 DVC_STAGE = "DVC_STAGE"
 TIMINGS = Path("metrics") / "timings.json"

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_writable(args.out.parent, args.plot.parent, args.scratch)
     p = load_params(args.params)
-    seed_everything(p.seed)
+    seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
 
     table = load_video_index(args.index)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     # (on the synthetic set this costs ~10 rank-1 points and makes the loss climb).
     dataset = ClipDataset(train["frames"].tolist(), targets, p.model.N,
                           (p.data.height, p.data.width), augment=False)
-    loader = train_loader(dataset, targets, p.joint, p.seed, p.data.num_workers,
+    loader = train_loader(dataset, targets, p.joint, p.heads_seed, p.data.num_workers,
                           pin_memory=device.type == "cuda", section="joint")
 
     base, _ = load_exported(args.backbone)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if "criterion" in payload:  # continue with the attention stage's lookup table
         criterion.load_state_dict(payload["criterion"])
     log.info("%d training tracklets of %d identities; K=%d heads", len(train), len(labels), cfg.K)
-    key = fingerprint("joint", p.seed, to_dict(p.joint), to_dict(p.loss), p.data.height,
+    key = fingerprint("joint", p.heads_seed, to_dict(p.joint), to_dict(p.loss), p.data.height,
                       p.data.width, p.model.N, sha256_file(args.index), sha256_file(args.backbone),
                       sha256_file(args.heads))
     resume = args.scratch / "last.pt"
