@@ -58,6 +58,34 @@ TABLE1 = (
     Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
 )
 TABLE2_K = (1, 2, 4, 6, 8)
+# The attention settings the paper leaves open (docs/method.md), swept on the cache: the diversity
+# coefficient for Q and Q' (the same values, so that each can be compared at its own best and
+# where both reach the same overlap), Q normalised by its K(K-1) pairs, the start of w'_k, a
+# warm-up of the coefficient, the heads' learning rate, and no regulariser. Rows are experiments
+# ``sw-<key>`` of the baseline commit (whose own row is the params' setting); tools.sweep
+# collects them into metrics/sweep.json and the report's sweep table.
+_LR = {"attention.spatial.lr": "0.01", "attention.temporal.lr": "0.01"}
+SWEEP = (
+    Row("Q, coefficient 0.1", "spatial", "q-w0.1", {"loss.diversity_weight": "0.1"}),
+    Row("Q', coefficient 0.1", "spatial", "p-w0.1",
+        {"loss.diversity": "sparse", "loss.diversity_weight": "0.1"}),
+    Row("Q, coefficient 0.01", "spatial", "q-w0.01", {"loss.diversity_weight": "0.01"}),
+    Row("Q', coefficient 0.01", "spatial", "p-w0.01",
+        {"loss.diversity": "sparse", "loss.diversity_weight": "0.01"}),
+    Row("Q, coefficient 0.003", "spatial", "q-w0.003", {"loss.diversity_weight": "0.003"}),
+    Row("Q', coefficient 1", "spatial", "p-w1", {"loss.diversity": "sparse",
+                                                 "loss.diversity_weight": "1.0"}),
+    Row("Q, coefficient 0.03", "spatial", "q-w0.03", {"loss.diversity_weight": "0.03"}),
+    Row("Q', coefficient 0.03", "spatial", "p-w0.03",
+        {"loss.diversity": "sparse", "loss.diversity_weight": "0.03"}),
+    Row("Q over K(K-1) pairs", "spatial", "q-pairs", {"loss.diversity_scale": "pairs"}),
+    Row("Q, w'_k from zero", "spatial", "q-zero", {"model.score_init": "zero"}),
+    Row("Q, warm-up 5 epochs", "spatial", "q-warm5", {"loss.diversity_warmup_epochs": "5"}),
+    Row("Q, heads' lr 0.01", "spatial", "q-lr0.01", dict(_LR)),
+    Row("Q, coefficient 0.01, heads' lr 0.01", "spatial", "q-w0.01-lr0.01",
+        {"loss.diversity_weight": "0.01", **_LR}),
+    Row("no regulariser", "spatial", "none", {"loss.diversity": "none"}),
+)
 SEED_KEY = "attention.seed"  # what Table 1's seeds vary (the heads' training, not the CNN's)
 REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by tools.report
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
@@ -112,8 +140,17 @@ def table2_cells(base_k: int, seed: int) -> list[Cell]:
                  () if k == base_k else (("model.K", str(k)),)) for k in TABLE2_K]
 
 
+def sweep_cells(seed: int) -> list[Cell]:
+    """The params' own setting (the baseline commit), then every row of SWEEP."""
+    return [Cell("params.yaml", "spatial", seed, None, ()),
+            *(Cell(row.label, row.model, seed, f"sw-{row.key}", tuple(row.overrides.items()))
+              for row in SWEEP)]
+
+
 def cells_for(table: str, params_path: str, seeds: list[int] | None) -> list[Cell]:
     p = load_params(params_path)
+    if table == "sweep":
+        return sweep_cells(p.attention.seed)
     if table == "table1":
         return table1_cells(seeds or [p.attention.seed], p.attention.seed)
     return table2_cells(p.model.K, p.attention.seed)
@@ -210,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("run", "list"))
-    parser.add_argument("table", choices=("table1", "table2"))
+    parser.add_argument("table", choices=("table1", "table2", "sweep"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
                         "(default: the params' own)")

@@ -1,0 +1,246 @@
+"""The attention sweep (tools.experiments.SWEEP) collected into ``metrics/sweep.json``: for the
+baseline commit and each ``sw-<key>`` experiment of it, the settings the paper leaves open, the
+training maps at the end of phase 1 (mean entropy and share of entries below 1e-6, from the loss
+curve of the attention stage) and the test figures of the SpaAtn+Q model (``spatial``) and the
+temporal model (rank-1 and mAP with their 95 percent intervals, map entropy, overlap, mass on the
+person, parts covered; the weight-visibility correlation of the temporal model). The report
+(``make report``) prints it; the file keeps the commit the sweep ran on, so that the table stays
+true when the defaults it chose become a later commit.
+
+    python -m tools.experiments run sweep       # queue and run the rows this commit lacks
+    python -m tools.sweep --out metrics/sweep.json
+
+The first video set and split of the params are read (the sweep runs on the default cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.files import format_table, write_json
+from pipeline.params import DataParams, run_name
+from tools.experiments import SWEEP, sweep_cells
+from tools.report_sources import (
+    EVAL_FILE,
+    Reader,
+    ReportError,
+    collect_sources,
+    dotted,
+    git_head,
+    git_show,
+    load_show_json,
+    run_exp_show,
+)
+
+LOSS_CURVE = "metrics/plots/loss/attention/{run}/spatial.csv"
+# the settings of a row, read from its params (the key, the column name)
+SETTINGS = (
+    ("loss.diversity", "regulariser"),
+    ("loss.diversity_weight", "coefficient"),
+    ("loss.diversity_scale", "scale"),
+    ("loss.diversity_warmup_epochs", "warm-up"),
+    ("model.score_init", "w'_k start"),
+    ("attention.spatial.lr", "lr"),
+)
+SETTING_DEFAULTS = {"loss.diversity": "hellinger", "loss.diversity_weight": 1.0,
+                    "loss.diversity_scale": "sum", "loss.diversity_warmup_epochs": 0,
+                    "model.score_init": "uniform", "attention.spatial.lr": 0.1}
+TEST_STATS = ("overlap", "entropy", "person", "parts_covered")
+MODELS = ("spatial", "temporal")
+
+
+def final_epoch(text: str) -> dict[str, float] | None:
+    """Mean map entropy and saturated share of the last epoch of a loss curve CSV (None when the
+    curve has no map columns)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or "map_entropy" not in rows[0]:
+        return None
+    last = [r for r in rows if r["epoch"] == rows[-1]["epoch"]]
+    return {key: sum(float(r[column]) for r in last) / len(last)
+            for key, column in (("entropy", "map_entropy"), ("saturated", "map_saturated"))}
+
+
+def collect(show: list[dict], head: str | None, read: Reader) -> dict:
+    """The sweep's rows from a ``dvc exp show --json`` output; a row whose experiment is missing
+    or unreadable keeps its label and says why (``problem``)."""
+    sources = collect_sources(show, head)
+    params = sources.baseline.params or {}
+    dataset = (dotted(params, "data.video") or DataParams().video)[0]
+    split = (dotted(params, "data.splits") or DataParams().splits)[0]
+    run = run_name(dataset, split)
+    rows = []
+    for cell in sweep_cells(int(dotted(params, "attention.seed") or 0)):
+        row: dict = {"label": cell.label, "experiment": cell.experiment or "baseline commit"}
+        source = sources.get(cell.experiment)
+        if source is None or source.problem or source.rev is None:
+            row["problem"] = (source.problem if source else None) or "not run"
+            rows.append(row)
+            continue
+        row["settings"] = {key: _setting(source.params or {}, key) for key, _ in SETTINGS}
+        try:
+            evaluation = json.loads(read(source.rev, EVAL_FILE.format(run=run)))
+            curve = final_epoch(read(source.rev, LOSS_CURVE.format(run=run)))
+        except (FileNotFoundError, json.JSONDecodeError) as err:
+            row["problem"] = str(err)
+            rows.append(row)
+            continue
+        row["training"] = curve
+        for model in MODELS:
+            official = evaluation["models"][model]["official"]
+            maps = evaluation.get("attention", {}).get(model, {})
+            row[model] = {
+                **{k: official.get(k) for k in ("rank1", "rank1_lo", "rank1_hi", "mAP",
+                                                "mAP_lo", "mAP_hi")},
+                **{k: maps.get(k) for k in TEST_STATS},
+                **({k: maps.get(k) for k in ("visibility_corr", "visibility_corr_lo",
+                                             "visibility_corr_hi")} if model == "temporal"
+                   else {})}
+        rows.append(row)
+    return {"commit": sources.commit, "dataset": dataset, "split": split,
+            "rows": rows, "matched": matched_overlap(rows)}
+
+
+def _setting(params: dict, key: str):
+    value = dotted(params, key)
+    return SETTING_DEFAULTS[key] if value is None else value
+
+
+def matched_overlap(rows: Sequence[dict]) -> list[dict]:
+    """Q against Q' where both reach the same overlap: for each Q row (coefficient rows: every
+    other setting at its default), the entropy of Q' at that row's test overlap, interpolated
+    linearly in log overlap between the two Q' coefficient rows around it (none outside their
+    range). Entropy and overlap of the SpaAtn+Q model."""
+    def curve(kind: str) -> list[tuple[float, float, float]]:
+        points = []
+        for row in rows:
+            s, m = row.get("settings"), row.get("spatial")
+            if not s or not m or m.get("overlap") is None or s["loss.diversity"] != kind:
+                continue
+            if any(s[k] != SETTING_DEFAULTS[k] for k in SETTING_DEFAULTS
+                   if k not in ("loss.diversity", "loss.diversity_weight")):
+                continue
+            points.append((s["loss.diversity_weight"], m["overlap"], m["entropy"]))
+        return sorted(points, key=lambda p: p[1])
+
+    sparse = curve("sparse")
+    out = []
+    for weight, overlap, entropy in curve("hellinger"):
+        below = [p for p in sparse if p[1] <= overlap]
+        above = [p for p in sparse if p[1] >= overlap]
+        if not below or not above or overlap <= 0:
+            continue
+        lo, hi = below[-1], above[0]
+        if hi[1] == lo[1] or lo[1] <= 0:
+            other = lo[2]
+        else:
+            t = (math.log(overlap) - math.log(lo[1])) / (math.log(hi[1]) - math.log(lo[1]))
+            other = lo[2] + t * (hi[2] - lo[2])
+        out.append({"coefficient": weight, "overlap": overlap, "entropy_q": entropy,
+                    "entropy_sparse": other, "difference": entropy - other,
+                    "between": [lo[0], hi[0]]})
+    return out
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def _pct(m: dict, key: str) -> str:
+    if m.get(key) is None:
+        return "n/a"
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    bounds = "" if lo is None or hi is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * m[key]:.1f}{bounds}"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _corr(m: dict) -> str:
+    if m.get("visibility_corr") is None:
+        return "n/a"
+    return (f"{m['visibility_corr']:+.3f} [{m['visibility_corr_lo']:+.3f}, "
+            f"{m['visibility_corr_hi']:+.3f}]")
+
+
+def _settings_cell(settings: dict) -> str:
+    kind = {"hellinger": "Q", "sparse": "Q'", "none": "none"}[settings["loss.diversity"]]
+    parts = [kind]
+    if kind != "none":
+        parts.append(f"x{settings['loss.diversity_weight']:g}")
+        if settings["loss.diversity_scale"] != "sum":
+            parts.append(f"/{settings['loss.diversity_scale']}")
+        if settings["loss.diversity_warmup_epochs"]:
+            parts.append(f"warm-up {settings['loss.diversity_warmup_epochs']}")
+    if settings["model.score_init"] != "uniform":
+        parts.append(f"w'_k {settings['model.score_init']}")
+    parts.append(f"lr {settings['attention.spatial.lr']:g}")
+    return ", ".join(parts)
+
+
+SWEEP_HEADER = ("row", "setting", "train entropy", "train saturated", "entropy", "overlap",
+                "person", "parts", "SpaAtn+Q rank-1 [95%]", "SpaAtn+Q mAP [95%]",
+                "+TemAtn rank-1 [95%]", "+TemAtn mAP [95%]", "r(weight, visibility) [95%]")
+
+
+def sweep_rows(sweep: dict) -> list[list[str]]:
+    """One line per row: settings, training maps, then the test figures."""
+    lines = []
+    for row in sweep["rows"]:
+        if row.get("problem"):
+            lines.append([row["label"], f"missing: {row['problem']}", *[""] * 11])
+            continue
+        train = row.get("training") or {}
+        s, t = row["spatial"], row["temporal"]
+        lines.append([row["label"], _settings_cell(row["settings"]), _num(train.get("entropy")),
+                      _num(train.get("saturated"), 2), _num(s["entropy"]), _num(s["overlap"]),
+                      _num(s["person"]), "n/a" if s["parts_covered"] is None
+                      else str(s["parts_covered"]), _pct(s, "rank1"), _pct(s, "mAP"),
+                      _pct(t, "rank1"), _pct(t, "mAP"), _corr(t)])
+    return lines
+
+
+def matched_lines(sweep: dict) -> list[str]:
+    out = []
+    for m in sweep.get("matched", []):
+        out.append(f"- Q x{m['coefficient']:g}: overlap {m['overlap']:.3f}, entropy "
+                   f"{m['entropy_q']:.3f} nats; Q' at the same overlap (between its coefficients "
+                   f"{m['between'][0]:g} and {m['between'][1]:g}): {m['entropy_sparse']:.3f}; "
+                   f"Q broader by {m['difference']:+.3f} nats")
+    return out
+
+
+def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("metrics/sweep.json"))
+    parser.add_argument("--show-json", type=Path,
+                        help="a saved `dvc exp show --json` output (default: run it)")
+    parser.add_argument("--rev", help="baseline commit of the sweep (default: HEAD)")
+    args = parser.parse_args(argv)
+    try:
+        if args.show_json is not None:
+            show, head = load_show_json(args.show_json), args.rev
+        else:
+            show, head = run_exp_show(), args.rev or git_head()
+        sweep = collect(show, head, read)
+    except ReportError as err:
+        raise SystemExit(f"error: {err}") from None
+    write_json(args.out, sweep)
+    print(format_table(list(SWEEP_HEADER), sweep_rows(sweep)))
+    print("\n".join(matched_lines(sweep)))
+    missing = [r["experiment"] for r in sweep["rows"] if r.get("problem")]
+    if missing:
+        print(f"missing: {', '.join(missing)} (`python -m tools.experiments run sweep`)",
+              file=sys.stderr)
+    print(f"wrote {args.out} ({len(SWEEP) + 1} rows, commit {sweep['commit'][:12]})")
+
+
+if __name__ == "__main__":
+    main()
