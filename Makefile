@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro exp paper ablations ksweep report docs bench test test-fast lint format lock clean
+.PHONY: help setup repro exp paper ablations ksweep sweep report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,11 @@ ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS w
 
 ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with JOBS workers, then report
 	$(BIN)/python -m tools.experiments run table2 --jobs $(JOBS)
+	$(MAKE) --no-print-directory report
+
+sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, then report
+	$(BIN)/python -m tools.experiments run sweep --jobs $(JOBS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.sweep --out metrics/sweep.json
 	$(MAKE) --no-print-directory report
 
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)

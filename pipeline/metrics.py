@@ -3,11 +3,14 @@
 Two protocols differ by 0.5-3 points on MARS, so both are supported and the number of valid
 queries is always reported:
 
-- ``official`` (the MARS-evaluation MATLAB code): the gallery is every test tracklet, queries
-  included. Junk = gallery pid -1, or same pid AND same camera; junk is skipped without advancing
-  the rank. AP by the trapezoid rule: walking the ranked non-junk list,
-  ``ap += (recall - old_recall) * (old_precision + precision) / 2`` with ``old_precision = 1`` at
-  the start. CMC and mAP are divided by ALL queries (a query without a true match scores 0).
+- ``official``: each benchmark's own protocol. On MARS and the MARS-layout sets (the
+  MARS-evaluation MATLAB code) the gallery is every test tracklet, queries included; on PRID2011
+  and iLIDS-VID (Wang et al., ECCV 2014, which DRSA follows: ``CAMERA_PAIR_SETS``) a probe is
+  ranked against the test tracklets of the other camera only (the non-query ones). Junk = gallery
+  pid -1, or same pid AND same camera; junk is skipped without advancing the rank. AP by the
+  trapezoid rule: walking the ranked non-junk list, ``ap += (recall - old_recall) *
+  (old_precision + precision) / 2`` with ``old_precision = 1`` at the start. CMC and mAP are
+  divided by ALL queries (a query without a true match scores 0).
 - ``torchreid``: the caller passes the gallery without the queries and without pid -1. Junk = same
   pid AND same camera only. AP = mean of the precision at each true match. Queries without a true
   match are skipped; CMC and mAP are divided by the valid queries.
@@ -36,18 +39,28 @@ BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
 
 
-def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray) -> np.ndarray:
-    """Boolean mask of the test tracklets that form the gallery under ``protocol``: all of them
-    (``official``), or those that are neither queries nor junk (``torchreid``)."""
-    if protocol == "official":
+# The sets whose benchmark ranks each probe (camera 1 / cam_a) against the other camera's test
+# tracklets only (the readers mark the camera-1 test sequences as queries): the official
+# protocol's gallery there is the non-query test tracklets, not MARS's every test tracklet.
+CAMERA_PAIR_SETS = ("prid2011", "ilidsvid")
+
+
+def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray,
+                     dataset: str | None = None) -> np.ndarray:
+    """Boolean mask of the test tracklets that form the gallery under ``protocol`` on
+    ``dataset``: all of them (``official``, MARS's rule), those that are neither queries nor junk
+    (``torchreid``; and ``official`` on the ``CAMERA_PAIR_SETS``, where the non-query test
+    tracklets are the gallery camera's)."""
+    if protocol == "official" and dataset not in CAMERA_PAIR_SETS:
         return np.ones(len(pids), dtype=bool)
     return ~np.asarray(is_query, dtype=bool) & (np.asarray(pids) != -1)
 
 
 def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: np.ndarray,
-          protocols: list[str], max_rank: int) -> tuple[dict, dict]:
+          protocols: list[str], max_rank: int, dataset: str | None = None) -> tuple[dict, dict]:
     """One model's test features (num_tracklets, E), in the order of the test tracklets' ``pids``,
-    ``camids`` and ``is_query`` (num_tracklets,), ranked under each protocol.
+    ``camids`` and ``is_query`` (num_tracklets,), ranked under each protocol (the official one
+    as ``dataset``'s benchmark has it: ``protocol_gallery``).
 
     Returns:
         ``{protocol: {"rank1", "rank1_lo", "rank1_hi", "rank5", ..., "mAP", "mAP_lo", "mAP_hi",
@@ -59,7 +72,7 @@ def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: 
     is_query = np.asarray(is_query, dtype=bool)
     metrics, curves = {}, {}
     for protocol in protocols:
-        gallery = protocol_gallery(protocol, pids, is_query)
+        gallery = protocol_gallery(protocol, pids, is_query, dataset)
         distmat = pairwise_distance(features[is_query], features[gallery])
         result = evaluate_rank(distmat, pids[is_query], pids[gallery], camids[is_query],
                                camids[gallery], max_rank=max_rank, protocol=protocol)

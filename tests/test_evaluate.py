@@ -92,6 +92,49 @@ def test_protocol_gallery():
     assert protocol_gallery("official", pids, is_query).tolist() == [True] * 6
     assert protocol_gallery("torchreid", pids, is_query).tolist() == [
         False, True, False, True, False, True]
+    # MARS and the MARS-layout sets keep MARS's rule; PRID2011 and iLIDS-VID rank a probe against
+    # the other camera's test tracklets only (the non-query ones)
+    for dataset in ("mars", "synthetic", "dukev", None):
+        assert protocol_gallery("official", pids, is_query, dataset).tolist() == [True] * 6
+    for dataset in ("prid2011", "ilidsvid"):
+        assert protocol_gallery("official", pids, is_query, dataset).tolist() == [
+            False, True, False, True, False, True]
+
+
+def camera_pair_set() -> tuple[np.ndarray, pd.DataFrame]:
+    """A PRID2011-shaped test set of 3 people: probes in camera 1 (cam_a, the queries), one
+    sequence each in camera 2, as points on the unit circle (angle in degrees)."""
+    rows = [  # pid, camid, is_query, angle
+        (1, 1, True, 0), (2, 1, True, 10), (3, 1, True, 100),
+        (1, 2, False, 20), (2, 2, False, 60), (3, 2, False, 101),
+    ]
+    pid, camid, is_query, angle = zip(*rows, strict=True)
+    radians = np.deg2rad(angle)
+    features = np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+    return features, pd.DataFrame({"pid": pid, "camid": camid, "is_query": is_query})
+
+
+def test_official_protocol_on_camera_pair_sets_ranks_probes_against_the_other_camera():
+    """Worked by hand. Probe 1 (0 deg): MARS's rule ranks probe 2 (10), then its own camera-2
+    sequence (20): rank 2; the camera-pair rule has only camera 2: 1 (20) first, rank 1. Probe 2
+    (10): MARS's rule: probe 1 (0, 10 away) and 1's camera-2 sequence (20, 10 away; the stable
+    sort keeps gallery order: probe 1 first), then 2's own (60): rank 3; camera pair: 1 (20), then
+    2 (60): rank 2. Probe 3 (100): its own (101) first under both. Rank-1: MARS 1/3, pair 2/3;
+    rank-2: MARS 2/3, pair 1. Official AP by the trapezoid rule, one true match at rank r:
+    (1/r + (0 if r > 1 else 1)) / 2 -> r=1: 1, r=2: 0.25, r=3: 1/6."""
+    features, test = camera_pair_set()
+    for dataset, rank1, rank2, ap in (("mars", 1 / 3, 2 / 3, (0.25 + 1 / 6 + 1) / 3),
+                                      ("prid2011", 2 / 3, 1.0, (1 + 0.25 + 1) / 3),
+                                      ("ilidsvid", 2 / 3, 1.0, (1 + 0.25 + 1) / 3)):
+        metrics, curves = score(features, *columns(test), ["official"], max_rank=3,
+                                dataset=dataset)
+        assert metrics["official"]["rank1"] == pytest.approx(rank1), dataset
+        assert curves["official"][1] == pytest.approx(rank2), dataset
+        assert metrics["official"]["mAP"] == pytest.approx(ap), dataset
+        assert metrics["official"]["num_queries"] == 3
+    # on these sets the torchreid gallery is the same camera-2 set: the same ranks
+    metrics, _ = score(features, *columns(test), ["torchreid"], max_rank=3, dataset="prid2011")
+    assert metrics["torchreid"]["rank1"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("protocol", ["official", "torchreid"])

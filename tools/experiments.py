@@ -15,8 +15,7 @@ run with ``dvc exp run --run-all --jobs J``: one worker per GPU on a GPU machine
 commit is not queued again, so an interrupted ``make ablations`` picks up where it stopped.
 
 With one worker the queue runs in order: each seed's default pipeline runs before that seed's
-ablation rows. Each experiment re-runs the attention, joint, evaluate and summary stages (about
-2.5 minutes each on the default run's 2-core CPU).
+ablation rows. Each experiment re-runs the attention, joint, evaluate and summary stages only.
 
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1

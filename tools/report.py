@@ -19,6 +19,7 @@ standard deviation over the dataset's splits. A row without usable results says 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser.add_argument("--chart", type=Path, default=Path("metrics/plots/table1.png"))
     parser.add_argument("--show-json", type=Path,
                         help="a saved `dvc exp show --json` output (default: run it)")
+    parser.add_argument("--sweep", type=Path, default=Path("metrics/sweep.json"),
+                        help="the attention sweep (tools.sweep), printed when the file exists")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
@@ -134,7 +137,14 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])
-    write_text(args.out, render_markdown(report, command))
+    sweep = None
+    if args.sweep.exists():
+        try:
+            sweep = json.loads(args.sweep.read_text())
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {args.sweep}: not JSON ({err}); write it again with "
+                             "`python -m tools.sweep`") from None
+    write_text(args.out, render_markdown(report, command, sweep))
     draw_chart(report, args.chart)
     print(render_terminal(report))
     print(f"\nwrote {args.out} and {args.chart}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.attention_stats import summarize_attention
+from pipeline.attention_stats import head_count, summarize_attention
 from pipeline.metrics import summarize
 from pipeline.params import AttentionParams, DataParams, Params, run_name
 from tools.experiments import SEED_KEY, Cell, dvc
@@ -24,6 +24,7 @@ from tools.shell import run, user_env
 EVAL_DIR = "metrics/eval"
 EVAL_FILE = EVAL_DIR + "/{run}.json"  # run: pipeline.params.run_name(dataset, split)
 PARAMS_FILE = "params.yaml"
+PERSON_FLOOR = 0.2  # a head with less of its attention mass on the person looks elsewhere
 
 # Reads a file of a commit: (rev, path) -> its text; raises FileNotFoundError, whose message
 # names the file and says why, where the commit has no such file.
@@ -193,7 +194,30 @@ def read_results(source: Source, read: Reader) -> tuple[dict | None, str | None]
     if not evals:
         return None, problem or "its params list no video set"
     return {"seed": _param(params, SEED_KEY, AttentionParams().seed), "results": summarize(evals),
-            "attention": summarize_attention(evals)}, problem
+            "attention": summarize_attention(evals), "heads": head_summary(evals)}, problem
+
+
+def head_summary(evals: list[dict]) -> dict:
+    """{dataset: {model: {"visibility_lo", "visibility_hi" (the 95 percent interval of the
+    weight-visibility correlation, mean of the splits' bounds), "heads_below" (heads with less
+    than PERSON_FLOOR of their mass on the person, mean over the splits)}}} for the models whose
+    every split has ground-truth measures."""
+    out: dict = {}
+    for dataset in dict.fromkeys(e["dataset"] for e in evals):
+        runs = [e.get("attention") or {} for e in evals if e["dataset"] == dataset]
+        for model in runs[0]:
+            stats = [run.get(model) or {} for run in runs]
+            if not all(head_count(s) for s in stats):
+                continue
+            entry = {"heads_below": sum(
+                sum(1 for k in range(1, head_count(s) + 1)
+                    if (s.get(f"head{k}_person") or 0.0) < PERSON_FLOOR)
+                for s in stats) / len(stats)}
+            if all(s.get("visibility_corr_lo") is not None for s in stats):
+                entry["visibility_lo"] = sum(s["visibility_corr_lo"] for s in stats) / len(stats)
+                entry["visibility_hi"] = sum(s["visibility_corr_hi"] for s in stats) / len(stats)
+            out.setdefault(dataset, {})[model] = entry
+    return out
 
 
 def _read_eval(rev: str | None, dataset: str, split: int, seed: int,

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from pipeline.files import format_table, write_json
 from pipeline.params import DataParams, run_name
 from tools.experiments import SWEEP, sweep_cells
@@ -83,28 +85,38 @@ def collect(show: list[dict], head: str | None, read: Reader) -> dict:
             row["problem"] = (source.problem if source else None) or "not run"
             rows.append(row)
             continue
+        stale = [f"its params have {key}={dotted(source.params, key)}, expected {wanted}"
+                 for key, wanted in cell.overrides
+                 if dotted(source.params, key) not in (None, yaml.safe_load(wanted))]
+        if stale:
+            row["problem"] = stale[0]
+            rows.append(row)
+            continue
         row["settings"] = {key: _setting(source.params or {}, key) for key, _ in SETTINGS}
         try:
             evaluation = json.loads(read(source.rev, EVAL_FILE.format(run=run)))
-            curve = final_epoch(read(source.rev, LOSS_CURVE.format(run=run)))
-        except (FileNotFoundError, json.JSONDecodeError) as err:
-            row["problem"] = str(err)
-            rows.append(row)
-            continue
-        row["training"] = curve
-        for model in MODELS:
-            official = evaluation["models"][model]["official"]
-            maps = evaluation.get("attention", {}).get(model, {})
-            row[model] = {
-                **{k: official.get(k) for k in ("rank1", "rank1_lo", "rank1_hi", "mAP",
-                                                "mAP_lo", "mAP_hi")},
-                **{k: maps.get(k) for k in TEST_STATS},
-                **({k: maps.get(k) for k in ("visibility_corr", "visibility_corr_lo",
-                                             "visibility_corr_hi")} if model == "temporal"
-                   else {})}
+            row["training"] = final_epoch(read(source.rev, LOSS_CURVE.format(run=run)))
+            for model in MODELS:
+                row[model] = _figures(evaluation, model)
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            row = {**{k: row[k] for k in ("label", "experiment", "settings")},
+                   "problem": f"{type(err).__name__}: {err}"
+                   if not isinstance(err, FileNotFoundError) else str(err)}
         rows.append(row)
     return {"commit": sources.commit, "dataset": dataset, "split": split,
             "rows": rows, "matched": matched_overlap(rows)}
+
+
+def _figures(evaluation: dict, model: str) -> dict:
+    """A model's official rank-1 and mAP with intervals and its map figures (the temporal
+    model's: with the weight-visibility correlation) from an evaluate output."""
+    official = evaluation["models"][model]["official"]
+    maps = evaluation.get("attention", {}).get(model, {})
+    extra = ("visibility_corr", "visibility_corr_lo", "visibility_corr_hi")
+    return {**{k: official.get(k) for k in ("rank1", "rank1_lo", "rank1_hi", "mAP", "mAP_lo",
+                                             "mAP_hi")},
+            **{k: maps.get(k) for k in TEST_STATS},
+            **({k: maps.get(k) for k in extra} if model == "temporal" else {})}
 
 
 def _setting(params: dict, key: str):
@@ -121,7 +133,8 @@ def matched_overlap(rows: Sequence[dict]) -> list[dict]:
         points = []
         for row in rows:
             s, m = row.get("settings"), row.get("spatial")
-            if not s or not m or m.get("overlap") is None or s["loss.diversity"] != kind:
+            if (not s or not m or m.get("overlap") is None or m.get("entropy") is None
+                    or s["loss.diversity"] != kind):
                 continue
             if any(s[k] != SETTING_DEFAULTS[k] for k in SETTING_DEFAULTS
                    if k not in ("loss.diversity", "loss.diversity_weight")):

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         if world.is_main:  # the other ranks only embed their share of the test batches
             results[name], per_protocol = score(
                 features, test["pid"].to_numpy(), test["camid"].to_numpy(),
-                test["is_query"].to_numpy(), p.evaluate.protocols, p.evaluate.max_rank)
+                test["is_query"].to_numpy(), p.evaluate.protocols, p.evaluate.max_rank,
+                args.dataset)
             curves.update({f"{name}_{protocol}": c for protocol, c in per_protocol.items()})
 
     if not world.is_main:

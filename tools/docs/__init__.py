@@ -12,6 +12,7 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
   field's comment, read from the source, and the value in ``params.yaml`` where it differs;
 - ``bench``, ``bench-notes``: the benchmark table and what its details say (``metrics/bench.json``);
 - ``report``: Tables 1 and 2 of ``metrics/report.md`` (official protocol) and the steps of Table 1;
+- ``claims``: the paper's claims as ``metrics/report.md`` measured them, and where the heads look;
 - ``paper``, ``rows``: the paper's numbers and the experiment of each table row
   (``tools.experiments``);
 - ``figure``: the README's Fig. 3 picture: the default run's first query
@@ -40,7 +41,7 @@ from tools.docs.cache_disk import cache_disk_block
 from tools.docs.common import DocsError, NotProduced
 from tools.docs.figure import figure_block
 from tools.docs.params_reference import params_block
-from tools.docs.report import paper_block, report_block, rows_block
+from tools.docs.report import claims_block, paper_block, report_block, rows_block
 from tools.docs.results import datasets_block, results_block
 from tools.docs.timings import timings_block
 
@@ -52,7 +53,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "results": results_block, "datasets": datasets_block, "params": params_block,
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
-    "timings": timings_block, "figure": figure_block,
+    "timings": timings_block, "figure": figure_block, "claims": claims_block,
 }
 
 

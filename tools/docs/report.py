@@ -22,9 +22,15 @@ def parse_report(text: str, relative: str) -> dict[tuple[str, str], dict[str, li
             current, name = sections.setdefault((m[1], m[2]), {}), None
         elif line.startswith("## "):
             current = name = None
-        elif m := re.match(r"^### (Table \d)$", line):
+        elif m := re.match(r"^### (Table \d|Where the heads look)$", line):
             name, header = (m[1], None) if current is not None else (None, None)
-        elif name and line.startswith("|"):
+        elif line.startswith("### The paper's claims"):
+            name = CLAIMS if current is not None else None
+        elif line.startswith("### "):
+            name = None
+        elif name == CLAIMS and line.startswith("- "):
+            current.setdefault(CLAIMS, []).append({"line": line})
+        elif name and name != CLAIMS and line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if header is None:
                 header = cells
@@ -34,6 +40,9 @@ def parse_report(text: str, relative: str) -> dict[tuple[str, str], dict[str, li
         raise DocsError(f"{relative}: expected '## <set>, <protocol> protocol' sections with a "
                         "'### Table 1' table, as tools.report writes them")
     return sections
+
+
+CLAIMS = "claims"  # the bullet lines of a section's "### The paper's claims, as measured"
 
 
 def mean(cell: str) -> float | None:
@@ -91,6 +100,37 @@ def report_block(root: Path) -> str:
     if "## Missing results" in text and "None: every row was found" not in text:
         parts.append("Some cells are missing: the end of the report says why.")
     return "\n\n".join(parts)
+
+
+def claims_block(root: Path) -> str:
+    """The README's measured claims: for the first protocol of each set of ``metrics/report.md``,
+    the paper's claims as the report measured them and where the heads look."""
+    relative = "metrics/report.md"
+    if not (root / relative).exists():
+        raise NotProduced(relative, "make ablations, make ksweep (or make report)")
+    text = (root / relative).read_text()
+    sections = parse_report(text, relative)
+    commit = re.search(r"baseline commit\s+`([0-9a-f]{7,40})`", text)
+    seeds = re.search(r"Table 1:\s+seed\(s\)\s+([\d, ]+)\.", text)
+    parts = []
+    for (dataset, protocol), tables in sections.items():
+        if protocol != next(p for d, p in sections if d == dataset):
+            continue
+        claims = [c["line"] for c in tables.get(CLAIMS, [])]
+        if claims:
+            parts.append(f"**{dataset}, {protocol} protocol** (rank-1; mean over Table 1's "
+                         f"seeds {seeds[1] if seeds else '?'}; noise: the larger half-width of "
+                         "the two rows' 95 percent intervals):\n\n" + "\n".join(claims))
+        heads = tables.get("Where the heads look", [])
+        if heads:
+            header = list(heads[0])
+            parts.append(f"Where the heads look on {dataset} (test frames, label maps):\n\n"
+                         + table(header, [[r[h] for h in header] for r in heads]))
+    if not parts:
+        return f"`{relative}` measures no claim yet: run `make ablations`."
+    origin = f"From `{relative}` (baseline commit `{commit[1][:7]}`)." if commit else \
+        f"From `{relative}`."
+    return "\n\n".join([origin, *parts])
 
 
 def paper_block(root: Path) -> str:
