@@ -215,7 +215,9 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
 
     Returns the flat dict written under ``attention.<model>`` (flat, so ``dvc metrics`` shows
     every key): mean over heads of the attention mass on the person (any person label), on the
-    occluder and on the background (``person``, ``occluder``, ``background``); ``parts_covered``;
+    occluder and on the background (``person``, ``occluder``, ``background``); the person mass of
+    a uniform map, the level of a head that ignores the frame (``person_uniform``);
+    ``parts_covered``;
     the temporal-visibility correlation, mean over heads, and its interval
     (``visibility_corr``, ``_lo``, ``_hi``; with ``visibility_corr_note`` where the weights are
     equal); per head k (from 1): ``head<k>_person``, ``_occluder``, ``_background``, ``_part``,
@@ -239,7 +241,11 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
         if part is not None:
             v[:, :, k] = np.where(measured, visibility[:, :, names.index(part)], np.nan)
     corr = visibility_correlation(t, v)
-    out = {"person": _num(person.mean()), "occluder": _num(occluder.mean()),
+    person_labels = [p for p, n in enumerate(names) if n not in (BACKGROUND, OCCLUDER)]
+    # what a head that ignores the frame would get: a uniform map's mass on the person
+    uniform = parts[measured][:, person_labels].sum(axis=1).mean() if measured.any() else np.nan
+    out = {"person": _num(person.mean()), "person_uniform": _num(uniform),
+           "occluder": _num(occluder.mean()),
            "background": _num(background.mean()), "parts_covered": parts_covered(top, person),
            "visibility_corr": _num(corr["mean"]), "visibility_corr_lo": _num(corr["mean_lo"]),
            "visibility_corr_hi": _num(corr["mean_hi"])}

@@ -568,3 +568,38 @@ def test_figure_block_shows_the_first_query_of_the_first_split(tmp_path):
     assert render("figure", tmp_path) == (
         "![Fig. 3 style: the first query of synthetic split 0: its frames, their body parts and "
         "the 4 spatial attention maps](metrics/plots/attention/synthetic-0/q0000_pid71_cam3.png)\n")
+
+
+def test_claims_block_reads_the_claims_and_the_heads_of_the_first_protocol(tmp_path):
+    """The README's claims come from the report as tools.report writes it: the claims of the first
+    protocol of each set (never the other protocol's) and the heads' table, whatever tables sit
+    between them (Table 1 beside the paper is not taken for Table 1)."""
+    from tools.report_tables import Report, RowResult, Stat, render_markdown
+
+    def row(label, model, rank1, person=None):
+        truth = {} if person is None else {
+            "person": Stat(person, 0.0, 1), "parts": Stat(3.0, 0.0, 1),
+            "heads_below": Stat(2.0, 0.0, 1), "visibility": Stat(0.1, 0.0, 1),
+            "visibility_ci": (0.05, 0.15)}
+        return RowResult(label, model, Stat(rank1, 0.0, 1), Stat(rank1, 0.0, 1),
+                         Stat(0.01, 0.0, 1) if person else "n/a",
+                         Stat(1.2, 0.0, 1) if person else "n/a", 64.0, 1, 1, ("c",),
+                         (rank1 - 0.02, rank1 + 0.02), (rank1 - 0.02, rank1 + 0.02), **truth)
+
+    official = [row("Baseline", "baseline", 0.30), row("SpaAtn+Q", "spatial", 0.40, 0.5),
+                row("SpaAtn+Q+TemAtn", "temporal", 0.45, 0.5)]
+    torchreid = [row("Baseline", "baseline", 0.70), row("SpaAtn+Q", "spatial", 0.60, 0.5)]
+    report = Report("0123456789abcdef", None, (0,), 0, 6, ("synthetic",),
+                    {("synthetic", "official"): official, ("synthetic", "torchreid"): torchreid},
+                    {("synthetic", "official"): [], ("synthetic", "torchreid"): []}, {})
+    text = render_markdown(report, "cmd")
+    assert parse_report(text, "r")[("synthetic", "official")]["Table 1"][0]["row"] == "Baseline"
+    write(tmp_path, "metrics/report.md", text)
+    out = render("claims", tmp_path)
+    assert "From `metrics/report.md` (baseline commit `0123456`)." in out
+    assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): holds: 45.0 vs 40.0 (+5.0; noise ±2.0)"
+            in out)
+    assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in out
+    assert "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)" in out
+    assert "60.0 vs" not in out and "torchreid" not in out  # the second protocol stays out
+    assert "| SpaAtn+Q | 0.500 ± 0.000 | n/a | 2.000 ± 0.000 | 3.000 ± 0.000 |" in out

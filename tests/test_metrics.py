@@ -610,6 +610,9 @@ def test_attention_ground_truth_writes_flat_keys_per_model_and_head():
     out = attention_ground_truth(S, t, parts, visibility, NAMES)
     assert (out["head1_part"], out["head2_part"], out["parts_covered"]) == ("torso", "legs", 2)
     assert out["head1_person"] == pytest.approx(1.0) and out["head1_background"] == 0.0
+    # a uniform map: the person's share of the frame, hair 12 + torso 32 + legs 24 + 4 + bag 8
+    # of the 128 pixels (the occluder covers rows 13-15)
+    assert out["person_uniform"] == pytest.approx(80 / 128)
     assert out["head2_visibility_corr"] == pytest.approx(1.0)
     assert out["head1_visibility_corr"] is None  # the torso is never hidden
     assert out["visibility_corr"] == pytest.approx(1.0)  # the mean over the defined head

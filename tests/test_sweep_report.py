@@ -273,12 +273,12 @@ def test_claim_lines_check_orderings_gains_and_map_targets():
 
 def test_mechanism_rows_leave_out_the_baseline():
     header, cells = mechanism_rows(claim_rows(0.1))
-    assert header[2] == "heads below 0.2 person"
+    assert header[2:4] == ["uniform map's person mass", "heads below 0.2 person"]
     assert [c[0] for c in cells] == ["SpaAtn", "SpaAtn+Q", "SpaAtn+Q+TemAtn",
                                      "SpaAtn+Q+TemAtn+Ind"]
-    assert cells[1][1:6] == ["0.650 ± 0.000", "2.000 ± 0.000", "3.000 ± 0.000",
+    assert cells[1][1:7] == ["0.650 ± 0.000", "n/a", "2.000 ± 0.000", "3.000 ± 0.000",
                              "0.100 ± 0.000", "1.200 ± 0.000"]
-    assert cells[0][1:4] == ["n/a"] * 3 and cells[0][-1] == "n/a"
+    assert cells[0][1:5] == ["n/a"] * 4 and cells[0][-1] == "n/a"
     assert cells[2][-1] == "+0.200 ± 0.010 [+0.100, +0.450]"
 
 
@@ -339,11 +339,13 @@ def test_head_summary_counts_heads_below_the_floor_over_the_splits():
                 "spatial": heads([0.3, 0.5, 0.19]), "temporal": heads([0.1, None], 0.1, 0.5),
                 "joint": {"overlap": 0.3}, "partly": {"overlap": 0.3}}},
             {"dataset": "mars", "split": 0, "attention": {"spatial": {"overlap": 0.3}}}]
+    runs[0]["attention"]["spatial"]["person_uniform"] = 0.2
+    runs[1]["attention"]["spatial"]["person_uniform"] = 0.3
     summary = head_summary(runs)
-    # spatial: 2 heads below 0.2 in split 0 (0.1, 0.15), 1 in split 1 (0.19): 1.5; temporal:
+    # spatial: a uniform map's person mass (0.2 + 0.3) / 2; 2 heads below 0.2 in split 0 (0.1, 0.15), 1 in split 1 (0.19): 1.5; temporal:
     # 0 and 2 (0.1, and a head without a person figure): 1; visibility bounds (-0.1 + 0.1) / 2,
     # (0.3 + 0.5) / 2
     assert summary == {"synthetic": {
-        "spatial": {"heads_below": 1.5},
+        "spatial": {"heads_below": 1.5, "person_uniform": 0.25},
         "temporal": {"heads_below": 1.0, "visibility_lo": 0.0,
                      "visibility_hi": pytest.approx(0.4)}}}

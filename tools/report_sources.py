@@ -200,7 +200,8 @@ def read_results(source: Source, read: Reader) -> tuple[dict | None, str | None]
 def head_summary(evals: list[dict]) -> dict:
     """{dataset: {model: {"visibility_lo", "visibility_hi" (the 95 percent interval of the
     weight-visibility correlation, mean of the splits' bounds), "heads_below" (heads with less
-    than PERSON_FLOOR of their mass on the person, mean over the splits)}}} for the models whose
+    than PERSON_FLOOR of their mass on the person, mean over the splits), "person_uniform" (a
+    uniform map's person mass, mean over the splits)}}} for the models whose
     every split has ground-truth measures."""
     out: dict = {}
     for dataset in dict.fromkeys(e["dataset"] for e in evals):
@@ -213,6 +214,8 @@ def head_summary(evals: list[dict]) -> dict:
                 sum(1 for k in range(1, head_count(s) + 1)
                     if (s.get(f"head{k}_person") or 0.0) < PERSON_FLOOR)
                 for s in stats) / len(stats)}
+            if all(s.get("person_uniform") is not None for s in stats):
+                entry["person_uniform"] = sum(s["person_uniform"] for s in stats) / len(stats)
             if all(s.get("visibility_corr_lo") is not None for s in stats):
                 entry["visibility_lo"] = sum(s["visibility_corr_lo"] for s in stats) / len(stats)
                 entry["visibility_hi"] = sum(s["visibility_corr_hi"] for s in stats) / len(stats)

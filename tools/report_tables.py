@@ -34,7 +34,8 @@ NO_PAPER_NUMBER = "n/a (no paper number)"
 BASELINE_COMMIT = "baseline commit"  # how a cell read from the baseline commit is named
 # the ground-truth figures of a row: key of the attention summary -> RowResult field
 TRUTH_KEYS = {"person": "person", "parts_covered": "parts", "heads_below": "heads_below",
-              "visibility_corr": "visibility"}
+              "person_uniform": "person_uniform", "visibility_corr": "visibility"}
+HEAD_KEYS = ("heads_below", "person_uniform")  # read from report_sources.head_summary
 
 
 # --- combining seeds -----------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class RowResult:
     person: Value = NOT_APPLICABLE
     parts: Value = NOT_APPLICABLE
     heads_below: Value = NOT_APPLICABLE
+    person_uniform: Value = NOT_APPLICABLE  # a uniform map's person mass: the level of chance
     visibility: Value = NOT_APPLICABLE
     visibility_ci: Interval | None = None
 
@@ -144,8 +146,8 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
             elif isinstance(value, dict):
                 values.append((value["mean"], value.get("std") or 0.0))
         for key, values in truth.items():
-            value = (maps or {}).get(key) if key != "heads_below" else dotted(
-                results, f"heads.{dataset}.{cell.model}.heads_below")
+            value = (maps or {}).get(key) if key not in HEAD_KEYS else dotted(
+                results, f"heads.{dataset}.{cell.model}.{key}")
             if isinstance(value, dict) and value.get("mean") is not None:
                 values.append((value["mean"], value.get("std") or 0.0))
             elif isinstance(value, int | float):
@@ -303,9 +305,11 @@ def _corr(row: RowResult) -> str:
 
 def mechanism_rows(rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
     """Where the heads look (the synthetic set's label maps): rows with attention maps."""
-    header = ["row", "person mass", f"heads below {PERSON_FLOOR} person", "parts covered",
-              "map overlap", "map entropy (nats)", "r(temporal weight, visibility) [95%]"]
-    cells = [[row.label, plain(row.person), plain(row.heads_below), plain(row.parts),
+    header = ["row", "person mass", "uniform map's person mass",
+              f"heads below {PERSON_FLOOR} person", "parts covered", "map overlap",
+              "map entropy (nats)", "r(temporal weight, visibility) [95%]"]
+    cells = [[row.label, plain(row.person), plain(row.person_uniform), plain(row.heads_below),
+              plain(row.parts),
               _maps(row.overlap, row), _maps(row.entropy, row), _corr(row)]
              for row in rows if row.model != "baseline"]
     return header, cells
@@ -372,8 +376,10 @@ def claim_lines(rows: list[RowResult]) -> list[str]:
             if v is None:
                 continue
             ok = v >= target if op == ">=" else v <= target
+            chance = _mean(q.person_uniform) if name == "person mass" else None
             lines.append(f"- SpaAtn+Q {name} {op} {target}: {'holds' if ok else 'does not hold'} "
-                         f"({fmt.format(v)})")
+                         f"({fmt.format(v)}" + ("" if chance is None else
+                                                f"; a uniform map: {chance:.3f}") + ")")
     tem = by.get("SpaAtn+Q+TemAtn")
     if tem is not None and isinstance(tem.visibility, Stat):
         lo = tem.visibility_ci[0] if tem.visibility_ci else None
@@ -428,7 +434,8 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None) -> 
         if any(isinstance(r.person, Stat) for r in rows):
             parts += ["### Where the heads look",
                       "From the label maps of the test frames (synthetic set): the mean attention "
-                      "mass on the person over the K heads; heads with less than "
+                      "mass on the person over the K heads, beside the mass a uniform map would "
+                      "put there (a head that ignores the frame); heads with less than "
                       f"{PERSON_FLOOR} of their mass on the person; the distinct parts that are "
                       "some head's top part (docs/method.md); the within-clip correlation of "
                       "each head's temporal weight with the visibility of its part, mean over "
