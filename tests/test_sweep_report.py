@@ -26,6 +26,8 @@ from tools.report_tables import (
 )
 from tools.sweep import (
     LOSS_CURVE,
+    choice_line,
+    choose,
     collect,
     final_epoch,
     main,
@@ -315,9 +317,31 @@ def test_sweep_section_prints_the_matched_lines():
     assert section[0] == "## The attention sweep"
     assert "baseline commit `c0ffee` (synthetic split 0, one seed;" in section[1]
     assert section[2].startswith("| row | setting | train entropy | train saturated |")
-    assert section[-1] == ("- Q x0.03: overlap 0.050, entropy 1.000 nats; Q' at the same overlap "
+    assert section[-2] == ("- Q x0.03: overlap 0.050, entropy 1.000 nats; Q' at the same overlap "
                            "(between its coefficients 0.1 and 0.01): 0.500; Q broader by +0.500 "
                            "nats")
+    assert section[-1].endswith("the rule picks nothing.")
+
+
+def test_the_default_is_the_largest_unsaturated_coefficient_of_q_alone():
+    """From the training maps only: rows saturated at 0.5 or more, Q' rows, rows that change
+    anything besides the coefficient, and missing rows are never picked."""
+    def row(label, saturated, **settings):
+        return {**rendered_row(**settings), "label": label,
+                "training": {"entropy": 1.0, "saturated": saturated}}
+
+    rows = [row("Q x1", 0.96), row("Q x0.1", 0.5, **{"loss.diversity_weight": 0.1}),
+            row("Q x0.01", 0.3, **{"loss.diversity_weight": 0.01}),
+            row("Q x0.003", 0.1, **{"loss.diversity_weight": 0.003}),
+            row("Q' x0.1", 0.1, **{"loss.diversity": "sparse", "loss.diversity_weight": 0.1}),
+            row("Q x0.1 lr", 0.1, **{"loss.diversity_weight": 0.1,
+                                     "attention.spatial.lr": 0.01}),
+            row("pairs", 0.1, **{"loss.diversity_scale": "pairs"}),
+            {"label": "Q x0.05", "experiment": "sw-x", "problem": "not run"}]
+    assert choose({"rows": rows})["label"] == "Q x0.01"
+    assert choice_line({"rows": rows}).endswith(
+        'picks "Q x0.01" (coefficient 0.01; saturated 0.30, training entropy 1.000 nats).')
+    assert choose({"rows": rows[:2]}) is None
 
 
 def heads(persons: list[float | None], lo: float | None = None, hi: float | None = None) -> dict:
@@ -342,7 +366,8 @@ def test_head_summary_counts_heads_below_the_floor_over_the_splits():
     runs[0]["attention"]["spatial"]["person_uniform"] = 0.2
     runs[1]["attention"]["spatial"]["person_uniform"] = 0.3
     summary = head_summary(runs)
-    # spatial: a uniform map's person mass (0.2 + 0.3) / 2; 2 heads below 0.2 in split 0 (0.1, 0.15), 1 in split 1 (0.19): 1.5; temporal:
+    # spatial: a uniform map's person mass (0.2 + 0.3) / 2; 2 heads below 0.2 in split 0 (0.1,
+    # 0.15), 1 in split 1 (0.19): 1.5; temporal:
     # 0 and 2 (0.1, and a head without a person figure): 1; visibility bounds (-0.1 + 0.1) / 2,
     # (0.3 + 0.5) / 2
     assert summary == {"synthetic": {

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.files import format_table
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
 from tools.report_sources import PERSON_FLOOR, dotted
-from tools.sweep import SWEEP_HEADER, matched_lines, sweep_rows
+from tools.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
 
 PROTOCOL_NOTES = {
     "official": "Official protocol, each benchmark's own: on MARS and the sets in its layout "
@@ -474,6 +474,7 @@ def sweep_section(sweep: dict) -> list[str]:
         "Q against Q' at the same overlap (the paper's argument for Q, §3.3: broader maps that "
         "still do not overlap):",
         "\n".join(matched) if matched else "No Q row's overlap lies within the Q' rows' range.",
+        choice_line(sweep),
     ]
 
 

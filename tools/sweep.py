@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.files import format_table, write_json
 from pipeline.params import DataParams, run_name
+from pipeline.train import SATURATION_WARNING
 from tools.experiments import SWEEP, sweep_cells
 from tools.report_sources import (
     EVAL_FILE,
@@ -107,6 +108,25 @@ def collect(show: list[dict], head: str | None, read: Reader) -> dict:
             "rows": rows, "matched": matched_overlap(rows)}
 
 
+def literal_except(settings: dict, *keys: str) -> bool:
+    """Whether every open setting but ``keys`` is at the paper-literal default."""
+    return all(settings[k] == SETTING_DEFAULTS[k] for k in SETTING_DEFAULTS if k not in keys)
+
+
+def choose(sweep: dict) -> dict | None:
+    """The rule that sets the default coefficient, from the training maps only (never the test
+    figures): among the Q rows that differ from the paper-literal setting in the coefficient
+    alone, the largest coefficient whose phase-1 training maps end with less than
+    SATURATION_WARNING of their entries below 1e-6 (maps the identity loss can still move); None
+    when no such row was run. The strongest regulariser that does not freeze the maps."""
+    candidates = [row for row in sweep["rows"]
+                  if not row.get("problem") and row.get("training")
+                  and row["settings"]["loss.diversity"] == "hellinger"
+                  and literal_except(row["settings"], "loss.diversity_weight")
+                  and row["training"]["saturated"] < SATURATION_WARNING]
+    return max(candidates, key=lambda r: r["settings"]["loss.diversity_weight"], default=None)
+
+
 def _figures(evaluation: dict, model: str) -> dict:
     """A model's official rank-1 and mAP with intervals and its map figures (the temporal
     model's: with the weight-visibility correlation) from an evaluate output."""
@@ -136,8 +156,7 @@ def matched_overlap(rows: Sequence[dict]) -> list[dict]:
             if (not s or not m or m.get("overlap") is None or m.get("entropy") is None
                     or s["loss.diversity"] != kind):
                 continue
-            if any(s[k] != SETTING_DEFAULTS[k] for k in SETTING_DEFAULTS
-                   if k not in ("loss.diversity", "loss.diversity_weight")):
+            if not literal_except(s, "loss.diversity", "loss.diversity_weight"):
                 continue
             points.append((s["loss.diversity_weight"], m["overlap"], m["entropy"]))
         return sorted(points, key=lambda p: p[1])
@@ -220,6 +239,21 @@ def sweep_rows(sweep: dict) -> list[list[str]]:
     return lines
 
 
+def choice_line(sweep: dict) -> str:
+    """What ``choose`` picks, said with the figures it used."""
+    row = choose(sweep)
+    if row is None:
+        return (f"No Q row that changes only the coefficient ends phase 1 with less than "
+                f"{SATURATION_WARNING:g} of its training maps' entries saturated: the rule picks "
+                f"nothing.")
+    return (f"The rule for the default (training maps only: the largest coefficient of Q, every "
+            f"other open setting as the paper reads, whose phase-1 training maps end with less "
+            f"than {SATURATION_WARNING:g} of their entries below 1e-6) picks \"{row['label']}\" "
+            f"(coefficient {row['settings']['loss.diversity_weight']:g}; saturated "
+            f"{row['training']['saturated']:.2f}, training entropy "
+            f"{row['training']['entropy']:.3f} nats).")
+
+
 def matched_lines(sweep: dict) -> list[str]:
     out = []
     for m in sweep.get("matched", []):
@@ -248,6 +282,7 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     write_json(args.out, sweep)
     print(format_table(list(SWEEP_HEADER), sweep_rows(sweep)))
     print("\n".join(matched_lines(sweep)))
+    print(choice_line(sweep))
     missing = [r["experiment"] for r in sweep["rows"] if r.get("problem")]
     if missing:
         print(f"missing: {', '.join(missing)} (`python -m tools.experiments run sweep`)",
