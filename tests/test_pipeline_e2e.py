@@ -109,7 +109,7 @@ def test_queued_ablation_and_report(repo):
     run(repo, sys.executable, "-m", "tools.report", "--params", "params.yaml", "--out",
         "metrics/report.md", "--chart", "metrics/plots/table1.png", env=env)
     report = (repo / "metrics" / "report.md").read_text()
-    table1 = report.split("## synthetic, official protocol")[1].split("### Table 2")[0]
+    table1 = report.split("## synthetic, official protocol")[1].split("### Table 1 beside")[0]
     rows = {cells[0]: cells for line in table1.splitlines() if line.startswith("| ")
             for cells in [line.strip("| ").split(" | ")]}
     assert rows["row"][1:3] == ["rank-1 (%)", "mAP (%)"]
