@@ -48,9 +48,10 @@ ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with J
 	$(BIN)/python -m tools.experiments run table2 --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
 
-sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, then report
+sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, probe the cells, then report
 	$(BIN)/python -m tools.experiments run sweep --jobs $(JOBS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.sweep --out metrics/sweep.json
+	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
 
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)

@@ -110,6 +110,17 @@ def _protocol_rank(protocol: str) -> tuple[int, str]:
     return order, protocol
 
 
+def _optional_json(path: Path, tool: str) -> dict | None:
+    """An optional input of the report: its JSON, or None when the file does not exist."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: {path}: not JSON ({err}); write it again with "
+                         f"`python -m {tool}`") from None
+
+
 def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
                         help="a saved `dvc exp show --json` output (default: run it)")
     parser.add_argument("--sweep", type=Path, default=Path("metrics/sweep.json"),
                         help="the attention sweep (tools.sweep), printed when the file exists")
+    parser.add_argument("--probe", type=Path, default=Path("metrics/cell_probe.json"),
+                        help="the cell probe (tools.cell_probe), printed when the file exists")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
@@ -137,14 +150,9 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])
-    sweep = None
-    if args.sweep.exists():
-        try:
-            sweep = json.loads(args.sweep.read_text())
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {args.sweep}: not JSON ({err}); write it again with "
-                             "`python -m tools.sweep`") from None
-    write_text(args.out, render_markdown(report, command, sweep))
+    sweep, probe = (_optional_json(path, tool) for path, tool in (
+        (args.sweep, "tools.sweep"), (args.probe, "tools.cell_probe")))
+    write_text(args.out, render_markdown(report, command, sweep, probe))
     draw_chart(report, args.chart)
     print(render_terminal(report))
     print(f"\nwrote {args.out} and {args.chart}")

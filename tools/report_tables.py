@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.files import format_table
+from tools.cell_probe import markdown as probe_section
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
 from tools.report_sources import PERSON_FLOOR, dotted
 from tools.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
@@ -397,7 +398,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
 
 
-def render_markdown(report: Report, command: str, sweep: dict | None = None) -> str:
+def render_markdown(report: Report, command: str, sweep: dict | None = None,
+                    probe: dict | None = None) -> str:
     """``metrics/report.md``: how it was made, then per dataset and protocol both tables, Table 1
     beside the paper's, where the heads look and the paper's claims as measured; then the
     attention sweep (``sweep``: metrics/sweep.json, tools.sweep) if given."""
@@ -448,6 +450,8 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None) -> 
                   markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
     if sweep is not None:
         parts += sweep_section(sweep)
+    if probe is not None:
+        parts += probe_section(probe)
     parts.append("## Missing results")
     if report.problems:
         parts.append("\n".join(f"- `{name}`: {why}" for name, why in report.problems.items()))

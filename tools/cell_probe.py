@@ -1,0 +1,134 @@
+"""How much identity each res5c cell of the cached features carries, against how much of it is
+person: the test for whether attention on the person should pay on this CNN's features.
+
+For every cell of the grid, the test tracklets are described by that cell's feature alone (the
+mean over the tracklet's cached frames, L2-normalised) and ranked under the official protocol:
+rank-1 per cell, beside the cell's person share (label maps of the test frames). Then three fixed
+pooled descriptors: every cell alike (a uniform map), each frame's cells weighted by their person
+share (an oracle person map), and by their background share (an oracle background map). If the
+background map ranks as well as the person map, the identity loss gives heads no reason to look
+at the person; a cell away from the person that ranks like one on it sees the person through its
+receptive field (at res5c that field spans the whole frame).
+
+    python -m tools.cell_probe --cache data/cache/synthetic-0.h5 --out metrics/cell_probe.json
+
+Needs a cache with ground truth (the synthetic set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.attention_stats import BACKGROUND, OCCLUDER
+from pipeline.features import read_parts
+from pipeline.files import format_table, write_json
+from pipeline.metrics import score
+
+
+def tracklet_means(grids: h5py.Dataset, offsets: np.ndarray,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """(T, D, h, w) mean over each tracklet's cached frames of the grids, or with ``weights``
+    (F, h, w) the mean over its frames of each frame's weighted sum over cells, (T, D)."""
+    out = []
+    for i in tqdm(range(len(offsets) - 1), desc="tracklets", leave=False):
+        x = grids[offsets[i]:offsets[i + 1]].astype(np.float32)  # (n, D, h, w)
+        if weights is None:
+            out.append(x.mean(axis=0))
+        else:
+            w = weights[offsets[i]:offsets[i + 1]]  # (n, h, w)
+            w = w / np.maximum(w.sum(axis=(1, 2), keepdims=True), 1e-12)
+            out.append(np.einsum("ndhw,nhw->d", x, w) / len(x))
+    return np.stack(out)
+
+
+def rank1(features: np.ndarray, pids, camids, is_query) -> float:
+    norm = np.linalg.norm(features, axis=1, keepdims=True)
+    metrics, _ = score(features / np.maximum(norm, 1e-12), pids, camids, is_query,
+                       ["official"], 1)
+    return metrics["official"]["rank1"]
+
+
+def probe(cache: Path) -> dict:
+    truth = read_parts(cache, "test")
+    if truth is None:
+        raise SystemExit(f"error: {cache}: no label maps (test/parts); the probe needs the "
+                         "synthetic set's ground truth")
+    parts, _, names = truth  # (F, P, h, w)
+    person_labels = [i for i, n in enumerate(names) if n not in (BACKGROUND, OCCLUDER)]
+    person = parts[:, person_labels].sum(axis=1)  # (F, h, w)
+    background = parts[:, names.index(BACKGROUND)]
+    with h5py.File(cache, "r") as f:
+        group = f["test"]
+        offsets = group["offsets"][()]
+        ids = (group["pids"][()], group["camids"][()], group["is_query"][()].astype(bool))
+        grids = group["grids"]
+        means = tracklet_means(grids, offsets)  # (T, D, h, w)
+        pooled = {"uniform map": means.mean(axis=(2, 3)),
+                  "person share map": tracklet_means(grids, offsets, person),
+                  "background share map": tracklet_means(grids, offsets, background)}
+    h, w = means.shape[2:]
+    cells = [[rank1(means[:, :, y, x], *ids) for x in range(w)] for y in range(h)]
+    share = person.mean(axis=0)
+    corr = float(np.corrcoef(np.ravel(cells), share.ravel())[0, 1])
+    return {"cache": str(cache), "cell_rank1": cells, "cell_person_share": share.tolist(),
+            "rank1_person_share_corr": corr,
+            "pooled_rank1": {name: rank1(x, *ids) for name, x in pooled.items()}}
+
+
+def render(result: dict) -> str:
+    cells, share = np.array(result["cell_rank1"]), np.array(result["cell_person_share"])
+    grid = [[f"{100 * r:.1f} ({s:.2f})" for r, s in zip(row_r, row_s, strict=True)]
+            for row_r, row_s in zip(cells, share, strict=True)]
+    lines = ["Official rank-1 (%) of each res5c cell's feature alone, (its person share), rows "
+             "top to bottom:",
+             format_table([f"column {x + 1}" for x in range(cells.shape[1])], grid),
+             f"Correlation of a cell's rank-1 with its person share: "
+             f"{result['rank1_person_share_corr']:+.2f}",
+             format_table(["pooling", "rank-1 (%)"],
+                          [[k, f"{100 * v:.1f}"] for k, v in result["pooled_rank1"].items()])]
+    return "\n\n".join(lines)
+
+
+def markdown(result: dict) -> list[str]:
+    """The report's section on the probe (``metrics/cell_probe.json``)."""
+    from tools.report_tables import markdown_table  # imports this module: not at the top
+
+    cells, share = np.array(result["cell_rank1"]), np.array(result["cell_person_share"])
+    grid = [[f"row {y + 1}", *(f"{100 * r:.1f} ({s:.2f})" for r, s in zip(rr, ss, strict=True))]
+            for y, (rr, ss) in enumerate(zip(cells, share, strict=True))]
+    pooled = [[k, f"{100 * v:.1f}"] for k, v in result["pooled_rank1"].items()]
+    return [
+        "## Identity in each cell",
+        f"`python -m tools.cell_probe` on `{result['cache']}` (test set, official protocol): "
+        "each res5c cell's feature alone, mean over a tracklet's cached frames, ranked; in "
+        "brackets the cell's person share. A cell off the person that ranks like one on it "
+        "sees the person through its receptive field. Then the whole grid pooled with fixed "
+        "maps: uniform, each frame's person share, its background share.",
+        markdown_table(["", *(f"column {x + 1}" for x in range(cells.shape[1]))], grid),
+        f"Correlation of a cell's rank-1 with its person share: "
+        f"{result['rank1_person_share_corr']:+.2f}.",
+        markdown_table(["pooling", "rank-1 (%)"], pooled),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path("data/cache/synthetic-0.h5"))
+    parser.add_argument("--out", type=Path, default=Path("metrics/cell_probe.json"))
+    args = parser.parse_args(argv)
+    if not args.cache.exists():
+        sys.exit(f"error: {args.cache}: no such cache; run `make repro` first")
+    result = probe(args.cache)
+    write_json(args.out, result)
+    print(render(result))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
