@@ -122,7 +122,8 @@ def test_results_block_prints_the_intervals_and_the_ground_truth(fake):
             m.update(rank1_lo=m["rank1"] - 0.05, rank1_hi=m["rank1"] + 0.1,
                      mAP_lo=m["mAP"] - 0.05, mAP_hi=m["mAP"] + 0.05)
     evaluation["attention"]["joint"].update(
-        person=0.8, occluder=0.05, background=0.15, parts_covered=2, visibility_corr=0.25,
+        person=0.8, person_uniform=0.25, occluder=0.05, background=0.15, parts_covered=2,
+        visibility_corr=0.25,
         visibility_corr_lo=0.125, visibility_corr_hi=0.375, head1_part="torso",
         head2_part="legs")
     write(fake, "metrics/eval/synthetic-0.json", evaluation)
@@ -132,7 +133,7 @@ def test_results_block_prints_the_intervals_and_the_ground_truth(fake):
     assert "a difference smaller than it is within the noise of the test set" in out
     assert ("| `baseline` (base) | Baseline | 12.5 [7.5, 22.5] | 75.0 | 87.5 | 100.0 "
             "| 10.0 [5.0, 15.0] | 25.0 [20.0, 35.0] | 20.0 [15.0, 25.0] | n/a | n/a |") in out
-    assert ("| `joint` (ind) | 0.8 | 0.05 | 0.15 | 2 | torso, legs | +0.25 [+0.12, +0.38] |"
+    assert ("| `joint` (ind) | 0.8 | 0.25 | 0.05 | 0.15 | 2 | torso, legs | +0.25 [+0.12, +0.38] |"
             in out)
 
 

@@ -83,15 +83,18 @@ def ground_truth(attention: dict) -> str:
              f"{_num(a.get('visibility_corr_hi'))}]"
              + (" (equal weights)" if "visibility_corr_note" in a else ""))
         rows.append([f"`{model}` ({HEADLINE_NAMES.get(model, model)})",
-                     *(_stat(a[k]) for k in ("person", "occluder", "background")),
+                     *(_stat(a.get(k)) for k in ("person", "person_uniform", "occluder",
+                                                 "background")),
                      a["parts_covered"], parts, r])
     return ("Where the heads look, on the test frames of that split: attention mass on the "
-            "person, the occluder and the background (mean over heads), the part each head "
+            "person (beside a uniform map's: where a head that ignores the frame would be), "
+            "the occluder and the background (mean over heads), the part each head "
             "looks at most, how many distinct parts that makes, and the correlation of each "
             "head's temporal weight with the visibility of its part, mean over heads, 95 "
             "percent interval over clips ([docs/method.md](docs/method.md#measuring-the-"
             "attention-maps)).\n\n" + table(
-                ["model", "person", "occluder", "background", "parts covered", "head parts",
+                ["model", "person", "uniform map's person", "occluder", "background",
+                 "parts covered", "head parts",
                  "r (temporal weight, visibility)"], rows))
 
 
