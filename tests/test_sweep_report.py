@@ -257,10 +257,10 @@ def test_claim_lines_check_orderings_gains_and_map_targets():
         "- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): does not hold: 58.0 vs 60.0 (-2.0; noise ±0.0)",
         "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): does not hold: 56.0 vs 58.0 (-2.0; "
         "noise ±0.0)",
-        "- full model at least Baseline + 5 rank-1 points: holds (+6.0)",
-        "- full model at least Baseline + 5 mAP points: does not hold (+4.0)",
+        "- full model at least Baseline + 5 rank-1 points: holds (+6.00)",
+        "- full model at least Baseline + 5 mAP points: does not hold (+4.00)",
         "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)",
-        "- SpaAtn+Q map overlap <= 0.15: holds (0.100)",
+        "- SpaAtn+Q map overlap <= 0.15: holds (0.1000)",
         "- SpaAtn+Q person mass >= 0.6: holds (0.650)",
         "- SpaAtn+Q heads below 0.2 person <= 1: does not hold (2.0)",
         "- SpaAtn+Q parts covered >= 4: does not hold (3.0)",

@@ -363,11 +363,11 @@ def claim_lines(rows: list[RowResult]) -> list[str]:
                 ok = a - b >= FULL_MODEL_GAIN
                 lines.append(f"- full model at least Baseline + {100 * FULL_MODEL_GAIN:.0f} "
                              f"{name} points: {'holds' if ok else 'does not hold'} "
-                             f"({100 * (a - b):+.1f})")
+                             f"({100 * (a - b):+.2f})")
     q = by.get("SpaAtn+Q")
     if q is not None and isinstance(q.person, Stat):
         checks = (("map entropy", q.entropy, ">=", MAP_TARGETS["entropy"], "{:.3f} nats"),
-                  ("map overlap", q.overlap, "<=", MAP_TARGETS["overlap"], "{:.3f}"),
+                  ("map overlap", q.overlap, "<=", MAP_TARGETS["overlap"], "{:.4f}"),
                   ("person mass", q.person, ">=", MAP_TARGETS["person"], "{:.3f}"),
                   (f"heads below {PERSON_FLOOR} person", q.heads_below, "<=",
                    MAP_TARGETS["heads_below"], "{:.1f}"),
