@@ -573,8 +573,8 @@ def test_figure_block_shows_the_first_query_of_the_first_split(tmp_path):
 
 def test_claims_block_reads_the_claims_and_the_heads_of_the_first_protocol(tmp_path):
     """The README's claims come from the report as tools.report writes it: the claims of the first
-    protocol of each set (never the other protocol's) and the heads' table, whatever tables sit
-    between them (Table 1 beside the paper is not taken for Table 1)."""
+    protocol of each set (never the other protocol's), whatever tables sit between them (Table 1
+    beside the paper is not taken for Table 1)."""
     from tools.report_tables import Report, RowResult, Stat, render_markdown
 
     def row(label, model, rank1, person=None):
@@ -597,10 +597,10 @@ def test_claims_block_reads_the_claims_and_the_heads_of_the_first_protocol(tmp_p
     assert parse_report(text, "r")[("synthetic", "official")]["Table 1"][0]["row"] == "Baseline"
     write(tmp_path, "metrics/report.md", text)
     out = render("claims", tmp_path)
-    assert "From `metrics/report.md` (baseline commit `0123456`)." in out
+    assert "(from `metrics/report.md`, baseline commit `0123456`; rank-1" in out
     assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): holds: 45.0 vs 40.0 (+5.0; noise ±2.0)"
             in out)
     assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in out
     assert "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)" in out
     assert "60.0 vs" not in out and "torchreid" not in out  # the second protocol stays out
-    assert "| SpaAtn+Q | 0.500 ± 0.000 | n/a | 2.000 ± 0.000 | 3.000 ± 0.000 |" in out
+    assert "Where the heads look" not in out  # in the report and the results block

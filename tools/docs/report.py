@@ -104,7 +104,8 @@ def report_block(root: Path) -> str:
 
 def claims_block(root: Path) -> str:
     """The README's measured claims: for the first protocol of each set of ``metrics/report.md``,
-    the paper's claims as the report measured them and where the heads look."""
+    the paper's claims as the report measured them (where the heads look: the report, and the
+    README's results block)."""
     relative = "metrics/report.md"
     if not (root / relative).exists():
         raise NotProduced(relative, "make ablations, make ksweep (or make report)")
@@ -112,25 +113,20 @@ def claims_block(root: Path) -> str:
     sections = parse_report(text, relative)
     commit = re.search(r"baseline commit\s+`([0-9a-f]{7,40})`", text)
     seeds = re.search(r"Table 1:\s+seed\(s\)\s+([\d, ]+)\.", text)
+    origin = f"`{relative}`" + (f", baseline commit `{commit[1][:7]}`" if commit else "")
     parts = []
     for (dataset, protocol), tables in sections.items():
         if protocol != next(p for d, p in sections if d == dataset):
             continue
         claims = [c["line"] for c in tables.get(CLAIMS, [])]
         if claims:
-            parts.append(f"**{dataset}, {protocol} protocol** (rank-1; mean over Table 1's "
-                         f"seeds {seeds[1] if seeds else '?'}; noise: the larger half-width of "
-                         "the two rows' 95 percent intervals):\n\n" + "\n".join(claims))
-        heads = tables.get("Where the heads look", [])
-        if heads:
-            header = list(heads[0])
-            parts.append(f"Where the heads look on {dataset} (test frames, label maps):\n\n"
-                         + table(header, [[r[h] for h in header] for r in heads]))
+            parts.append(f"**{dataset}, {protocol} protocol** (from {origin}; rank-1, mean over "
+                         f"Table 1's seeds {seeds[1] if seeds else '?'}; noise: the larger "
+                         "half-width of the two rows' 95 percent intervals):\n\n"
+                         + "\n".join(claims))
     if not parts:
         return f"`{relative}` measures no claim yet: run `make ablations`."
-    origin = f"From `{relative}` (baseline commit `{commit[1][:7]}`)." if commit else \
-        f"From `{relative}`."
-    return "\n\n".join([origin, *parts])
+    return "\n\n".join(parts)
 
 
 def paper_block(root: Path) -> str:
