@@ -379,7 +379,10 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
         assert 0.0 <= stats["overlap"] <= 1.0 and 0.0 <= stats["entropy"] <= np.log(cells) + 1e-9
         # the ground truth of the synthetic frames: where the heads look
         assert stats["person"] + stats["occluder"] + stats["background"] == pytest.approx(1.0)
-        assert 1 <= stats["parts_covered"] <= model["K"]
+        # a part counts only under a head with 0.2 of its mass on the person: a tiny run may have
+        # none (what the heads learn is the benchmark's business, not this test's)
+        assert 0 <= stats["parts_covered"] <= model["K"]
+        assert 0.0 < stats["person_uniform"] < 1.0  # the person fills part of every frame
         assert stats["frames_measured"] > 0 and stats["frames_missing"] == 0
 
     headline = json.loads((repo / "metrics" / "results" / "synthetic.json").read_text())
