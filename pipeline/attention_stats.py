@@ -119,10 +119,16 @@ def part_mass(S: np.ndarray, parts: np.ndarray) -> np.ndarray:
     return np.einsum("mkl,mpl->kp", S, parts) / len(S)
 
 
+def person_labels(names: Sequence[str]) -> list[int]:
+    """The indices of the labels in ``names`` that are the person (all but background and
+    occluder)."""
+    return [p for p, name in enumerate(names) if name not in (BACKGROUND, OCCLUDER)]
+
+
 def head_parts(mass: np.ndarray, names: list[str]) -> tuple[list[str | None], np.ndarray]:
     """Each head's part: the person label with the largest share of the head's person mass, and
     that share, from ``part_mass`` (K, P). A head without person mass has none (None, NaN)."""
-    person = [p for p, name in enumerate(names) if name not in (BACKGROUND, OCCLUDER)]
+    person = person_labels(names)
     on_person = mass[:, person]  # (K, P')
     total = on_person.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -231,7 +237,8 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
     measured = ~np.isnan(parts).any(axis=(-1, -2))  # (T, N): frames with ground truth
     check_parts(parts[measured])
     mass = part_mass(S[measured], parts[measured])  # (K, P)
-    person = mass[:, [p for p, n in enumerate(names) if n not in (BACKGROUND, OCCLUDER)]].sum(1)
+    on_person = person_labels(names)
+    person = mass[:, on_person].sum(1)
     occluder, background = mass[:, names.index(OCCLUDER)], mass[:, names.index(BACKGROUND)]
     top, share = head_parts(mass, names)
     # the visibility of each head's part in each frame (NaN: no part, or the part is absent)
@@ -241,9 +248,8 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
         if part is not None:
             v[:, :, k] = np.where(measured, visibility[:, :, names.index(part)], np.nan)
     corr = visibility_correlation(t, v)
-    person_labels = [p for p, n in enumerate(names) if n not in (BACKGROUND, OCCLUDER)]
     # what a head that ignores the frame would get: a uniform map's mass on the person
-    uniform = parts[measured][:, person_labels].sum(axis=1).mean() if measured.any() else np.nan
+    uniform = parts[measured][:, on_person].sum(axis=1).mean() if measured.any() else np.nan
     out = {"person": _num(person.mean()), "person_uniform": _num(uniform),
            "occluder": _num(occluder.mean()),
            "background": _num(background.mean()), "parts_covered": parts_covered(top, person),

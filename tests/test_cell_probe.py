@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tools.cell_probe import main, markdown, probe
+from tools.cell_probe import main, probe
+from tools.report_tables import probe_section
 
 
 def write_cache(path):
@@ -43,7 +44,7 @@ def test_a_cell_on_the_person_ranks_and_a_shared_background_cell_does_not(tmp_pa
     assert result["rank1_person_share_corr"] == pytest.approx(1.0)
     assert result["pooled_rank1"] == {"uniform map": 1.0, "person share map": 1.0,
                                       "background share map": 0.0}
-    lines = markdown(result)
+    lines = probe_section(result)
     assert lines[0] == "## Identity in each cell"
     assert "| row 1 | 100.0 (1.00) |" in lines[2] and "| row 2 | 0.0 (0.00) |" in lines[2]
     assert "| background share map | 0.0 |" in lines[-1]

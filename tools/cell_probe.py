@@ -25,26 +25,27 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.attention_stats import BACKGROUND, OCCLUDER
+from pipeline.attention_stats import BACKGROUND, person_labels
 from pipeline.features import read_parts
 from pipeline.files import format_table, write_json
 from pipeline.metrics import score
 
 
-def tracklet_means(grids: h5py.Dataset, offsets: np.ndarray,
-                   weights: np.ndarray | None = None) -> np.ndarray:
-    """(T, D, h, w) mean over each tracklet's cached frames of the grids, or with ``weights``
-    (F, h, w) the mean over its frames of each frame's weighted sum over cells, (T, D)."""
-    out = []
+def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
+                   weights: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One pass over the tracklets' cached grids: the mean over each tracklet's frames of its
+    grids (T, D, h, w), and for each map of ``weights`` (F, h, w) the mean over its frames of each
+    frame's cells weighted by the map, normalised per frame, (T, D)."""
+    means, pooled = [], {name: [] for name in weights}
     for i in tqdm(range(len(offsets) - 1), desc="tracklets", leave=False):
-        x = grids[offsets[i]:offsets[i + 1]].astype(np.float32)  # (n, D, h, w)
-        if weights is None:
-            out.append(x.mean(axis=0))
-        else:
-            w = weights[offsets[i]:offsets[i + 1]]  # (n, h, w)
+        frames = slice(offsets[i], offsets[i + 1])
+        x = grids[frames].astype(np.float32)  # (n, D, h, w)
+        means.append(x.mean(axis=0))
+        for name, weight in weights.items():
+            w = weight[frames]  # (n, h, w)
             w = w / np.maximum(w.sum(axis=(1, 2), keepdims=True), 1e-12)
-            out.append(np.einsum("ndhw,nhw->d", x, w) / len(x))
-    return np.stack(out)
+            pooled[name].append(np.einsum("ndhw,nhw->d", x, w) / len(x))
+    return np.stack(means), {name: np.stack(rows) for name, rows in pooled.items()}
 
 
 def rank1(features: np.ndarray, pids, camids, is_query) -> float:
@@ -60,18 +61,13 @@ def probe(cache: Path) -> dict:
         raise SystemExit(f"error: {cache}: no label maps (test/parts); the probe needs the "
                          "synthetic set's ground truth")
     parts, _, names = truth  # (F, P, h, w)
-    person_labels = [i for i, n in enumerate(names) if n not in (BACKGROUND, OCCLUDER)]
-    person = parts[:, person_labels].sum(axis=1)  # (F, h, w)
-    background = parts[:, names.index(BACKGROUND)]
+    person = parts[:, person_labels(names)].sum(axis=1)  # (F, h, w)
+    maps = {"person share map": person, "background share map": parts[:, names.index(BACKGROUND)]}
     with h5py.File(cache, "r") as f:
         group = f["test"]
-        offsets = group["offsets"][()]
         ids = (group["pids"][()], group["camids"][()], group["is_query"][()].astype(bool))
-        grids = group["grids"]
-        means = tracklet_means(grids, offsets)  # (T, D, h, w)
-        pooled = {"uniform map": means.mean(axis=(2, 3)),
-                  "person share map": tracklet_means(grids, offsets, person),
-                  "background share map": tracklet_means(grids, offsets, background)}
+        means, weighted = tracklet_pools(group["grids"], group["offsets"][()], maps)
+    pooled = {"uniform map": means.mean(axis=(2, 3)), **weighted}
     h, w = means.shape[2:]
     cells = [[rank1(means[:, :, y, x], *ids) for x in range(w)] for y in range(h)]
     share = person.mean(axis=0)
@@ -81,40 +77,28 @@ def probe(cache: Path) -> dict:
             "pooled_rank1": {name: rank1(x, *ids) for name, x in pooled.items()}}
 
 
-def render(result: dict) -> str:
+def grid_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-cell table: rank-1 in percent (person share), one row per grid
+    row, top to bottom."""
     cells, share = np.array(result["cell_rank1"]), np.array(result["cell_person_share"])
-    grid = [[f"{100 * r:.1f} ({s:.2f})" for r, s in zip(row_r, row_s, strict=True)]
-            for row_r, row_s in zip(cells, share, strict=True)]
-    lines = ["Official rank-1 (%) of each res5c cell's feature alone, (its person share), rows "
-             "top to bottom:",
-             format_table([f"column {x + 1}" for x in range(cells.shape[1])], grid),
-             f"Correlation of a cell's rank-1 with its person share: "
-             f"{result['rank1_person_share_corr']:+.2f}",
-             format_table(["pooling", "rank-1 (%)"],
-                          [[k, f"{100 * v:.1f}"] for k, v in result["pooled_rank1"].items()])]
-    return "\n\n".join(lines)
-
-
-def markdown(result: dict) -> list[str]:
-    """The report's section on the probe (``metrics/cell_probe.json``)."""
-    from tools.report_tables import markdown_table  # imports this module: not at the top
-
-    cells, share = np.array(result["cell_rank1"]), np.array(result["cell_person_share"])
-    grid = [[f"row {y + 1}", *(f"{100 * r:.1f} ({s:.2f})" for r, s in zip(rr, ss, strict=True))]
+    rows = [[f"row {y + 1}", *(f"{100 * r:.1f} ({s:.2f})" for r, s in zip(rr, ss, strict=True))]
             for y, (rr, ss) in enumerate(zip(cells, share, strict=True))]
-    pooled = [[k, f"{100 * v:.1f}"] for k, v in result["pooled_rank1"].items()]
-    return [
-        "## Identity in each cell",
-        f"`python -m tools.cell_probe` on `{result['cache']}` (test set, official protocol): "
-        "each res5c cell's feature alone, mean over a tracklet's cached frames, ranked; in "
-        "brackets the cell's person share. A cell off the person that ranks like one on it "
-        "sees the person through its receptive field. Then the whole grid pooled with fixed "
-        "maps: uniform, each frame's person share, its background share.",
-        markdown_table(["", *(f"column {x + 1}" for x in range(cells.shape[1]))], grid),
+    return ["", *(f"column {x + 1}" for x in range(cells.shape[1]))], rows
+
+
+def pooled_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the fixed-map pooling table."""
+    return ["pooling", "rank-1 (%)"], [[k, f"{100 * v:.1f}"]
+                                      for k, v in result["pooled_rank1"].items()]
+
+
+def render(result: dict) -> str:
+    return "\n\n".join([
+        "Official rank-1 (%) of each res5c cell's feature alone, (its person share):",
+        format_table(*grid_rows(result)),
         f"Correlation of a cell's rank-1 with its person share: "
-        f"{result['rank1_person_share_corr']:+.2f}.",
-        markdown_table(["pooling", "rank-1 (%)"], pooled),
-    ]
+        f"{result['rank1_person_share_corr']:+.2f}",
+        format_table(*pooled_rows(result))])
 
 
 def main(argv: list[str] | None = None) -> None:

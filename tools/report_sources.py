@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.attention_stats import head_count, summarize_attention
+from pipeline.attention_stats import COVER_MIN_PERSON, head_count, summarize_attention
 from pipeline.metrics import summarize
 from pipeline.params import AttentionParams, DataParams, Params, run_name
 from tools.experiments import SEED_KEY, Cell, dvc
@@ -24,7 +24,9 @@ from tools.shell import run, user_env
 EVAL_DIR = "metrics/eval"
 EVAL_FILE = EVAL_DIR + "/{run}.json"  # run: pipeline.params.run_name(dataset, split)
 PARAMS_FILE = "params.yaml"
-PERSON_FLOOR = 0.2  # a head with less of its attention mass on the person looks elsewhere
+# a head with less of its attention mass on the person looks elsewhere: the threshold under which
+# the evaluate stage counts no part for it (parts_covered)
+PERSON_FLOOR = COVER_MIN_PERSON
 
 # Reads a file of a commit: (rev, path) -> its text; raises FileNotFoundError, whose message
 # names the file and says why, where the commit has no such file.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.files import format_table
-from tools.cell_probe import markdown as probe_section
+from tools.cell_probe import grid_rows, pooled_rows
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
 from tools.report_sources import PERSON_FLOOR, dotted
 from tools.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
@@ -323,9 +323,13 @@ FULL_MODEL_GAIN = 0.05  # the full model over Baseline, rank-1 and mAP (fraction
 MAP_TARGETS = {"entropy": 1.0, "overlap": 0.15, "person": 0.6, "heads_below": 1, "parts": 4}
 
 
+def _metric(row: RowResult, metric: str) -> tuple[Value, Interval | None]:
+    """A row's ``rank1`` or ``mAP`` and its 95 percent interval."""
+    return (row.rank1, row.rank1_ci) if metric == "rank1" else (row.mean_ap, row.mean_ap_ci)
+
+
 def _half_width(row: RowResult, metric: str) -> float | None:
-    ci, value = (row.rank1_ci, row.rank1) if metric == "rank1" else (row.mean_ap_ci,
-                                                                      row.mean_ap)
+    value, ci = _metric(row, metric)
     if ci is None or not isinstance(value, Stat):
         return None
     return max(value.mean - ci[0], ci[1] - value.mean)
@@ -334,8 +338,7 @@ def _half_width(row: RowResult, metric: str) -> float | None:
 def ordering_verdict(high: RowResult, low: RowResult, metric: str = "rank1") -> str:
     """"holds" when ``high`` beats ``low`` by more than the larger half-width of their 95
     percent intervals, "does not hold" when it trails by more, else "within the noise"."""
-    a = _mean(high.rank1 if metric == "rank1" else high.mean_ap)
-    b = _mean(low.rank1 if metric == "rank1" else low.mean_ap)
+    a, b = _mean(_metric(high, metric)[0]), _mean(_metric(low, metric)[0])
     if a is None or b is None:
         return f"not measured ({MISSING})"
     widths = [w for w in (_half_width(high, metric), _half_width(low, metric)) if w is not None]
@@ -357,8 +360,7 @@ def claim_lines(rows: list[RowResult]) -> list[str]:
     full, base = by.get("SpaAtn+Q+TemAtn+Ind"), by.get("Baseline")
     if full and base:
         for metric, name in (("rank1", "rank-1"), ("mAP", "mAP")):
-            a = _mean(full.rank1 if metric == "rank1" else full.mean_ap)
-            b = _mean(base.rank1 if metric == "rank1" else base.mean_ap)
+            a, b = _mean(_metric(full, metric)[0]), _mean(_metric(base, metric)[0])
             if a is not None and b is not None:
                 ok = a - b >= FULL_MODEL_GAIN
                 lines.append(f"- full model at least Baseline + {100 * FULL_MODEL_GAIN:.0f} "
@@ -471,14 +473,30 @@ def sweep_section(sweep: dict) -> list[str]:
         f"baseline commit `{sweep['commit']}` ({sweep['dataset']} split {sweep['split']}, one "
         f"seed; `python -m tools.experiments run sweep`, then `python -m tools.sweep`). Train "
         f"entropy and saturated: the training maps in the last epoch of phase 1 (mean entropy in "
-        f"nats, share of entries below 1e-6); the other map figures are the SpaAtn+Q model's on "
-        f"the test frames; rank-1 and mAP (official protocol) with their 95 percent intervals; "
-        f"r: the temporal model's weight-visibility correlation.",
+        f"nats, share of entries below 1e-6); the other map figures are the SpaAtn+Q "
+        f"model's on the test frames; rank-1 and mAP (official protocol) with their 95 percent "
+        f"intervals; r: the temporal model's weight-visibility correlation.",
         markdown_table(SWEEP_HEADER, sweep_rows(sweep)),
         "Q against Q' at the same overlap (the paper's argument for Q, §3.3: broader maps that "
         "still do not overlap):",
         "\n".join(matched) if matched else "No Q row's overlap lies within the Q' rows' range.",
         choice_line(sweep),
+    ]
+
+
+def probe_section(probe: dict) -> list[str]:
+    """The cell probe (metrics/cell_probe.json, tools.cell_probe) as the report prints it."""
+    return [
+        "## Identity in each cell",
+        f"`python -m tools.cell_probe` on `{probe['cache']}` (test set, official protocol): "
+        "each res5c cell's feature alone, mean over a tracklet's cached frames, ranked; in "
+        "brackets the cell's person share. A cell off the person that ranks like one on it "
+        "sees the person through its receptive field. Then the whole grid pooled with fixed "
+        "maps: uniform, each frame's person share, its background share.",
+        markdown_table(*grid_rows(probe)),
+        f"Correlation of a cell's rank-1 with its person share: "
+        f"{probe['rank1_person_share_corr']:+.2f}.",
+        markdown_table(*pooled_rows(probe)),
     ]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.files import format_table, write_json
-from pipeline.params import DataParams, run_name
+from pipeline.params import DataParams, Params, run_name, to_dict
 from pipeline.train import SATURATION_WARNING
 from tools.experiments import SWEEP, sweep_cells
 from tools.report_sources import (
@@ -52,9 +52,8 @@ SETTINGS = (
     ("model.score_init", "w'_k start"),
     ("attention.spatial.lr", "lr"),
 )
-SETTING_DEFAULTS = {"loss.diversity": "hellinger", "loss.diversity_weight": 1.0,
-                    "loss.diversity_scale": "sum", "loss.diversity_warmup_epochs": 0,
-                    "model.score_init": "uniform", "attention.spatial.lr": 0.1}
+# the paper-literal setting of each: pipeline.params' defaults (a key missing from a row's params)
+SETTING_DEFAULTS = {key: dotted(to_dict(Params()), key) for key, _ in SETTINGS}
 TEST_STATS = ("overlap", "entropy", "person", "parts_covered")
 MODELS = ("spatial", "temporal")
 
@@ -248,7 +247,8 @@ def choice_line(sweep: dict) -> str:
                 f"nothing.")
     return (f"The rule for the default (training maps only: the largest coefficient of Q, every "
             f"other open setting as the paper reads, whose phase-1 training maps end with less "
-            f"than {SATURATION_WARNING:g} of their entries below 1e-6) picks \"{row['label']}\" "
+            f"than {SATURATION_WARNING:g} of their entries below 1e-6) picks "
+            f"\"{row['label']}\" "
             f"(coefficient {row['settings']['loss.diversity_weight']:g}; saturated "
             f"{row['training']['saturated']:.2f}, training entropy "
             f"{row['training']['entropy']:.3f} nats).")

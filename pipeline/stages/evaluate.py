@@ -277,6 +277,5 @@ def _share(share: float | None) -> str:
     return "n/a" if share is None else f"{share:.2f}"
 
 
-
 if __name__ == "__main__":
     run(main)

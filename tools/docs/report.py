@@ -60,22 +60,34 @@ STEPS = (("the diversity term Q", "SpaAtn+Q", "SpaAtn"),
 KEEP = ("row", "K", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)")
 
 
+REPORT = "metrics/report.md"
+
+
+def read_report(root: Path) -> tuple[str, dict, re.Match | None, re.Match | None]:
+    """``metrics/report.md``: its text, its sections (``parse_report``), and the matches of its
+    baseline commit and of its Table 1 seeds (None where absent)."""
+    if not (root / REPORT).exists():
+        raise NotProduced(REPORT, "make ablations, make ksweep (or make report)")
+    text = (root / REPORT).read_text()
+    return (text, parse_report(text, REPORT),
+            re.search(r"baseline commit\s+`([0-9a-f]{7,40})`", text),
+            re.search(r"Table 1:\s+seed\(s\)\s+([\d, ]+)\.", text))
+
+
+def first_protocols(sections: dict) -> list[tuple[tuple[str, str], dict]]:
+    """The sections of the first protocol of each set (official unless left out)."""
+    return [((dataset, protocol), tables) for (dataset, protocol), tables in sections.items()
+            if protocol == next(p for d, p in sections if d == dataset)]
+
+
 def report_block(root: Path) -> str:
-    relative = "metrics/report.md"
-    if not (root / relative).exists():
-        raise NotProduced(relative, "make ablations, make ksweep (or make report)")
-    text = (root / relative).read_text()
-    sections = parse_report(text, relative)
-    commit = re.search(r"baseline commit\s+`([0-9a-f]{7,40})`", text)
-    seeds = re.search(r"Table 1:\s+seed\(s\)\s+([\d, ]+)\.", text)
+    text, sections, commit, seeds = read_report(root)
     origin = "; ".join(x for x in (commit and f"baseline commit `{commit[1][:7]}`",
                                    seeds and f"Table 1 over seeds {seeds[1]}") if x)
-    parts = [f"From `{relative}` ({origin or 'see the report'}). Rank-1 and mAP in percent, "
+    parts = [f"From `{REPORT}` ({origin or 'see the report'}). Rank-1 and mAP in percent, "
              "mean ± std; the other protocol, the experiments behind each cell and the valid "
              "queries are in the report."]
-    for (dataset, protocol), tables in sections.items():
-        if protocol != next(p for d, p in sections if d == dataset):
-            continue  # the first protocol of each set (official unless left out)
+    for (dataset, protocol), tables in first_protocols(sections):
         for name in ("Table 1", "Table 2"):
             rows = tables.get(name, [])
             if not rows:
@@ -106,18 +118,10 @@ def claims_block(root: Path) -> str:
     """The README's measured claims: for the first protocol of each set of ``metrics/report.md``,
     the paper's claims as the report measured them (where the heads look: the report, and the
     README's results block)."""
-    relative = "metrics/report.md"
-    if not (root / relative).exists():
-        raise NotProduced(relative, "make ablations, make ksweep (or make report)")
-    text = (root / relative).read_text()
-    sections = parse_report(text, relative)
-    commit = re.search(r"baseline commit\s+`([0-9a-f]{7,40})`", text)
-    seeds = re.search(r"Table 1:\s+seed\(s\)\s+([\d, ]+)\.", text)
-    origin = f"`{relative}`" + (f", baseline commit `{commit[1][:7]}`" if commit else "")
+    _, sections, commit, seeds = read_report(root)
+    origin = f"`{REPORT}`" + (f", baseline commit `{commit[1][:7]}`" if commit else "")
     parts = []
-    for (dataset, protocol), tables in sections.items():
-        if protocol != next(p for d, p in sections if d == dataset):
-            continue
+    for (dataset, protocol), tables in first_protocols(sections):
         claims = [c["line"] for c in tables.get(CLAIMS, [])]
         if claims:
             parts.append(f"**{dataset}, {protocol} protocol** (from {origin}; rank-1, mean over "
@@ -125,7 +129,7 @@ def claims_block(root: Path) -> str:
                          "half-width of the two rows' 95 percent intervals):\n\n"
                          + "\n".join(claims))
     if not parts:
-        return f"`{relative}` measures no claim yet: run `make ablations`."
+        return f"`{REPORT}` measures no claim yet: run `make ablations`."
     return "\n\n".join(parts)
 
 
