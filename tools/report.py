@@ -28,11 +28,12 @@ from pathlib import Path
 
 from pipeline.errors import ParamsError
 from pipeline.files import write_text
-from pipeline.params import load_params
+from pipeline.params import load_params, run_name
 from tools.experiments import Cell, table1_cells, table2_cells
 from tools.report_chart import draw_chart
 from tools.report_sources import (
     EVAL_DIR,
+    EVAL_FILE,
     Reader,
     ReportError,
     Source,
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
                         help="the attention sweep (tools.sweep), printed when the file exists")
     parser.add_argument("--probe", type=Path, default=Path("metrics/cell_probe.json"),
                         help="the cell probe (tools.cell_probe), printed when the file exists")
+    parser.add_argument("--references", type=Path, default=Path("metrics/references.json"),
+                        help="floor and ceilings of the test set (tools.references), printed "
+                             "with the run's models when the file exists")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
@@ -150,9 +154,15 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])
-    sweep, probe = (_optional_json(path, tool) for path, tool in (
-        (args.sweep, "tools.sweep"), (args.probe, "tools.cell_probe")))
-    write_text(args.out, render_markdown(report, command, sweep, probe))
+    sweep, probe, references = (_optional_json(path, tool) for path, tool in (
+        (args.sweep, "tools.sweep"), (args.probe, "tools.cell_probe"),
+        (args.references, "tools.references")))
+    evaluation = _optional_json(Path(EVAL_FILE.format(run=run_name(p.data.video[0],
+                                                                   p.data.splits[0]))),
+                                "pipeline.stages.evaluate (make repro)")
+    standing = None if evaluation is None else {"evaluation": evaluation,
+                                                "references": references}
+    write_text(args.out, render_markdown(report, command, sweep, probe, standing))
     draw_chart(report, args.chart)
     print(render_terminal(report))
     print(f"\nwrote {args.out} and {args.chart}")

@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.files import format_table
 from tools.cell_probe import grid_rows, pooled_rows
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
+from tools.references import STANDING_HEADER, standing_rows
 from tools.report_sources import PERSON_FLOOR, dotted
 from tools.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
 
@@ -401,10 +402,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def render_markdown(report: Report, command: str, sweep: dict | None = None,
-                    probe: dict | None = None) -> str:
+                    probe: dict | None = None, standing: dict | None = None) -> str:
     """``metrics/report.md``: how it was made, then per dataset and protocol both tables, Table 1
-    beside the paper's, where the heads look and the paper's claims as measured; then the
-    attention sweep (``sweep``: metrics/sweep.json, tools.sweep) if given."""
+    beside the paper's, where the heads look and the paper's claims as measured; then where the
+    default run's models sit (``standing``: its evaluation file and the references), the
+    attention sweep (``sweep``: metrics/sweep.json, tools.sweep) and the cell probe, if given."""
     commit = f"`{report.commit}`" + (f" ({report.commit_name})" if report.commit_name else "")
     seeds = ", ".join(map(str, report.seeds))
     parts = [
@@ -450,6 +452,8 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None,
             parts += ["### The paper's claims, as measured", "\n".join(claims)]
         parts += ["### Table 2",
                   markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
+    if standing is not None:
+        parts += standing_section(standing["evaluation"], standing.get("references"), probe)
     if sweep is not None:
         parts += sweep_section(sweep)
     if probe is not None:
@@ -462,6 +466,25 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None,
     else:
         parts.append("None: every row was found.")
     return "\n\n".join(parts) + "\n"
+
+
+def standing_section(evaluation: dict, references: dict | None,
+                     probe: dict | None) -> list[str]:
+    """The default run's models between the floor and the ceilings of its test set."""
+    labels = {row.model: row.label for row in TABLE1 if not row.overrides}
+    return [
+        "## Where the models sit",
+        f"The workspace's run ({evaluation['dataset']} split {evaluation['split']}, seed "
+        f"{evaluation.get('seed', '?')}; official protocol) between the floor and the ceilings "
+        "of the same test tracklets (`python -m tools.references`, `python -m "
+        "tools.cell_probe`): chance and hand-made colour features at the bottom, oracles "
+        "that read the ground-truth label maps at the top, and the fine-tuned backbone's grid "
+        "pooled on fixed maps (its locality: a grid whose person cells rank no better than its "
+        "background cells gives spatial attention nothing to find). Same camera top 10: the "
+        "share of each query's 10 nearest gallery tracklets from its own camera, beside its "
+        "chance level.",
+        markdown_table(STANDING_HEADER, standing_rows(references, evaluation, probe, labels)),
+    ]
 
 
 def sweep_section(sweep: dict) -> list[str]:

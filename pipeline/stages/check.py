@@ -37,6 +37,7 @@ from pathlib import Path
 from pipeline.errors import ParamsError
 from pipeline.files import sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
+from pipeline.model import check_mobilenet_weights, imagenet_weights_file
 from pipeline.params import BACKBONE_INITS, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import resolve_data_path
@@ -92,9 +93,14 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def init_record(p: Params) -> dict:
-    """What ``model.init`` names: the keyword (ImageNet: torchvision's fixed weights of the
-    backbone), or the checkpoint file by its sha256."""
+    """What ``model.init`` names: the keyword (ImageNet: torchvision's fixed weights of a ResNet;
+    for MobileNetV2 the installed package's weights file, by its sha256, checked), or the
+    checkpoint file by its sha256."""
     init = p.model.init
+    if init == "imagenet" and p.model.backbone == "mobilenet_v2":
+        path = imagenet_weights_file(p.model.backbone)  # MissingWeightsError: not installed
+        return {"init": init, "backbone": p.model.backbone,
+                "sha256": check_mobilenet_weights(path)}
     if init in BACKBONE_INITS:
         return {"init": init, "backbone": p.model.backbone}
     path = resolve_data_path(init)

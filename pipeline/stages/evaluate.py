@@ -9,7 +9,9 @@ first frame of each of the N chunks (paper §4.2).
 
 Writes ``--out``: per model and protocol rank-1/5/10/20, mAP, valid and all queries (fractions;
 see ``pipeline.metrics``), rank-1 and mAP with the bounds of their 95 percent bootstrap interval
-over the query identities (``rank1_lo``, ``rank1_hi``, ``mAP_lo``, ``mAP_hi``); for every model
+over the query identities (``rank1_lo``, ``rank1_hi``, ``mAP_lo``, ``mAP_hi``); per model under
+``same_camera`` the share of each query's 10 nearest gallery tracklets from its own camera, with
+its interval and chance level (``pipeline.metrics.same_camera``); for every model
 with spatial attention the maps' mean overlap and entropy over the test frames, and where the
 cache holds the ground truth of the frames (the synthetic set) where the heads look and how the
 temporal weights follow the visibility of each head's part
@@ -52,7 +54,7 @@ from pipeline.errors import CacheError
 from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.figures import attention_figure, save_figure
 from pipeline.files import check_writable, format_table, sha256_file, write_csv, write_json
-from pipeline.metrics import RANKS, score
+from pipeline.metrics import RANKS, same_camera, score
 from pipeline.model import HeadOutput
 from pipeline.params import grid_size, load_params
 from pipeline.sampling import restricted_random_sample
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                                                  p.model.N, size),
                                      p.evaluate.batch_size, p.data.num_workers, pin)}
 
-    results, attention, curves = {}, {}, {"rank": np.arange(1, p.evaluate.max_rank + 1)}
+    results, attention, cameras = {}, {}, {}
+    curves = {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     drawn_with = None
     for name, path in args.model:
         model, payload = load_exported(path)
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                 test["is_query"].to_numpy(), p.evaluate.protocols, p.evaluate.max_rank,
                 args.dataset)
             curves.update({f"{name}_{protocol}": c for protocol, c in per_protocol.items()})
+            cameras[name] = same_camera(features, test["pid"].to_numpy(),
+                                        test["camid"].to_numpy(), test["is_query"].to_numpy())
 
     if not world.is_main:
         return
@@ -219,15 +224,17 @@ def main(argv: list[str] | None = None) -> None:
                  f"{args.dataset} split {args.split}", truth[2] if truth else LABELS)
     log.info("attention maps of %d queries drawn in %s", len(queries), args.figures)
     write_json(args.out, {"dataset": args.dataset, "split": args.split, "seed": p.seed,
-                          "models": results, "attention": attention})
+                          "models": results, "same_camera": cameras, "attention": attention})
     write_csv(args.cmc, pd.DataFrame(curves).to_dict("records"))
-    print_tables(f"{args.dataset} split {args.split}", results, attention,
+    print_tables(f"{args.dataset} split {args.split}", results, cameras, attention,
                  [r for r in RANKS if r <= p.evaluate.max_rank])
 
 
-def print_tables(title: str, results: dict, attention: dict, ranks: list[int]) -> None:
-    """The scores (95 percent intervals in brackets), the attention statistics and, where
-    measured, the ground-truth ones per model and per head."""
+def print_tables(title: str, results: dict, cameras: dict, attention: dict,
+                 ranks: list[int]) -> None:
+    """The scores (95 percent intervals in brackets), how much each model's ranking follows the
+    camera, the attention statistics and, where measured, the ground-truth ones per model and
+    per head."""
     rows = [[name, protocol, m["rank1"], _interval(m, "rank1"),
              *(m[f"rank{r}"] for r in ranks[1:]), m["mAP"], _interval(m, "mAP"),
              f"{m['num_valid_queries']}/{m['num_queries']}"]
@@ -235,6 +242,11 @@ def print_tables(title: str, results: dict, attention: dict, ranks: list[int]) -
     header = ["model", "protocol", "rank1", "95% interval", *(f"rank{r}" for r in ranks[1:]),
               "mAP", "95% interval", "valid queries"]
     print(f"\n{title}\n" + format_table(header, rows))
+    print("\nshare of each query's 10 nearest gallery tracklets (every test tracklet, junk "
+          "removed) from its own camera, mean over queries; chance: the share of its gallery\n"
+          + format_table(["model", "same camera top 10", "95% interval", "chance"],
+                         [[m, c["same_camera_top10"], _interval(c, "same_camera_top10"),
+                           c["same_camera_chance"]] for m, c in cameras.items()]))
     print("\nspatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
           "coefficient, 0 = disjoint, 1 = identical; entropy in nats)\n"
           + format_table(["model", "overlap", "entropy"],

@@ -1,0 +1,80 @@
+"""The reference points of tools/references.py: the stripe colour histogram and the grey-world
+normalisation on hand-made frames, and the chance level against its closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from tools.references import GREY, chance, grey_world, stripe_histogram
+
+
+def colour_bin(r: int, g: int, b: int, levels: int = 4) -> int:
+    """The histogram bin of a colour, counted by hand: each channel in 256 / levels steps."""
+    return ((r * levels // 256) * levels + g * levels // 256) * levels + b * levels // 256
+
+
+def test_stripe_histogram_of_a_hand_made_frame():
+    """A 4 x 2 frame in 2 stripes: the top stripe red (2 pixels) and black (2), the bottom all
+    white. Each stripe's counts over the frame's 8 pixels, square-rooted."""
+    frame = np.zeros((4, 2, 3))
+    frame[0, :] = (255, 0, 0)
+    frame[2:, :] = (255, 255, 255)
+    out = stripe_histogram(frame, stripes=2, levels=4).reshape(2, 64)
+    expected = np.zeros((2, 64))
+    expected[0, colour_bin(255, 0, 0)] = np.sqrt(2 / 8)
+    expected[0, colour_bin(0, 0, 0)] = np.sqrt(2 / 8)
+    expected[1, colour_bin(255, 255, 255)] = np.sqrt(4 / 8)
+    assert_allclose(out, expected)
+
+
+def test_stripe_histogram_counts_only_the_masked_pixels():
+    """With a mask, only its pixels count, divided by the mask's size: a green pixel beside three
+    masked-out blue ones gives one bin of value 1."""
+    frame = np.zeros((2, 2, 3))
+    frame[..., 2] = 255
+    frame[0, 0] = (0, 200, 0)
+    mask = np.zeros((2, 2), dtype=bool)
+    mask[0, 0] = True
+    out = stripe_histogram(frame, mask, stripes=1, levels=4)
+    assert out[colour_bin(0, 200, 0)] == 1.0 and out.sum() == 1.0
+
+
+def test_grey_world_on_the_mask_cancels_a_cameras_gain_and_cast():
+    """The same person under two cameras (per-channel gains 0.7 x (1.2, 0.9, 1.0) and 1.1 x
+    (0.8, 1.1, 1.0)) on different backdrops: after grey_world on the person's pixels the person
+    is identical, each channel's mean over them GREY; on the whole frame it is not."""
+    rng = np.random.default_rng(0)
+    person = rng.uniform(40, 160, size=(6, 4, 3))
+    mask = np.zeros((8, 4), dtype=bool)
+    mask[1:7] = True
+    frames = []
+    for gain, backdrop in ((0.7 * np.array([1.2, 0.9, 1.0]), 30.0),
+                           (1.1 * np.array([0.8, 1.1, 1.0]), 220.0)):
+        frame = np.full((8, 4, 3), backdrop)
+        frame[1:7] = person
+        frames.append(frame * gain)
+    a, b = (grey_world(f, mask) for f in frames)
+    assert_allclose(a[mask], b[mask])
+    assert_allclose(a[mask].mean(axis=0), [GREY] * 3)
+    assert not np.allclose(grey_world(frames[0])[mask], grey_world(frames[1])[mask])
+
+
+def test_grey_world_of_an_empty_mask_uses_the_whole_frame():
+    frame = np.random.default_rng(1).uniform(10, 100, size=(4, 4, 3))
+    assert_allclose(grey_world(frame, np.zeros((4, 4), dtype=bool)), grey_world(frame))
+
+
+def test_chance_matches_its_closed_form():
+    """Official protocol, random rankings: a query's rank-1 chance is its true matches over its
+    non-junk gallery. 4 identities x 2 cameras, queries from camera 0, the gallery every
+    tracklet: per query 1 true match among 7 non-junk items -> 1/7."""
+    pids = np.repeat(np.arange(4), 2)
+    camids = np.tile([0, 1], 4)
+    result = chance(pids, camids, camids == 0, "synthetic", draws=2000)
+    assert result["rank1"] == pytest.approx(1 / 7, abs=0.01)
+    # AP of one true match at a uniform position r of 7, trapezoid rule: (1/r + the precision
+    # before it) / 2, that precision 0 after r - 1 misses and 1 at the start
+    ap = np.mean([(1 / r + (1.0 if r == 1 else 0.0)) / 2 for r in range(1, 8)])
+    assert result["mAP"] == pytest.approx(ap, abs=0.01)

@@ -1,0 +1,40 @@
+"""The ``standing`` block: the default run's models between the floor and the ceilings of the same
+test set (``metrics/references.json``, the run's ``metrics/eval/<set>-<split>.json``,
+``metrics/cell_probe.json``), as ``tools.references.standing_rows`` makes the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.params import load_params
+from tools.docs.common import NotProduced, read_json, table
+from tools.docs.results import model_rows
+from tools.references import STANDING_HEADER, standing_rows
+
+REFERENCES = "metrics/references.json"
+PROBE = "metrics/cell_probe.json"
+
+
+def standing_block(root: Path) -> str:
+    p = load_params(root / "params.yaml")
+    dataset, split = p.data.video[0], p.data.splits[0]
+    relative = f"metrics/eval/{dataset}-{split}.json"
+    evaluation = read_json(root, relative, "make repro")
+    optional = {}
+    for name in (REFERENCES, PROBE):  # both written by `make references`
+        try:
+            optional[name] = read_json(root, name, "make references")
+        except NotProduced:
+            optional[name] = None
+    read = [relative, *(name for name, data in optional.items() if data is not None)]
+    missing = [name for name, data in optional.items() if data is None]
+    note = (f" Not yet measured: {', '.join(f'`{m}`' for m in missing)} (`make references`)."
+            if missing else "")
+    return (f"{dataset} split {split}, official protocol, from "
+            f"{', '.join(f'`{r}`' for r in read)}: rank-1 and mAP with their 95 percent "
+            "intervals; same camera top 10: the share of each query's 10 nearest gallery "
+            "tracklets that come from its own camera (chance: its camera's share of the "
+            "gallery), high where the features encode the camera more than the person."
+            f"{note}\n\n"
+            + table(STANDING_HEADER, standing_rows(optional[REFERENCES], evaluation,
+                                                   optional[PROBE], model_rows())))
