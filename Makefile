@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro exp paper ablations ksweep sweep references report docs bench test test-fast lint format lock clean
+.PHONY: help setup repro exp paper ablations cnnseeds ksweep sweep references report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,11 @@ SEEDS ?= 0 1 2
 JOBS ?= 1
 ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS workers (one per GPU), then report
 	$(BIN)/python -m tools.experiments run table1 --seeds $(SEEDS) --jobs $(JOBS)
+	$(MAKE) --no-print-directory report
+
+CNN_SEEDS ?= 0 1 2
+cnnseeds: setup ## The default pipeline trained again at each seed of CNN_SEEDS (every stage after index), then report
+	$(BIN)/python -m tools.experiments run cnnseeds --seeds $(CNN_SEEDS) --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
 
 ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with JOBS workers, then report

@@ -191,6 +191,23 @@ def warn_if_saturated(history: list[dict], desc: str, params: str) -> bool:
     return True
 
 
+def warn_if_diverged(history: list[dict], desc: str) -> bool:
+    """Log a warning naming the learning rate's params key when the mean loss of the last epoch
+    of ``history`` (``fit``'s) is above the loss of its first step: the training moved away from
+    where it started, though no value became infinite (the joint stage at too high a learning
+    rate: the maps turn uniform and the loss settles at a plateau); whether it warned."""
+    if not history:
+        return False
+    first = history[0]["loss"]
+    last = float(np.mean([h["loss"] for h in history if h["epoch"] == history[-1]["epoch"]]))
+    if last <= first:
+        return False
+    log.warning("%s: the loss ended higher than it started (%.4f in the last epoch, %.4f at the "
+                "first step): the training diverged; look at %s.lr", desc, last, first,
+                desc.replace(" ", "."))
+    return True
+
+
 @dataclasses.dataclass
 class Step:
     """How one batch becomes a loss: the forward pass and the diversity term's kind, weight,
@@ -371,6 +388,7 @@ def fit(
                 raise distributed.Stopped(signum, (
                     f"{desc}: stopped after epoch {epoch + 1}/{cfg.epochs}; {resume_path} holds "
                     "the state: run the stage again to resume"))
+    warn_if_diverged(history, desc)
     return history
 
 

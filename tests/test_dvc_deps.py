@@ -108,7 +108,7 @@ INVALIDATES = {
     "pipeline/stages/common.py": ALL,
     "pipeline/launch.py": MODELS | {"check"},
     "pipeline/train.py": MODELS,
-    "pipeline/model.py": MODELS,
+    "pipeline/model.py": MODELS | {"check"},  # check: the ImageNet weights file of init
     "pipeline/losses.py": MODELS,
     "pipeline/data.py": MODELS,
     "pipeline/sampling.py": MODELS,

@@ -18,6 +18,7 @@ from tools.experiments import (
     TABLE1,
     TABLE2_K,
     cells_for,
+    cnn_seed_cells,
     dvc,
     existing_experiments,
     main,
@@ -168,3 +169,14 @@ def test_table1_seeds_re_run_no_cnn_stage():
     reading = {name for name, stage in stages.items()
                if any(key in (SEED_KEY, section) for key in stage.get("params", []))}
     assert reading == {"attention", "joint"}
+
+
+def test_cnn_seeds_queue_the_whole_default_pipeline_at_every_other_seed():
+    """CNN seeds vary the top-level seed (every training stage re-runs); the params' own seed is
+    the baseline commit; every cell keeps the heads' seed its results record."""
+    cells = cnn_seed_cells([0, 1, 2], base_seed=0, heads_seed=0)
+    assert to_queue(cells) == {"cs-s1": (("seed", "1"),), "cs-s2": (("seed", "2"),)}
+    assert {c.label for c in cells} == {"Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn",
+                                        "SpaAtn+Q+TemAtn+Ind"}
+    assert {c.seed for c in cells} == {0}
+    assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "cs-s1", "cs-s2"}

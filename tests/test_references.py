@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from tools.references import GREY, chance, grey_world, stripe_histogram
+from tools.references import GREY, chance, grey_world, standing_rows, stripe_histogram
 
 
 def colour_bin(r: int, g: int, b: int, levels: int = 4) -> int:
@@ -78,3 +78,28 @@ def test_chance_matches_its_closed_form():
     # before it) / 2, that precision 0 after r - 1 misses and 1 at the start
     ap = np.mean([(1 / r + (1.0 if r == 1 else 0.0)) / 2 for r in range(1, 8)])
     assert result["mAP"] == pytest.approx(ap, abs=0.01)
+
+
+def test_standing_rows_put_the_models_between_floor_and_ceiling():
+    """The rows in reading order: floor (chance, whole-frame histogram), the models of the
+    evaluation file with their same-camera shares, the grid's pooled maps, the oracle ceiling;
+    figures in percent with their intervals."""
+    m = {"rank1": 0.5, "rank1_lo": 0.45, "rank1_hi": 0.55, "mAP": 0.4, "mAP_lo": 0.38,
+         "mAP_hi": 0.42}
+    cams = {"same_camera_top10": 0.3, "same_camera_chance": 0.25}
+    references = {"chance": {"rank1": 0.002, "mAP": 0.004},
+                  "histogram_frame": {**m, "rank1": 0.0, "rank1_lo": 0.0, "rank1_hi": 0.0,
+                                      **cams},
+                  "histogram_person_greyworld": {**m, "rank1": 0.9, **cams}}
+    evaluation = {"models": {"baseline": {"official": m}},
+                  "same_camera": {"baseline": cams}}
+    probe = {"pooled": {"person share map": {**m, **cams}}}
+    rows = standing_rows(references, evaluation, probe, {"baseline": "Baseline"})
+    assert [r[0] for r in rows] == ["floor", "floor", "learned", "grid", "ceiling"]
+    assert rows[0][2:4] == ["0.2", "0.4"]
+    assert rows[2] == ["learned", "`baseline` (Baseline)", "50.0 [45.0, 55.0]",
+                       "40.0 [38.0, 42.0]", "0.30 (chance 0.25)"]
+    assert rows[3][1] == "the grid pooled on the person's cells (oracle)"
+    assert rows[4][2] == "90.0 [45.0, 55.0]"
+    # without references and probe: the models alone
+    assert [r[0] for r in standing_rows(None, evaluation, None, {})] == ["learned"]

@@ -491,3 +491,26 @@ def test_git_show_reads_a_file_of_a_commit(tmp_path, monkeypatch):
              "error": None, "experiments": None}]
     report = build_report(copy.deepcopy(show), base_seed=0, base_k=6)  # git show by default
     assert row(report.table1["synthetic", "official"], "Baseline").rank1 == Stat(0.1, 0.0, 1)
+
+
+def test_cnn_seed_rows_come_from_the_cs_experiments(git):
+    """The default pipeline at CNN seeds 1 and 2 (experiments cs-s1, cs-s2: top-level seed, the
+    heads' seed the params' own): Baseline 0.70 (commit), 0.74, 0.66 -> 70.0 ± sqrt(32/3) 3.3;
+    the section is rendered beside Table 1; without a cs- experiment there is none."""
+    base = evals(0, {"baseline": 0.70})
+    exps = [experiment(git, f"cs-s{s}", evals(s, {"baseline": v}),
+                       params={"attention": {"seed": 0}})
+            for s, v in ((1, 0.74), (2, 0.66))]
+    report = report_of(git, exp_show(git, base, exps), cnn_seed=0)
+    assert report.cnn_seeds == (0, 1, 2)
+    baseline = row(report.cnn["synthetic", "official"], "Baseline")
+    assert baseline.experiments == ("baseline commit", "cs-s1", "cs-s2")
+    assert baseline.rank1.mean == pytest.approx(0.70)
+    assert baseline.rank1.std == pytest.approx((32 / 3) ** 0.5 / 100)
+    assert [r.label for r in report.cnn["synthetic", "official"]] == [
+        "Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"]
+    text = render_markdown(report, "cmd")
+    assert "### Over CNN seeds" in text and "`seed` 0, 1, 2" in text
+    assert md_row(text[text.index("### Over CNN seeds"):], "Baseline")[1].startswith("70.0 ± 3.3")
+    alone = report_of(git, exp_show(git, base, []), cnn_seed=0)
+    assert alone.cnn == {} and "### Over CNN seeds" not in render_markdown(alone, "cmd")

@@ -11,6 +11,7 @@ import math
 import pytest
 
 from tests.test_report import HEAD, FakeGit, exp_show, experiment, md_row
+from tools.experiments import SWEEP
 from tools.report_sources import head_summary
 from tools.report_tables import (
     MISSING,
@@ -86,7 +87,7 @@ def test_collect_reads_each_row_from_its_experiment():
     sweep = collect(show, None, git.read)
     assert (sweep["commit"], sweep["dataset"], sweep["split"]) == (HEAD, "synthetic", 0)
     rows = {row["experiment"]: row for row in sweep["rows"]}
-    assert len(sweep["rows"]) == 15 and sweep["rows"][0]["label"] == "params.yaml"
+    assert len(sweep["rows"]) == 1 + len(SWEEP) and sweep["rows"][0]["label"] == "params.yaml"
     base = rows["baseline commit"]
     assert base["settings"] == DEFAULTS  # no loss section in its params: every default
     assert base["training"] == {"entropy": 2.0, "saturated": 0.25}
@@ -184,13 +185,13 @@ def test_main_writes_the_sweep_json(tmp_path, capsys):
     main(["--show-json", str(show_path), "--out", str(out)], read=git.read)
     written = json.loads(out.read_text())
     assert written == collect(json.loads(show_path.read_text()), None, git.read)
-    assert written["commit"] == HEAD and len(written["rows"]) == 15
+    assert written["commit"] == HEAD and len(written["rows"]) == 1 + len(SWEEP)
     assert [r["experiment"] for r in written["rows"] if "problem" not in r] == [
         "baseline commit", "sw-q-w0.1"]
     printed = capsys.readouterr()
-    assert f"wrote {out} (15 rows, commit {HEAD[:12]})" in printed.out
+    assert f"wrote {out} ({1 + len(SWEEP)} rows, commit {HEAD[:12]})" in printed.out
     assert "missing: not run" in printed.out
-    assert printed.err.startswith("missing: sw-p-w0.1, sw-q-w0.01, ")
+    assert printed.err.startswith("missing: sw-q-w1, sw-p-w0.1, sw-q-w0.01, ")
 
 
 # --- the report's sections beside the paper ------------------------------------------------------

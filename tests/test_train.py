@@ -43,6 +43,7 @@ from pipeline.train import (
     save,
     seed_everything,
     use_autocast,
+    warn_if_diverged,
     warn_if_saturated,
 )
 from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
@@ -162,6 +163,29 @@ def test_the_saturation_warning_fires_on_saturated_maps_only(caplog):
         assert not warn_if_saturated(history_of([SATURATION_WARNING] * 2), "joint", "joint.lr")
         assert not warn_if_saturated([{"epoch": 1, "step": 1, "loss": 1.0}], "finetune", "x")
         assert not warn_if_saturated([], "finetune", "x")
+    assert caplog.text == ""
+
+
+def test_the_divergence_warning_fires_when_the_loss_ends_above_its_start(caplog):
+    """The joint stage at joint.lr 0.01 on the default run: 0.14 at the first step, about 4.2 at
+    the end (the maps turned uniform). Warned, naming the stage's lr key; a loss that falls,
+    or a last epoch whose mean is at its first step's value, is not."""
+    def losses(*epochs):
+        return [{"epoch": e + 1, "step": 1, "loss": v} for e, values in enumerate(epochs)
+                for v in values]
+    with caplog.at_level("WARNING"):
+        assert warn_if_diverged(losses([0.14, 9.0], [4.2, 4.3]), "joint")
+    assert "joint: the loss ended higher than it started (4.2500 in the last epoch, 0.1400 at " \
+           "the first step): the training diverged; look at joint.lr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert warn_if_diverged(losses([1.0], [0.5, 1.7]), "attention spatial")
+    assert "look at attention.spatial.lr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert not warn_if_diverged(losses([5.0, 6.0], [1.0, 0.8]), "pretrain")
+        assert not warn_if_diverged(losses([1.0], [0.5, 1.5]), "finetune")
+        assert not warn_if_diverged([], "finetune")
     assert caplog.text == ""
 
 

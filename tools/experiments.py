@@ -8,10 +8,11 @@ The others are queued under stable names (``t1-s<seed>-<row>``, ``t1-s<seed>`` f
 pipeline at another seed, ``t2-k<K>``). Table 1's seeds are values of ``attention.seed`` (SEED_KEY):
 another seed re-trains the attention heads and the joint stage on the same cached CNN features,
 so no seed re-runs a CNN stage and Baseline (the fine-tuned CNN) is the same model at every seed;
-the spread over seeds is the heads' training noise. To vary the CNN too, run the default pipeline
-with another top-level ``seed`` by hand (``dvc exp run -S seed=1``: every stage re-runs). They
-run with ``dvc exp run --run-all --jobs J``: one worker per GPU on a GPU machine; on a CPU, one
-(two workers would share the same cores). An experiment that already exists for the current
+the spread over seeds is the heads' training noise. The CNN-seed rows (``cnnseeds``) vary the
+top-level ``seed`` (CNN_SEED_KEY) instead: the default pipeline trained again from pretraining on
+(``cs-s<seed>``), whose spread is the whole pipeline's training noise. They run with ``dvc exp
+run --run-all --jobs J``: one worker per GPU on a GPU machine; on a CPU, one (two workers would
+share the same cores). An experiment that already exists for the current
 commit is not queued again, so an interrupted ``make ablations`` picks up where it stopped.
 
 With one worker the queue runs in order: each seed's default pipeline runs before that seed's
@@ -19,6 +20,7 @@ ablation rows. Each experiment re-runs the attention, joint, evaluate and summar
 
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1
+    python -m tools.experiments run cnnseeds --seeds 0 1 2 --jobs 1
     python -m tools.experiments list table1 --seeds 0 1 2
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +68,7 @@ TABLE2_K = (1, 2, 4, 6, 8)
 # collects them into metrics/sweep.json and the report's sweep table.
 _LR = {"attention.spatial.lr": "0.01", "attention.temporal.lr": "0.01"}
 SWEEP = (
+    Row("Q, coefficient 1", "spatial", "q-w1", {"loss.diversity_weight": "1.0"}),
     Row("Q, coefficient 0.1", "spatial", "q-w0.1", {"loss.diversity_weight": "0.1"}),
     Row("Q', coefficient 0.1", "spatial", "p-w0.1",
         {"loss.diversity": "sparse", "loss.diversity_weight": "0.1"}),
@@ -86,6 +90,10 @@ SWEEP = (
     Row("no regulariser", "spatial", "none", {"loss.diversity": "none"}),
 )
 SEED_KEY = "attention.seed"  # what Table 1's seeds vary (the heads' training, not the CNN's)
+# What the CNN-seed rows vary: the seed of every training stage (pretrain, finetune, the heads),
+# so each seed re-runs the whole pipeline after index (the synthetic set keeps synthetic.seed)
+CNN_SEED_KEY = "seed"
+CNN_SEEDS = (0, 1, 2)
 REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by tools.report
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
 
@@ -134,6 +142,16 @@ def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
     return cells
 
 
+def cnn_seed_cells(seeds: Sequence[int], base_seed: int, heads_seed: int) -> list[Cell]:
+    """The rows of the default pipeline (Baseline, SpaAtn+Q, +TemAtn, +Ind) at each CNN seed:
+    ``seed`` = the params' own (``base_seed``) is the baseline commit, any other the experiment
+    ``cs-s<seed>`` (the whole pipeline trained again, CNN included). Every cell keeps the
+    params' Table 1 seed (``heads_seed``, ``attention.seed``), which its results record."""
+    return [Cell(row.label, row.model, heads_seed, None if seed == base_seed else f"cs-s{seed}",
+                 () if seed == base_seed else ((CNN_SEED_KEY, str(seed)),))
+            for seed in seeds for row in TABLE1 if not row.overrides]
+
+
 def table2_cells(base_k: int, seed: int) -> list[Cell]:
     return [Cell(f"K = {k}", TABLE2_MODEL, seed, None if k == base_k else f"t2-k{k}",
                  () if k == base_k else (("model.K", str(k)),)) for k in TABLE2_K]
@@ -148,6 +166,8 @@ def sweep_cells(seed: int) -> list[Cell]:
 
 def cells_for(table: str, params_path: str, seeds: list[int] | None) -> list[Cell]:
     p = load_params(params_path)
+    if table == "cnnseeds":
+        return cnn_seed_cells(seeds or CNN_SEEDS, p.seed, p.attention.seed)
     if table == "sweep":
         return sweep_cells(p.attention.seed)
     if table == "table1":
@@ -246,10 +266,11 @@ def main(argv: list[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("run", "list"))
-    parser.add_argument("table", choices=("table1", "table2", "sweep"))
+    parser.add_argument("table", choices=("table1", "table2", "sweep", "cnnseeds"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
-                        "(default: the params' own)")
+                        f"(default: the params' own); CNN seeds: values of {CNN_SEED_KEY} "
+                        f"(default: {' '.join(map(str, CNN_SEEDS))})")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time")
     parser.add_argument("--only", nargs="+", help="run just these experiments of the table")
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline.errors import ParamsError
 from pipeline.files import write_text
 from pipeline.params import load_params, run_name
-from tools.experiments import Cell, table1_cells, table2_cells
+from tools.experiments import Cell, cnn_seed_cells, table1_cells, table2_cells
 from tools.report_chart import draw_chart
 from tools.report_sources import (
     EVAL_DIR,
@@ -64,12 +64,20 @@ def default_seeds(sources: Sources, base_seed: int) -> list[int]:
     return sorted(found | {base_seed})
 
 
+def default_cnn_seeds(sources: Sources, base_seed: int) -> list[int]:
+    """The params' seed and every seed a CNN-seed experiment (``cs-s<seed>``) exists for."""
+    pattern = re.compile(r"cs-s(\d+)$")
+    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
+    return sorted(found | {base_seed})
+
+
 def build_report(show: list[dict], *, base_seed: int, base_k: int,
                  seeds: Sequence[int] | None = None, head: str | None = None,
-                 read: Reader = git_show) -> Report:
+                 read: Reader = git_show, cnn_seed: int | None = None) -> Report:
     """Collect Table 1 (``seeds``, default: ``default_seeds``) and Table 2 (``base_seed``, K
     around ``base_k``) from a ``dvc exp show --json`` output, each source's results read with
-    ``read`` (default: ``git show`` in the repository here)."""
+    ``read`` (default: ``git show`` in the repository here); with ``cnn_seed`` (the params'
+    ``seed``), also the default pipeline over the CNN seeds that have an experiment."""
     sources = collect_sources(show, head)
     read_once: dict[str | None, tuple[dict | None, str | None]] = {}
 
@@ -84,9 +92,11 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     seeds = list(seeds) if seeds else default_seeds(sources, base_seed)
     cells1 = table1_cells(seeds, base_seed)
     cells2 = table2_cells(base_k, base_seed)
+    cnn_seeds = [] if cnn_seed is None else default_cnn_seeds(sources, cnn_seed)
+    cells3 = cnn_seed_cells(cnn_seeds, cnn_seed, base_seed) if len(cnn_seeds) > 1 else []
     resolved: dict[Cell, dict | None] = {}
     problems: dict[str, str] = {}
-    for cell in cells1 + cells2:
+    for cell in cells1 + cells2 + cells3:
         resolved[cell], problem = resolve(cell, sources, results_of)
         if problem:
             problems.setdefault(cell.experiment or BASELINE_COMMIT, problem)
@@ -103,7 +113,8 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
         base_seed=base_seed, base_k=base_k, datasets=tuple(datasets),
         table1={pair: aggregate(cells1, resolved, *pair) for pair in pairs},
         table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
-        problems=problems)
+        problems=problems, cnn_seeds=tuple(cnn_seeds) if cells3 else (),
+        cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {})
 
 
 def _protocol_rank(protocol: str) -> tuple[int, str]:
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
         else:
             show, head = run_exp_show(), args.rev or git_head()
         report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=args.seeds,
-                              head=head, read=read)
+                              head=head, read=read, cnn_seed=p.seed)
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])

@@ -3,6 +3,7 @@ and both tables as markdown (``metrics/report.md``) and as plain text for the te
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -195,6 +196,9 @@ class Report:
     table1: dict[tuple[str, str], list[RowResult]]  # (dataset, protocol) -> rows
     table2: dict[tuple[str, str], list[RowResult]]
     problems: dict[str, str]  # experiment (or "baseline commit") -> why it is missing
+    # the default pipeline over CNN seeds (the whole pipeline trained again), when run
+    cnn_seeds: tuple[int, ...] = ()
+    cnn: dict[tuple[str, str], list[RowResult]] = dataclasses.field(default_factory=dict)
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -450,6 +454,13 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None,
         claims = claim_lines(rows)
         if claims:
             parts += ["### The paper's claims, as measured", "\n".join(claims)]
+        if (dataset, protocol) in report.cnn:
+            parts += ["### Over CNN seeds",
+                      f"The default pipeline trained again from pretraining on at `seed` "
+                      f"{', '.join(map(str, report.cnn_seeds))} (experiments `cs-s<seed>`, "
+                      "`make cnnseeds`): mean ± std over those seeds, the spread of the whole "
+                      "pipeline's training, where Table 1's seeds re-train the heads alone.",
+                      markdown_table(*table1_rows(dataset, report.cnn[dataset, protocol]))]
         parts += ["### Table 2",
                   markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
     if standing is not None:

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: a smoke test of every benchmark")
-    parser.add_argument("--backbone", default="resnet18",
-                        help="resnet18 (default run), resnet34, resnet50 (paper)")
+    parser.add_argument("--backbone", default="mobilenet_v2",
+                        help="mobilenet_v2 (default run), resnet18, resnet34, resnet50 (paper)")
     parser.add_argument("--last-stride", type=int, default=1, choices=(1, 2))
     parser.add_argument("--height", type=int, default=128, help="input height (paper: 256)")
     parser.add_argument("--width", type=int, default=64, help="input width (paper: 128)")
