@@ -31,6 +31,15 @@ def backbone_fps(backbone: nn.Module, batch: torch.Tensor, batches: int, runs: i
     return batches * len(batch) / timed(forward_passes, runs)
 
 
+def backbone_layers(b: nn.Module) -> nn.Module:
+    """The layers of a ``pipeline.model.Backbone`` in order, as one module sharing their weights,
+    without its ``forward``'s conversions to channels_last."""
+    if b.name == "mobilenet_v2":
+        return b.features
+    return nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3,
+                         b.layer4)
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass of ``model`` on ``x``, as FlopCounterMode counts them: 2 per
     multiply-add of the convolutions and matrix products (biases, norms and activations are not
@@ -92,10 +101,7 @@ def bench_cache_and_roofline(setup: Setup, backbone: Backbone, table: pd.DataFra
     matmul = matmul_flops_per_s(s.matmul_n, s.matmul_repeats, setup.device,
                                 torch.bfloat16 if amp else torch.float32)
     # the same layers without Backbone.forward's conversion to channels_last, weights in NCHW
-    b = backbone
-    layers = nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3,
-                           b.layer4)
-    nchw = copy.deepcopy(layers).to(memory_format=torch.contiguous_format)
+    nchw = copy.deepcopy(backbone_layers(backbone)).to(memory_format=torch.contiguous_format)
     backbone_fps(nchw, batch, 2, autocast=amp)
     bare_nchw = backbone_fps(nchw, batch, s.bare_batches, runs=2, autocast=amp)
 
