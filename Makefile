@@ -60,9 +60,10 @@ sweep: setup ## The attention sweep: queue and run its experiments with JOBS wor
 	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
 
-references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms) and its grid's locality (the cell probe), then docs
+references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms), its grid's locality (cell probe, candidate grids), then docs
 	$(BIN)/python -m tools.references --out metrics/references.json
 	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
+	$(BIN)/python -m tools.locality --out metrics/locality.json
 	$(MAKE) --no-print-directory docs
 
 report: setup ## Write metrics/report.md and metrics/plots/table1.png from the experiments (beside the paper's numbers)

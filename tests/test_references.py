@@ -103,3 +103,19 @@ def test_standing_rows_put_the_models_between_floor_and_ceiling():
     assert rows[4][2] == "90.0 [45.0, 55.0]"
     # without references and probe: the models alone
     assert [r[0] for r in standing_rows(None, evaluation, None, {})] == ["learned"]
+
+
+def test_locality_pools_each_frame_by_its_label_shares():
+    """Two frames of a 2 x 1 grid, one channel: cell values (1, 3) and (5, 7). Person shares
+    (1, 0) and (0.5, 0.5), background (0, 1) and (0, 0): uniform = mean of 2 and 6 = 4; person =
+    mean of 1 and 6 = 3.5; background = mean of 3 and 0 (no background cell: weight 0) = 1.5."""
+    from tools.locality import parse_candidate, pool_grids
+
+    grids = np.array([[1.0, 3.0], [5.0, 7.0]]).reshape(2, 1, 2, 1)
+    shares = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 0.0]]]).reshape(2, 2, 2, 1)
+    out = pool_grids(grids, shares)
+    assert_allclose([out["uniform"][0], out["person"][0], out["background"][0]], [4, 3.5, 1.5])
+    assert parse_candidate("ft, last=data/m.pt:features.18") == ("ft, last", "data/m.pt",
+                                                                  "features.18")
+    with pytest.raises(Exception, match="NAME=SOURCE:MODULE"):
+        parse_candidate("no-module")

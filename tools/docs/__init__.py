@@ -19,6 +19,7 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
   (``metrics/plots/attention/<set>-<split>/``);
 - ``standing``: the default run's models between the floor and the ceilings of the same test set
   (``metrics/references.json``, ``metrics/eval/<set>-<split>.json``, ``metrics/cell_probe.json``);
+- ``locality``: the candidate grids' locality (``metrics/locality.json``, ``tools.locality``);
 - ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
   time caching takes (the sets' published frame counts, ``metrics/bench.json``).
 
@@ -45,7 +46,7 @@ from tools.docs.figure import figure_block
 from tools.docs.params_reference import params_block
 from tools.docs.report import claims_block, paper_block, report_block, rows_block
 from tools.docs.results import datasets_block, results_block
-from tools.docs.standing import standing_block
+from tools.docs.standing import locality_block, standing_block
 from tools.docs.timings import timings_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
     "timings": timings_block, "figure": figure_block, "claims": claims_block,
-    "standing": standing_block,
+    "standing": standing_block, "locality": locality_block,
 }
 
 

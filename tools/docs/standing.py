@@ -1,6 +1,7 @@
 """The ``standing`` block: the default run's models between the floor and the ceilings of the same
 test set (``metrics/references.json``, the run's ``metrics/eval/<set>-<split>.json``,
-``metrics/cell_probe.json``), as ``tools.references.standing_rows`` makes the rows."""
+``metrics/cell_probe.json``), as ``tools.references.standing_rows`` makes the rows; and the
+``locality`` block: the candidate grids of ``tools.locality``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from pipeline.params import load_params
 from tools.docs.common import NotProduced, read_json, table
 from tools.docs.results import model_rows
+from tools.locality import rows as locality_rows
 from tools.references import STANDING_HEADER, standing_rows
 
 REFERENCES = "metrics/references.json"
@@ -38,3 +40,17 @@ def standing_block(root: Path) -> str:
             f"{note}\n\n"
             + table(STANDING_HEADER, standing_rows(optional[REFERENCES], evaluation,
                                                    optional[PROBE], model_rows())))
+
+
+LOCALITY = "metrics/locality.json"
+
+
+def locality_block(root: Path) -> str:
+    """The candidate grids' locality (``metrics/locality.json``, ``tools.locality``)."""
+    result = read_json(root, LOCALITY, "make references")
+    return (f"From `{LOCALITY}` (`python -m tools.locality`): the test tracklets of "
+            f"`{result['index']}`, {result['frames_per_tracklet']} frames each at "
+            f"{result['input'][0]}x{result['input'][1]}, official rank-1 in percent with its 95 "
+            "percent interval, of each candidate grid pooled on every cell, on the person's "
+            "cells and on the background's cells (label maps resized to the grid).\n\n"
+            + table(*locality_rows(result)))
