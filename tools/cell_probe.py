@@ -51,17 +51,23 @@ def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
     return np.stack(means), {name: np.stack(rows) for name, rows in pooled.items()}
 
 
+def _official(features: np.ndarray, pids, camids, is_query) -> tuple[np.ndarray, dict]:
+    """``features`` L2-normalised, and their official scores (rank-1, mAP, intervals)."""
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    metrics, _ = score(features, pids, camids, is_query, ["official"], 1)
+    return features, metrics["official"]
+
+
 def scores(features: np.ndarray, pids, camids, is_query) -> dict:
     """Official rank-1 and mAP with their 95 percent intervals, and the same-camera share of the
     nearest 10 (``pipeline.metrics.same_camera``), of L2-normalised ``features``."""
-    norm = np.linalg.norm(features, axis=1, keepdims=True)
-    features = features / np.maximum(norm, 1e-12)
-    metrics, _ = score(features, pids, camids, is_query, ["official"], 1)
-    return {**metrics["official"], **same_camera(features, pids, camids, is_query)}
+    features, official = _official(features, pids, camids, is_query)
+    return {**official, **same_camera(features, pids, camids, is_query)}
 
 
 def rank1(features: np.ndarray, pids, camids, is_query) -> float:
-    return scores(features, pids, camids, is_query)["rank1"]
+    """Official rank-1 alone (one per cell: no same-camera share computed)."""
+    return _official(features, pids, camids, is_query)[1]["rank1"]
 
 
 def probe(cache: Path) -> dict:

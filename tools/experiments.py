@@ -60,6 +60,12 @@ TABLE1 = (
     Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
 )
 TABLE2_K = (1, 2, 4, 6, 8)
+
+
+def default_rows() -> dict[str, str]:
+    """Model name -> the Table 1 row the default pipeline scores it as (``baseline`` ->
+    ``Baseline``, ...)."""
+    return {row.model: row.label for row in TABLE1 if not row.overrides}
 # The attention settings the paper leaves open (docs/method.md), swept on the cache: the diversity
 # coefficient for Q and Q' (the same values, so that each can be compared at its own best and
 # where both reach the same overlap), Q normalised by its K(K-1) pairs, the start of w'_k, a

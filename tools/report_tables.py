@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.files import format_table
 from tools.cell_probe import grid_rows, pooled_rows
-from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
+from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell, default_rows
 from tools.references import STANDING_HEADER, standing_rows
 from tools.report_sources import PERSON_FLOOR, dotted
 from tools.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
@@ -482,7 +482,7 @@ def render_markdown(report: Report, command: str, sweep: dict | None = None,
 def standing_section(evaluation: dict, references: dict | None,
                      probe: dict | None) -> list[str]:
     """The default run's models between the floor and the ceilings of its test set."""
-    labels = {row.model: row.label for row in TABLE1 if not row.overrides}
+    labels = default_rows()
     return [
         "## Where the models sit",
         f"The workspace's run ({evaluation['dataset']} split {evaluation['split']}, seed "

@@ -9,17 +9,12 @@ from pipeline.attention_stats import GROUND_TRUTH_STATS, head_count
 from pipeline.metrics import HEADLINE_CI, HEADLINE_NAMES
 from pipeline.params import load_params
 from tools.docs.common import field_of, pct, read_json, table
-from tools.experiments import TABLE1
-
-
-def model_rows() -> dict[str, str]:
-    """Model name -> the Table 1 row it is scored as in the default pipeline."""
-    return {row.model: row.label for row in TABLE1 if not row.overrides}
+from tools.experiments import default_rows
 
 
 def results_block(root: Path) -> str:
     p = load_params(root / "params.yaml")
-    labels, parts = model_rows(), []
+    labels, parts = default_rows(), []
     for dataset in p.data.video:
         relative = f"metrics/results/{dataset}.json"
         head = read_json(root, relative, "make repro")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from pipeline.params import load_params
 from tools.docs.common import NotProduced, read_json, table
-from tools.docs.results import model_rows
+from tools.experiments import default_rows
 from tools.locality import rows as locality_rows
 from tools.references import STANDING_HEADER, standing_rows
 
 REFERENCES = "metrics/references.json"
 PROBE = "metrics/cell_probe.json"
+LOCALITY = "metrics/locality.json"
 
 
 def standing_block(root: Path) -> str:
@@ -39,10 +40,7 @@ def standing_block(root: Path) -> str:
             "gallery), high where the features encode the camera more than the person."
             f"{note}\n\n"
             + table(STANDING_HEADER, standing_rows(optional[REFERENCES], evaluation,
-                                                   optional[PROBE], model_rows())))
-
-
-LOCALITY = "metrics/locality.json"
+                                                   optional[PROBE], default_rows())))
 
 
 def locality_block(root: Path) -> str:
