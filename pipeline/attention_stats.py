@@ -250,21 +250,21 @@ def attention_ground_truth(S: np.ndarray, t: np.ndarray, parts: np.ndarray,
     corr = visibility_correlation(t, v)
     # what a head that ignores the frame would get: a uniform map's mass on the person
     uniform = parts[measured][:, on_person].sum(axis=1).mean() if measured.any() else np.nan
-    out = {"person": _num(person.mean()), "person_uniform": _num(uniform),
-           "occluder": _num(occluder.mean()),
-           "background": _num(background.mean()), "parts_covered": parts_covered(top, person),
-           "visibility_corr": _num(corr["mean"]), "visibility_corr_lo": _num(corr["mean_lo"]),
-           "visibility_corr_hi": _num(corr["mean_hi"])}
+    out = {"person": _finite(person.mean()), "person_uniform": _finite(uniform),
+           "occluder": _finite(occluder.mean()),
+           "background": _finite(background.mean()), "parts_covered": parts_covered(top, person),
+           "visibility_corr": _finite(corr["mean"]), "visibility_corr_lo": _finite(corr["mean_lo"]),
+           "visibility_corr_hi": _finite(corr["mean_hi"])}
     if corr["equal_weights"].all():
         out["visibility_corr_note"] = EQUAL_WEIGHTS
     for k in range(K):
-        out.update({f"head{k + 1}_person": _num(person[k]),
-                    f"head{k + 1}_occluder": _num(occluder[k]),
-                    f"head{k + 1}_background": _num(background[k]),
-                    f"head{k + 1}_part": top[k], f"head{k + 1}_part_share": _num(share[k]),
-                    f"head{k + 1}_visibility_corr": _num(corr["r"][k]),
-                    f"head{k + 1}_visibility_corr_lo": _num(corr["lo"][k]),
-                    f"head{k + 1}_visibility_corr_hi": _num(corr["hi"][k])})
+        out.update({f"head{k + 1}_person": _finite(person[k]),
+                    f"head{k + 1}_occluder": _finite(occluder[k]),
+                    f"head{k + 1}_background": _finite(background[k]),
+                    f"head{k + 1}_part": top[k], f"head{k + 1}_part_share": _finite(share[k]),
+                    f"head{k + 1}_visibility_corr": _finite(corr["r"][k]),
+                    f"head{k + 1}_visibility_corr_lo": _finite(corr["lo"][k]),
+                    f"head{k + 1}_visibility_corr_hi": _finite(corr["hi"][k])})
     out.update({"frames_measured": int(measured.sum()), "frames_missing": int((~measured).sum())})
     return out
 
@@ -275,7 +275,7 @@ def head_count(stats: dict) -> int:
     return sum(1 for key in stats if key.startswith("head") and key.endswith("_part"))
 
 
-def _num(value: float) -> float | None:
+def _finite(value: float) -> float | None:
     """A float for the metrics file; None for NaN (undefined)."""
     return None if np.isnan(value) else float(value)
 

@@ -170,25 +170,6 @@ def md5_file(path: str | Path) -> str:
     return _digest(path, "md5")
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with aligned columns, for the terminal: the first column left-aligned,
-    the others right-aligned; floats with 4 significant digits."""
-    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-
-    lines = [line(r) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def tree_fingerprint(root: str | Path) -> dict:
     """Number of files, total bytes and a hash of every relative path and size under ``root``
     (symlinks followed): cheap (no file is read) and changes whenever a file is added, removed

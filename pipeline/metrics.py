@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.names import SHORT
 from pipeline.params import PROTOCOLS
 
 RANKS = (1, 5, 10, 20)  # the CMC ranks reported (those up to max_rank)
@@ -314,8 +315,7 @@ def rank_intervals(result: dict, q_pids: np.ndarray, protocol: str) -> list[tupl
 
 SUMMARY_METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP")
 # The headline (metrics/results/<set>.json, what `dvc exp show` and `dvc metrics diff` lead with):
-# rank-1 and mAP in percent, each model under a short name (the rows of the paper's Table 1).
-HEADLINE_NAMES = {"baseline": "base", "spatial": "spa", "temporal": "tem", "joint": "ind"}
+# rank-1 and mAP in percent, each model under its short name (pipeline.names).
 
 
 def summarize(evals: list[dict]) -> dict:
@@ -370,7 +370,7 @@ def headline(summary: dict, protocol: str) -> dict:
     out: dict = {"R1": {}, "mAP": {}}
     halves: dict[str, list] = {"R1": [], "mAP": []}
     for model, protocols in summary.items():
-        short = HEADLINE_NAMES.get(model, model)
+        short = SHORT.get(model, model)
         for name, metric in (("R1", "rank1"), ("mAP", "mAP")):
             value = protocols[protocol][metric]
             out[name][short] = round(100 * value["mean"], 1)

@@ -19,17 +19,38 @@ import pytest
 
 from pipeline.params import flatten
 from tools import docs
-from tools.docs import BLOCKS, blocks, fill, main, render
-from tools.docs.common import DocsError, table
+from tools.docs import BLOCKS, blocks, fill, main
+from tools.docs import render as render_wrapped
+from tools.docs.common import WIDTH, DocsError, wrap
 from tools.docs.params_reference import field_comments, yaml_comments
-from tools.docs.report import parse_report
+from tools.report_data import Report, RowResult, Stat, write_report
+from tools.report_tables import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = docs.documents(ROOT)
 # block -> the page that must carry it
-REQUIRED = {"results": "README.md", "params": "docs/params.md", "bench": "docs/benchmarks.md",
+REQUIRED = {"headline": "README.md", "claims": "README.md", "standing": "README.md",
+            "results": "docs/results.md", "params": "docs/params.md", "bench": "docs/benchmarks.md",
             "report": "docs/experiments.md", "datasets": "docs/datasets.md",
             "figure": "README.md", "timings": "README.md"}
+
+
+def render(name: str, root: Path) -> str:
+    """A block as tools.docs writes it, its wrapped prose joined again (what the tests read)."""
+    return re.sub(r"(?<=[^|\n])\n(?=[^|\n-])", " ", render_wrapped(name, root).replace("\n  ", " "))
+
+
+def test_wrap_keeps_tables_and_wraps_prose_and_list_items():
+    prose = " ".join(["word"] * 30)
+    table = "| " + " | ".join(["cell"] * 30) + " |"
+    text = wrap(f"{prose}\n\n{table}\n| --- |\n\n- {prose}\n- short\n\n![a picture]({'x' * 120})")
+    paragraph, kept, items, picture = text.split("\n\n")
+    assert paragraph.split("\n") == [" ".join(["word"] * 20), " ".join(["word"] * 10)]
+    assert kept == f"{table}\n| --- |" and picture.endswith("x)")
+    assert items.split("\n") == ["- " + " ".join(["word"] * 19), "  " + " ".join(["word"] * 11),
+                                  "- short"]
+    assert all(len(line) <= WIDTH for line in paragraph.split("\n") + items.split("\n"))
+    assert wrap("a `long-path/with-hyphens/" + "x" * 120 + "` b").count("\n") == 2  # never split
 
 
 def rel(path: Path) -> str:
@@ -97,11 +118,13 @@ def fake(tmp_path):
     return tmp_path
 
 
-def test_results_block_from_the_headline_and_the_detail(fake):
-    out = render("results", fake)
+def test_headline_and_results_blocks_from_the_headline_and_the_detail(fake):
+    out = render("headline", fake)
+    assert "Detail of split" not in out
     assert "| synthetic | 0 | 12.5 | 50.0 | 10.0 | 40.2 |" in out  # 40.25 rounds half to even
     assert "| R1.base | R1.ind | mAP.base | mAP.ind |" in out
-    assert "split 0, seed 7" in out
+    out = render("results", fake)
+    assert "split 0, seed 7" in out and "R1.base" not in out
     assert "official: 8 of 8 queries valid; torchreid: 6 of 8 queries valid" in out
     assert ("| `baseline` (base) | Baseline | 12.5 | 75.0 | 87.5 | 100.0 | 10.0 | 25.0 | 20.0 "
             "| n/a | n/a |") in out
@@ -127,10 +150,11 @@ def test_results_block_prints_the_intervals_and_the_ground_truth(fake):
         visibility_corr_lo=0.125, visibility_corr_hi=0.375, head1_part="torso",
         head2_part="legs")
     write(fake, "metrics/eval/synthetic-0.json", evaluation)
-    out = render("results", fake)
+    out = render("headline", fake)
     assert "| R1.base | R1.ind | mAP.base | mAP.ind | ci.R1 | ci.mAP |" in out
     assert "| synthetic | 0 | 12.5 | 50.0 | 10.0 | 40.2 | 7.5 | 6.0 |" in out
     assert "a difference smaller than it is within the noise of the test set" in out
+    out = render("results", fake)
     assert ("| `baseline` (base) | Baseline | 12.5 [7.5, 22.5] | 75.0 | 87.5 | 100.0 "
             "| 10.0 [5.0, 15.0] | 25.0 [20.0, 35.0] | 20.0 [15.0, 25.0] | n/a | n/a |") in out
     assert ("| `joint` (ind) | 0.8 | 0.25 | 0.05 | 0.15 | 2 | torso, legs | +0.25 [+0.12, +0.38] |"
@@ -138,12 +162,13 @@ def test_results_block_prints_the_intervals_and_the_ground_truth(fake):
 
 
 @pytest.mark.parametrize(("name", "missing", "command"), [
-    ("results", "metrics/results/synthetic.json", "make repro"),
+    ("headline", "metrics/results/synthetic.json", "make repro"),
     ("results", "metrics/eval/synthetic-0.json", "make repro"),
     ("datasets", "metrics/datasets.json", "make repro"),
     ("bench", "metrics/bench.json", "make bench"),
     ("bench-notes", "metrics/bench.json", "make bench"),
-    ("report", "metrics/report.md", "make report"),
+    ("report", "metrics/report.json", "make report"),
+    ("claims", "metrics/report.json", "make report"),
 ])
 def test_a_missing_source_renders_a_line_naming_it_and_its_command(fake, name, missing, command):
     (fake / missing).unlink(missing_ok=True)
@@ -155,10 +180,10 @@ def test_a_missing_source_renders_a_line_naming_it_and_its_command(fake, name, m
 def test_an_unreadable_source_is_an_error_naming_it(fake):
     write(fake, "metrics/results/synthetic.json", "{not json")
     with pytest.raises(DocsError, match=r"metrics/results/synthetic\.json: not readable JSON"):
-        render("results", fake)
+        render("headline", fake)
     write(fake, "metrics/results/synthetic.json", {"mAP": {}})
     with pytest.raises(DocsError, match=r"metrics/results/synthetic\.json: expected the key R1"):
-        render("results", fake)
+        render("headline", fake)
 
 
 BENCH = {"quick": False, "total_s": 90.0,
@@ -191,57 +216,62 @@ def test_bench_block_and_notes_from_bench_json(tmp_path):
     assert "3.0 times as fast" in notes
 
 
-HEADER = ["row", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
-          "paper rank-1 (synthetic)", "experiments"]
-NO_PAPER = "n/a (no paper number)"
-REPORT = f"""# DRSA reproduction: Tables 1 and 2
+def report_row(label: str, model: str, rank1, mean_ap, ci: float | None = 0.02, person=None):
+    """A Table 1 row as tools.report makes it (fractions); ``person``: with ground truth."""
+    truth = {} if person is None else {
+        "person": Stat(person, 0.0, 1), "parts": Stat(3.0, 0.0, 1),
+        "heads_below": Stat(2.0, 0.0, 1), "visibility": Stat(0.1, 0.0, 1),
+        "visibility_ci": (0.05, 0.15)}
+    def value(v):
+        return (v if isinstance(v, str) else Stat(v, 0.01, 2))
+    def bounds(v):
+        return (None if ci is None or isinstance(v, str) else (v - ci, v + ci))
+    return RowResult(label, model, value(rank1), value(mean_ap),
+                     Stat(0.001, 0.0, 2) if model != "baseline" else "n/a",
+                     Stat(0.024, 0.006, 2) if model != "baseline" else "n/a", 64.0, 2, 2,
+                     ("baseline commit", "t1-s1"), bounds(rank1), bounds(mean_ap), **truth)
 
-Produced by `python -m tools.report` from the DVC experiments of baseline commit
-`0123456789abcdef` (main). Table 1: seed(s) 0, 1. Table 2: seed 0.
 
-## synthetic, official protocol
-
-### Table 1
-
-{table(HEADER, [
-    ["Baseline", "30.0 ± 1.0", "28.0 ± 0.5", "n/a", "n/a", NO_PAPER, "baseline commit"],
-    ["SpaAtn+Q+TemAtn+Ind", "40.5 ± 2.0", "missing", "0.001 ± 0.000", "0.024 ± 0.006", NO_PAPER,
-     "baseline commit"]])}
-
-## synthetic, torchreid protocol
-
-### Table 1
-
-{table(HEADER, [["Baseline", "77.7 ± 1.0", "66.6 ± 0.5", "n/a", "n/a", NO_PAPER, "c"]])}
-
-## Missing results
-
-- t1-s1: no results
-"""
+def write_report_json(root, official, torchreid, problems=None):
+    """metrics/report.json as tools.report writes it (claims made from Table 1)."""
+    tables = {("synthetic", "official"): official, ("synthetic", "torchreid"): torchreid}
+    report = Report("0123456789abcdef", "main", (0, 1), 0, 6, ("synthetic",), tables,
+                    {key: [] for key in tables}, problems or {},
+                    claims={key: claims(rows) for key, rows in tables.items()}, command="cmd")
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    write_report(root / "metrics" / "report.json", report)
 
 
 def test_report_block_keeps_the_official_tables_and_the_steps(tmp_path):
-    write(tmp_path, "metrics/report.md", REPORT)
+    write_report_json(tmp_path, [report_row("Baseline", "baseline", 0.30, 0.28),
+                                 report_row("SpaAtn+Q+TemAtn+Ind", "joint", 0.405, "missing")],
+                      [report_row("Baseline", "baseline", 0.777, 0.666)],
+                      {"t1-s1-joint": "no results"})
     out = render("report", tmp_path)
     assert "baseline commit `0123456`; Table 1 over seeds 0, 1" in out
-    assert "| Baseline | 30.0 ± 1.0 | 28.0 ± 0.5 | n/a | n/a |" in out
+    assert "| Baseline | 30.0 ± 1.0 [28.0, 32.0] | 28.0 ± 1.0 [26.0, 30.0] | n/a | n/a |" in out
+    assert "| SpaAtn+Q+TemAtn+Ind | 40.5 ± 1.0 [38.5, 42.5] | missing | 0.001 ± 0.000 |" in out
     assert "77.7" not in out and "paper rank-1" not in out and "experiments |" not in out
     assert "the full model over the Baseline" not in out  # mAP missing: no step
     assert "Some cells are missing" in out
 
 
-def test_report_steps_are_differences_of_the_means(tmp_path):
-    complete = REPORT.replace("| missing |", "| 30.0 ± 1.0 |")
-    sections = parse_report(complete, "metrics/report.md")
-    assert sections[("synthetic", "official")]["Table 1"][1]["mAP (%)"] == "30.0 ± 1.0"
-    write(tmp_path, "metrics/report.md", complete)
+def test_report_steps_are_differences_of_the_unrounded_means(tmp_path):
+    write_report_json(tmp_path, [report_row("Baseline", "baseline", 0.30, 0.28),
+                                 report_row("SpaAtn+Q+TemAtn+Ind", "joint", 0.40549, 0.30049)],
+                      [report_row("Baseline", "baseline", 0.777, 0.666)])
+    out = render("report", tmp_path)
     assert ("- the full model over the Baseline (SpaAtn+Q+TemAtn+Ind against Baseline): "
-            "+10.5 rank-1, +2.0 mAP") in render("report", tmp_path)
+            "+10.5 rank-1, +2.0 mAP") in out
+    assert "Some cells are missing" not in out
 
 
-def test_a_report_without_tables_is_an_error_naming_it(tmp_path):
-    write(tmp_path, "metrics/report.md", "# a report\n\nno tables\n")
-    with pytest.raises(DocsError, match=r"metrics/report\.md: expected '## <set>, <protocol>"):
+@pytest.mark.parametrize(("text", "says"), [
+    ("# a report\n", "not JSON"), ('{"format": 0}', "not a report of format 1"),
+    ('{"format": 1, "sections": []}', "a report without 'commit'")])
+def test_an_unreadable_report_is_an_error_naming_it(tmp_path, text, says):
+    write(tmp_path, "metrics/report.json", text)
+    with pytest.raises(DocsError, match=rf"^metrics/report\.json: {says}"):
         render("report", tmp_path)
 
 
@@ -490,6 +520,19 @@ def test_readme_is_a_front_page():
     assert len(lines) < 300, f"README.md has {len(lines)} lines; move reference material to docs/"
 
 
+def test_readme_layout_table_names_every_module():
+    """The repository layout names every module of pipeline/ and tools/ in its folder's row."""
+    text = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(pipeline|tools)/` \| (.+) \|$", text, flags=re.MULTILINE))
+    missing = [f"{folder}/{path.name}" for folder in ("pipeline", "tools")
+               for path in sorted((ROOT / folder).iterdir())
+               if (path.suffix == ".py" and path.name != "__init__.py")
+               or (path.is_dir() and (path / "__init__.py").exists())
+               if f"`{path.name}{'/' if path.is_dir() else ''}`" not in rows.get(folder, "")
+               and f"| `{folder}/{path.name}/` |" not in text]  # or a row of its own
+    assert not missing, f"README.md's layout table does not name {missing}"
+
+
 def test_readme_contents_list_links_every_section():
     text = (ROOT / "README.md").read_text()
     contents = text.split("## Contents", 1)[1].split("\n## ", 1)[0]
@@ -571,36 +614,24 @@ def test_figure_block_shows_the_first_query_of_the_first_split(tmp_path):
         "the 4 spatial attention maps](metrics/plots/attention/synthetic-0/q0000_pid71_cam3.png)\n")
 
 
-def test_claims_block_reads_the_claims_and_the_heads_of_the_first_protocol(tmp_path):
-    """The README's claims come from the report as tools.report writes it: the claims of the first
-    protocol of each set (never the other protocol's), whatever tables sit between them (Table 1
-    beside the paper is not taken for Table 1)."""
-    from tools.report_tables import Report, RowResult, Stat, render_markdown
-
-    def row(label, model, rank1, person=None):
-        truth = {} if person is None else {
-            "person": Stat(person, 0.0, 1), "parts": Stat(3.0, 0.0, 1),
-            "heads_below": Stat(2.0, 0.0, 1), "visibility": Stat(0.1, 0.0, 1),
-            "visibility_ci": (0.05, 0.15)}
-        return RowResult(label, model, Stat(rank1, 0.0, 1), Stat(rank1, 0.0, 1),
-                         Stat(0.01, 0.0, 1) if person else "n/a",
-                         Stat(1.2, 0.0, 1) if person else "n/a", 64.0, 1, 1, ("c",),
-                         (rank1 - 0.02, rank1 + 0.02), (rank1 - 0.02, rank1 + 0.02), **truth)
-
-    official = [row("Baseline", "baseline", 0.30), row("SpaAtn+Q", "spatial", 0.40, 0.5),
-                row("SpaAtn+Q+TemAtn", "temporal", 0.45, 0.5)]
-    torchreid = [row("Baseline", "baseline", 0.70), row("SpaAtn+Q", "spatial", 0.60, 0.5)]
-    report = Report("0123456789abcdef", None, (0,), 0, 6, ("synthetic",),
-                    {("synthetic", "official"): official, ("synthetic", "torchreid"): torchreid},
-                    {("synthetic", "official"): [], ("synthetic", "torchreid"): []}, {})
-    text = render_markdown(report, "cmd")
-    assert parse_report(text, "r")[("synthetic", "official")]["Table 1"][0]["row"] == "Baseline"
-    write(tmp_path, "metrics/report.md", text)
+def test_claims_block_reads_the_claims_of_the_first_protocol(tmp_path):
+    """The README's claims come from report.json: those of the first protocol of each set (never
+    the other protocol's), the paper's orderings apart from this project's targets."""
+    write_report_json(tmp_path, [report_row("Baseline", "baseline", 0.30, 0.30),
+                                 report_row("SpaAtn+Q", "spatial", 0.40, 0.40, person=0.5),
+                                 report_row("SpaAtn+Q+TemAtn", "temporal", 0.45, 0.45,
+                                            person=0.5)],
+                      [report_row("Baseline", "baseline", 0.70, 0.70),
+                       report_row("SpaAtn+Q", "spatial", 0.60, 0.60, person=0.5)])
     out = render("claims", tmp_path)
-    assert "(from `metrics/report.md`, baseline commit `0123456`; rank-1" in out
-    assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): holds: 45.0 vs 40.0 (+5.0; noise ±2.0)"
-            in out)
-    assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in out
-    assert "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)" in out
+    paper, target = out.split("**This project's targets (thresholds set here, not numbers of the "
+                              "paper)**, synthetic, official protocol:")
+    assert paper.startswith("From `metrics/report.json`, baseline commit `0123456`; Table 1's "
+                            "seeds 0, 1; rank-1 unless said;")
+    assert "**The paper's orderings (its Table 1: each row above the one it builds on)**, " \
+        "synthetic, official protocol:" in paper
+    assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): holds (45.0 vs 40.0, +5.0; noise ±2.0)"
+            in paper)
+    assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in target
+    assert "- SpaAtn+Q map entropy >= 0.02: " not in target
     assert "60.0 vs" not in out and "torchreid" not in out  # the second protocol stays out
-    assert "Where the heads look" not in out  # in the report and the results block

@@ -116,6 +116,8 @@ INVALIDATES = {
     "pipeline/metrics.py": {"evaluate", "summary"},
     "pipeline/attention_stats.py": {"evaluate", "summary"},
     "pipeline/figures.py": {"evaluate", "summary"},
+    "pipeline/formatting.py": {"index", "evaluate", "summary"},  # the tables they print
+    "pipeline/names.py": {"evaluate", "summary"},
 }
 
 

@@ -180,3 +180,30 @@ def test_cnn_seeds_queue_the_whole_default_pipeline_at_every_other_seed():
                                         "SpaAtn+Q+TemAtn+Ind"}
     assert {c.seed for c in cells} == {0}
     assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "cs-s1", "cs-s2"}
+
+
+def test_one_job_runs_each_experiment_in_a_temporary_workspace_without_the_queue(monkeypatch):
+    """JOBS=1 never uses DVC's celery queue (it can hang with no worker left): each experiment
+    runs with `dvc exp run --temp`, in order, and one that fails does not stop the next."""
+    calls = []
+
+    def fake_dvc(*args, echo=False):
+        calls.append(args)
+        if "t2-k2" in args and "--temp" in args:
+            raise RuntimeError("exit 1")
+        return ""
+
+    monkeypatch.setattr(experiments, "dvc", fake_dvc)
+    queue = {"t2-k1": (("model.K", "1"),), "t2-k2": (("model.K", "2"),),
+             "t1-s1-sparse": (("attention.seed", "1"), ("loss.diversity", "sparse"))}
+    experiments.run_experiments(queue, jobs=1)
+    assert calls == [
+        ("exp", "run", "--temp", "-n", "t2-k1", "-S", "model.K=1"),
+        ("exp", "run", "--temp", "-n", "t2-k2", "-S", "model.K=2"),
+        ("exp", "run", "--temp", "-n", "t1-s1-sparse", "-S", "attention.seed=1", "-S",
+         "loss.diversity=sparse")]
+    calls.clear()
+    experiments.run_experiments(queue, jobs=2)
+    assert [c[:4] for c in calls] == [("exp", "run", "--queue", "-n")] * 3 + [
+        ("exp", "run", "--run-all", "--jobs")]
+    assert calls[-1][-1] == "2"

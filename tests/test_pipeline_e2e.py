@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 
 from pipeline.figures import DPI, INCHES_PER_COLUMN, LEGEND_INCHES
+from pipeline.names import SHORT
 from pipeline.params import grid_size
 from pipeline.stages.summary import LOSS_CURVES
 from pipeline.tables import load_video_index
@@ -45,7 +46,7 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_SPLIT = ("finetune", "cache", "attention", "joint", "evaluate")
-MODELS = {"baseline": "base", "spatial": "spa", "temporal": "tem", "joint": "ind"}
+MODELS = SHORT  # model -> its short name in the headline
 RUN = "synthetic-0"  # the one (set, split) of the tiny params
 # the stage every `dvc repro` runs first, before any other (always_changed): the params checked
 CHECK = "check"

@@ -6,6 +6,7 @@ the atomic writes. No dvc is run; git only where a test builds a repository."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -18,12 +19,22 @@ from PIL import Image
 from pipeline.params import run_name
 from tools.report import build_report, main
 from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH, draw_chart
+from tools.report_data import MISSING, Report, Stat, from_data, to_data
 from tools.report_sources import EVAL_FILE, ReportError, git_show
-from tools.report_tables import MISSING, Stat, render_markdown
+from tools.report_tables import claims, render_markdown
 from tools.shell import run
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "a" * 40
+
+
+def render(report: Report, command: str = "cmd", **extras) -> str:
+    """metrics/report.md as tools.report renders it: through report.json's data (the claims made
+    from Table 1 where the report has none yet)."""
+    report = dataclasses.replace(
+        report, command=command, extras=extras,
+        claims=report.claims or {key: claims(rows) for key, rows in report.table1.items()})
+    return render_markdown(from_data(json.loads(json.dumps(to_data(report)))))
 MODELS = ("baseline", "spatial", "temporal", "joint")
 
 
@@ -175,7 +186,7 @@ def test_rows_come_from_their_experiments_mean_and_std_over_seeds(git):
     assert base.experiments == ("baseline commit", "t1-s1", "t1-s2")
     assert base.rank1.mean == pytest.approx(0.27)
 
-    text = render_markdown(report, "python -m tools.report")
+    text = render(report, "python -m tools.report")
     cells = md_row(text, "SpaAtn")
     assert cells[1:3] == ["55.0 ± 3.7", "45.0 ± 3.7"]  # rank-1, mAP (percent, one decimal)
     assert cells[3:5] == ["0.300 ± 0.000", "2.000 ± 0.000"]  # overlap, entropy
@@ -209,7 +220,7 @@ def test_cells_print_the_interval_of_the_test_set(git):
     test set: its noise does not average out). A seed without intervals (older results): none."""
     base = evals(0, {"temporal": 0.5}, half_width=0.05)
     show = exp_show(git, base, [])
-    text = render_markdown(report_of(git, show, seeds=[0]), "python -m tools.report")
+    text = render(report_of(git, show, seeds=[0]), "python -m tools.report")
     assert md_row(text, "SpaAtn+Q+TemAtn")[1:3] == ["50.0 ± 0.0 [45.0, 55.0]",
                                                      "40.0 ± 0.0 [35.0, 45.0]"]
     assert md_row(text, "6")[1] == "50.0 ± 0.0 [45.0, 55.0]"  # Table 2, K = 6
@@ -227,7 +238,7 @@ def test_cells_print_the_interval_of_the_test_set(git):
     show = exp_show(git, evals(0, {"temporal": 0.5}, half_width=0.05), [other])
     report = report_of(git, show, seeds=[0, 1])
     assert row(report.table1["synthetic", "official"], "SpaAtn+Q+TemAtn").rank1_ci is None
-    assert md_row(render_markdown(report, "x"), "SpaAtn+Q+TemAtn")[1] == "55.0 ± 5.0"
+    assert md_row(render(report, "x"), "SpaAtn+Q+TemAtn")[1] == "55.0 ± 5.0"
 
 
 def test_missing_and_failed_experiments_show_missing_never_zero(git):
@@ -238,7 +249,7 @@ def test_missing_and_failed_experiments_show_missing_never_zero(git):
     report = report_of(git, show, seeds=[0, 1, 2])
     spa = row(report.table1["synthetic", "official"], "SpaAtn")
     assert spa.seeds_found == 1 and spa.rank1 == Stat(0.50, 0.0, 1)
-    text = render_markdown(report, "python -m tools.report")
+    text = render(report, "python -m tools.report")
     cells = md_row(text, "SpaAtn")
     assert cells[-2] == "1/3"
     assert "t1-s1-nodiv (missing)" in cells[-3] and "t1-s2-nodiv (missing)" in cells[-3]
@@ -267,13 +278,13 @@ def test_a_missing_split_file_makes_that_set_missing_with_the_reason(git):
     assert row(report.table1["ilidsvid", "official"], "Baseline").rank1.mean == pytest.approx(0.1)
     assert report.problems["t1-s0-nodiv"] == (f"path 'metrics/eval/ilidsvid-1.json' does not "
                                               f"exist in '{rev}'")
-    text = render_markdown(report, "cmd")
+    text = render(report, "cmd")
     assert "`t1-s0-nodiv`: path 'metrics/eval/ilidsvid-1.json' does not exist" in text
 
 
 def test_two_of_three_seeds(git):
     report = report_of(git, three_seeds(git, skip=("t1-s2-nodiv",)), seeds=[0, 1, 2])
-    cells = md_row(render_markdown(report, "cmd"), "SpaAtn")
+    cells = md_row(render(report, "cmd"), "SpaAtn")
     assert cells[1] == "53.0 ± 3.0" and cells[-2] == "2/3"  # mean of 0.50 and 0.56
 
 
@@ -304,12 +315,12 @@ def test_unfinished_or_mislabelled_experiments_are_missing(git):
 
 def test_paper_numbers_for_mars_and_none_for_synthetic(git):
     mars = report_of(git, exp_show(git, evals(0, {}, dataset="mars"), []))
-    text = render_markdown(mars, "cmd")
+    text = render(mars, "cmd")
     assert "paper mAP (mars)" in text
     cells = md_row(text, "Baseline")
     assert "73.4" in cells and "58.1" in cells  # the paper's MARS rank-1 and mAP
     assert "77.1" in md_row(text, "6")  # Table 2, K = 6 on MARS
-    synthetic = render_markdown(report_of(git, exp_show(git, evals(0, {}), [], sha="c" * 40)),
+    synthetic = render(report_of(git, exp_show(git, evals(0, {}), [], sha="c" * 40)),
                                 "cmd")
     assert "n/a (no paper number)" in md_row(synthetic, "Baseline")
     assert "paper mAP" not in synthetic
@@ -328,32 +339,32 @@ def test_table2_reads_t2_k_and_the_baseline_for_the_params_k(git):
     assert rows[0].rank1.mean == pytest.approx(0.1)
     assert rows[3].rank1.mean == pytest.approx(0.99)
     assert rows[4].rank1.mean == pytest.approx(0.60)
-    text = render_markdown(report, "cmd")
+    text = render(report, "cmd")
     assert md_row(text, "4")[1:3] == ["40.0 ± 0.0", "30.0 ± 0.0"]
     assert md_row(text, "8")[-1] == "baseline commit"
 
 
 def test_old_results_without_attention_show_missing_maps(git):
     show = exp_show(git, evals(0, {}, attention=False), [])
-    text = render_markdown(report_of(git, show), "cmd")
+    text = render(report_of(git, show), "cmd")
     assert md_row(text, "SpaAtn+Q")[3:5] == [MISSING, MISSING]
     assert md_row(text, "SpaAtn+Q")[1] == "10.0 ± 0.0"
     # Two seeds with maps, one from before: the maps' mean is over the two, and says so.
     show = three_seeds(git, no_attention=("t1-s2-nodiv",))
-    text = render_markdown(report_of(git, show, seeds=[0, 1, 2]), "cmd")
+    text = render(report_of(git, show, seeds=[0, 1, 2]), "cmd")
     assert md_row(text, "SpaAtn")[3] == "0.300 ± 0.000 (2/3 seeds)"
 
 
 def test_overlap_of_one_map_is_not_applicable(git):
     base = evals(0, {}, split_std=0.01)
     base[1]["attention"]["temporal"]["overlap"] = None  # K = 1: no pairs of maps
-    text = render_markdown(report_of(git, exp_show(git, base, [])), "cmd")
+    text = render(report_of(git, exp_show(git, base, [])), "cmd")
     assert md_row(text, "SpaAtn+Q+TemAtn")[3:5] == ["n/a", "2.000 ± 0.000"]
     assert md_row(text, "SpaAtn+Q")[3:5] == ["0.300 ± 0.000", "2.000 ± 0.000"]
 
 
 def test_protocols_in_order_official_first(git):
-    text = render_markdown(report_of(git, exp_show(git, evals(0, {}), [])), "cmd")
+    text = render(report_of(git, exp_show(git, evals(0, {}), [])), "cmd")
     official = text.index("## synthetic, official protocol")
     torchreid = text.index("## synthetic, torchreid protocol")
     assert official < torchreid
@@ -394,8 +405,8 @@ def write_inputs(tmp_path, show: list[dict]):
     show_path = tmp_path / "show.json"
     show_path.write_text(json.dumps(show))
     out, chart = tmp_path / "out" / "report.md", tmp_path / "out" / "table1.png"
-    argv = ["--params", str(params), "--out", str(out), "--chart", str(chart),
-            "--show-json", str(show_path)]
+    argv = ["--params", str(params), "--json", str(out.with_suffix(".json")), "--out", str(out),
+            "--chart", str(chart), "--show-json", str(show_path)]
     return argv, out, chart
 
 
@@ -403,8 +414,13 @@ def test_main_writes_report_and_chart_atomically(git, tmp_path, capsys):
     argv, out, chart = write_inputs(tmp_path, exp_show(
         git, evals(0, {}, dataset="mars") + evals(0, {}), []))
     main(argv, read=git.read)
-    assert sorted(os.listdir(out.parent)) == ["report.md", "table1.png"]  # no temp files
+    assert sorted(os.listdir(out.parent)) == ["report.json", "report.md", "table1.png"]  # no temps
     text = out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [(s["dataset"], s["protocol"]) for s in data["sections"]] == [
+        ("mars", "official"), ("mars", "torchreid"), ("synthetic", "official"),
+        ("synthetic", "torchreid")]
+    assert render_markdown(from_data(data)) == text  # the markdown is the data, rendered
     assert text.startswith("# ") and "--show-json" in text and "python -m tools.report" in text
     with Image.open(chart) as image:  # two datasets: two panels
         assert image.size == (round(CHART_WIDTH * CHART_DPI),
@@ -509,8 +525,8 @@ def test_cnn_seed_rows_come_from_the_cs_experiments(git):
     assert baseline.rank1.std == pytest.approx((32 / 3) ** 0.5 / 100)
     assert [r.label for r in report.cnn["synthetic", "official"]] == [
         "Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"]
-    text = render_markdown(report, "cmd")
+    text = render(report, "cmd")
     assert "### Over CNN seeds" in text and "`seed` 0, 1, 2" in text
     assert md_row(text[text.index("### Over CNN seeds"):], "Baseline")[1].startswith("70.0 ± 3.3")
     alone = report_of(git, exp_show(git, base, []), cnn_seed=0)
-    assert alone.cnn == {} and "### Over CNN seeds" not in render_markdown(alone, "cmd")
+    assert alone.cnn == {} and "### Over CNN seeds" not in render(alone, "cmd")

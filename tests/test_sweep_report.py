@@ -10,19 +10,15 @@ import math
 
 import pytest
 
-from tests.test_report import HEAD, FakeGit, exp_show, experiment, md_row
+from tests.test_report import HEAD, FakeGit, exp_show, experiment, md_row, render
 from tools.experiments import SWEEP
+from tools.report_data import MISSING, PAPER, TARGET, Report, RowResult, Stat
 from tools.report_sources import head_summary
 from tools.report_tables import (
-    MISSING,
-    Report,
-    RowResult,
-    Stat,
-    claim_lines,
+    claims,
     mechanism_rows,
-    ordering_verdict,
+    ordering,
     paper_rows,
-    render_markdown,
     sweep_section,
 )
 from tools.sweep import (
@@ -223,23 +219,22 @@ def test_paper_rows_put_the_gains_beside_the_papers():
     assert paper_rows("synthetic", rows[1:])[1][2][2] == "n/a"  # no Baseline row
 
 
-def test_ordering_verdict_uses_the_larger_half_width_of_both_rows():
+def test_ordering_uses_the_larger_half_width_of_both_rows():
     low = result("low", 0.5, ci=(0.47, 0.53))  # half-width 3 points
-    assert ordering_verdict(result("a", 0.6, ci=(0.55, 0.66)), low) == \
-        "holds: 60.0 vs 50.0 (+10.0; noise ±6.0)"
-    assert ordering_verdict(result("a", 0.54, ci=(0.48, 0.6)), low) == \
-        "within the noise: 54.0 vs 50.0 (+4.0; noise ±6.0)"
-    assert ordering_verdict(result("a", 0.4, ci=(0.34, 0.45)), low) == \
-        "does not hold: 40.0 vs 50.0 (-10.0; noise ±6.0)"
+    assert ordering(result("a", 0.6, ci=(0.55, 0.66)), low) == \
+        ("holds", "60.0 vs 50.0, +10.0; noise ±6.0")
+    assert ordering(result("a", 0.54, ci=(0.48, 0.6)), low) == \
+        ("within the noise", "54.0 vs 50.0, +4.0; noise ±6.0")
+    assert ordering(result("a", 0.4, ci=(0.34, 0.45)), low) == \
+        ("does not hold", "40.0 vs 50.0, -10.0; noise ±6.0")
     # the noise is the low row's here (8 points), not the high row's (1)
-    assert ordering_verdict(result("a", 0.56, ci=(0.55, 0.57)),
-                            result("b", 0.5, ci=(0.42, 0.58))) == \
-        "within the noise: 56.0 vs 50.0 (+6.0; noise ±8.0)"
-    assert ordering_verdict(result("a", 0.51), result("b", 0.5)) == \
-        "holds: 51.0 vs 50.0 (+1.0; noise ±0.0)"
-    assert ordering_verdict(result("a", 0.6, 0.3), result("b", 0.5, 0.4), "mAP") == \
-        "does not hold: 30.0 vs 40.0 (-10.0; noise ±0.0)"
-    assert ordering_verdict(result("a", None), low) == "not measured (missing)"
+    assert ordering(result("a", 0.56, ci=(0.55, 0.57)), result("b", 0.5, ci=(0.42, 0.58))) == \
+        ("within the noise", "56.0 vs 50.0, +6.0; noise ±8.0")
+    assert ordering(result("a", 0.51), result("b", 0.5)) == \
+        ("holds", "51.0 vs 50.0, +1.0; noise ±0.0")
+    assert ordering(result("a", 0.6, 0.3), result("b", 0.5, 0.4), "mAP") == \
+        ("does not hold", "30.0 vs 40.0, -10.0; noise ±0.0")
+    assert ordering(result("a", None), low) == ("not measured (missing)", "")
 
 
 def claim_rows(lo: float | None) -> list[RowResult]:
@@ -252,11 +247,17 @@ def claim_rows(lo: float | None) -> list[RowResult]:
             result("SpaAtn+Q+TemAtn+Ind", 0.56, 0.44, model="joint")]
 
 
-def test_claim_lines_check_orderings_gains_and_map_targets():
+def claim_lines(rows: list[RowResult]) -> list[str]:
+    return [c.line() for c in claims(rows)]
+
+
+def test_claims_check_orderings_gains_and_map_targets():
+    found = claims(claim_rows(-0.05))
+    assert [c.origin for c in found] == [PAPER] * 3 + [TARGET] * 8
     assert claim_lines(claim_rows(-0.05)) == [
-        "- SpaAtn+Q > SpaAtn (rank-1): holds: 60.0 vs 55.0 (+5.0; noise ±0.0)",
-        "- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): does not hold: 58.0 vs 60.0 (-2.0; noise ±0.0)",
-        "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): does not hold: 56.0 vs 58.0 (-2.0; "
+        "- SpaAtn+Q > SpaAtn (rank-1): holds (60.0 vs 55.0, +5.0; noise ±0.0)",
+        "- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): does not hold (58.0 vs 60.0, -2.0; noise ±0.0)",
+        "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): does not hold (56.0 vs 58.0, -2.0; "
         "noise ±0.0)",
         "- full model at least Baseline + 5 rank-1 points: holds (+6.00)",
         "- full model at least Baseline + 5 mAP points: does not hold (+4.00)",
@@ -294,9 +295,10 @@ def report_of(rows: list[RowResult]) -> Report:
 def test_render_markdown_has_the_sections_beside_the_paper_and_the_sweep():
     sweep = {"commit": HEAD, "dataset": "synthetic", "split": 0,
              "rows": [rendered_row()], "matched": []}
-    text = render_markdown(report_of(claim_rows(0.1)), "cmd", sweep)
+    text = render(report_of(claim_rows(0.1)), "cmd", sweep=sweep)
     titles = ["### Table 1", "### Table 1 beside the paper", "### Where the heads look",
-              "### The paper's claims, as measured", "### Table 2", "## The attention sweep",
+              "### The paper's orderings, as measured", "### This project's targets, as measured",
+              "### Table 2", "## The attention sweep",
               "## Missing results"]
     assert [t for t in text.split("\n\n") if t.startswith("#")][1:] == [
         "## synthetic, official protocol", *titles]
@@ -305,7 +307,7 @@ def test_render_markdown_has_the_sections_beside_the_paper_and_the_sweep():
     assert md_row(text, "a row")[1:3] == ["Q, x1, lr 0.1", "1.250"]
     assert "No Q row's overlap lies within the Q' rows' range." in text
     bare = [result(r.label, r.rank1.mean, r.mean_ap.mean, model=r.model) for r in claim_rows(0)]
-    text = render_markdown(report_of(bare), "cmd")
+    text = render(report_of(bare), "cmd")
     assert "### Where the heads look" not in text and "## The attention sweep" not in text
     assert "### Table 1 beside the paper" in text
 

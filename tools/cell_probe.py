@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from pipeline.attention_stats import BACKGROUND, person_labels
 from pipeline.features import read_parts
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import same_camera, score
-from tools.references import percent_interval
 
 
 def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
@@ -104,17 +104,17 @@ def grid_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 def pooled_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the fixed-map pooling table."""
     return (["pooling", "rank-1 (%)", "mAP (%)", "same camera top 10"],
-            [[k, percent_interval(v, "rank1"), percent_interval(v, "mAP"),
+            [[k, pct_of(v, "rank1"), pct_of(v, "mAP"),
               f"{v['same_camera_top10']:.2f}"] for k, v in result["pooled"].items()])
 
 
 def render(result: dict) -> str:
     return "\n\n".join([
         "Official rank-1 (%) of each res5c cell's feature alone, (its person share):",
-        format_table(*grid_rows(result)),
+        text_table(*grid_rows(result)),
         f"Correlation of a cell's rank-1 with its person share: "
         f"{result['rank1_person_share_corr']:+.2f}",
-        format_table(*pooled_rows(result))])
+        text_table(*pooled_rows(result))])
 
 
 def main(argv: list[str] | None = None) -> None:

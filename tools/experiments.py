@@ -1,6 +1,6 @@
 """The paper's experiments as DVC experiments: every row of Table 1 and of Table 2 is a params
-setting of the same pipeline, run with ``dvc exp run --queue`` so that only the stages it
-affects re-run.
+setting of the same pipeline, run as a DVC experiment so that only the stages it affects
+re-run.
 
 Rows the default pipeline already evaluates (Baseline, SpaAtn+Q, SpaAtn+Q+TemAtn, +Ind at the
 params' own seed; Table 2 at the params' own K) are read from the baseline commit, never re-run.
@@ -10,13 +10,15 @@ another seed re-trains the attention heads and the joint stage on the same cache
 so no seed re-runs a CNN stage and Baseline (the fine-tuned CNN) is the same model at every seed;
 the spread over seeds is the heads' training noise. The CNN-seed rows (``cnnseeds``) vary the
 top-level ``seed`` (CNN_SEED_KEY) instead: the default pipeline trained again from pretraining on
-(``cs-s<seed>``), whose spread is the whole pipeline's training noise. They run with ``dvc exp
-run --run-all --jobs J``: one worker per GPU on a GPU machine; on a CPU, one (two workers would
-share the same cores). An experiment that already exists for the current
-commit is not queued again, so an interrupted ``make ablations`` picks up where it stopped.
+(``cs-s<seed>``), whose spread is the whole pipeline's training noise. With ``--jobs 1`` (a CPU:
+two at a time would share the same cores) they run one after the other, each with ``dvc exp run
+--temp``; with ``--jobs J`` > 1 (one per GPU) they are queued and run with ``dvc exp run
+--run-all --jobs J``. An experiment that already exists for the current commit is not run again,
+so an interrupted ``make ablations`` picks up where it stopped.
 
-With one worker the queue runs in order: each seed's default pipeline runs before that seed's
-ablation rows. Each experiment re-runs the attention, joint, evaluate and summary stages only.
+One at a time they run in order: each seed's default pipeline runs before that seed's ablation
+rows, whose CNN stages then come from the run-cache. A Table 1 experiment re-runs the attention,
+joint, evaluate and summary stages only.
 
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.names import ROW
 from pipeline.params import load_params
 from tools.shell import BIN, run, user_env
 
@@ -51,21 +54,17 @@ class Row:
 
 
 TABLE1 = (
-    Row("Baseline", "baseline", "baseline"),
+    Row(ROW["baseline"], "baseline", "baseline"),
     Row("SpaAtn", "spatial", "nodiv", {"loss.diversity": "none"}),
     Row("SpaAtn+Q'", "spatial", "sparse", {"loss.diversity": "sparse"}),
-    Row("SpaAtn+Q", "spatial", "q"),
+    Row(ROW["spatial"], "spatial", "q"),
     Row("SpaAtn+Q+MaxPool", "temporal", "maxpool", {"model.temporal_pooling": "max"}),
-    Row("SpaAtn+Q+TemAtn", "temporal", "temporal"),
-    Row("SpaAtn+Q+TemAtn+Ind", "joint", "joint"),
+    Row(ROW["temporal"], "temporal", "temporal"),
+    Row(ROW["joint"], "joint", "joint"),
 )
 TABLE2_K = (1, 2, 4, 6, 8)
 
 
-def default_rows() -> dict[str, str]:
-    """Model name -> the Table 1 row the default pipeline scores it as (``baseline`` ->
-    ``Baseline``, ...)."""
-    return {row.model: row.label for row in TABLE1 if not row.overrides}
 # The attention settings the paper leaves open (docs/method.md), swept on the cache: the diversity
 # coefficient for Q and Q' (the same values, so that each can be compared at its own best and
 # where both reach the same overlap), Q normalised by its K(K-1) pairs, the start of w'_k, a
@@ -100,7 +99,8 @@ SEED_KEY = "attention.seed"  # what Table 1's seeds vary (the heads' training, n
 # so each seed re-runs the whole pipeline after index (the synthetic set keeps synthetic.seed)
 CNN_SEED_KEY = "seed"
 CNN_SEEDS = (0, 1, 2)
-REPORT_OUTPUTS = ("metrics/report.md", "metrics/plots/table1.png")  # written by tools.report
+# written by tools.report
+REPORT_OUTPUTS = ("metrics/report.json", "metrics/report.md", "metrics/plots/table1.png")
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
 
 # The paper's numbers (REFERENCE section 1): rank-1 on PRID2011, iLIDS-VID, MARS, and MARS mAP.
@@ -222,6 +222,32 @@ def out_of_date(status: dict) -> list[str]:
     return [stage for stage, changes in status.items() if changes != ["always changed"]]
 
 
+def run_experiments(queue: dict[str, tuple[tuple[str, str], ...]], jobs: int) -> None:
+    """Run the experiments ``queue`` names. One at a time: each with ``dvc exp run --temp``, in
+    a temporary copy of the workspace, in order (DVC's celery queue can hang after an experiment
+    with no worker left: treeverse/dvc#10428); a failure is logged and the next one runs. With
+    ``jobs`` > 1 (one per GPU): queued, then ``dvc exp run --run-all --jobs``."""
+    def settings(overrides: tuple[tuple[str, str], ...]) -> list[str]:
+        return [a for k, v in overrides for a in ("-S", f"{k}={v}")]
+
+    if jobs == 1:
+        for i, (name, overrides) in enumerate(queue.items(), 1):
+            log.info("running %s (%d of %d): %s", name, i, len(queue),
+                     " ".join(f"{k}={v}" for k, v in overrides))
+            try:
+                dvc("exp", "run", "--temp", "-n", name, *settings(overrides), echo=True)
+            except RuntimeError as err:
+                log.error("%s failed: %s", name, err)
+        return
+    for name, overrides in queue.items():
+        log.info("queueing %s: %s", name, " ".join(f"{k}={v}" for k, v in overrides))
+        dvc("exp", "run", "--queue", "-n", name, *settings(overrides))
+    log.info("running %d experiment(s) with %d worker(s); their logs are printed when the run "
+             "ends (meanwhile: `dvc queue status`, `dvc queue logs <name>`; if the status shows "
+             "queued experiments and no worker, `dvc queue start -j %d`)", len(queue), jobs, jobs)
+    dvc("exp", "run", "--run-all", "--jobs", str(jobs), echo=True)
+
+
 def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
               only: list[str] | None = None) -> None:
     """Queue the table's experiments that this commit lacks (or just those named in ``only``),
@@ -252,19 +278,13 @@ def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
     if not queue:
         log.info("%s: every experiment is done", table)
         return
-    for name, overrides in queue.items():
-        log.info("queueing %s: %s", name, " ".join(f"{k}={v}" for k, v in overrides))
-        dvc("exp", "run", "--queue", "-n", name, *(a for k, v in overrides
-                                                   for a in ("-S", f"{k}={v}")))
-    log.info("running %d experiment(s) with %d worker(s); their logs are printed when the run "
-             "ends (meanwhile: `dvc queue status`, `dvc queue logs <name>`)", len(queue), jobs)
-    dvc("exp", "run", "--run-all", "--jobs", str(jobs), echo=True)
+    run_experiments(queue, jobs)
     done = existing_experiments(json.loads(dvc("exp", "show", "--json")))
     failed = [name for name in queue if name not in done]
     if failed:
-        raise SystemExit(f"error: experiment(s) {', '.join(failed)} failed: see "
-                         f"`dvc queue logs {failed[0]}`; run the same command again to retry "
-                         "them (finished ones are kept)")
+        see = "the log above" if jobs == 1 else f"`dvc queue logs {failed[0]}`"
+        raise SystemExit(f"error: experiment(s) {', '.join(failed)} failed: see {see}; run the "
+                         "same command again to retry them (finished ones are kept)")
 
 
 def main(argv: list[str] | None = None) -> None:

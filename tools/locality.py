@@ -30,19 +30,21 @@ from tqdm import tqdm
 from pipeline.attention_stats import BACKGROUND, person_labels
 from pipeline.data import ClipDataset
 from pipeline.features import read_label_map
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import pct_of, text_table
 from pipeline.model import build_backbone
 from pipeline.params import load_params, run_name
 from pipeline.sampling import restricted_random_sample
 from pipeline.tables import LABELS, load_video_index
 from pipeline.train import load_exported
 from tools.cell_probe import scores
-from tools.references import percent_interval
 
 MAPS = ("uniform", "person", "background")  # the pooling maps, in the order they are printed
 # the grids measured without --candidate, per backbone: the last block (the cache's), then
-# earlier ones (smaller receptive fields), of the fine-tuned model and of the ImageNet weights
-BLOCKS = {"mobilenet_v2": ("features.18", "features.13"),
+# earlier ones (smaller receptive fields), of the fine-tuned model and of the ImageNet weights.
+# MobileNetV2: 18 is the last 1x1 conv (17's receptive field), 16 and 14 the last blocks at the
+# 8x4 grid (last_stride 1), 13 the last block before block 14's stride.
+BLOCKS = {"mobilenet_v2": ("features.18", "features.16", "features.14", "features.13"),
           "resnet18": ("layer4", "layer3"), "resnet34": ("layer4", "layer3"),
           "resnet50": ("layer4", "layer3")}
 
@@ -137,7 +139,7 @@ def rows(result: dict) -> tuple[list[str], list[list[str]]]:
         p = c["pooled"]
         gain = 100 * (p["person"]["rank1"] - p["background"]["rank1"])
         body.append([name, f"{c['module']} ({' x '.join(map(str, c['grid']))})",
-                     *(percent_interval(p[m], "rank1") for m in MAPS), f"{gain:+.1f}"])
+                     *(pct_of(p[m], "rank1") for m in MAPS), f"{gain:+.1f}"])
     return (["candidate", "grid (D x h x w)", "every cell", "person cells (oracle)",
              "background cells (oracle)", "person - background"], body)
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                                       **candidate_locality(backbone, module, test, size,
                                                            p.model.N)}
     write_json(args.out, result)
-    print(format_table(*rows(result)))
+    print(text_table(*rows(result)))
     print(f"\nwrote {args.out}")
 
 

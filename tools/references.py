@@ -32,7 +32,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.attention_stats import person_labels
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import evaluate_rank, protocol_gallery, same_camera, score
 from pipeline.sampling import restricted_random_sample
 from pipeline.tables import LABELS, load_video_index
@@ -126,22 +127,14 @@ def references(index: Path, dataset: str, N: int = N_FRAMES) -> dict:
     return out
 
 
-def percent_interval(m: dict, key: str) -> str:
-    """``m[key]`` in percent with one decimal, its 95 percent interval in brackets where ``m``
-    has ``key_lo`` and ``key_hi``."""
-    interval = f" [{100 * m[key + '_lo']:.1f}, {100 * m[key + '_hi']:.1f}]" \
-        if key + "_lo" in m else ""
-    return f"{100 * m[key]:.1f}{interval}"
-
-
 def rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the references table (percent; shares as fractions)."""
-    body = [["chance", percent_interval(result["chance"], "rank1"),
-             percent_interval(result["chance"], "mAP"), ""]]
+    body = [["chance", pct_of(result["chance"], "rank1"),
+             pct_of(result["chance"], "mAP"), ""]]
     for name in ("histogram_frame", "histogram_person_greyworld"):
         if name in result:
             m = result[name]
-            body.append([name, percent_interval(m, "rank1"), percent_interval(m, "mAP"),
+            body.append([name, pct_of(m, "rank1"), pct_of(m, "mAP"),
                          f"{m['same_camera_top10']:.2f} (chance {m['same_camera_chance']:.2f})"])
     return ["reference", "rank-1 (%)", "mAP (%)", "same camera top 10"], body
 
@@ -166,7 +159,7 @@ def standing_rows(references: dict | None, evaluation: dict, probe: dict | None,
         return f"{m['same_camera_top10']:.2f} (chance {m['same_camera_chance']:.2f})"
 
     def row(kind: str, what: str, m: dict) -> list[str]:
-        return [kind, what, percent_interval(m, "rank1"), percent_interval(m, "mAP"), shares(m)]
+        return [kind, what, pct_of(m, "rank1"), pct_of(m, "mAP"), shares(m)]
 
     out = []
     if references is not None:
@@ -196,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {args.index}: no such index; run `make repro` first")
     result = references(args.index, args.dataset)
     write_json(args.out, result)
-    print(format_table(*rows(result)))
+    print(text_table(*rows(result)))
     print(f"\nwrote {args.out}")
 
 

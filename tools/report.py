@@ -1,4 +1,5 @@
-"""The paper's Tables 1 and 2 from the DVC experiments: ``metrics/report.md``, a bar chart of
+"""The paper's Tables 1 and 2 from the DVC experiments: ``metrics/report.json`` (the report as
+data, ``tools.report_data``), rendered from that file into ``metrics/report.md``, a bar chart of
 Table 1 and the same tables in the terminal.
 
 Every row of a table is read from the experiment that ran it, or from the baseline commit for the
@@ -9,16 +10,18 @@ split of its ``data.splits``; ``git show``), combined over the splits as the sum
 combines them. A Table 1 row run with several seeds shows the mean over the seeds of the per-seed
 means over splits, ± their standard deviation over the seeds; a row with one seed shows ± the
 standard deviation over the dataset's splits. A row without usable results says "missing", never
-0. Modules: ``report_sources`` (reading), ``report_tables`` (statistics, markdown, terminal),
-``report_chart`` (the chart).
+0. Modules: ``report_sources`` (reading), ``report_data`` (the report as data, report.json),
+``report_tables`` (statistics, claims, markdown, terminal), ``report_chart`` (the chart).
 
-    python -m tools.report --params params.yaml --out metrics/report.md \
-        --chart metrics/plots/table1.png [--seeds 0 1 2] [--show-json exp-show.json]
+    python -m tools.report --params params.yaml --json metrics/report.json \
+        --out metrics/report.md --chart metrics/plots/table1.png [--seeds 0 1 2] \
+        [--show-json exp-show.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -31,6 +34,7 @@ from pipeline.files import write_text
 from pipeline.params import load_params, run_name
 from tools.experiments import Cell, cnn_seed_cells, table1_cells, table2_cells
 from tools.report_chart import draw_chart
+from tools.report_data import Report, read_report, write_report
 from tools.report_sources import (
     EVAL_DIR,
     EVAL_FILE,
@@ -48,8 +52,8 @@ from tools.report_sources import (
 )
 from tools.report_tables import (
     BASELINE_COMMIT,
-    Report,
     aggregate,
+    claims,
     render_markdown,
     render_terminal,
 )
@@ -108,10 +112,11 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
                 for protocol in per_protocol or {}:
                     protocols.setdefault((dataset, protocol), None)
     pairs = sorted(protocols, key=lambda dp: (list(datasets).index(dp[0]), _protocol_rank(dp[1])))
+    table1 = {pair: aggregate(cells1, resolved, *pair) for pair in pairs}
     return Report(
         commit=sources.commit, commit_name=sources.commit_name, seeds=tuple(seeds),
         base_seed=base_seed, base_k=base_k, datasets=tuple(datasets),
-        table1={pair: aggregate(cells1, resolved, *pair) for pair in pairs},
+        table1=table1, claims={pair: claims(rows) for pair, rows in table1.items()},
         table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
         problems=problems, cnn_seeds=tuple(cnn_seeds) if cells3 else (),
         cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {})
@@ -136,6 +141,8 @@ def _optional_json(path: Path, tool: str) -> dict | None:
 def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--json", type=Path, default=Path("metrics/report.json"),
+                        help="the report as data, from which the others are rendered")
     parser.add_argument("--out", type=Path, default=Path("metrics/report.md"))
     parser.add_argument("--chart", type=Path, default=Path("metrics/plots/table1.png"))
     parser.add_argument("--show-json", type=Path,
@@ -165,18 +172,17 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])
-    sweep, probe, references = (_optional_json(path, tool) for path, tool in (
-        (args.sweep, "tools.sweep"), (args.probe, "tools.cell_probe"),
-        (args.references, "tools.references")))
-    evaluation = _optional_json(Path(EVAL_FILE.format(run=run_name(p.data.video[0],
-                                                                   p.data.splits[0]))),
-                                "pipeline.stages.evaluate (make repro)")
-    standing = None if evaluation is None else {"evaluation": evaluation,
-                                                "references": references}
-    write_text(args.out, render_markdown(report, command, sweep, probe, standing))
+    extras = {name: _optional_json(path, tool) for name, path, tool in (
+        ("evaluation", Path(EVAL_FILE.format(run=run_name(p.data.video[0], p.data.splits[0]))),
+         "pipeline.stages.evaluate (make repro)"),
+        ("references", args.references, "tools.references"),
+        ("sweep", args.sweep, "tools.sweep"), ("probe", args.probe, "tools.cell_probe"))}
+    write_report(args.json, dataclasses.replace(report, command=command, extras=extras))
+    report = read_report(args.json)  # everything below renders the file, as the docs do
+    write_text(args.out, render_markdown(report))
     draw_chart(report, args.chart)
     print(render_terminal(report))
-    print(f"\nwrote {args.out} and {args.chart}")
+    print(f"\nwrote {args.json}, {args.out} and {args.chart}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import corr, num, pct_of, text_table
 from pipeline.params import DataParams, Params, run_name, to_dict
 from pipeline.train import SATURATION_WARNING
 from tools.experiments import SWEEP, sweep_cells
@@ -182,25 +183,6 @@ def matched_overlap(rows: Sequence[dict]) -> list[dict]:
 # --- rendering ------------------------------------------------------------------------------------
 
 
-def _pct(m: dict, key: str) -> str:
-    if m.get(key) is None:
-        return "n/a"
-    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
-    bounds = "" if lo is None or hi is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-    return f"{100 * m[key]:.1f}{bounds}"
-
-
-def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _corr(m: dict) -> str:
-    if m.get("visibility_corr") is None:
-        return "n/a"
-    return (f"{m['visibility_corr']:+.3f} [{m['visibility_corr_lo']:+.3f}, "
-            f"{m['visibility_corr_hi']:+.3f}]")
-
-
 def _settings_cell(settings: dict) -> str:
     kind = {"hellinger": "Q", "sparse": "Q'", "none": "none"}[settings["loss.diversity"]]
     parts = [kind]
@@ -230,11 +212,12 @@ def sweep_rows(sweep: dict) -> list[list[str]]:
             continue
         train = row.get("training") or {}
         s, t = row["spatial"], row["temporal"]
-        lines.append([row["label"], _settings_cell(row["settings"]), _num(train.get("entropy")),
-                      _num(train.get("saturated"), 2), _num(s["entropy"]), _num(s["overlap"]),
-                      _num(s["person"]), "n/a" if s["parts_covered"] is None
-                      else str(s["parts_covered"]), _pct(s, "rank1"), _pct(s, "mAP"),
-                      _pct(t, "rank1"), _pct(t, "mAP"), _corr(t)])
+        lines.append([row["label"], _settings_cell(row["settings"]), num(train.get("entropy")),
+                      num(train.get("saturated"), ".2f"), num(s["entropy"]), num(s["overlap"]),
+                      num(s["person"]), num(s["parts_covered"], ""), pct_of(s, "rank1"),
+                      pct_of(s, "mAP"), pct_of(t, "rank1"), pct_of(t, "mAP"),
+                      corr(t.get("visibility_corr"), t.get("visibility_corr_lo"),
+                           t.get("visibility_corr_hi"))])
     return lines
 
 
@@ -280,7 +263,7 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except ReportError as err:
         raise SystemExit(f"error: {err}") from None
     write_json(args.out, sweep)
-    print(format_table(list(SWEEP_HEADER), sweep_rows(sweep)))
+    print(text_table(list(SWEEP_HEADER), sweep_rows(sweep)))
     print("\n".join(matched_lines(sweep)))
     print(choice_line(sweep))
     missing = [r["experiment"] for r in sweep["rows"] if r.get("problem")]

@@ -53,7 +53,8 @@ from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
 from pipeline.errors import CacheError
 from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.figures import attention_figure, save_figure
-from pipeline.files import check_writable, format_table, sha256_file, write_csv, write_json
+from pipeline.files import check_writable, sha256_file, write_csv, write_json
+from pipeline.formatting import corr, num, text_table
 from pipeline.metrics import RANKS, same_camera, score
 from pipeline.model import HeadOutput
 from pipeline.params import grid_size, load_params
@@ -241,15 +242,15 @@ def print_tables(title: str, results: dict, cameras: dict, attention: dict,
             for name, per_protocol in results.items() for protocol, m in per_protocol.items()]
     header = ["model", "protocol", "rank1", "95% interval", *(f"rank{r}" for r in ranks[1:]),
               "mAP", "95% interval", "valid queries"]
-    print(f"\n{title}\n" + format_table(header, rows))
+    print(f"\n{title}\n" + text_table(header, rows))
     print("\nshare of each query's 10 nearest gallery tracklets (every test tracklet, junk "
           "removed) from its own camera, mean over queries; chance: the share of its gallery\n"
-          + format_table(["model", "same camera top 10", "95% interval", "chance"],
+          + text_table(["model", "same camera top 10", "95% interval", "chance"],
                          [[m, c["same_camera_top10"], _interval(c, "same_camera_top10"),
                            c["same_camera_chance"]] for m, c in cameras.items()]))
     print("\nspatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
           "coefficient, 0 = disjoint, 1 = identical; entropy in nats)\n"
-          + format_table(["model", "overlap", "entropy"],
+          + text_table(["model", "overlap", "entropy"],
                          [[m, "n/a (K = 1)" if a["overlap"] is None else a["overlap"],
                            a["entropy"]] for m, a in attention.items()]))
     measured = {m: a for m, a in attention.items() if "person" in a}
@@ -257,36 +258,29 @@ def print_tables(title: str, results: dict, cameras: dict, attention: dict,
         return
     print("\nwhere the heads look (attention mass on the ground truth, mean over heads and "
           "test frames), and temporal weight against the visibility of each head's part "
-          "(Pearson r within clips, 95% interval over clips)\n" + format_table(
+          "(Pearson r within clips, 95% interval over clips)\n" + text_table(
               ["model", "person", "occluder", "background", "parts covered", "r", "frames"],
               [[m, a["person"], a["occluder"], a["background"], a["parts_covered"],
                 _correlation(a, "visibility_corr"),
                 f"{a['frames_measured']} ({a['frames_missing']} not cached)"]
                for m, a in measured.items()]))
     rows = [[m, k, a[f"head{k}_person"], a[f"head{k}_occluder"], a[f"head{k}_background"],
-             f"{a[f'head{k}_part']} ({_share(a[f'head{k}_part_share'])})",
+             f"{a[f'head{k}_part']} ({num(a[f'head{k}_part_share'], '.2f')})",
              _correlation(a, f"head{k}_visibility_corr")]
             for m, a in measured.items() for k in range(1, head_count(a) + 1)]
-    print("\nper head\n" + format_table(
+    print("\nper head\n" + text_table(
         ["model", "head", "person", "occluder", "background", "part (share of person mass)",
          "r (visibility)"], rows))
 
 
 def _interval(m: dict, metric: str) -> str:
-    return f"[{m[f'{metric}_lo']:.3f}, {m[f'{metric}_hi']:.3f}]"
+    """The 95 percent interval of a fraction, as fractions (the table's own unit)."""
+    return f"[{num(m[f'{metric}_lo'])}, {num(m[f'{metric}_hi'])}]"
 
 
 def _correlation(a: dict, key: str) -> str:
-    if a[key] is None:
-        return "n/a"
-    note = " (equal weights)" if "visibility_corr_note" in a else ""
-    lo, hi = a.get(key + "_lo"), a.get(key + "_hi")
-    interval = "" if lo is None or hi is None else f" [{lo:+.2f}, {hi:+.2f}]"
-    return f"{a[key]:+.2f}{interval}{note}"
-
-
-def _share(share: float | None) -> str:
-    return "n/a" if share is None else f"{share:.2f}"
+    note = " (equal weights)" if a[key] is not None and "visibility_corr_note" in a else ""
+    return corr(a[key], a.get(key + "_lo"), a.get(key + "_hi"), digits=2) + note
 
 
 if __name__ == "__main__":

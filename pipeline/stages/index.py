@@ -19,7 +19,8 @@ import pandas as pd
 
 from pipeline.datasets import index_images, index_video, num_splits
 from pipeline.datasets.common import check_video_invariants, screen_frames
-from pipeline.files import atomic_dir, format_table, write_json
+from pipeline.files import atomic_dir, write_json
+from pipeline.formatting import text_table
 from pipeline.params import load_params
 from pipeline.stages.common import run
 from pipeline.tables import resolve_data_path, save_image_index, save_video_index
@@ -94,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             stats["image"][name] = {**image_stats(table), "skipped": skipped["frames"]}
     write_json(args.stats, stats)
 
-    print(format_table(["video set", "split", "train ids", "train tracklets", "test ids",
+    print(text_table(["video set", "split", "train ids", "train tracklets", "test ids",
                         "test tracklets", "queries", "frames"], rows))
-    print(format_table(["image set", "ids", "images", "cameras"],
+    print(text_table(["image set", "ids", "images", "cameras"],
                        [[n, s["ids"], s["images"], s["cameras"]]
                         for n, s in stats["image"].items()]))
 

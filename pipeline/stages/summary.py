@@ -26,7 +26,8 @@ import pandas as pd
 from pipeline.attention_stats import GROUND_TRUTH_STATS, summarize_attention
 from pipeline.errors import InputError
 from pipeline.figures import cmc_figure, loss_figure, save_figure
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import NA, num_stat, pct_stat, text_table
 from pipeline.metrics import SUMMARY_METRICS, headline, summarize
 from pipeline.params import load_params, run_name
 from pipeline.stages.common import run
@@ -74,12 +75,12 @@ def print_tables(summary: dict, attention: dict) -> None:
             for dataset, models in summary.items() for model, protocols in models.items()
             for protocol, m in protocols.items()]
     print("\nResults (percent, mean ± std over splits [95% interval of the mean])\n"
-          + format_table(["dataset", "model", "protocol", *SUMMARY_METRICS, "splits"], rows))
+          + text_table(["dataset", "model", "protocol", *SUMMARY_METRICS, "splits"], rows))
     rows = [[dataset, model, _stat(a["overlap"], "n/a (K = 1)"), _stat(a["entropy"])]
             for dataset, models in attention.items() for model, a in models.items()]
     print("\nSpatial attention maps on the test frames (overlap: mean pairwise Bhattacharyya "
           "coefficient, 0 = disjoint, 1 = identical; entropy in nats; mean ± std over splits)\n"
-          + format_table(["dataset", "model", "overlap", "entropy"], rows))
+          + text_table(["dataset", "model", "overlap", "entropy"], rows))
     rows = [[dataset, model, *(_stat(a[k]) if k in a else "n/a" for k in GROUND_TRUTH_STATS)]
             for dataset, models in attention.items() for model, a in models.items()
             if any(k in a for k in GROUND_TRUTH_STATS)]
@@ -88,7 +89,7 @@ def print_tables(summary: dict, attention: dict) -> None:
               "over heads; parts covered by the heads; visibility_corr: Pearson r within clips "
               "of temporal weight and visibility of each head's part, mean over heads; mean ± "
               "std over splits)\n"
-              + format_table(["dataset", "model", *GROUND_TRUTH_STATS], rows))
+              + text_table(["dataset", "model", *GROUND_TRUTH_STATS], rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,13 +124,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _pm(value: dict) -> str:
-    interval = (f" [{100 * value['lo']:.1f}, {100 * value['hi']:.1f}]" if "lo" in value
-                else "")
-    return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}{interval}"
+    return pct_stat(value["mean"], value["std"], value.get("lo"), value.get("hi"))
 
 
-def _stat(value: dict | None, undefined: str = "n/a") -> str:
-    return undefined if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
+def _stat(value: dict | None, undefined: str = NA) -> str:
+    return undefined if value is None else num_stat(value["mean"], value["std"])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.files import format_table, write_json
+from pipeline.files import write_json
+from pipeline.formatting import text_table
 from pipeline.model import Backbone
 from pipeline.stages.common import setup_logging
 from tools.bench.attention import bench_attention
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         result = run_all(setup, workdir, args.quick)
     write_json(args.out, result)
-    print(format_table(["benchmark", "figures", "ratio", "target", "met"],
+    print(text_table(["benchmark", "figures", "ratio", "target", "met"],
                        list(table_rows(result["benchmarks"]))))
     log.info("wrote %s (%.0f s in all)", args.out, result["total_s"])
     return result

@@ -4,7 +4,6 @@ description of the machine."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import math
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipeline.stages.common import machine as stage_machine
 from pipeline.tables import video_table
 
 log = logging.getLogger("bench")
@@ -190,19 +190,12 @@ def tracklet_table(paths: Sequence[Path], frames_per_tracklet: int, tracklets_pe
 
 
 def machine(device: str = "cpu") -> dict:
-    """What the figures were measured on."""
+    """What the figures were measured on: the stages' record of the CPU and usable cores
+    (``pipeline.stages.common.machine``), the GPU, the library versions and the load."""
+    cpu = stage_machine()
     gpu = (torch.cuda.get_device_name(torch.device(device))
            if torch.device(device).type == "cuda" else None)
-    return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "processor": _cpu_model() or platform.processor() or platform.machine(),
+    return {"cpu_count": os.cpu_count(), "cpus_usable": cpu["cores"], "processor": cpu["cpu"],
             "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
             "load_average_at_start": list(os.getloadavg())}
-
-
-def _cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return None

@@ -4,15 +4,18 @@ from the file it comes from, never typed by hand.
 A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME -->`` and
 ``<!-- end generated -->``; what lies between them is ``BLOCKS[NAME](root)``:
 
-- ``results``: the default run's results: the headline of each set of ``data.video``
-  (``metrics/results/<set>.json``) and the detail of its first split
+- ``headline``: the default run's headline of each set of ``data.video``
+  (``metrics/results/<set>.json``);
+- ``results``: the detail of each set's first split and where its heads look
   (``metrics/eval/<set>-<split>.json``);
 - ``datasets``: the statistics of the indexed sets (``metrics/datasets.json``);
 - ``params``: every key of ``pipeline.params.Params``: type, default, allowed values and the
   field's comment, read from the source, and the value in ``params.yaml`` where it differs;
 - ``bench``, ``bench-notes``: the benchmark table and what its details say (``metrics/bench.json``);
-- ``report``: Tables 1 and 2 of ``metrics/report.md`` (official protocol) and the steps of Table 1;
-- ``claims``: the paper's claims as ``metrics/report.md`` measured them, and where the heads look;
+- ``report``: Tables 1 and 2 of ``metrics/report.json`` (official protocol) and the steps of
+  Table 1;
+- ``claims``: the paper's orderings and this project's targets as ``metrics/report.json``
+  measured them;
 - ``paper``, ``rows``: the paper's numbers and the experiment of each table row
   (``tools.experiments``);
 - ``figure``: the README's Fig. 3 picture: the default run's first query
@@ -23,7 +26,8 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
   time caching takes (the sets' published frame counts, ``metrics/bench.json``).
 
-A measured source that does not exist yet renders one line saying so, naming the file and the
+Prose is wrapped at 100 columns (``tools.docs.common.wrap``); tables are not. A measured source
+that does not exist yet renders one line saying so, naming the file and the
 command that writes it; a source that exists but cannot be read is an error naming it.
 
     python -m tools.docs            # rewrite every block (make docs)
@@ -41,11 +45,11 @@ from pathlib import Path
 from pipeline.files import write_text
 from tools.docs.bench import bench_block, bench_notes_block
 from tools.docs.cache_disk import cache_disk_block
-from tools.docs.common import DocsError, NotProduced
+from tools.docs.common import DocsError, NotProduced, wrap
 from tools.docs.figure import figure_block
 from tools.docs.params_reference import params_block
 from tools.docs.report import claims_block, paper_block, report_block, rows_block
-from tools.docs.results import datasets_block, results_block
+from tools.docs.results import datasets_block, headline_block, results_block
 from tools.docs.standing import locality_block, standing_block
 from tools.docs.timings import timings_block
 
@@ -54,7 +58,8 @@ START = re.compile(r"^<!-- generated: ([\w-]+) -->$")
 END = "<!-- end generated -->"
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
-    "results": results_block, "datasets": datasets_block, "params": params_block,
+    "headline": headline_block, "results": results_block, "datasets": datasets_block,
+    "params": params_block,
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
     "timings": timings_block, "figure": figure_block, "claims": claims_block,
@@ -68,7 +73,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 def render(name: str, root: Path) -> str:
     """The body of block ``name``: its rendering, or the line saying its source is not there."""
     try:
-        body = BLOCKS[name](root)
+        body = wrap(BLOCKS[name](root))
     except NotProduced as missing:
         body = (f"*Not yet produced: `{missing.path}` does not exist; run `{missing.command}`, "
                 "then `make docs`.*")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.docs.common import field_of, read_json, table
+from pipeline.formatting import markdown_table
+from tools.docs.common import field_of, read_json
 
 UNITS = (("_frames_per_s", "frames/s", 1), ("_GFLOP_per_s", "GFLOP/s", 1), ("_MB", "MB", 0),
          ("_s", "s", 2))
@@ -41,8 +42,8 @@ def bench_block(root: Path) -> str:
              f"{'x'.join(map(str, s.get('input', [])))}")
     quick = " **`--quick`: a smoke test, the figures mean little.**" if bench.get("quick") else ""
     return (f"From `metrics/bench.json`: {where}; {bench.get('total_s', 0) / 60:.1f} min in all."
-            f"{quick}\n\n" + table(["row", "numerator", "denominator", "ratio", "target", "met"],
-                                   bench_rows(bench)))
+            f"{quick}\n\n" + markdown_table(
+                ["row", "numerator", "denominator", "ratio", "target", "met"], bench_rows(bench)))
 
 
 def bench_notes_block(root: Path) -> str:

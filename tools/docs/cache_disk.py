@@ -9,8 +9,9 @@ import math
 from pathlib import Path
 
 from pipeline.datasets import ilidsvid, mars, prid2011
+from pipeline.formatting import markdown_table
 from pipeline.params import VIDEO_SPLITS
-from tools.docs.common import NotProduced, field_of, read_json, table
+from tools.docs.common import NotProduced, field_of, read_json
 
 PAPER_GRID = (2048, 8, 4)  # D x h x w of ResNet-50's res5c for a 256x128 frame (paper §3.2)
 BYTES_PER_VALUE = 2  # float16
@@ -68,5 +69,5 @@ def cache_disk_block(root: Path) -> str:
             f"whole set through its own fine-tuned CNN, so the matrix is the splits times one "
             f"cache (grids only; HDF5 adds about 2%). Frame counts from `pipeline/datasets/`; "
             f"{measured}.\n\n"
-            + table(["set", "frames per cache", "counted", "splits", "one cache",
+            + markdown_table(["set", "frames per cache", "counted", "splits", "one cache",
                      "whole split matrix", "caching the matrix"], rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,23 @@ def field_of(tree: Any, relative: str, *keys: str) -> Any:
     return tree
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table."""
-    def line(cells: list[Any]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+WIDTH = 100  # generated prose is wrapped at this many columns (tables and pictures are not)
 
 
-def pct(fraction: float) -> str:
-    return f"{100 * fraction:.1f}"
+def wrap(text: str, width: int = WIDTH) -> str:
+    """A generated block's markdown with its paragraphs and list items wrapped at ``width``
+    columns (a list item's continuation indented two spaces); tables, pictures, headings and
+    fenced code stay as they are. Markdown renders the wrapped text as before."""
+    out = []
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        if any(line.startswith(("|", "![", "#", "```", "<!--")) for line in lines):
+            out.append(block)
+        elif all(line.startswith("- ") for line in lines):
+            out.append("\n".join(textwrap.fill(line, width, subsequent_indent="  ",
+                                               break_long_words=False, break_on_hyphens=False)
+                                 for line in lines))
+        else:
+            out.append(textwrap.fill(" ".join(lines), width, break_long_words=False,
+                                     break_on_hyphens=False))
+    return "\n\n".join(out)

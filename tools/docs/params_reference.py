@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.formatting import markdown_table
 from pipeline.params import Params, flatten, load_params, to_dict
-from tools.docs.common import DocsError, table
+from tools.docs.common import DocsError
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -121,5 +122,6 @@ def params_block(root: Path) -> str:
     for section, (comment, rows) in sections.items():
         if rows:
             title = f"### `{section}`" if section else "### top level"
-            parts.append("\n\n".join(s for s in (title, comment, table(header, rows)) if s))
+            parts.append("\n\n".join(s for s in (title, comment, markdown_table(header, rows))
+                                       if s))
     return "\n\n".join(parts)

@@ -1,20 +1,22 @@
-"""The ``results`` block (the default run's headline and detail) and the ``datasets`` block (the
-index statistics)."""
+"""The ``headline`` block (the default run's headline, README), the ``results`` block (the detail of
+its first split and where its heads look, docs/results.md) and the ``datasets`` block (the index
+statistics)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.attention_stats import GROUND_TRUTH_STATS, head_count
-from pipeline.metrics import HEADLINE_CI, HEADLINE_NAMES
+from pipeline.formatting import corr, markdown_table, num, pct_of
+from pipeline.metrics import HEADLINE_CI
+from pipeline.names import ROW, SHORT
 from pipeline.params import load_params
-from tools.docs.common import field_of, pct, read_json, table
-from tools.experiments import default_rows
+from tools.docs.common import field_of, read_json
 
 
-def results_block(root: Path) -> str:
+def headline_block(root: Path) -> str:
     p = load_params(root / "params.yaml")
-    labels, parts = default_rows(), []
+    parts = []
     for dataset in p.data.video:
         relative = f"metrics/results/{dataset}.json"
         head = read_json(root, relative, "make repro")
@@ -29,9 +31,14 @@ def results_block(root: Path) -> str:
               "smaller than it is within the noise of the test set." if HEADLINE_CI in head
               else "")
         parts.append(f"Headline (`{relative}`): {p.evaluate.protocols[0]} protocol, percent, "
-                     f"mean over the splits.{ci}\n\n" + table(header, [row]))
-        parts.append(eval_detail(root, dataset, p.data.splits[0], labels))
+                     f"mean over the splits.{ci}\n\n" + markdown_table(header, [row]))
     return "\n\n".join(parts)
+
+
+def results_block(root: Path) -> str:
+    p = load_params(root / "params.yaml")
+    return "\n\n".join(eval_detail(root, dataset, p.data.splits[0], ROW)
+                       for dataset in p.data.video)
 
 
 def eval_detail(root: Path, dataset: str, split: int, labels: dict[str, str]) -> str:
@@ -50,16 +57,15 @@ def eval_detail(root: Path, dataset: str, split: int, labels: dict[str, str]) ->
         attention = ev.get("attention", {}).get(model)
         cells = [_pct(scores, relative, first, k) for k in [*ranks, "mAP"]]
         cells += [_pct(scores, relative, p, m) for p in protocols[1:] for m in ("rank1", "mAP")]
-        cells += (["n/a", "n/a"] if attention is None else
-                  [_stat(attention.get("overlap")), _stat(attention.get("entropy"))])
-        rows.append([f"`{model}` ({HEADLINE_NAMES.get(model, model)})",
+        cells += [num((attention or {}).get(k), ".3g") for k in ("overlap", "entropy")]
+        rows.append([f"`{model}` ({SHORT.get(model, model)})",
                      labels.get(model, "-"), *cells])
     queries = "; ".join(f"{p}: {some[p]['num_valid_queries']} of {some[p]['num_queries']} "
                         "queries valid" for p in protocols)
     intervals = (" R1 and mAP with their 95 percent interval in brackets (bootstrap over the "
                  "query identities)." if "rank1_lo" in some[first] else "")
     detail = (f"Detail of split {ev.get('split', split)}, seed {ev.get('seed', '?')} "
-              f"(`{relative}`), percent; {queries}.{intervals}\n\n" + table(header, rows))
+              f"(`{relative}`), percent; {queries}.{intervals}\n\n" + markdown_table(header, rows))
     truth = ground_truth(ev.get("attention", {}))
     return detail + (f"\n\n{truth}" if truth else "")
 
@@ -73,12 +79,12 @@ def ground_truth(attention: dict) -> str:
     rows = []
     for model, a in measured.items():
         parts = ", ".join(f"{a[f'head{k}_part'] or 'none'}" for k in range(1, head_count(a) + 1))
-        r = ("n/a" if a["visibility_corr"] is None else
-             f"{a['visibility_corr']:+.2f} [{_num(a.get('visibility_corr_lo'))}, "
-             f"{_num(a.get('visibility_corr_hi'))}]"
-             + (" (equal weights)" if "visibility_corr_note" in a else ""))
-        rows.append([f"`{model}` ({HEADLINE_NAMES.get(model, model)})",
-                     *(_stat(a.get(k)) for k in ("person", "person_uniform", "occluder",
+        r = corr(a["visibility_corr"], a.get("visibility_corr_lo"), a.get("visibility_corr_hi"),
+                 digits=2)
+        r += " (equal weights)" if a["visibility_corr"] is not None and \
+            "visibility_corr_note" in a else ""
+        rows.append([f"`{model}` ({SHORT.get(model, model)})",
+                     *(num(a.get(k), ".3g") for k in ("person", "person_uniform", "occluder",
                                                  "background")),
                      a["parts_covered"], parts, r])
     return ("Where the heads look, on the test frames of that split: attention mass on the "
@@ -87,25 +93,17 @@ def ground_truth(attention: dict) -> str:
             "looks at most, how many distinct parts that makes, and the correlation of each "
             "head's temporal weight with the visibility of its part, mean over heads, 95 "
             "percent interval over clips ([docs/method.md](docs/method.md#measuring-the-"
-            "attention-maps)).\n\n" + table(
+            "attention-maps)).\n\n" + markdown_table(
                 ["model", "person", "uniform map's person", "occluder", "background",
                  "parts covered", "head parts",
                  "r (temporal weight, visibility)"], rows))
 
 
 def _pct(scores: dict, relative: str, protocol: str, metric: str) -> str:
-    """A model's score under ``protocol`` in percent, with its interval where the file has one."""
-    value = pct(field_of(scores, relative, protocol, metric))
-    bounds = [scores[protocol].get(f"{metric}_{end}") for end in ("lo", "hi")]
-    return value if None in bounds else f"{value} [{pct(bounds[0])}, {pct(bounds[1])}]"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
-
-
-def _stat(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"  # overlaps can be far below 0.001
+    """A model's score under ``protocol`` in percent, with its interval where the file has one
+    (a missing score is an error naming the file)."""
+    field_of(scores, relative, protocol, metric)
+    return pct_of(scores[protocol], metric)
 
 
 def datasets_block(root: Path) -> str:
@@ -122,10 +120,10 @@ def datasets_block(root: Path) -> str:
                          test.get("distractor_tracklets", "-"),
                          f"{length['min']} / {length['mean']:.1f} / {length['max']}",
                          s.get("skipped", {}).get("frames", 0)])
-    video = table(["set", "split", "train ids / tracklets / frames",
+    video = markdown_table(["set", "split", "train ids / tracklets / frames",
                    "test ids / tracklets / frames", "queries", "junk", "distractors",
                    "frames per tracklet (min / mean / max)", "skipped frames"], rows)
     images = [[name, s["ids"], s["images"], s["cameras"], s.get("skipped", 0)]
               for name, s in stats.get("image", {}).items()]
     return (f"From `{relative}` (the index stage):\n\n{video}\n\n"
-            + table(["image set", "ids", "images", "cameras", "skipped"], images))
+            + markdown_table(["image set", "ids", "images", "cameras", "skipped"], images))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.formatting import markdown_table
+from pipeline.names import ROW
 from pipeline.params import load_params
-from tools.docs.common import NotProduced, read_json, table
-from tools.experiments import default_rows
+from tools.docs.common import NotProduced, read_json
 from tools.locality import rows as locality_rows
 from tools.references import STANDING_HEADER, standing_rows
 
@@ -39,8 +40,8 @@ def standing_block(root: Path) -> str:
             "tracklets that come from its own camera (chance: its camera's share of the "
             "gallery), high where the features encode the camera more than the person."
             f"{note}\n\n"
-            + table(STANDING_HEADER, standing_rows(optional[REFERENCES], evaluation,
-                                                   optional[PROBE], default_rows())))
+            + markdown_table(STANDING_HEADER, standing_rows(optional[REFERENCES], evaluation,
+                                                   optional[PROBE], ROW)))
 
 
 def locality_block(root: Path) -> str:
@@ -51,4 +52,4 @@ def locality_block(root: Path) -> str:
             f"{result['input'][0]}x{result['input'][1]}, official rank-1 in percent with its 95 "
             "percent interval, of each candidate grid pooled on every cell, on the person's "
             "cells and on the background's cells (label maps resized to the grid).\n\n"
-            + table(*locality_rows(result)))
+            + markdown_table(*locality_rows(result)))

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.docs.common import field_of, read_json, table
+from pipeline.formatting import markdown_table
+from tools.docs.common import field_of, read_json
 
 RELATIVE = "metrics/timings.json"
 ORDER = ("check", "download", "index", "pretrain", "finetune", "cache", "attention", "joint",
@@ -31,7 +32,7 @@ def timings_block(root: Path) -> str:
     machine = timings.get("machine", {})
     return (f"From `{RELATIVE}` (each stage's wall time, imports included, as its last run "
             f"recorded it; {machine.get('cpu', 'unknown CPU')}, {machine.get('cores', '?')} "
-            f"cores):\n\n" + table(["stage", "time", "share"], rows)
+            f"cores):\n\n" + markdown_table(["stage", "time", "share"], rows)
             + f"\n\nAn experiment on the attention heads (`dvc exp run -S model.K=8`) re-runs "
               f"`{'`, `'.join(HEADS_ONLY)}`: {minutes(heads)}, {heads / total:.2f} of the full "
               "run.")
