@@ -33,6 +33,7 @@ share the frames and rank 0 writes. Disk cost: D x h x w x 2 bytes per frame, 12
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -222,23 +223,24 @@ def write_cache(
     writes the file; every rank calls this with the same arguments and returns once the file is
     in place."""
     path = Path(path)
-    world = distributed.world()
-    main = world.is_main
+    main = distributed.world().is_main
     if main:  # a read-only or full folder fails now, not after the backbone ran over every frame
         check_writable(path.parent)
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    D, h, w = grid_shape(backbone, size, device)
+    grid = grid_shape(backbone, size, device)
     labelled = {subset: _labelled(table, path, subset) for subset, table in tables.items()}
     if any(labelled.values()) and not part_names:
         raise CacheError(f"{path}: the tracklets have label maps, but no part_names name them")
+    run = functools.partial(_run_backbone, backbone, size=size, grid=grid, batch_size=batch_size,
+                            num_workers=num_workers, device=device, autocast=autocast)
     with atomic_path(path) if main else contextlib.nullcontext() as tmp:
         if main:  # (atomic_path removed a killed run's leftover: it does not count as used)
             frames = sum(len(select_frames(len(f), max_frames)) for t in tables.values()
                          for f in t["frames"])
-            check_free_space(path, frames * int(D * h * w) * 2)
+            check_free_space(path, frames * int(np.prod(grid)) * 2)
         with h5py.File(tmp, "w") if main else contextlib.nullcontext() as f:
-            if main:
+            if f is not None:
                 f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0],
                                 "width": size[1], "max_frames_per_tracklet": max_frames})
                 if any(labelled.values()):
@@ -247,50 +249,68 @@ def write_cache(
                 if table.empty:
                     raise CacheError(f"{path}: no {subset} tracklets to cache")
                 picks = [select_frames(len(frames), max_frames) for frames in table["frames"]]
-                offsets = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
-                if main:
-                    group = f.create_group(subset)
-                    group["offsets"] = offsets.astype(np.int64)
-                    group["frame_index"] = np.concatenate(picks).astype(np.int32)
-                    group["pids"] = table["pid"].to_numpy(np.int64)
-                    group["camids"] = table["camid"].to_numpy(np.int64)
-                    group["is_query"] = table["is_query"].to_numpy(bool)
-                    grids = group.create_dataset("grids", shape=(int(offsets[-1]), D, h, w),
-                                                 dtype=np.float16, chunks=(1, D, h, w))
                 paths = [Path(frames[i]) for frames, p in zip(table["frames"], picks, strict=True)
                          for i in p]
-                chunks = distributed.batches(len(paths), batch_size)
-                mine = distributed.my_batches(chunks, world)
-                loader = iter(eval_loader(_Frames(paths, size), batch_size, num_workers,
-                                          device.type == "cuda"))
-                bar = tqdm(total=len(paths), desc=f"cache {subset}", unit="frame",
-                           disable=not main)
-                for round_ in range(distributed.num_rounds(len(chunks), world)):
-                    # the last round can leave a rank without a batch: it sends no grid
-                    out = torch.zeros(0, D, h, w, dtype=torch.float16, device=device)
-                    if round_ < len(mine):
-                        batch = next(loader)
-                        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16,
-                                                             enabled=autocast):
-                            out = backbone(batch.to(device, non_blocking=True)).to(torch.float16)
-                    blocks = distributed.all_gather_(out)  # one block per rank, in rank order
-                    if not main:
-                        continue
-                    for rank, block in enumerate(blocks):
-                        b = round_ * world.size + rank
-                        if b < len(chunks):
-                            rows = chunks[b]
-                            grids[rows.start:rows.stop] = block.cpu().numpy()
-                            bar.update(len(rows))
-                bar.close()
-                if main and labelled[subset]:  # cheap beside the backbone: rank 0 alone
-                    _write_parts(group, table, picks, size, (h, w), len(part_names))
-                if main:
+                group, grids = (None, None) if f is None else _index_group(f, subset, table,
+                                                                           picks, grid)
+                run(paths, desc=f"cache {subset}", grids=grids)
+                if group is not None:
+                    if labelled[subset]:  # cheap beside the backbone: rank 0 alone
+                        _write_parts(group, table, picks, size, grid[1:], len(part_names))
                     log.info("%s: %d tracklets, %d frames cached%s", subset, len(table),
                              len(paths), " with their parts" if labelled[subset] else "")
-            if main:
+            if f is not None:
                 f.attrs["complete"] = True
     distributed.barrier()  # every rank returns once the file is in place (rank 0 renamed it)
+
+
+def _index_group(f: h5py.File, subset: str, table: pd.DataFrame, picks: list[np.ndarray],
+                 grid: tuple[int, int, int]) -> tuple[h5py.Group, h5py.Dataset]:
+    """The group of ``subset``: where each tracklet's frames lie (``offsets``, ``frame_index``),
+    its identity, camera and query flag; and its empty ``grids`` dataset, one fp16 grid a row
+    (the handle ``create_dataset`` returns: writing through it keeps the file's bytes those of
+    one handle's chunk cache, the same from run to run)."""
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in picks])])
+    group = f.create_group(subset)
+    group["offsets"] = offsets.astype(np.int64)
+    group["frame_index"] = np.concatenate(picks).astype(np.int32)
+    group["pids"] = table["pid"].to_numpy(np.int64)
+    group["camids"] = table["camid"].to_numpy(np.int64)
+    group["is_query"] = table["is_query"].to_numpy(bool)
+    grids = group.create_dataset("grids", shape=(int(offsets[-1]), *grid), dtype=np.float16,
+                                 chunks=(1, *grid))
+    return group, grids
+
+
+def _run_backbone(backbone: nn.Module, paths: list[Path], *, size: tuple[int, int],
+                  grid: tuple[int, int, int], batch_size: int, num_workers: int,
+                  device: torch.device, autocast: bool, desc: str,
+                  grids: h5py.Dataset | None) -> None:
+    """Every frame of ``paths`` through ``backbone``, in batches of ``batch_size``. Under
+    torchrun each rank computes its share of the batches and sends it to every rank; rank 0 (the
+    one given ``grids``) stores each batch's fp16 grids in its rows."""
+    world = distributed.world()
+    chunks = distributed.batches(len(paths), batch_size)
+    mine = distributed.my_batches(chunks, world)
+    loader = iter(eval_loader(_Frames(paths, size), batch_size, num_workers,
+                              device.type == "cuda"))
+    bar = tqdm(total=len(paths), desc=desc, unit="frame", disable=not world.is_main)
+    for round_ in range(distributed.num_rounds(len(chunks), world)):
+        # the last round can leave a rank without a batch: it sends no grid
+        out = torch.zeros(0, *grid, dtype=torch.float16, device=device)
+        if round_ < len(mine):
+            batch = next(loader)
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                out = backbone(batch.to(device, non_blocking=True)).to(torch.float16)
+        blocks = distributed.all_gather_(out)  # one block per rank, in rank order
+        if grids is None:
+            continue
+        for rank, block in enumerate(blocks):
+            b = round_ * world.size + rank
+            if b < len(chunks):
+                grids[chunks[b].start:chunks[b].stop] = block.cpu().numpy()
+                bar.update(len(chunks[b]))
+    bar.close()
 
 
 def open_cache(path: str | Path, expect: dict) -> h5py.File:

@@ -193,10 +193,11 @@ def warn_if_saturated(history: list[dict], desc: str, params: str) -> bool:
 
 def warn_if_diverged(history: list[dict], desc: str) -> bool:
     """Log a warning naming the learning rate's params key when the mean loss of the last epoch
-    of ``history`` (``fit``'s) is above the loss of its first step: the training moved away from
-    where it started, though no value became infinite (the joint stage at too high a learning
-    rate: the maps turn uniform and the loss settles at a plateau); whether it warned."""
-    if not history:
+    of ``history`` (``fit``'s, two epochs or more) is above the loss of its first step: the
+    training moved away from where it started, though no value became infinite (the joint stage
+    at too high a learning rate: the maps turn uniform and the loss settles at a plateau);
+    whether it warned."""
+    if not history or history[-1]["epoch"] < 2:  # one epoch: its mean holds its first steps
         return False
     first = history[0]["loss"]
     last = float(np.mean([h["loss"] for h in history if h["epoch"] == history[-1]["epoch"]]))
@@ -238,6 +239,114 @@ class Step:
                    diversity_warmup_epochs=loss.diversity_warmup_epochs, **kwargs)
 
 
+class Trainer:
+    """One ``fit`` call: the model as it is stepped (DistributedDataParallel under torchrun,
+    compiled with ``compile``), the optimizer and its schedule, the per-step history, and the
+    resume checkpoint that holds them all."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, cfg: TrainParams,
+                 device: torch.device, desc: str, compile: bool = False, sync_bn: bool = False):
+        world = distributed.world()
+        if sync_bn and world.distributed:
+            if device.type != "cuda":
+                raise ParamsError(f"runtime.sync_bn: SyncBatchNorm needs CUDA devices, but {desc} "
+                                  f"runs on {device.type}; set runtime.sync_bn to false")
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children replaced, same parameters
+        self.model, self.criterion, self.cfg, self.device, self.desc = (
+            model.to(device), criterion.to(device), cfg, device, desc)
+        self.criterion_params = [p for p in criterion.parameters() if p.requires_grad]
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.trainable += self.criterion_params
+        self.net: nn.Module = model
+        if world.distributed:
+            self.net = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:  # around DDP, so that it compiles the graph in pieces at its gradient buckets
+            log.info("%s: training through torch.compile", desc)
+            self.net = torch.compile(self.net)
+        self.optimizer = torch.optim.SGD(self.trainable, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, [cfg.lr_step_epoch],
+                                                              cfg.lr_gamma)
+        self.history: list[dict] = []
+
+    # --- the resume checkpoint --------------------------------------------------------------
+
+    def resume(self, path: Path, key: str) -> tuple[int, int]:
+        """Load the checkpoint at ``path`` when it was made for ``key``; (the epoch to run first,
+        the batches of it already done)."""
+        if distributed.world().is_main:  # weights, the loss's state, a momentum per parameter
+            check_room(path, tensor_bytes([self.model.state_dict(), self.criterion.state_dict(),
+                                           self.trainable]), "the resume checkpoint")
+        if not path.exists():
+            return 0, 0
+        state = load(path)
+        if state.get("key") != key:
+            log.info("%s: ignoring %s (made for other inputs)", self.desc, path)
+            return 0, 0
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+        if state.get("stopped_at"):  # written by a stop in the middle of an epoch
+            epoch, skip = state["stopped_at"]
+            log.info("%s: resuming in epoch %d after step %d from %s", self.desc, epoch + 1, skip,
+                     path)
+            return epoch, skip
+        log.info("%s: resuming after epoch %d from %s", self.desc, state["epoch"] + 1, path)
+        return state["epoch"] + 1, 0
+
+    def checkpoint(self, path: Path, key: str, epoch: int,
+                   stopped_at: tuple[int, int] | None = None) -> None:
+        """Rank 0 writes the resume checkpoint: after ``epoch`` (0-based) is complete, or in the
+        middle of the next one (``stopped_at``: that epoch and the batches done in it)."""
+        if distributed.world().is_main:
+            save(path, {"key": key, "model": self.model.state_dict(),
+                        "criterion": self.criterion.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                        "stopped_at": list(stopped_at) if stopped_at else None,
+                        "history": self.history})
+        distributed.barrier()  # no rank runs ahead of the checkpoint a restart resumes from
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def step(self, step: Step, inputs: Tensor, labels: Tensor, epoch: int, i: int,
+             autocast: bool) -> dict:
+        """One SGD step on a batch; its row of the history (the global batch's losses under
+        torchrun). A loss that is not finite raises FloatingPointError before any update."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
+            out = step.forward(self.net, inputs)
+        id_loss = self.criterion(out.embedding.float(), labels)
+        div = torch.zeros((), device=self.device)
+        if step.diversity != "none" and out.spatial is not None:
+            div = diversity_penalty(out.spatial.float(), step.diversity, step.diversity_scale)
+        loss = id_loss + step.weight_at(epoch) * div
+        watched = () if out.spatial is None else map_statistics(out.spatial)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.desc}: the loss became {loss.item()} at epoch "
+                                     f"{epoch + 1}, step {i + 1} (try a lower lr or "
+                                     "loss.oim_scalar)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_([p.grad for p in self.criterion_params if p.grad is not None])
+        self.optimizer.step()
+        logged = torch.stack([loss, id_loss, div, *watched]).detach().float()
+        distributed.average_([logged])  # the global batch's losses (and maps)
+        total, id_part, div_part, *maps = logged.tolist()
+        row = {"epoch": epoch + 1, "step": len(self.history) + 1,
+               "lr": self.optimizer.param_groups[0]["lr"], "loss": total, "id_loss": id_part,
+               "diversity": div_part}
+        if maps:  # a model with spatial attention: how its training maps look
+            row.update(map_entropy=maps[0], map_saturated=maps[1])
+        return row
+
+
 def fit(
     model: nn.Module,
     criterion: nn.Module,
@@ -277,123 +386,43 @@ def fit(
         attention also the training maps' ``map_entropy`` and ``map_saturated``
         (``map_statistics``).
     """
-    world = distributed.world()
-    if sync_bn and world.distributed:
-        if device.type != "cuda":
-            raise ParamsError(f"runtime.sync_bn: SyncBatchNorm needs CUDA devices, but {desc} "
-                              f"runs on {device.type}; set runtime.sync_bn to false")
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children replaced, same parameters
-    model.to(device)
-    criterion.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    criterion_params = [p for p in criterion.parameters() if p.requires_grad]
-    trainable += criterion_params
-    net: nn.Module = model
-    if world.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
-    if compile:  # around DDP, so that it compiles the graph in pieces at its gradient buckets
-        log.info("%s: training through torch.compile", desc)
-        net = torch.compile(net)
-    optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch], cfg.lr_gamma)
-    history: list[dict] = []
-    start, skip = 0, 0  # the epoch to run first, and the batches of it already done
+    trainer = Trainer(model, criterion, cfg, device, desc, compile, sync_bn)
     resume_path = Path(resume_path)
-    if world.is_main:  # the checkpoint: weights, the loss's state, a momentum per parameter
-        check_room(resume_path, tensor_bytes([model.state_dict(), criterion.state_dict(),
-                                              trainable]), "the resume checkpoint")
-    if resume_path.exists():
-        state = load(resume_path)
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            criterion.load_state_dict(state["criterion"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            history, start = state["history"], state["epoch"] + 1
-            if state.get("stopped_at"):  # written by a stop in the middle of an epoch
-                start, skip = state["stopped_at"]
-                log.info("%s: resuming in epoch %d after step %d from %s", desc, start + 1,
-                         skip, resume_path)
-            else:
-                log.info("%s: resuming after epoch %d from %s", desc, start, resume_path)
-        else:
-            log.info("%s: ignoring %s (made for other inputs)", desc, resume_path)
-
-    def checkpoint(epoch: int, stopped_at: tuple[int, int] | None = None) -> None:
-        """Rank 0 writes the resume checkpoint: after ``epoch`` (0-based) is complete, or in the
-        middle of the next one (``stopped_at``: that epoch and the batches done in it)."""
-        if world.is_main:
-            save(resume_path, {"key": key, "model": model.state_dict(),
-                               "criterion": criterion.state_dict(),
-                               "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(),
-                               "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                               "stopped_at": list(stopped_at) if stopped_at else None,
-                               "history": history})
-        distributed.barrier()  # no rank runs ahead of the checkpoint a restart resumes from
-
+    first_epoch, skip = trainer.resume(resume_path, key)
+    main = distributed.world().is_main
     with distributed.graceful():
-        for epoch in range(start, cfg.epochs):
-            first = skip if epoch == start else 0
+        for epoch in range(first_epoch, cfg.epochs):
+            first = skip if epoch == first_epoch else 0
             loader.batch_sampler.set_epoch(epoch, first)
             freeze_batchnorm(model) if frozen_batchnorm else model.train()
             criterion.train()
             bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                       disable=not world.is_main)
+                       disable=not main)
             for i, (inputs, labels, _) in enumerate(bar, start=first):
-                inputs = inputs.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-                    out = step.forward(net, inputs)
-                id_loss = criterion(out.embedding.float(), labels)
-                div = torch.zeros((), device=device)
-                if step.diversity != "none" and out.spatial is not None:
-                    div = diversity_penalty(out.spatial.float(), step.diversity,
-                                            step.diversity_scale)
-                loss = id_loss + step.weight_at(epoch) * div
-                watched = () if out.spatial is None else map_statistics(out.spatial)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: the loss became {loss.item()} at epoch "
-                                             f"{epoch + 1}, step {i + 1} (try a lower lr or "
-                                             "loss.oim_scalar)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_([p.grad for p in criterion_params if p.grad is not None])
-                optimizer.step()
-                logged = torch.stack([loss, id_loss, div, *watched]).detach().float()
-                distributed.average_([logged])  # the global batch's losses (and maps)
-                total, id_part, div_part, *maps = logged.tolist()
-                history.append({"epoch": epoch + 1, "step": len(history) + 1,
-                                "lr": optimizer.param_groups[0]["lr"], "loss": total,
-                                "id_loss": id_part, "diversity": div_part})
-                if maps:  # a model with spatial attention: how its training maps look
-                    history[-1].update(map_entropy=maps[0], map_saturated=maps[1])
-                bar.set_postfix(loss=f"{total:.3f}")
+                trainer.history.append(trainer.step(step, inputs, labels, epoch, i, autocast))
+                bar.set_postfix(loss=f"{trainer.history[-1]['loss']:.3f}")
                 signum = distributed.stop_requested()
                 if signum and i + 1 < len(loader.batch_sampler.sampler):
-                    checkpoint(epoch - 1, (epoch, i + 1))
+                    trainer.checkpoint(resume_path, key, epoch - 1, (epoch, i + 1))
                     raise distributed.Stopped(signum, (
                         f"{desc}: stopped in epoch {epoch + 1}/{cfg.epochs} after step {i + 1}; "
                         f"{resume_path} holds the state: run the stage again to resume"))
-            scheduler.step()
-            losses = [h["loss"] for h in history if h["epoch"] == epoch + 1]
+            trainer.scheduler.step()
+            losses = [h["loss"] for h in trainer.history if h["epoch"] == epoch + 1]
             log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
                      float(np.mean(losses)))
-            checkpoint(epoch)
+            trainer.checkpoint(resume_path, key, epoch)
             signum = distributed.stop_requested()
             if signum and epoch + 1 < cfg.epochs:
                 raise distributed.Stopped(signum, (
                     f"{desc}: stopped after epoch {epoch + 1}/{cfg.epochs}; {resume_path} holds "
                     "the state: run the stage again to resume"))
-    warn_if_diverged(history, desc)
-    return history
+    warn_if_diverged(trainer.history, desc)
+    return trainer.history
 
 
-def finish(resume_path: str | Path) -> None:
-    """Drop the scratch checkpoint once the stage's outputs are written."""
+def drop_checkpoint(resume_path: str | Path) -> None:
+    """Delete the scratch resume checkpoint, once the stage's outputs are written."""
     Path(resume_path).unlink(missing_ok=True)
 
 

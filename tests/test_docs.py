@@ -199,7 +199,7 @@ BENCH = {"quick": False, "total_s": 90.0,
                  "numerator": "uncached_epoch_s", "denominator": "cached_epoch_s",
                  "figures": {"uncached_epoch_s": 9.0, "cached_epoch_s": 3.0},
                  "ratio": 3.0, "target": None, "met": None},
-             "roofline_paper": {"skipped": True, "reason": "--quick or --no-paper"}}}
+             "cache_throughput_paper": {"skipped": True, "reason": "--quick or --no-paper"}}}
 
 
 def test_bench_block_and_notes_from_bench_json(tmp_path):
@@ -210,7 +210,7 @@ def test_bench_block_and_notes_from_bench_json(tmp_path):
             "| **no** |") in out
     assert ("| `attention_cached_epoch` | uncached epoch 9.00 s | cached epoch 3.00 s | 3 "
             "| reported") in out
-    assert "| `roofline_paper` | skipped (--quick or --no-paper) |" in out
+    assert "| `cache_throughput_paper` | skipped (--quick or --no-paper) |" in out
     notes = render("bench-notes", tmp_path)
     assert "from 90.0 to 100.0 frames/s" in notes and "it would be 0.89" in notes
     assert "3.0 times as fast" in notes

@@ -414,6 +414,9 @@ def stream(seed: int, name: str, *keys: int) -> np.random.Generator:
 
 
 def _write(cfg: SyntheticParams, out: Path, workers: int = 1) -> None:
+    # One function on purpose: it plans the whole set, and every frame depends on the order in
+    # which it draws from its streams (cameras, identities, tracklets, images); read whole, that
+    # order is the code's order, which a split into helpers would hide.
     rngs = {name: stream(cfg.seed, name) for name in STREAMS}
     size = (cfg.height, cfg.width)
     cameras = make_cameras(cfg.cameras, rngs["cameras"])

@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
 from pipeline.files import check_writable, write_csv
 from pipeline.losses import build_identity_loss
 from pipeline.model import DRSA
-from pipeline.params import load_params, to_dict
+from pipeline.params import Params, load_params, to_dict
 from pipeline.stages.common import run
 from pipeline.train import (
     Step,
+    drop_checkpoint,
     export_model,
     fingerprint,
-    finish,
     fit,
     fit_options,
     load,
@@ -78,15 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     # zero initialisation (= average pooling) and out of the optimizer.
     for param in heads.temporal.parameters():
         param.requires_grad_(False)
-    spatial_step = Step.of(p.loss, forward=lambda net, grids: net(grids, "avg"))
-    loader = train_loader(dataset, targets, p.attention.spatial, p.heads_seed,
-                          p.data.num_workers, section="attention.spatial")
-    spatial_history = fit(heads, criterion, loader, p.attention.spatial, spatial_step, device,
-                          args.scratch / "spatial.pt", key, desc="attention spatial",
-                          **fit_options(p.runtime, device, backbone=False))
-    warn_if_saturated(spatial_history, "attention spatial", "loss.diversity_weight, "
-                      "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
-                      "attention.spatial.lr")
+    phase = functools.partial(train_phase, heads, criterion, dataset, targets, p, device,
+                              args.scratch, key)
+    average = Step.of(p.loss, forward=lambda net, grids: net(grids, "avg"))
+    spatial_history = phase("spatial", average, p.heads_seed)
     if world.is_main:
         export_model(args.spatial, heads.cpu(),
                      dataclasses.replace(p.model, temporal_pooling="avg"), "drsa",
@@ -95,22 +94,31 @@ def main(argv: list[str] | None = None) -> None:
     # Phase 2: everything but the CNN, with the configured temporal pooling.
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
-    temporal_step = Step.of(p.loss)
-    loader = train_loader(dataset, targets, p.attention.temporal, p.heads_seed + 1,
-                          p.data.num_workers, section="attention.temporal")
-    temporal_history = fit(heads, criterion, loader, p.attention.temporal, temporal_step, device,
-                           args.scratch / "temporal.pt", key, desc="attention temporal",
-                           **fit_options(p.runtime, device, backbone=False))
-    warn_if_saturated(temporal_history, "attention temporal", "loss.diversity_weight, "
-                      "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
-                      "attention.temporal.lr")
+    temporal_history = phase("temporal", Step.of(p.loss), p.heads_seed + 1)
     if world.is_main:
         export_model(args.temporal, heads.cpu(), p.model, "drsa",
                      {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})
         write_csv(args.plots / "spatial.csv", spatial_history)
         write_csv(args.plots / "temporal.csv", temporal_history)
-        finish(args.scratch / "spatial.pt")
-        finish(args.scratch / "temporal.pt")
+        drop_checkpoint(args.scratch / "spatial.pt")
+        drop_checkpoint(args.scratch / "temporal.pt")
+
+
+def train_phase(heads: nn.Module, criterion: nn.Module, dataset: CachedClipDataset,
+                targets: list[int], p: Params, device: torch.device, scratch: Path, key: str,
+                phase: str, step: Step, seed: int) -> list[dict]:
+    """One phase of the stage (``spatial`` or ``temporal``: its section ``attention.<phase>``)
+    trained on the cache, resumable from ``scratch/<phase>.pt``; its history. Warns when its
+    maps ended saturated."""
+    section = getattr(p.attention, phase)
+    loader = train_loader(dataset, targets, section, seed, p.data.num_workers,
+                          section=f"attention.{phase}")
+    history = fit(heads, criterion, loader, section, step, device, scratch / f"{phase}.pt", key,
+                  desc=f"attention {phase}", **fit_options(p.runtime, device, backbone=False))
+    warn_if_saturated(history, f"attention {phase}", "loss.diversity_weight, "
+                      "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
+                      f"attention.{phase}.lr")
+    return history
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ has them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -40,7 +41,9 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
+from pipeline import distributed
 from pipeline.attention_stats import (
     attention_frame_stats,
     attention_ground_truth,
@@ -57,7 +60,7 @@ from pipeline.files import check_writable, sha256_file, write_csv, write_json
 from pipeline.formatting import corr, num, text_table
 from pipeline.metrics import RANKS, same_camera, score
 from pipeline.model import HeadOutput
-from pipeline.params import grid_size, load_params
+from pipeline.params import Params, grid_size, load_params
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
@@ -139,7 +142,7 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
         save_figure(fig, out_dir / f"q{row.Index:04d}_pid{row.pid}_cam{row.camid}.png")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dataset", required=True, help="the video set's name")
@@ -154,13 +157,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cmc", type=Path, required=True, help="CMC curves CSV")
     parser.add_argument("--figures", type=Path, required=True,
                         help="folder for the attention map PNGs (Fig. 3)")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.cmc.parent, args.figures)
-    p = load_params(args.params)
-    world, device = start(p.runtime)  # under torchrun: the ranks share the test batches
-    autocast = use_autocast(p.runtime, device)
-    size = (p.data.height, p.data.width)
+    return parser.parse_args(argv)
 
+
+@dataclasses.dataclass
+class TestSet:
+    """One split's test tracklets as the models see them: the index's rows, the cache's
+    attributes the models are checked against (``expect``), where each tracklet's frames lie in
+    the cache, the cache's ground truth of the frames (None for a real set), and a loader of test
+    clips from the cache and one from the frames."""
+
+    table: pd.DataFrame
+    expect: dict
+    offsets: np.ndarray
+    frame_index: np.ndarray
+    truth: tuple | None
+    loaders: dict[str, DataLoader]
+
+
+def load_test_set(args: argparse.Namespace, p: Params, device: torch.device) -> TestSet:
+    size = (p.data.height, p.data.width)
     table = load_video_index(args.index)
     test = table[table["subset"] == "test"].reset_index(drop=True)
     expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": size[0],
@@ -168,61 +184,81 @@ def main(argv: list[str] | None = None) -> None:
     with open_cache(args.cache, expect) as cache:
         truth = read_parts(cache, "test")  # (parts, visibility, names); None for a real set
         offsets, frame_index = cache["test/offsets"][()], cache["test/frame_index"][()]
-    cached_test = CachedClipDataset(args.cache, "test", p.model.N)
-    if not np.array_equal(cached_test.pids, test["pid"].to_numpy()):
+    cached = CachedClipDataset(args.cache, "test", p.model.N)
+    if not np.array_equal(cached.pids, test["pid"].to_numpy()):
         raise CacheError(f"{args.cache}: its test tracklets are not those of {args.index}: "
                          "re-run the cache stage")
     pin = device.type == "cuda"
-    loaders = {"cache": eval_loader(cached_test, p.evaluate.batch_size, p.data.num_workers, pin),
-               "frames": eval_loader(ClipDataset(test["frames"].tolist(), [0] * len(test),
-                                                 p.model.N, size),
-                                     p.evaluate.batch_size, p.data.num_workers, pin)}
+    frames = ClipDataset(test["frames"].tolist(), [0] * len(test), p.model.N, size)
+    loaders = {"cache": eval_loader(cached, p.evaluate.batch_size, p.data.num_workers, pin),
+               "frames": eval_loader(frames, p.evaluate.batch_size, p.data.num_workers, pin)}
+    return TestSet(test, expect, offsets, frame_index, truth, loaders)
 
+
+def embed_model(path: Path, name: str, test: TestSet, p: Params, device: torch.device,
+                autocast: bool) -> tuple[nn.Module, dict, np.ndarray, dict | None]:
+    """One exported model over the test clips: (the model, its payload, the embeddings, its
+    attention statistics or None). It runs on the cached grids when it is a set of heads or when
+    its own backbone made the cache, on the frames otherwise."""
+    model, payload = load_exported(path)
+    model.to(device)
+    on_cache = payload["kind"] == "head" or sha256_file(path) == test.expect["checkpoint_sha256"]
+    if on_cache and payload["kind"] == "net":
+        net: nn.Module = model.head  # the cache holds this model's own backbone's grids
+    else:
+        net = model
+        if payload["kind"] == "net":
+            compiled(model.backbone, p.runtime.compile)
+    features, records = embed(net, test.loaders["cache" if on_cache else "frames"], device,
+                              autocast and not on_cache, desc=name,
+                              record=functools.partial(record_maps,
+                                                       keep_maps=test.truth is not None))
+    if not records or records[0] is None:
+        return model, payload, features, None
+    attention = attention_summary(records)
+    if test.truth is not None and distributed.world().is_main:
+        rows = clip_rows(test.offsets, test.frame_index, test.table["frames"].map(len).tolist(),
+                         p.model.N, on_cache)
+        attention.update(attention_ground_truth(
+            np.concatenate([r["spatial"] for r in records]),
+            np.concatenate([r["temporal"] for r in records]),
+            *clip_ground_truth(test.truth[0], test.truth[1], rows), list(test.truth[2])))
+        if attention["frames_missing"]:
+            log.info("%s: %d frames of the test clips are not cached: left out of the "
+                     "ground-truth measures", name, attention["frames_missing"])
+    return model, payload, features, attention
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_writable(args.out.parent, args.cmc.parent, args.figures)
+    p = load_params(args.params)
+    world, device = start(p.runtime)  # under torchrun: the ranks share the test batches
+    autocast = use_autocast(p.runtime, device)
+    test = load_test_set(args, p, device)
+    ids = (test.table["pid"].to_numpy(), test.table["camid"].to_numpy(),
+           test.table["is_query"].to_numpy())
     results, attention, cameras = {}, {}, {}
     curves = {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     drawn_with = None
     for name, path in args.model:
-        model, payload = load_exported(path)
-        model.to(device)
-        on_cache = payload["kind"] == "head" or sha256_file(path) == expect["checkpoint_sha256"]
-        if on_cache and payload["kind"] == "net":
-            net: nn.Module = model.head  # the cache holds this model's own backbone's grids
-        else:
-            net = model
-            if payload["kind"] == "net":
-                compiled(model.backbone, p.runtime.compile)
-        features, records = embed(net, loaders["cache" if on_cache else "frames"], device,
-                                  autocast and not on_cache, desc=name,
-                                  record=functools.partial(record_maps,
-                                                           keep_maps=truth is not None))
-        if records and records[0] is not None:
-            attention[name] = attention_summary(records)
-            if truth is not None and world.is_main:
-                rows = clip_rows(offsets, frame_index, test["frames"].map(len).tolist(),
-                                 p.model.N, on_cache)
-                attention[name].update(attention_ground_truth(
-                    np.concatenate([r["spatial"] for r in records]),
-                    np.concatenate([r["temporal"] for r in records]),
-                    *clip_ground_truth(truth[0], truth[1], rows), list(truth[2])))
-                if attention[name]["frames_missing"]:
-                    log.info("%s: %d frames of the test clips are not cached: left out of the "
-                             "ground-truth measures", name, attention[name]["frames_missing"])
+        model, payload, features, maps = embed_model(path, name, test, p, device, autocast)
+        if maps is not None:
+            attention[name] = maps
             if payload["kind"] == "net":  # Fig. 3 needs a model that runs on frames
                 drawn_with = model
         if world.is_main:  # the other ranks only embed their share of the test batches
-            results[name], per_protocol = score(
-                features, test["pid"].to_numpy(), test["camid"].to_numpy(),
-                test["is_query"].to_numpy(), p.evaluate.protocols, p.evaluate.max_rank,
-                args.dataset)
+            results[name], per_protocol = score(features, *ids, p.evaluate.protocols,
+                                                p.evaluate.max_rank, args.dataset)
             curves.update({f"{name}_{protocol}": c for protocol, c in per_protocol.items()})
-            cameras[name] = same_camera(features, test["pid"].to_numpy(),
-                                        test["camid"].to_numpy(), test["is_query"].to_numpy())
-
+            cameras[name] = same_camera(features, *ids)
     if not world.is_main:
         return
-    queries = test[test["is_query"]].head(p.evaluate.attention_figures if drawn_with else 0)
-    draw_queries(drawn_with, queries, p.model.N, size, device, args.figures,
-                 f"{args.dataset} split {args.split}", truth[2] if truth else LABELS)
+    queries = test.table[test.table["is_query"]].head(
+        p.evaluate.attention_figures if drawn_with else 0)
+    draw_queries(drawn_with, queries, p.model.N, (p.data.height, p.data.width), device,
+                 args.figures, f"{args.dataset} split {args.split}",
+                 test.truth[2] if test.truth else LABELS)
     log.info("attention maps of %d queries drawn in %s", len(queries), args.figures)
     write_json(args.out, {"dataset": args.dataset, "split": args.split, "seed": p.seed,
                           "models": results, "same_camera": cameras, "attention": attention})

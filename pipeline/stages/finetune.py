@@ -24,9 +24,9 @@ from pipeline.tables import load_video_index
 from pipeline.train import (
     Step,
     config_of,
+    drop_checkpoint,
     export_model,
     fingerprint,
-    finish,
     fit,
     fit_options,
     seed_everything,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                      {"stage": "finetune", "num_classes": len(labels),
                       "criterion": criterion.cpu().state_dict()})
         write_csv(args.plot, history)
-        finish(resume)
+        drop_checkpoint(resume)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ from pipeline.stages.common import run
 from pipeline.tables import load_video_index
 from pipeline.train import (
     Step,
+    drop_checkpoint,
     export_model,
     fingerprint,
-    finish,
     fit,
     fit_options,
     load_exported,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         export_model(args.out, model.cpu(), cfg, "drsa",
                      {"stage": "joint", "criterion": criterion.cpu().state_dict()})
         write_csv(args.plot, history)
-        finish(resume)
+        drop_checkpoint(resume)
 
 
 if __name__ == "__main__":

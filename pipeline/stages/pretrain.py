@@ -24,9 +24,9 @@ from pipeline.tables import load_image_index, pool_images
 from pipeline.train import (
     Step,
     config_of,
+    drop_checkpoint,
     export_model,
     fingerprint,
-    finish,
     fit,
     fit_options,
     seed_everything,
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     if not p.data.image:
         if world.is_main:
             export_untrained(p, args.out, args.plot)
-            finish(args.scratch / "last.pt")  # a checkpoint of an earlier run with image sets
+            # a checkpoint of an earlier run with image sets
+            drop_checkpoint(args.scratch / "last.pt")
         return
 
     files = {name: args.index / name / "images.json" for name in p.data.image}
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                      {"stage": "pretrain", "num_classes": num_classes,
                       "criterion": criterion.cpu().state_dict()})
         write_csv(args.plot, history)
-        finish(resume)
+        drop_checkpoint(resume)
 
 
 if __name__ == "__main__":

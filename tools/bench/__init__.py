@@ -9,38 +9,34 @@ rows. The rows, one module each, in the order they run:
    JPEG files: decode, resize, backbone, HDF5 write) over frames/s of the bare backbone on
    preloaded tensors of the same batch size. Target >= 0.85. Timings are the best of several runs
    (a disturbed run is only ever slower).
-2. ``roofline`` (``cache.py``): the backbone's FLOP/s (FLOPs counted by
-   ``torch.utils.flop_counter.FlopCounterMode``) over the FLOP/s of a large float32 matmul, the
-   machine's practical peak. Target >= 0.5. The backbone runs channels_last (NHWC), as in the
-   pipeline; ``roofline_nchw`` is the same network in the NCHW layout, for comparison.
-   Rows 1 and 2 are measured again, on fewer frames, with the paper's ResNet-50 at 256x128
-   (``<row>_paper``, ``paper_backbone.py``; about 5x the FLOPs per frame), and so is row 4, on
+   Row 1 is measured again, on fewer frames, with the paper's ResNet-50 at 256x128
+   (``<row>_paper``, ``paper_backbone.py``; about 5x the FLOPs per frame), and so is row 3, on
    batches of 4 x 2 clips.
-3. ``eval_<protocol>_speedup``, ``eval_<protocol>_vs_sort``, ``eval_<protocol>_memory``
+2. ``eval_<protocol>_speedup``, ``eval_<protocol>_vs_sort``, ``eval_<protocol>_memory``
    (``evaluation.py``): ``metrics.evaluate_rank`` on a MARS-sized problem (1980 queries x 12180
    gallery items) against ``usual_evaluator`` (a full argsort, a match matrix, then a Python loop
    over the queries that computes AP item by item, the shape of the classic torchreid evaluator)
    and ``sort_bound`` (one argsort per query row and nothing else, the lower bound of any ranking
    evaluator). Targets: >= 20x faster than the first, <= 1.5x the second, <= 1 GB of extra peak
    memory (measured with ``tracemalloc``, which traces numpy's allocations, in a run of its own).
-4. ``attention_cached_epoch`` (``attention.py``): one epoch of the attention stage on frames, the
+3. ``attention_cached_epoch`` (``attention.py``): one epoch of the attention stage on frames, the
    backbone in the loop (frozen: eval mode, no gradients, the cheapest uncached training can be),
    over one epoch on the cached grids (``data.CachedClipDataset``); both through ``train.fit``
    with the DRSA heads and the OIM loss. Reported, no target. ``cached_step_overhead`` (same
    module): that cached epoch over the same steps on batches already in memory (the heads'
    forward, loss, backward and SGD step alone): what loading the cache and the loop cost on top.
    Target <= 1.2.
-5. ``cache_memory_flatness`` (``memory.py``): peak RSS of a fresh process running
+4. ``cache_memory_flatness`` (``memory.py``): peak RSS of a fresh process running
    ``write_cache`` on 4x the frames over the same on 1x (VmHWM, reset once the imports are done;
    ``ru_maxrss``, which cannot be reset, is reported beside it). Target: about 1 (<= 1.1); memory
    must not grow with the dataset.
-6. ``experiment_overhead`` (``experiment.py``): wall time of ``dvc exp run -S model.K=8`` after a
+5. ``experiment_overhead`` (``experiment.py``): wall time of ``dvc exp run -S model.K=8`` after a
    full ``dvc repro`` of a tiny configuration (``tools.tinyrepo``) in a throw-away git
    repository, over that repro. Reported, no target; skipped with ``--quick``.
 
 ``common.py`` holds what the rows share (the sizes, the setup, the row format, the frame files);
-``__main__.py`` runs them all. Defaults are the default run's (ResNet-18, last stride 1, 128x64
-frames, cache batch 64, 2 loader workers) and fit a 2-core CPU in a few minutes; ``--quick``
+``__main__.py`` runs them all. Defaults are the default run's (MobileNetV2, last stride 1,
+128x64 frames, cache batch 64, 2 loader workers) and fit a 2-core CPU in a few minutes; ``--quick``
 shrinks every size to a smoke test of the code paths (its figures mean little; the time goes to
 imports and process starts). Every row in the paper's setting: ``--backbone resnet50
 --last-stride 2 --height 256 --width 128`` (expect that run to take several times longer on a

@@ -20,7 +20,7 @@ from pipeline.formatting import text_table
 from pipeline.model import Backbone
 from pipeline.stages.common import setup_logging
 from tools.bench.attention import bench_attention
-from tools.bench.cache import bench_cache_and_roofline
+from tools.bench.cache import bench_cache
 from tools.bench.common import (
     FRAME_SIZE,
     FULL,
@@ -50,7 +50,7 @@ def run_all(setup: Setup, workdir: Path, quick: bool = False) -> dict:
     cache_path = workdir / "cache.h5"
 
     benchmarks: dict[str, dict] = {}
-    benchmarks.update(bench_cache_and_roofline(setup, backbone, table, cache_path))
+    benchmarks.update(bench_cache(setup, backbone, table, cache_path))
     benchmarks.update(bench_paper_backbone(setup, paths, workdir))
     benchmarks.update(bench_evaluation(setup))
     benchmarks.update(bench_attention(setup, backbone, table, cache_path, workdir / "scratch"))

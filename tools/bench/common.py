@@ -43,8 +43,6 @@ class Sizes:
     batch_size: int  # frames per backbone forward pass (the cache stage's cache.batch_size)
     cache_runs: int  # times the cache is written (best of)
     bare_batches: int  # batches per bare backbone run (runs before, between and after the above)
-    matmul_n: int  # n of the n x n float32 matmul that measures the machine's FLOP/s
-    matmul_repeats: int  # best of
     num_queries: int  # the evaluation problem (MARS: 1980 x 12180, 625 test identities)
     num_gallery: int
     eval_identities: int
@@ -60,12 +58,12 @@ class Sizes:
 
 
 FULL = Sizes(identities=64, tracklets_per_identity=3, frames_per_tracklet=8, batch_size=64,
-             cache_runs=2, bare_batches=8, matmul_n=2048, matmul_repeats=10, num_queries=1980,
+             cache_runs=2, bare_batches=8, num_queries=1980,
              num_gallery=12180, eval_identities=625, eval_repeats=3, P=16, M=2, N=6,
              cached_epochs=5, memory_frames=512, paper_frames=256, paper_bare_batches=1,
              experiment=True)
 QUICK = Sizes(identities=4, tracklets_per_identity=2, frames_per_tracklet=4, batch_size=8,
-              cache_runs=1, bare_batches=2, matmul_n=256, matmul_repeats=5, num_queries=60,
+              cache_runs=1, bare_batches=2, num_queries=60,
               num_gallery=600, eval_identities=40, eval_repeats=1, P=2, M=2, N=3,
               cached_epochs=2, memory_frames=16, paper_frames=0, paper_bare_batches=0,
               experiment=False)

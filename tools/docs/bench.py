@@ -63,10 +63,6 @@ def bench_notes_block(root: Path) -> str:
                          f"{c['cache_frames_per_s_no_workers']:.1f} frames/s, against "
                          f"{c['figures']['cache_frames_per_s']:.1f} with "
                          f"{c.get('num_workers')} workers.")
-    for suffix, what in (("", "the default run's backbone"), ("_paper", "ResNet-50 at 256x128")):
-        if (nhwc := ok.get(f"roofline{suffix}")) and (nchw := ok.get(f"roofline_nchw{suffix}")):
-            notes.append(f"The channels_last layout: {what} at {nhwc['ratio']:.2f} of the matmul "
-                         f"peak, against {nchw['ratio']:.2f} in NCHW.")
     if (e := ok.get("eval_official_vs_sort")):
         notes.append(f"`evaluate_rank` spends {1 / e['ratio']:.2f} of its time in the per-row "
                      "argsort that bounds every ranking evaluator (official protocol).")
