@@ -66,9 +66,10 @@ references: setup ## Floor and ceilings of the default run's test set (chance, c
 	$(BIN)/python -m tools.locality --out metrics/locality.json
 	$(MAKE) --no-print-directory docs
 
-report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it
+report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it (REV=<commit>: the commit the experiments were run from; default HEAD)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.report --params params.yaml --seeds $(SEEDS) \
-		--json metrics/report.json --out metrics/report.md --chart metrics/plots/table1.png
+		--json metrics/report.json --out metrics/report.md --chart metrics/plots/table1.png \
+		$(if $(REV),--rev $(REV),)
 	$(MAKE) --no-print-directory docs
 
 docs: setup ## Regenerate the figures in README.md and docs/ from the files they come from

@@ -530,3 +530,22 @@ def test_cnn_seed_rows_come_from_the_cs_experiments(git):
     assert md_row(text[text.index("### Over CNN seeds"):], "Baseline")[1].startswith("70.0 ± 3.3")
     alone = report_of(git, exp_show(git, base, []), cnn_seed=0)
     assert alone.cnn == {} and "### Over CNN seeds" not in render(alone, "cmd")
+
+
+def test_rev_that_is_no_commit_is_refused_before_dvc_runs(tmp_path, monkeypatch):
+    """`make report REV=...` names the commit the experiments were run from; a name git does
+    not know is refused in one line, without running dvc."""
+    import tools.report_sources as sources
+
+    def no_dvc(*args, **kwargs):
+        raise AssertionError("dvc ran")
+
+    monkeypatch.setattr(sources, "dvc", no_dvc)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  video: [synthetic]\n  splits: [0]\n")
+    with pytest.raises(SystemExit, match=r"^error: --rev no-such-commit: not a commit of this "
+                                         r"repository$"):
+        main(["--params", str(params), "--json", str(tmp_path / "r.json"), "--out",
+              str(tmp_path / "r.md"), "--chart", str(tmp_path / "c.png"), "--rev",
+              "no-such-commit"])
+    assert not list(tmp_path.glob("r.*"))

@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
-    parser.add_argument("--rev", help="baseline commit sha to report (default: the git HEAD "
-                                      "when running dvc, the first commit of --show-json)")
+    parser.add_argument("--rev", help="the baseline commit to report: experiments belong to the "
+                                      "commit they were run from (default: the git HEAD when "
+                                      "running dvc, the first commit of --show-json)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -166,7 +167,10 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
         if args.show_json is not None:
             show, head = load_show_json(args.show_json), args.rev
         else:
-            show, head = run_exp_show(), args.rev or git_head()
+            head = git_head(args.rev or "HEAD")
+            if args.rev and head is None:
+                raise ReportError(f"--rev {args.rev}: not a commit of this repository")
+            show = run_exp_show(head if args.rev else None)
         report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=args.seeds,
                               head=head, read=read, cnn_seed=p.seed)
     except (ReportError, ParamsError, FileNotFoundError) as err:

@@ -86,19 +86,21 @@ def parse_show_json(text: str, origin: str = "`dvc exp show --json`") -> list[di
     return show
 
 
-def run_exp_show() -> list[dict]:
-    """``dvc exp show --json`` of the current commit, run with the ``dvc`` beside this Python."""
+def run_exp_show(rev: str | None = None) -> list[dict]:
+    """``dvc exp show --json`` of the current commit, or of the commit ``rev`` (a full sha), run
+    with the ``dvc`` beside this Python."""
     try:
-        return parse_show_json(dvc("exp", "show", "--json"))
+        return parse_show_json(dvc("exp", "show", "--json", *(("--rev", rev) if rev else ())))
     except RuntimeError as err:
         raise ReportError(str(err)) from None
 
 
-def git_head() -> str | None:
-    """The sha of the git HEAD, or None outside a git repository."""
+def git_head(rev: str = "HEAD") -> str | None:
+    """The full sha of ``rev`` (default: the git HEAD), or None outside a git repository or for
+    a revision git does not know."""
     try:
-        return run(Path.cwd(), "git", "rev-parse", "HEAD", env=user_env(),
-                   stdout_only=True).strip()
+        return run(Path.cwd(), "git", "rev-parse", "--verify", f"{rev}^{{commit}}",
+                   env=user_env(), stdout_only=True).strip()
     except (RuntimeError, OSError):
         return None
 
