@@ -51,6 +51,8 @@ def test_wrap_keeps_tables_and_wraps_prose_and_list_items():
                                   "- short"]
     assert all(len(line) <= WIDTH for line in paragraph.split("\n") + items.split("\n"))
     assert wrap("a `long-path/with-hyphens/" + "x" * 120 + "` b").count("\n") == 2  # never split
+    # a paragraph straight above its list keeps the list apart
+    assert wrap("Steps:\n- one\n- two") == "Steps:\n- one\n- two"
 
 
 def rel(path: Path) -> str:

@@ -49,16 +49,24 @@ def wrap(text: str, width: int = WIDTH) -> str:
     """A generated block's markdown with its paragraphs and list items wrapped at ``width``
     columns (a list item's continuation indented two spaces); tables, pictures, headings and
     fenced code stay as they are. Markdown renders the wrapped text as before."""
+    def fill(line: str, indent: str = "") -> str:
+        return textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False)
+
     out = []
     for block in text.split("\n\n"):
         lines = block.split("\n")
         if any(line.startswith(("|", "![", "#", "```", "<!--")) for line in lines):
             out.append(block)
-        elif all(line.startswith("- ") for line in lines):
-            out.append("\n".join(textwrap.fill(line, width, subsequent_indent="  ",
-                                               break_long_words=False, break_on_hyphens=False)
-                                 for line in lines))
-        else:
-            out.append(textwrap.fill(" ".join(lines), width, break_long_words=False,
-                                     break_on_hyphens=False))
+            continue
+        wrapped, paragraph = [], []
+        for line in [*lines, "- "]:  # a last item flushes the paragraph before it
+            if line.startswith("- "):
+                if paragraph:
+                    wrapped.append(fill(" ".join(paragraph)))
+                    paragraph = []
+                wrapped.append(fill(line, "  "))
+            else:
+                paragraph.append(line)
+        out.append("\n".join(wrapped[:-1]))
     return "\n\n".join(out)
