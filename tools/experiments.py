@@ -230,17 +230,19 @@ def run_experiments(queue: dict[str, tuple[tuple[str, str], ...]], jobs: int) ->
     def settings(overrides: tuple[tuple[str, str], ...]) -> list[str]:
         return [a for k, v in overrides for a in ("-S", f"{k}={v}")]
 
+    def shown(overrides: tuple[tuple[str, str], ...]) -> str:
+        return " ".join(f"{k}={v}" for k, v in overrides)
+
     if jobs == 1:
         for i, (name, overrides) in enumerate(queue.items(), 1):
-            log.info("running %s (%d of %d): %s", name, i, len(queue),
-                     " ".join(f"{k}={v}" for k, v in overrides))
+            log.info("running %s (%d of %d): %s", name, i, len(queue), shown(overrides))
             try:
                 dvc("exp", "run", "--temp", "-n", name, *settings(overrides), echo=True)
             except RuntimeError as err:
                 log.error("%s failed: %s", name, err)
         return
     for name, overrides in queue.items():
-        log.info("queueing %s: %s", name, " ".join(f"{k}={v}" for k, v in overrides))
+        log.info("queueing %s: %s", name, shown(overrides))
         dvc("exp", "run", "--queue", "-n", name, *settings(overrides))
     log.info("running %d experiment(s) with %d worker(s); their logs are printed when the run "
              "ends (meanwhile: `dvc queue status`, `dvc queue logs <name>`; if the status shows "

@@ -360,13 +360,20 @@ CLAIM_HEADINGS = {
 }
 
 
-def claim_sections(found: list[Claim], level: str = "###") -> list[str]:
+def claim_groups(found: list[Claim]) -> list[tuple[str, list[str]]]:
+    """The claims' lines by origin, in CLAIM_HEADINGS' order (PAPER, then TARGET); an origin
+    without a claim is left out."""
+    groups = [(origin, [c.line() for c in found if c.origin == origin])
+              for origin in CLAIM_HEADINGS]
+    return [(origin, lines) for origin, lines in groups if lines]
+
+
+def claim_sections(found: list[Claim]) -> list[str]:
     """Markdown: the claims under two headings, the paper's and this project's."""
     parts = []
-    for origin, (title, note) in CLAIM_HEADINGS.items():
-        lines = [c.line() for c in found if c.origin == origin]
-        if lines:
-            parts += [f"{level} {title}", note, "\n".join(lines)]
+    for origin, lines in claim_groups(found):
+        title, note = CLAIM_HEADINGS[origin]
+        parts += [f"### {title}", note, "\n".join(lines)]
     return parts
 
 
@@ -503,11 +510,9 @@ def render_terminal(report: Report) -> str:
     for dataset, protocol in report.table1:
         parts.append(f"Table 1, {dataset}, {protocol} protocol (percent)\n"
                      + text_table(*table1_rows(dataset, report.table1[dataset, protocol])))
-        for origin, (title, _) in CLAIM_HEADINGS.items():
-            lines = [c.line() for c in report.claims.get((dataset, protocol), [])
-                     if c.origin == origin]
-            if lines:
-                parts.append(f"{title}, {dataset}, {protocol} protocol\n" + "\n".join(lines))
+        for origin, lines in claim_groups(report.claims.get((dataset, protocol), [])):
+            parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol\n"
+                         + "\n".join(lines))
         parts.append(f"Table 2, {dataset}, {protocol} protocol (percent)\n"
                      + text_table(*table2_rows(dataset, report.table2[dataset, protocol])))
     if report.problems:

@@ -12,7 +12,7 @@ from pipeline.params import load_params
 from tools.docs.common import DocsError, NotProduced
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_K, TABLE2_MODEL
 from tools.report_data import PAPER, TARGET, Report, RowResult, Stat, read_report
-from tools.report_tables import table1_rows, table2_rows
+from tools.report_tables import claim_groups, table1_rows, table2_rows
 
 STEPS = (("the diversity term Q", "SpaAtn+Q", "SpaAtn"),
          ("Q rather than Q'", "SpaAtn+Q", "SpaAtn+Q'"),
@@ -92,11 +92,9 @@ def claims_block(root: Path) -> str:
              TARGET: "This project's targets (thresholds set here, not numbers of the paper)"}
     parts = []
     for dataset, protocol in first_protocols(report):
-        found = report.claims.get((dataset, protocol), [])
-        for kind, head in heads.items():
-            lines = [c.line() for c in found if c.origin == kind]
-            if lines:
-                parts.append(f"**{head}**, {dataset}, {protocol} protocol:\n\n" + "\n".join(lines))
+        for kind, lines in claim_groups(report.claims.get((dataset, protocol), [])):
+            parts.append(f"**{heads[kind]}**, {dataset}, {protocol} protocol:\n\n"
+                         + "\n".join(lines))
     if not parts:
         return f"`{REPORT}` measures no claim yet: run `make ablations`."
     return (f"From {origin(report)}; Table 1's seeds {', '.join(map(str, report.seeds))}; rank-1 "
