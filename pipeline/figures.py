@@ -147,15 +147,14 @@ def cmc_figure(table: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def loss_figure(histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Training loss per epoch (mean over its steps) of each stage, one panel per stage; the
-    identity and diversity parts too where they were logged, and, on a second axis, the training
-    maps' mean entropy and share of saturated entries where the stage trained spatial attention
-    (``train.map_statistics``)."""
-    fig = Figure(figsize=(3.5 * len(histories), 3.0))
-    axes = fig.subplots(1, len(histories), squeeze=False)
-    for ax, (name, table) in zip(axes[0], histories.items(), strict=True):
-        per_epoch = table.groupby("epoch").mean(numeric_only=True)
+def loss_figure(means: Mapping[str, pd.DataFrame]) -> Figure:
+    """Training loss per epoch (mean over its steps; ``curves.read_means``) of each stage, one
+    panel per stage; the identity and diversity parts too where they were logged, and, on a
+    second axis, the training maps' mean entropy and share of saturated entries where the stage
+    trained spatial attention (``train.map_statistics``)."""
+    fig = Figure(figsize=(3.5 * len(means), 3.0))
+    axes = fig.subplots(1, len(means), squeeze=False)
+    for ax, (name, per_epoch) in zip(axes[0], means.items(), strict=True):
         for column in ("loss", "id_loss", "diversity"):
             if column in per_epoch and per_epoch[column].notna().any():
                 ax.plot(per_epoch.index, per_epoch[column], marker=".", label=column)

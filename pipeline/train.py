@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.curves import Curves
 from pipeline.errors import CheckpointError, InputError, ParamsError
 from pipeline.files import check_room, nearest_folder, write_with
 from pipeline.losses import diversity_penalty
@@ -361,6 +362,7 @@ def fit(
     frozen_batchnorm: bool = False,
     compile: bool = False,
     sync_bn: bool = False,
+    curves: str | Path | None = None,
 ) -> list[dict]:
     """Train ``model`` (its parameters with ``requires_grad``) and ``criterion``'s parameters.
 
@@ -373,6 +375,8 @@ def fit(
         compile: train through ``torch.compile`` (``runtime.compile``).
         sync_bn: under torchrun, convert ``model``'s BatchNorm layers to SyncBatchNorm in place
             (``runtime.sync_bn``; CUDA only), so they normalise over the global batch.
+        curves: the DVCLive folder of the run's curves (``pipeline.curves``; rank 0 writes it);
+            a resumed run first logs again the history its checkpoint holds.
 
     Under torchrun (``distributed.init`` called) ``model`` is trained through
     DistributedDataParallel on this rank's share of each global batch, the identity loss's own
@@ -390,7 +394,8 @@ def fit(
     resume_path = Path(resume_path)
     first_epoch, skip = trainer.resume(resume_path, key)
     main = distributed.world().is_main
-    with distributed.graceful():
+    with distributed.graceful(), Curves(curves if main else None) as live:
+        live.replay(trainer.history, first_epoch)
         for epoch in range(first_epoch, cfg.epochs):
             first = skip if epoch == first_epoch else 0
             loader.batch_sampler.set_epoch(epoch, first)
@@ -400,6 +405,7 @@ def fit(
                        disable=not main)
             for i, (inputs, labels, _) in enumerate(bar, start=first):
                 trainer.history.append(trainer.step(step, inputs, labels, epoch, i, autocast))
+                live.step(trainer.history[-1])
                 bar.set_postfix(loss=f"{trainer.history[-1]['loss']:.3f}")
                 signum = distributed.stop_requested()
                 if signum and i + 1 < len(loader.batch_sampler.sampler):
@@ -408,9 +414,10 @@ def fit(
                         f"{desc}: stopped in epoch {epoch + 1}/{cfg.epochs} after step {i + 1}; "
                         f"{resume_path} holds the state: run the stage again to resume"))
             trainer.scheduler.step()
-            losses = [h["loss"] for h in trainer.history if h["epoch"] == epoch + 1]
+            rows = [h for h in trainer.history if h["epoch"] == epoch + 1]
+            live.epoch(rows)
             log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,
-                     float(np.mean(losses)))
+                     float(np.mean([h["loss"] for h in rows])))
             trainer.checkpoint(resume_path, key, epoch)
             signum = distributed.stop_requested()
             if signum and epoch + 1 < cfg.epochs:

@@ -324,7 +324,7 @@ def pretrain_args(tmp_path) -> Callable[..., list]:
     out = tmp_path / "out"
     return lambda **sections: [
         "--params", params_file(tmp_path, **sections), "--index", tmp_path / "index",
-        "--out", out / "pretrain.pt", "--plot", out / "pretrain.csv", "--scratch", out / "scratch"]
+        "--out", out / "pretrain.pt", "--live", out / "live", "--scratch", out / "scratch"]
 
 
 def test_cuda_without_cuda_names_runtime_device(stage, pretrain_args, tmp_path, monkeypatch):
@@ -441,20 +441,19 @@ def read_only(tmp_path, monkeypatch) -> Path:
 # Each stage that checks its output folders first, with its command line's path arguments (an
 # output's folder or a folder; inputs need not exist, the check comes first).
 STAGE_OUTPUTS = {
-    pretrain: {"--index": "index", "--out": "models/pretrain.pt", "--plot": "plots/p.csv",
+    pretrain: {"--index": "index", "--out": "models/pretrain.pt", "--live": "live",
                "--scratch": "scratch"},
     finetune: {"--index": "split_0.json", "--init": "pretrain.pt", "--out": "models/f.pt",
-               "--plot": "plots/f.csv", "--scratch": "scratch"},
+               "--live": "live", "--scratch": "scratch"},
     attention: {"--cache": "c.h5", "--backbone": "f.pt", "--spatial": "models/s.pt",
-                "--temporal": "models/t.pt", "--plots": "plots", "--scratch": "scratch"},
+                "--temporal": "models/t.pt", "--live": "live", "--scratch": "scratch"},
     joint: {"--index": "split_0.json", "--backbone": "f.pt", "--heads": "t.pt",
-            "--out": "models/j.pt", "--plot": "plots/j.csv", "--scratch": "scratch"},
+            "--out": "models/j.pt", "--live": "live", "--scratch": "scratch"},
     evaluate: {"--dataset": "synthetic", "--split": "0", "--index": "split_0.json",
                "--cache": "c.h5", "--backbone": "f.pt", "--model": "joint=j.pt",
                "--out": "eval/s.json", "--cmc": "cmc/s.csv", "--figures": "figures"},
 }
-OUTPUTS = {"--out", "--plot", "--scratch", "--spatial", "--temporal", "--plots", "--cmc",
-           "--figures"}
+OUTPUTS = {"--out", "--live", "--scratch", "--spatial", "--temporal", "--cmc", "--figures"}
 
 
 @pytest.mark.parametrize(("module", "option"), [(m, o) for m, paths in STAGE_OUTPUTS.items()
@@ -468,7 +467,7 @@ def test_a_read_only_output_folder_fails_before_anything_runs(stage, tmp_path, r
         place = read_only if name == option else tmp_path
         argv += [name, value if name in ("--dataset", "--split", "--model") else place / value]
     target = read_only / STAGE_OUTPUTS[module][option]
-    folder = target if option in ("--scratch", "--plots", "--figures") else target.parent
+    folder = target if option in ("--scratch", "--live", "--figures") else target.parent
     where = f"{folder}" if folder == read_only else f"{folder} (to be created in {read_only})"
     before = files(tmp_path)
     assert stage(module.main, argv) == [
@@ -568,7 +567,7 @@ def test_a_truncated_or_non_json_metrics_file_names_it(stage, tmp_path, content,
     params = params_file(tmp_path, data={"video": ["synthetic"], "splits": [0]})
     before = files(tmp_path)
     printed = stage(summary.main, ["--params", params, "--evals", evals, "--cmc", tmp_path / "cmc",
-                                   "--losses", tmp_path / "loss", "--out", out, "--figures",
+                                   "--live", tmp_path / "live", "--out", out, "--figures",
                                    tmp_path / "figures"])
     assert len(printed) == 1
     assert printed[0].startswith(f"error: {evals / 'synthetic-0.json'}: {reason}")
@@ -592,7 +591,7 @@ def test_a_complete_cache_with_missing_datasets_is_one_line(stage, tmp_path):
     before = files(tmp_path)
     assert stage(attention.main, [
         "--params", params, "--cache", cache, "--backbone", backbone, "--spatial",
-        out / "spatial.pt", "--temporal", out / "temporal.pt", "--plots", out / "plots",
+        out / "spatial.pt", "--temporal", out / "temporal.pt", "--live", out / "live",
         "--scratch", out / "scratch"]) == [
         f"error: {cache}: train/offsets, train/frame_index, train/pids, train/camids, "
         "train/is_query missing, though its attributes say complete; re-run the cache stage"]

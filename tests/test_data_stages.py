@@ -422,10 +422,12 @@ def test_pretrain_without_image_sets_exports_the_initial_backbone(tmp_path):
     params.write_text(yaml.safe_dump({
         "data": {"video": ["synthetic"], "image": [], "height": 128, "width": 64},
         "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "embed_dim": 16}}))
-    out, plot = tmp_path / "models" / "pretrain.pt", tmp_path / "plots" / "pretrain.csv"
+    out, live = tmp_path / "models" / "pretrain.pt", tmp_path / "live"
     pretrain.main(["--params", str(params), "--index", str(tmp_path / "no-index"), "--out",
-                   str(out), "--plot", str(plot), "--scratch", str(tmp_path / "scratch")])
-    assert plot.read_text() == "epoch,step,lr,loss,id_loss,diversity\n"
+                   str(out), "--live", str(live), "--scratch", str(tmp_path / "scratch")])
+    # the outputs dvc.yaml declares: an empty summary, a plots folder without curves
+    assert (live / "metrics.json").read_text().strip() == "{}"
+    assert list((live / "plots").iterdir()) == []
     net, payload = load_exported(out)
     assert payload["stage"] == "pretrain" and payload["pretrained"] is False
     p = load_params(params)

@@ -108,6 +108,7 @@ INVALIDATES = {
     "pipeline/stages/common.py": ALL,
     "pipeline/launch.py": MODELS | {"check"},
     "pipeline/train.py": MODELS,
+    "pipeline/curves.py": MODELS | {"summary"},  # summary: the loss pictures
     "pipeline/model.py": MODELS | {"check"},  # check: the ImageNet weights file of init
     "pipeline/losses.py": MODELS,
     "pipeline/data.py": MODELS,
@@ -146,17 +147,27 @@ def test_a_change_to_a_library_module_reruns_only_its_stages(module):
 
 def test_summary_reads_the_outputs_dvc_yaml_names():
     from pipeline.params import run_name
-    from pipeline.stages.summary import LOSS_CURVES
+    from pipeline.stages.summary import LIVE_FOLDERS
 
     run = run_name("${item.dataset}", "${item.split}")
-    outs = {next(iter(o)) if isinstance(o, dict) else o
-            for spec in STAGES.values() for o in spec.get("outs", [])}
+
+    def declared(kind: str) -> set[str]:
+        return {next(iter(o)) if isinstance(o, dict) else o
+                for spec in STAGES.values() for o in spec.get(kind, [])}
+
     evaluate = STAGES["evaluate"]["cmd"]
     assert f"--out metrics/eval/{run}.json" in evaluate
     assert f"--cmc metrics/plots/cmc/{run}.csv" in evaluate
     summary = STAGES["summary"]["cmd"]
     assert "--evals metrics/eval" in summary and "--cmc metrics/plots/cmc" in summary
-    assert "--losses metrics/plots/loss" in summary
-    for pattern in LOSS_CURVES.values():
-        path = "metrics/plots/loss/" + pattern.format(run=run)
-        assert path in outs or str(Path(path).parent) in outs, path
+    assert "--live metrics/live" in summary and "metrics/live" in STAGES["summary"]["deps"]
+    # each training run's DVCLive folder: its summary a metrics file, its curves a plots folder
+    for folder in LIVE_FOLDERS.values():
+        path = "metrics/live/" + folder.format(run=run)
+        assert f"{path}/metrics.json" in declared("metrics"), path
+        assert f"{path}/plots" in declared("plots"), path
+    assert len(declared("metrics")) == len(declared("plots")) == len(LIVE_FOLDERS)
+    for stage in ("pretrain", "finetune", "joint"):
+        live = "metrics/live/" + LIVE_FOLDERS[stage].format(run=run)
+        assert f"--live {live}" in STAGES[stage]["cmd"], stage
+    assert f"--live metrics/live/attention/{run}" in STAGES["attention"]["cmd"]

@@ -409,13 +409,13 @@ def test_a_labelled_set_gets_the_ground_truth_measures(tmp_path, capsys):
         assert image.mode == "P" and image.size[0] == round(4 * INCHES_PER_COLUMN * DPI)
 
     # the summary stage on this split: the headline with its ci, the measures printed
-    for folder in ("evals", "cmc", "loss"):
-        (tmp_path / folder).mkdir()
+    for folder in ("evals", "cmc", "live/pretrain/plots/metrics/mean"):
+        (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "eval.json").rename(tmp_path / "evals" / "synthetic-0.json")
     (tmp_path / "cmc.csv").rename(tmp_path / "cmc" / "synthetic-0.csv")
-    (tmp_path / "loss" / "pretrain.csv").write_text("epoch,step,loss\n1,1,2.0\n")
+    (tmp_path / "live/pretrain/plots/metrics/mean/loss.tsv").write_text("step\tloss\n1\t2.0\n")
     summary.main(["--params", args[1], "--evals", str(tmp_path / "evals"), "--cmc",
-                  str(tmp_path / "cmc"), "--losses", str(tmp_path / "loss"), "--out",
+                  str(tmp_path / "cmc"), "--live", str(tmp_path / "live"), "--out",
                   str(tmp_path / "results"), "--figures", str(tmp_path / "summary")])
     head = json.loads((tmp_path / "results" / "synthetic.json").read_text())
     assert list(head) == ["R1", "mAP", "ci"] and list(head["R1"]) == ["base", "spa", "ind"]

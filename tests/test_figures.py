@@ -174,19 +174,19 @@ def test_curve_figures_one_panel_per_protocol_and_stage(tmp_path):
     assert [ax.get_title() for ax in axes] == ["tiny (official)", "tiny (torchreid)"]
     assert [line.get_label() for line in axes[0].lines] == ["baseline", "joint"]
     assert list(axes[1].lines[1].get_ydata()) == pytest.approx([60, 80, 90])  # percent
-    history = pd.DataFrame({"epoch": [1, 1, 2, 2], "step": [1, 2, 3, 4], "lr": 0.1,
-                            "loss": [4.0, 2.0, 1.0, 1.0], "id_loss": [3.0, 1.0, 0.5, 0.5],
-                            "diversity": [1.0, 1.0, 0.5, 0.5]})
-    fig = loss_figure({"pretrain": history, "joint": history})
+    # per-epoch means as pipeline.curves.read_means gives them
+    means = pd.DataFrame({"loss": [3.0, 1.0], "id_loss": [2.0, 0.5], "diversity": [1.0, 0.5]},
+                         index=pd.RangeIndex(1, 3, name="epoch"))
+    fig = loss_figure({"pretrain": means, "joint": means})
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["pretrain", "joint"]
     loss = next(line for line in axes[0].lines if line.get_label() == "loss")
-    assert list(loss.get_ydata()) == pytest.approx([3.0, 1.0])  # mean per epoch
+    assert list(loss.get_xdata()) == [1, 2] and list(loss.get_ydata()) == [3.0, 1.0]
     save_figure(fig, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0
     # a stage that trained spatial maps: their entropy and saturated share on a second axis
-    watched = history.assign(map_entropy=[0.5, 0.3, 0.1, 0.1], map_saturated=[0.2, 0.4, 0.8, 1.0])
-    axes = loss_figure({"pretrain": history, "attention spatial": watched}).get_axes()
+    watched = means.assign(map_entropy=[0.4, 0.1], map_saturated=[0.3, 0.9])
+    axes = loss_figure({"pretrain": means, "attention spatial": watched}).get_axes()
     assert len(axes) == 3  # the second panel's twin
     lines = {line.get_label(): list(line.get_ydata()) for line in axes[2].lines}
     assert lines == {"map entropy (nats)": pytest.approx([0.4, 0.1]),

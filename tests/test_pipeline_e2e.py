@@ -33,7 +33,7 @@ from PIL import Image
 from pipeline.figures import DPI, INCHES_PER_COLUMN, LEGEND_INCHES
 from pipeline.names import SHORT
 from pipeline.params import grid_size
-from pipeline.stages.summary import LOSS_CURVES
+from pipeline.stages.summary import LIVE_FOLDERS
 from pipeline.tables import load_video_index
 from pipeline.train import load_exported
 from tools.experiments import out_of_date
@@ -172,22 +172,26 @@ def wait_for(path_glob: Callable[[], list[Path]], process: subprocess.Popen,
 
 def test_sigkill_then_dvc_repro_resumes_to_the_uninterrupted_result(joint_3_epochs):
     """SIGKILL to `dvc repro` (and the joint stage it runs) after the stage's first epoch;
-    `dvc repro` again re-runs only that stage, which resumes from its checkpoint and writes the
-    uninterrupted run's model byte for byte, so nothing downstream of it would run again and the
-    metrics are the uninterrupted run's. (A killed cache stage: tests/test_features.py.)"""
+    the stage run again resumes from its checkpoint and writes the uninterrupted run's model byte
+    for byte, so nothing downstream of it would run again and the metrics are the uninterrupted
+    run's. (A killed cache stage: tests/test_features.py.)"""
     repo = joint_3_epochs
-    uninterrupted = lock_md5(repo, f"joint@{RUN}", f"data/models/{RUN}/joint.pt")
     stage, partial = f"joint@{RUN}", repo / "scratch" / "joint" / RUN / "last.pt"
+    outputs = [f"data/models/{RUN}/joint.pt", f"metrics/live/joint/{RUN}/metrics.json",
+               f"metrics/live/joint/{RUN}/plots"]
+    uninterrupted = [lock_md5(repo, stage, out) for out in outputs]
     process = start(repo, "dvc", "repro", "-f", "-s", stage)
     wait_for(lambda: [p for p in [partial] if p.exists() and p.stat().st_size], process)
     os.killpg(process.pid, signal.SIGSTOP)  # frozen at once, then killed
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    output = run(repo, "dvc", "repro", stage)
-    assert ran(output) == {CHECK, stage}
+    # -f: run the stage (a plain `dvc repro` restores the outputs of the run dvc.lock records,
+    # which DVC's cache holds, curves included, without running it)
+    output = run(repo, "dvc", "repro", "-f", "-s", stage)
+    assert ran(output) == {stage}
     assert "resuming after epoch 1" in output
     assert not partial.exists()  # dropped once the model is written
-    assert lock_md5(repo, stage, f"data/models/{RUN}/joint.pt") == uninterrupted
+    assert [lock_md5(repo, stage, out) for out in outputs] == uninterrupted  # curves too
     assert "Data and pipelines are up to date" in run(repo, "dvc", "status", stage)
 
 
@@ -201,7 +205,7 @@ def test_sigterm_stops_a_training_stage_with_a_checkpoint(joint_3_epochs, tmp_pa
            "--index", "data/index/synthetic/split_0.json",
            "--backbone", f"data/models/{RUN}/finetune.pt",
            "--heads", f"data/models/{RUN}/temporal.pt", "--out", str(out),
-           "--plot", str(tmp_path / "joint.csv"), "--scratch", str(scratch)]
+           "--live", str(tmp_path / "live"), "--scratch", str(scratch)]
     process = start(repo, *cmd)
     wait_for(lambda: list(scratch.glob("last.pt")), process)
     process.send_signal(signal.SIGTERM)
@@ -295,13 +299,18 @@ def test_reruns_give_byte_identical_outputs_whatever_the_loader_workers(repo, tm
     run(repo, sys.executable, "-m", "pipeline.stages.attention",
         "--params", str(tmp_path / "params.yaml"), "--cache", f"data/cache/{RUN}.h5",
         "--backbone", str(models / "finetune.pt"), "--spatial", str(tmp_path / "spatial.pt"),
-        "--temporal", str(tmp_path / "temporal.pt"), "--plots", str(tmp_path / "plots"),
+        "--temporal", str(tmp_path / "temporal.pt"), "--live", str(tmp_path / "live"),
         "--scratch", str(tmp_path / "scratch"))
     for phase in ("spatial", "temporal"):
         ours, _ = load_exported(tmp_path / f"{phase}.pt")
         theirs, _ = load_exported(models / f"{phase}.pt")
         for name, value in theirs.state_dict().items():
             assert torch.equal(ours.state_dict()[name], value), f"{phase}: {name}"
+    # and the same DVCLive curves, byte for byte (no timestamps in them)
+    live = repo / "metrics" / "live" / "attention" / RUN
+    assert {str(f.relative_to(live)): f.read_bytes() for f in live.rglob("*") if f.is_file()} == {
+        str(f.relative_to(tmp_path / "live")): f.read_bytes()
+        for f in (tmp_path / "live").rglob("*") if f.is_file()}
 
 
 def test_attention_stage_under_torchrun(repo, tmp_path):
@@ -315,14 +324,15 @@ def test_attention_stage_under_torchrun(repo, tmp_path):
         "pipeline.stages.attention", "--params", "params.yaml",
         "--cache", f"data/cache/{RUN}.h5", "--backbone", f"data/models/{RUN}/finetune.pt",
         "--spatial", str(out / "spatial.pt"), "--temporal", str(out / "temporal.pt"),
-        "--plots", str(out / "plots"), "--scratch", str(out / "scratch"))
-    assert sorted(p.name for p in out.iterdir()) == ["plots", "scratch", "spatial.pt",
+        "--live", str(out / "live"), "--scratch", str(out / "scratch"))
+    assert sorted(p.name for p in out.iterdir()) == ["live", "scratch", "spatial.pt",
                                                      "temporal.pt"]
     assert list((out / "scratch").iterdir()) == []  # resume checkpoints dropped at the end
     for phase in ("spatial", "temporal"):
-        ours = pd.read_csv(out / "plots" / f"{phase}.csv")
-        single = pd.read_csv(repo / "metrics" / "plots" / "loss" / "attention" / RUN
-                             / f"{phase}.csv")
+        curve = Path("plots", "metrics", "batch", "loss.tsv")
+        ours = pd.read_csv(out / "live" / phase / curve, sep="\t")
+        single = pd.read_csv(repo / "metrics" / "live" / "attention" / RUN / phase / curve,
+                             sep="\t")
         assert list(ours["step"]) == list(single["step"])  # one row per global batch
         assert ours["loss"].notna().all() and (ours["loss"] > 0).all()
         model, payload = load_exported(out / f"{phase}.pt")
@@ -395,9 +405,13 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
         "ci": {metric: round(100 * max((m[f"{key}_hi"] - m[f"{key}_lo"]) / 2
                                        for m in official.values()), 1)
                for metric, key in (("R1", "rank1"), ("mAP", "mAP"))}}
-    shown = json.loads(run(repo, "dvc", "metrics", "show", "--json", stdout_only=True))
-    assert next(iter(shown.values()))["data"] == {"metrics/results/synthetic.json":
-                                                  {"data": headline}}
+    shown = next(iter(json.loads(run(repo, "dvc", "metrics", "show", "--json",
+                                     stdout_only=True)).values()))["data"]
+    assert shown["metrics/results/synthetic.json"] == {"data": headline}
+    live = {path for path in shown if path.startswith("metrics/live/")}  # the DVCLive summaries
+    assert live == {f"metrics/live/{folder.format(run=RUN)}/metrics.json"
+                    for folder in LIVE_FOLDERS.values()}
+    assert set(shown) == {"metrics/results/synthetic.json", *live}
 
     figures = sorted((repo / "metrics" / "plots" / "attention" / RUN).glob("*.png"))
     assert len(figures) == 3  # evaluate.attention_figures of the 4 queries
@@ -410,11 +424,19 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
     assert summary_pngs == {"cmc_synthetic.png", f"loss_{RUN}.png"}
     cmc = (repo / "metrics" / "plots" / "cmc" / f"{RUN}.csv").read_text().splitlines()
     assert cmc[0].startswith("rank,baseline_official") and len(cmc) == 1 + 20
-    for name, curve in LOSS_CURVES.items():
-        lines = (repo / "metrics" / "plots" / "loss" / curve.format(run=RUN)).read_text()
-        maps = ",map_entropy,map_saturated" if name.startswith(("attention", "joint")) else ""
-        assert lines.splitlines()[0] == "epoch,step,lr,loss,id_loss,diversity" + maps, name
-        assert len(lines.splitlines()) >= 2
+    for name, folder in LIVE_FOLDERS.items():  # the DVCLive folders (pipeline.curves)
+        live = repo / "metrics" / "live" / folder.format(run=RUN)
+        spatial = name.startswith(("attention", "joint"))
+        maps = {"map_entropy", "map_saturated"} if spatial else set()
+        assert {f.stem for f in (live / "plots" / "metrics" / "batch").glob("*.tsv")} == {
+            "lr", "loss", "id_loss", "diversity", *maps}, name
+        assert {f.stem for f in (live / "plots" / "metrics" / "mean").glob("*.tsv")} == {
+            "loss", "id_loss", "diversity", *maps}, name
+        summary = json.loads((live / "metrics.json").read_text())
+        steps = pd.read_csv(live / "plots" / "metrics" / "batch" / "loss.tsv", sep="\t")
+        assert summary["step"] == steps["step"].iloc[-1] == len(steps), name
+        assert summary["epoch"] >= 1 and set(summary["mean"]) == {
+            "loss", "id_loss", "diversity", *maps}, name
     assert not (repo / "scratch" / "pretrain" / "last.pt").exists()  # resume file dropped
 
     plots = json.loads(run(repo, "dvc", "plots", "show", "--json", stdout_only=True))

@@ -22,7 +22,8 @@ from tools.report_tables import (
     sweep_section,
 )
 from tools.sweep import (
-    LOSS_CURVE,
+    LEGACY_CURVE,
+    LIVE_SUMMARY,
     choice_line,
     choose,
     collect,
@@ -31,9 +32,11 @@ from tools.sweep import (
     matched_lines,
     matched_overlap,
     sweep_rows,
+    training_maps,
 )
 
-CURVE = LOSS_CURVE.format(run="synthetic-0")
+CURVE = LEGACY_CURVE.format(run="synthetic-0")
+SUMMARY = LIVE_SUMMARY.format(run="synthetic-0")
 COLUMNS = "epoch,step,lr,loss,id_loss,diversity,map_entropy,map_saturated\n"
 # the last epoch (2) has two steps: entropy (1.0 + 1.5) / 2 = 1.25, saturated (0.5 + 0) / 2
 CURVE_TEXT = COLUMNS + "1,1,0.1,1,1,0,3.0,0.0\n2,2,0.1,1,1,0,1.0,0.5\n2,3,0.1,1,1,0,1.5,0.0\n"
@@ -65,7 +68,9 @@ def sweep_show(git: FakeGit) -> list[dict]:
     running = experiment(git, "sw-q-zero", [evaluation(0.1, 1.0)], state="running")
     stale = experiment(git, "sw-q-w0.01", [evaluation(0.1, 1.0)],
                        params={"loss": {"diversity_weight": 0.1}})  # not the row's setting
-    git.commits[done["revs"][0]["rev"]][CURVE] = CURVE_TEXT
+    # a DVCLive summary (pipeline.curves) for the experiment, a legacy CSV for the commit
+    git.commits[done["revs"][0]["rev"]][SUMMARY] = json.dumps(
+        {"epoch": 2, "step": 3, "mean": {"loss": 1.0, "map_entropy": 1.25, "map_saturated": 0.25}})
     show = exp_show(git, [evaluation(0.3, 2.0)], [done, no_curve, running, stale])
     git.commits[HEAD][CURVE] = COLUMNS + "1,1,0.1,1,1,0,2.0,0.25\n"
     return show
@@ -75,6 +80,18 @@ def test_final_epoch_is_the_mean_of_the_last_epochs_steps():
     assert final_epoch(CURVE_TEXT) == {"entropy": 1.25, "saturated": 0.25}
     assert final_epoch("epoch,step,lr,loss,id_loss,diversity\n1,1,0.1,1,1,0\n") is None
     assert final_epoch("") is None
+
+
+def test_training_maps_read_the_dvclive_summary_and_fall_back_to_the_legacy_curve():
+    git = FakeGit()
+    git.commits[HEAD] = {SUMMARY: json.dumps({"epoch": 1, "step": 1, "mean": {"loss": 2.0}})}
+    assert training_maps(git.read, HEAD, "synthetic-0") is None  # a phase without maps
+    git.commits[HEAD][SUMMARY] = json.dumps(
+        {"mean": {"map_entropy": 1.5, "map_saturated": 0.125}})
+    assert training_maps(git.read, HEAD, "synthetic-0") == {"entropy": 1.5, "saturated": 0.125}
+    del git.commits[HEAD][SUMMARY]
+    git.commits[HEAD][CURVE] = CURVE_TEXT  # an experiment made before the DVCLive curves
+    assert training_maps(git.read, HEAD, "synthetic-0") == {"entropy": 1.25, "saturated": 0.25}
 
 
 def test_collect_reads_each_row_from_its_experiment():
@@ -101,7 +118,7 @@ def test_collect_reads_each_row_from_its_experiment():
     no_curve = rows["sw-p-w0.1"]
     assert no_curve["settings"]["loss.diversity"] == "sparse"
     rev = show[1]["experiments"][1]["revs"][0]["rev"]
-    assert no_curve["problem"] == f"path '{CURVE}' does not exist in '{rev}'"
+    assert no_curve["problem"] == f"path '{SUMMARY}' does not exist in '{rev}'"
     assert "spatial" not in no_curve
     assert rows["sw-q-zero"] == {"label": "Q, w'_k from zero", "experiment": "sw-q-zero",
                                  "problem": "running, not finished"}

@@ -8,18 +8,22 @@ grids of 12 tracklets of 4 identities, 2 batches of 2 x 2 per epoch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import random
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from pipeline import distributed
+from pipeline.curves import MEAN, Curves, read_means
 from pipeline.data import train_loader
 from pipeline.errors import InputError, ParamsError
 from pipeline.losses import OIMLoss
@@ -68,8 +72,9 @@ class Interrupt:
 
 
 def train(resume_path, cfg=CFG, key="key", seed=0, wrap=None, diversity="hellinger",
-          diversity_weight=0.5, head="drsa"):
-    """Seed, build the heads and an OIM loss, and fit them. Returns (heads, criterion, history)."""
+          diversity_weight=0.5, head="drsa", curves=None):
+    """Seed, build the heads and an OIM loss, and fit them (their DVCLive curves in ``curves``).
+    Returns (heads, criterion, history)."""
     seed_everything(seed)
     heads = DRSA(MODEL, D) if head == "drsa" else BaselineHead(MODEL, D)
     criterion = OIMLoss(MODEL.embed_dim, len(set(PIDS)))
@@ -77,7 +82,7 @@ def train(resume_path, cfg=CFG, key="key", seed=0, wrap=None, diversity="helling
     wrapped = wrap(heads) if wrap else heads
     history = fit(heads, criterion, loader, cfg,
                   Step(lambda net, x: wrapped(x), diversity, diversity_weight),
-                  torch.device("cpu"), resume_path, key)
+                  torch.device("cpu"), resume_path, key, curves=curves)
     return heads, criterion, history
 
 
@@ -93,9 +98,20 @@ def assert_same_run(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """Three epochs without interruption."""
-    return train(tmp_path_factory.mktemp("straight") / "resume.pt")
+def straight_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("straight")
+
+
+@pytest.fixture(scope="module")
+def straight(straight_folder):
+    """Three epochs without interruption, their curves in ``straight_folder / "live"``."""
+    return train(straight_folder / "resume.pt", curves=straight_folder / "live")
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+            if f.is_file()}
 
 
 # --- resume -------------------------------------------------------------------------------------
@@ -110,6 +126,46 @@ def test_straight_run_history(straight):
     assert all(np.isfinite(h["loss"]) for h in history)
     assert (criterion.lut.norm(dim=1) > 0.99).all()  # every identity's row was written
     assert heads.temporal.weight.abs().sum() > 0  # trained away from its zero initialisation
+
+
+def test_the_curves_are_the_history_in_dvclive_files(straight, straight_folder):
+    """The DVCLive folder (pipeline.curves): every step's values against the global step, each
+    epoch's means at its last step, a summary of the epoch and step reached and the last
+    epoch's means (no per-step values), and read_means giving the means back by epoch."""
+    _, _, history = straight
+    live = straight_folder / "live"
+    metrics = live / "plots" / "metrics"
+    for name in ("lr", "loss", "id_loss", "diversity", "map_entropy", "map_saturated"):
+        table = pd.read_csv(metrics / "batch" / f"{name}.tsv", sep="\t")
+        assert list(table.columns) == ["step", name]  # no timestamps: the same run, the same file
+        assert list(table["step"]) == [h["step"] for h in history]
+        assert list(table[name]) == [h[name] for h in history]
+    epochs = {e: [h for h in history if h["epoch"] == e] for e in (1, 2, 3)}
+    means = {name: [float(np.mean([h[name] for h in rows])) for rows in epochs.values()]
+             for name in MEAN}
+    for name in MEAN:
+        table = pd.read_csv(metrics / "mean" / f"{name}.tsv", sep="\t")
+        assert list(table["step"]) == [2, 4, 6] and list(table[name]) == means[name]
+    assert not (metrics / "mean" / "lr.tsv").exists()
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary == {"epoch": 3, "step": 6, "mean": {n: means[n][-1] for n in MEAN}}
+    table = read_means(live)
+    assert list(table.index) == [1, 2, 3] and table.index.name == "epoch"
+    assert {n: list(table[n]) for n in MEAN} == means
+    assert sorted(p.name for p in live.iterdir()) == ["metrics.json", "plots"]  # no report
+
+
+def test_curves_without_a_folder_write_nothing_and_a_run_without_steps_an_empty_one(tmp_path):
+    """Curves(None) (ranks other than 0, tests) logs nothing; an untrained run's folder holds an
+    empty summary and an empty plots folder (the outputs dvc.yaml declares), and no means."""
+    with Curves(None) as nothing:
+        nothing.step({"epoch": 1, "step": 1, "loss": 1.0})
+        nothing.epoch([{"epoch": 1, "step": 1, "loss": 1.0}])
+    with Curves(tmp_path / "live"):
+        pass
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text()) == {}
+    assert list((tmp_path / "live" / "plots").iterdir()) == []
+    assert read_means(tmp_path / "live").empty
 
 
 # --- watching the maps ---------------------------------------------------------------------------
@@ -211,24 +267,28 @@ def test_diversity_warm_up_ramps_the_coefficient_over_the_first_epochs(tmp_path)
                                           rel=1e-6)
 
 
-def test_resume_after_an_interruption_replays_the_uninterrupted_run(straight, tmp_path):
+def test_resume_after_an_interruption_replays_the_uninterrupted_run(straight, straight_folder,
+                                                                     tmp_path):
     """Interrupted on the first batch of epoch 2, then started again with the same inputs (and
     heads initialised from another seed): it resumes after epoch 1 from the checkpoint (weights,
     OIM table, optimizer momentum, lr schedule, history) and ends with the straight run's
     weights, lookup table and history, bit for bit."""
-    resume = tmp_path / "resume.pt"
+    resume, live = tmp_path / "resume.pt", tmp_path / "live"
     first_of_epoch_2 = BATCHES_PER_EPOCH + 1
     with pytest.raises(KeyboardInterrupt):
-        train(resume, wrap=lambda f: Interrupt(f, first_of_epoch_2, KeyboardInterrupt()))
+        train(resume, wrap=lambda f: Interrupt(f, first_of_epoch_2, KeyboardInterrupt()),
+              curves=live)
     state = load(resume)
     assert state["epoch"] == 0 and state["key"] == "key"
     assert [h["epoch"] for h in state["history"]] == [1, 1]
 
     calls = []
-    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x))
+    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x),
+                    curves=live)
     assert len(calls) == 2 * BATCHES_PER_EPOCH  # only epochs 2 and 3 were trained
     assert_same_run(resumed, straight)
     assert load(resume)["epoch"] == 2
+    assert folder_bytes(live) == folder_bytes(straight_folder / "live")  # the same curves
 
 
 class Signal:
@@ -260,24 +320,28 @@ def stop_handlers():
     (BATCHES_PER_EPOCH + 1, signal.SIGTERM, "in epoch 2/3 after step 1"),  # mid-epoch
     (BATCHES_PER_EPOCH, signal.SIGINT, "after epoch 1/3"),  # on an epoch's last step
 ])
-def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, tmp_path,
-                                                                  stop_handlers, at, signum,
-                                                                  where):
+def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, straight_folder,
+                                                                  tmp_path, stop_handlers, at,
+                                                                  signum, where):
     """SIGTERM/SIGINT during training: the step finishes, the checkpoint records the place in the
     epoch, ``Stopped`` says where and how to resume; the next run takes only the remaining steps
     and ends bit for bit as the uninterrupted run."""
-    resume = tmp_path / "resume.pt"
+    resume, live = tmp_path / "resume.pt", tmp_path / "live"
     with pytest.raises(distributed.Stopped, match=re.escape(where)) as stopped:
-        train(resume, wrap=lambda f: Signal(f, at, signum))
+        train(resume, wrap=lambda f: Signal(f, at, signum), curves=live)
     assert stopped.value.signum == signum
     assert "run the stage again to resume" in str(stopped.value)
     state = load(resume)
     assert len(state["history"]) == at  # the step that was running when the signal came
+    # the curves logged up to the stop (a running experiment's `dvc exp show` reads them)
+    assert json.loads((live / "metrics.json").read_text())["step"] == at
     distributed.install_signal_handlers()  # a new stage process starts without a stop request
     calls = []
-    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x))
+    resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x),
+                    curves=live)
     assert len(calls) == 3 * BATCHES_PER_EPOCH - at
     assert_same_run(resumed, straight)
+    assert folder_bytes(live) == folder_bytes(straight_folder / "live")  # the same curves
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, stop_handlers):

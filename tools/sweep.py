@@ -1,9 +1,10 @@
 """The attention sweep (tools.experiments.SWEEP) collected into ``metrics/sweep.json``: for the
 baseline commit and each ``sw-<key>`` experiment of it, the settings the paper leaves open, the
-training maps at the end of phase 1 (mean entropy and share of entries below 1e-6, from the loss
-curve of the attention stage) and the test figures of the SpaAtn+Q model (``spatial``) and the
-temporal model (rank-1 and mAP with their 95 percent intervals, map entropy, overlap, mass on the
-person, parts covered; the weight-visibility correlation of the temporal model). The report
+training maps at the end of phase 1 (mean entropy and share of entries below 1e-6 over the last
+epoch, from the DVCLive summary of the attention stage's spatial phase) and the test figures of
+the SpaAtn+Q model (``spatial``) and the temporal model (rank-1 and mAP with their 95 percent
+intervals, map entropy, overlap, mass on the person, parts covered; the weight-visibility
+correlation of the temporal model). The report
 (``make report``) prints it; the file keeps the commit the sweep ran on, so that the table stays
 true when the defaults it chose become a later commit.
 
@@ -43,7 +44,10 @@ from tools.report_sources import (
     run_exp_show,
 )
 
-LOSS_CURVE = "metrics/plots/loss/attention/{run}/spatial.csv"
+LIVE_SUMMARY = "metrics/live/attention/{run}/spatial/metrics.json"
+# experiments made before the curves moved to DVCLive (the sweep of commit 212483c) kept them as
+# a CSV of the steps, read when their revision has no DVCLive summary
+LEGACY_CURVE = "metrics/plots/loss/attention/{run}/spatial.csv"
 # the settings of a row, read from its params (the key, the column name)
 SETTINGS = (
     ("loss.diversity", "regulariser"),
@@ -59,9 +63,25 @@ TEST_STATS = ("overlap", "entropy", "person", "parts_covered")
 MODELS = ("spatial", "temporal")
 
 
+def training_maps(read: Reader, rev: str, run: str) -> dict[str, float] | None:
+    """Mean map entropy and saturated share of phase 1's last epoch at revision ``rev`` (None
+    when the phase logged no maps)."""
+    try:
+        summary = json.loads(read(rev, LIVE_SUMMARY.format(run=run)))
+    except FileNotFoundError as missing:
+        try:
+            return final_epoch(read(rev, LEGACY_CURVE.format(run=run)))
+        except FileNotFoundError:
+            raise missing from None  # name the file a current experiment has
+    means = summary.get("mean", {})
+    if "map_entropy" not in means:
+        return None
+    return {"entropy": float(means["map_entropy"]), "saturated": float(means["map_saturated"])}
+
+
 def final_epoch(text: str) -> dict[str, float] | None:
-    """Mean map entropy and saturated share of the last epoch of a loss curve CSV (None when the
-    curve has no map columns)."""
+    """Mean map entropy and saturated share of the last epoch of a legacy loss curve CSV (None
+    when the curve has no map columns)."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or "map_entropy" not in rows[0]:
         return None
@@ -96,7 +116,7 @@ def collect(show: list[dict], head: str | None, read: Reader) -> dict:
         row["settings"] = {key: _setting(source.params or {}, key) for key, _ in SETTINGS}
         try:
             evaluation = json.loads(read(source.rev, EVAL_FILE.format(run=run)))
-            row["training"] = final_epoch(read(source.rev, LOSS_CURVE.format(run=run)))
+            row["training"] = training_maps(read, source.rev, run)
             for model in MODELS:
                 row[model] = _figures(evaluation, model)
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:

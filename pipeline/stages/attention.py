@@ -9,7 +9,7 @@ scores them both.
     python -m pipeline.stages.attention --params params.yaml --cache data/cache/<set>-<k>.h5 \
         --backbone data/models/<set>-<k>/finetune.pt --spatial data/models/<set>-<k>/spatial.pt \
         --temporal data/models/<set>-<k>/temporal.pt \
-        --plots metrics/plots/loss/attention/<set>-<k> --scratch scratch/attention/<set>-<k>
+        --live metrics/live/attention/<set>-<k> --scratch scratch/attention/<set>-<k>
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
-from pipeline.files import check_writable, write_csv
+from pipeline.files import check_writable
 from pipeline.losses import build_identity_loss
 from pipeline.model import DRSA
 from pipeline.params import Params, load_params, to_dict
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the fine-tuned model the cache was made with (checked)")
     parser.add_argument("--spatial", type=Path, required=True, help="phase 1 heads")
     parser.add_argument("--temporal", type=Path, required=True, help="phase 2 heads")
-    parser.add_argument("--plots", type=Path, required=True, help="folder of loss curve CSVs")
+    parser.add_argument("--live", type=Path, required=True,
+                        help="folder of the phases' DVCLive folders (spatial/, temporal/)")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
-    check_writable(args.spatial.parent, args.temporal.parent, args.plots, args.scratch)
+    check_writable(args.spatial.parent, args.temporal.parent, args.live, args.scratch)
     p = load_params(args.params)
     seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     for param in heads.temporal.parameters():
         param.requires_grad_(False)
     phase = functools.partial(train_phase, heads, criterion, dataset, targets, p, device,
-                              args.scratch, key)
+                              args.scratch, args.live, key)
     average = Step.of(p.loss, forward=lambda net, grids: net(grids, "avg"))
-    spatial_history = phase("spatial", average, p.heads_seed)
+    phase("spatial", average, p.heads_seed)
     if world.is_main:
         export_model(args.spatial, heads.cpu(),
                      dataclasses.replace(p.model, temporal_pooling="avg"), "drsa",
@@ -94,27 +95,26 @@ def main(argv: list[str] | None = None) -> None:
     # Phase 2: everything but the CNN, with the configured temporal pooling.
     for param in heads.temporal.parameters():
         param.requires_grad_(True)
-    temporal_history = phase("temporal", Step.of(p.loss), p.heads_seed + 1)
+    phase("temporal", Step.of(p.loss), p.heads_seed + 1)
     if world.is_main:
         export_model(args.temporal, heads.cpu(), p.model, "drsa",
                      {"stage": "attention.temporal", "criterion": criterion.cpu().state_dict()})
-        write_csv(args.plots / "spatial.csv", spatial_history)
-        write_csv(args.plots / "temporal.csv", temporal_history)
         drop_checkpoint(args.scratch / "spatial.pt")
         drop_checkpoint(args.scratch / "temporal.pt")
 
 
 def train_phase(heads: nn.Module, criterion: nn.Module, dataset: CachedClipDataset,
-                targets: list[int], p: Params, device: torch.device, scratch: Path, key: str,
-                phase: str, step: Step, seed: int) -> list[dict]:
+                targets: list[int], p: Params, device: torch.device, scratch: Path, live: Path,
+                key: str, phase: str, step: Step, seed: int) -> list[dict]:
     """One phase of the stage (``spatial`` or ``temporal``: its section ``attention.<phase>``)
-    trained on the cache, resumable from ``scratch/<phase>.pt``; its history. Warns when its
-    maps ended saturated."""
+    trained on the cache, resumable from ``scratch/<phase>.pt``, its curves in
+    ``live/<phase>``; its history. Warns when its maps ended saturated."""
     section = getattr(p.attention, phase)
     loader = train_loader(dataset, targets, section, seed, p.data.num_workers,
                           section=f"attention.{phase}")
     history = fit(heads, criterion, loader, section, step, device, scratch / f"{phase}.pt", key,
-                  desc=f"attention {phase}", **fit_options(p.runtime, device, backbone=False))
+                  desc=f"attention {phase}", curves=live / phase,
+                  **fit_options(p.runtime, device, backbone=False))
     warn_if_saturated(history, f"attention {phase}", "loss.diversity_weight, "
                       "loss.diversity_scale, loss.diversity_warmup_epochs, model.score_init and "
                       f"attention.{phase}.lr")

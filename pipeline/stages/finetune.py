@@ -5,7 +5,7 @@ to the embedding, OIM. This is also the paper's Baseline (Table 1).
     python -m pipeline.stages.finetune --params params.yaml \
         --index data/index/<set>/split_<k>.json --init data/models/pretrain.pt \
         --out data/models/<set>-<k>/finetune.pt \
-        --plot metrics/plots/loss/finetune/<set>-<k>.csv --scratch scratch/finetune/<set>-<k>
+        --live metrics/live/finetune/<set>-<k> --scratch scratch/finetune/<set>-<k>
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.files import check_writable, sha256_file, write_csv
+from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import load_params, to_dict
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
     parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.plot.parent, args.scratch)
+    check_writable(args.out.parent, args.live, args.scratch)
     p = load_params(args.params)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
@@ -65,15 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     key = fingerprint("finetune", p.seed, to_dict(p.finetune), to_dict(p.loss), to_dict(p.data),
                       p.model.N, sha256_file(args.index), sha256_file(args.init))
     resume = args.scratch / "last.pt"
-    history = fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
-                  desc="finetune", **fit_options(p.runtime, device))
+    fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
+                  desc="finetune", curves=args.live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(),
                      config_of(p.model, "backbone", "init", "last_stride", "N", "embed_dim"),
                      "baseline",
                      {"stage": "finetune", "num_classes": len(labels),
                       "criterion": criterion.cpu().state_dict()})
-        write_csv(args.plot, history)
         drop_checkpoint(resume)
 
 

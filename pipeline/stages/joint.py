@@ -4,7 +4,7 @@ attention stage's heads (and its OIM lookup table).
 
     python -m pipeline.stages.joint --params params.yaml --index data/index/<set>/split_<k>.json \
         --backbone data/models/<set>-<k>/finetune.pt --heads data/models/<set>-<k>/temporal.pt \
-        --out data/models/<set>-<k>/joint.pt --plot metrics/plots/loss/joint/<set>-<k>.csv \
+        --out data/models/<set>-<k>/joint.pt --live metrics/live/joint/<set>-<k> \
         --scratch scratch/joint/<set>-<k>
 """
 
@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.files import check_writable, sha256_file, write_csv
+from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet
 from pipeline.params import load_params, to_dict
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", type=Path, required=True, help="the fine-tuned model")
     parser.add_argument("--heads", type=Path, required=True, help="the attention stage's heads")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.plot.parent, args.scratch)
+    check_writable(args.out.parent, args.live, args.scratch)
     p = load_params(args.params)
     seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
@@ -80,12 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     # BatchNorm statistics frozen: fine-tuning starts from exactly the features the heads were
     # trained on (train.freeze_batchnorm says why)
     history = fit(model, criterion, loader, p.joint, step, device, resume, key, desc="joint",
-                  **fit_options(p.runtime, device), frozen_batchnorm=True)
+                  curves=args.live, **fit_options(p.runtime, device), frozen_batchnorm=True)
     warn_if_saturated(history, "joint", "loss.diversity_weight, loss.diversity_scale and joint.lr")
     if world.is_main:
         export_model(args.out, model.cpu(), cfg, "drsa",
                      {"stage": "joint", "criterion": criterion.cpu().state_dict()})
-        write_csv(args.plot, history)
         drop_checkpoint(resume)
 
 

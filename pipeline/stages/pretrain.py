@@ -4,7 +4,7 @@ image sets (``data.image: []``) pretraining is skipped: the backbone is exported
 made it (e.g. ImageNet weights), and the loss curve holds its header alone.
 
     python -m pipeline.stages.pretrain --params params.yaml --index data/index \
-        --out data/models/pretrain.pt --plot metrics/plots/loss/pretrain.csv \
+        --out data/models/pretrain.pt --live metrics/live/pretrain \
         --scratch scratch/pretrain
 """
 
@@ -14,8 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.curves import Curves
 from pipeline.data import ClipDataset, train_loader
-from pipeline.files import check_writable, sha256_file, write_csv, write_text
+from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import Params, load_params, to_dict
@@ -34,20 +35,17 @@ from pipeline.train import (
 )
 
 log = logging.getLogger("pretrain")
-# the columns of a loss curve (``fit``'s history); without pretraining, the header alone
-LOSS_COLUMNS = ("epoch", "step", "lr", "loss", "id_loss", "diversity")
-
-
-def export_untrained(p: Params, out: Path, plot: Path) -> None:
+def export_untrained(p: Params, out: Path, live: Path) -> None:
     """No image sets: export the backbone of ``model.init`` (ImageNet weights, a checkpoint, or a
-    seeded random init) with a baseline head as initialised, and a header-only loss curve, so
-    that the stage's outputs exist and finetune starts from ``model.init``."""
+    seeded random init) with a baseline head as initialised, and a curves folder without steps,
+    so that the stage's outputs exist and finetune starts from ``model.init``."""
     log.info("data.image is empty: pretraining skipped; exporting the %s backbone as model.init "
              "(%s) made it", p.model.backbone, p.model.init)
     model = build_model(p.model, head="baseline")
     export_model(out, model, config_of(p.model, "backbone", "init", "last_stride", "embed_dim"),
                  "baseline", {"stage": "pretrain", "num_classes": 0, "pretrained": False})
-    write_text(plot, ",".join(LOSS_COLUMNS) + "\n")
+    with Curves(live):
+        pass  # an empty summary and no curves: nothing was trained
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,16 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--index", type=Path, required=True, help="the index stage's folder")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path, required=True, help="loss curve CSV")
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.plot.parent, args.scratch)
+    check_writable(args.out.parent, args.live, args.scratch)
     p = load_params(args.params)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
     if not p.data.image:
         if world.is_main:
-            export_untrained(p, args.out, args.plot)
+            export_untrained(p, args.out, args.live)
             # a checkpoint of an earlier run with image sets
             drop_checkpoint(args.scratch / "last.pt")
         return
@@ -85,14 +83,13 @@ def main(argv: list[str] | None = None) -> None:
                       [p.model.backbone, p.model.init, p.model.last_stride, p.model.embed_dim],
                       {n: sha256_file(f) for n, f in files.items()})
     resume = args.scratch / "last.pt"
-    history = fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
-                  desc="pretrain", **fit_options(p.runtime, device))
+    fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
+                  desc="pretrain", curves=args.live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(),
                      config_of(p.model, "backbone", "init", "last_stride", "embed_dim"), "baseline",
                      {"stage": "pretrain", "num_classes": num_classes,
                       "criterion": criterion.cpu().state_dict()})
-        write_csv(args.plot, history)
         drop_checkpoint(resume)
 
 

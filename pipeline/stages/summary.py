@@ -8,10 +8,11 @@ splits, in percent, and the largest half-width of their 95 percent intervals, ``
 `dvc metrics diff` show by default. Prints every metric, mean ± std over the splits with the 95
 percent interval of the mean, and the attention statistics (with the ground-truth ones where the
 set has them). Draws, into ``--figures``, each set's CMC curves (``cmc_<set>.png``, the
-mean over its splits) and each run's training-loss curves (``loss_<set>-<k>.png``).
+mean over its splits) and each run's training curves (``loss_<set>-<k>.png``: the per-epoch means
+the training stages logged with DVCLive under ``--live``, ``pipeline.curves``).
 
     python -m pipeline.stages.summary --params params.yaml --evals metrics/eval \
-        --cmc metrics/plots/cmc --losses metrics/plots/loss --out metrics/results \
+        --cmc metrics/plots/cmc --live metrics/live --out metrics/results \
         --figures metrics/plots/summary
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.attention_stats import GROUND_TRUTH_STATS, summarize_attention
+from pipeline.curves import read_means
 from pipeline.errors import InputError
 from pipeline.figures import cmc_figure, loss_figure, save_figure
 from pipeline.files import write_json
@@ -32,13 +34,13 @@ from pipeline.metrics import SUMMARY_METRICS, headline, summarize
 from pipeline.params import load_params, run_name
 from pipeline.stages.common import run
 
-# Each run's loss curves under --losses, as dvc.yaml's training stages write them (a test checks
-# this against dvc.yaml): stage -> path with {run} = <set>-<split>.
-LOSS_CURVES = {"pretrain": "pretrain.csv",
-               "finetune": "finetune/{run}.csv",
-               "attention spatial": "attention/{run}/spatial.csv",
-               "attention temporal": "attention/{run}/temporal.csv",
-               "joint": "joint/{run}.csv"}
+# Each run's DVCLive folders under --live, as dvc.yaml's training stages write them (a test
+# checks this against dvc.yaml): stage -> folder with {run} = <set>-<split>.
+LIVE_FOLDERS = {"pretrain": "pretrain",
+                "finetune": "finetune/{run}",
+                "attention spatial": "attention/{run}/spatial",
+                "attention temporal": "attention/{run}/temporal",
+                "joint": "joint/{run}"}
 
 
 def read_json(path: Path) -> dict:
@@ -62,11 +64,12 @@ def mean_cmc(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return sum(tables[1:], tables[0]) / len(tables)
 
 
-def loss_histories(losses: Path, run_: str) -> dict[str, pd.DataFrame]:
-    """The loss curves of one run that exist and have steps, by stage (``LOSS_CURVES``)."""
-    files = {stage: losses / pattern.format(run=run_) for stage, pattern in LOSS_CURVES.items()}
-    tables = {stage: pd.read_csv(f) for stage, f in files.items() if f.exists()}
-    return {stage: t for stage, t in tables.items() if not t.empty}  # (no image sets: no steps)
+def epoch_means(live: Path, run_: str) -> dict[str, pd.DataFrame]:
+    """The per-epoch means of one run's training stages that logged epochs, by stage
+    (``LIVE_FOLDERS``)."""
+    tables = {stage: read_means(live / folder.format(run=run_))
+              for stage, folder in LIVE_FOLDERS.items()}
+    return {stage: t for stage, t in tables.items() if not t.empty}  # (no image sets: no epochs)
 
 
 def print_tables(summary: dict, attention: dict) -> None:
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--evals", type=Path, required=True, help="folder of evaluate outputs")
     parser.add_argument("--cmc", type=Path, required=True, help="folder of CMC CSVs")
-    parser.add_argument("--losses", type=Path, required=True, help="folder of loss CSVs")
+    parser.add_argument("--live", type=Path, required=True,
+                        help="folder of the training stages' DVCLive folders")
     parser.add_argument("--out", type=Path, required=True, help="folder of headline JSONs")
     parser.add_argument("--figures", type=Path, required=True, help="folder for the PNGs")
     args = parser.parse_args(argv)
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         save_figure(cmc_figure(mean_cmc(tables), f"{name}, {splits}"),
                     args.figures / f"cmc_{name}.png")
     for _, _, run_ in runs:
-        save_figure(loss_figure(loss_histories(args.losses, run_)),
+        save_figure(loss_figure(epoch_means(args.live, run_)),
                     args.figures / f"loss_{run_}.png")
     print_tables(summary, attention)
 

@@ -1,0 +1,111 @@
+"""Training curves through DVCLive: ``fit`` logs every step and every epoch of a training run into
+one DVCLive folder per stage and matrix run (``metrics/live/<stage>[/<set>-<split>[/<phase>]]``),
+which dvc.yaml declares as the stage's metrics (``metrics.json``) and plots (``plots/``), so that
+`dvc exp show` shows a running experiment's epoch, step and last epoch's means, and
+`dvc plots show` / `dvc plots diff` draw the curves without plot configuration of their own.
+
+What a folder holds (DVCLive's layout; ``step`` is the global SGD step, from 1):
+
+- ``plots/metrics/batch/<name>.tsv``: one row per step (the global batch's values under torchrun):
+  ``lr``, ``loss``, ``id_loss``, ``diversity``, and for a model with spatial attention the
+  training maps' ``map_entropy`` and ``map_saturated`` (``train.map_statistics``);
+- ``plots/metrics/mean/<name>.tsv``: one row per epoch, at its last step: the mean over the
+  epoch's steps of ``loss``, ``id_loss``, ``diversity`` (and the two map statistics);
+- ``metrics.json``: ``epoch`` and ``step`` reached and ``mean``, the last complete epoch's means
+  (the per-step values are left out of it: one batch says little).
+
+Only rank 0 writes (torchrun). A resumed run rebuilds its folder from the history its resume
+checkpoint holds before it goes on, so that its files equal an uninterrupted run's byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# fit's history columns logged per step, and those averaged over each epoch
+BATCH = ("lr", "loss", "id_loss", "diversity", "map_entropy", "map_saturated")
+MEAN = ("loss", "id_loss", "diversity", "map_entropy", "map_saturated")
+
+
+class Curves:
+    """The DVCLive logger of one training run, or nothing at all (``directory`` None: tests,
+    benchmarks, ranks other than 0). A context manager: leaving it without an exception ends the
+    DVCLive run; leaving it with one (a stop, a diverged loss) keeps what was logged."""
+
+    def __init__(self, directory: str | Path | None):
+        self.live: Any = None
+        if directory is None:
+            return
+        from dvclive import Live  # imports DVC: only the runs that log pay for it
+
+        # resume=False: the folder starts empty (DVCLive removes what an earlier run left);
+        # no report, no dvc.yaml of its own (dvc.yaml declares the files), no experiment saved
+        # by DVCLive (`dvc exp run` saves it)
+        self.live = Live(str(directory), resume=False, report=None, save_dvc_exp=False,
+                         dvcyaml=None)
+        Path(self.live.plots_dir).mkdir(parents=True, exist_ok=True)  # a declared output
+
+    def __enter__(self) -> Curves:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self.live is None:
+            return
+        try:
+            if kind is None:
+                self.live.end()  # the summary written; DVC Studio told (where configured)
+        finally:
+            repo = getattr(self.live, "_dvc_repo", None)  # the repository DVCLive opened
+            if repo is not None:
+                repo.close()
+
+    def replay(self, history: Sequence[dict], complete_epochs: int) -> None:
+        """Log the rows of a resumed run's history, and the means of its first
+        ``complete_epochs`` epochs, as the interrupted run logged them."""
+        for i, row in enumerate(history):
+            self.step(row, summary=False)
+            last_of_epoch = i + 1 == len(history) or history[i + 1]["epoch"] != row["epoch"]
+            if last_of_epoch and row["epoch"] <= complete_epochs:
+                self.epoch([h for h in history if h["epoch"] == row["epoch"]])
+
+    def step(self, row: dict, summary: bool = True) -> None:
+        """Log one row of ``fit``'s history (its ``step`` and ``epoch``)."""
+        if self.live is None:
+            return
+        self.live.step = row["step"]
+        for name in BATCH:
+            if name in row:
+                self.live.log_metric(f"batch/{name}", row[name])
+        self.live.log_metric("epoch", row["epoch"], plot=False)
+        self.live.summary.pop("batch", None)
+        self.live.summary["step"] = row["step"]  # its place in the file the same when replayed
+        if summary:
+            self.live.make_summary()
+
+    def epoch(self, rows: Sequence[dict]) -> None:
+        """Log the means of a complete epoch's rows, at its last step."""
+        if self.live is None:
+            return
+        for name in MEAN:
+            if name in rows[-1]:
+                self.live.log_metric(f"mean/{name}", float(np.mean([r[name] for r in rows])))
+        self.live.sync()  # the summary, and DVC Studio's live view (where configured)
+
+
+def read_means(directory: str | Path) -> pd.DataFrame:
+    """The per-epoch means a run logged (``mean/<name>.tsv``), one row per epoch indexed from 1;
+    empty when the run logged no epoch (nothing trained)."""
+    folder = Path(directory) / "plots" / "metrics" / "mean"
+    tables = [pd.read_csv(f, sep="\t").set_index("step") for f in sorted(folder.glob("*.tsv"))]
+    if not tables:
+        return pd.DataFrame()
+    means = pd.concat(tables, axis=1).sort_index().reset_index(drop=True)
+    means.index = pd.RangeIndex(1, len(means) + 1, name="epoch")
+    return means
