@@ -17,6 +17,11 @@ class ParamsError(InputError):
     """A params value that is unknown, missing, of the wrong type or out of its range."""
 
 
+class DivergedError(ParamsError):
+    """A training whose loss or weights became inf or nan: the message names the params section
+    whose learning rate to lower."""
+
+
 class DatasetError(InputError):
     """Data that does not match the layout or the protocol a reader expects."""
 

@@ -171,9 +171,10 @@ def md5_file(path: str | Path) -> str:
 
 
 def tree_fingerprint(root: str | Path) -> dict:
-    """Number of files, total bytes and a hash of every relative path and size under ``root``
-    (symlinks followed): cheap (no file is read) and changes whenever a file is added, removed
-    or resized."""
+    """Number of files, total bytes and a hash of every relative path, size and modification
+    time under ``root`` (symlinks followed): cheap (no file is read, as DVC's own state) and
+    changes whenever a file is added, removed, resized or written (a frame changed in place at
+    the same size too; copying the tree without keeping the times counts as a change)."""
     root = Path(root)
     digest = hashlib.sha256()
     files = size = 0
@@ -182,6 +183,7 @@ def tree_fingerprint(root: str | Path) -> dict:
         for name in sorted(names):
             path = Path(folder) / name
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\n".encode())
+            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+                          .encode())
             files, size = files + 1, size + stat.st_size
     return {"files": files, "bytes": size, "sha256": digest.hexdigest()}

@@ -74,6 +74,16 @@ def at_least(default: int | float, lower: int | float) -> Any:
     return field(default=default, metadata={"ge": lower})
 
 
+# The largest seed every RNG the stages seed takes (torch.manual_seed: 64 bits, unsigned; python's
+# and numpy's generators take any non-negative integer).
+MAX_SEED = 2**64 - 1
+
+
+def seed_field() -> Any:
+    """A seed: an integer in [0, MAX_SEED]."""
+    return field(default=0, metadata={"ge": 0, "le": MAX_SEED})
+
+
 def positive(default: float) -> Any:
     """A number field with ``value > 0``."""
     return field(default=default, metadata={"gt": 0})
@@ -120,7 +130,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    seed: int = at_least(0, 0)  # the generator's own seed (the training seed does not change data)
+    seed: int = seed_field()  # the generator's own seed (the training seed does not change data)
     train_identities: int = field(default=64, metadata={"ge": 1, "le": 4000})  # video train ids
     # video test ids; with query_cameras 2, 900 official queries: a standard error of rank-1 of
     # at most 2 points from the sampling of the test identities alone (bootstrap, rank-1 near 0.5)
@@ -223,7 +233,7 @@ class AttentionParams:
     # added to ``seed`` for the heads' training, in the attention and joint stages only
     # (Params.heads_seed): another value re-trains the heads on the same cached CNN features, so
     # that repeated runs (Table 1's seeds) need no CNN stage again
-    seed: int = at_least(0, 0)
+    seed: int = seed_field()
 
 
 @dataclass(frozen=True)
@@ -265,7 +275,7 @@ class RuntimeParams:
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = at_least(0, 0)  # seeds every RNG (python, numpy, torch, samplers)
+    seed: int = seed_field()  # seeds every RNG (python, numpy, torch, samplers)
     data: DataParams = section(DataParams)
     synthetic: SyntheticParams = section(SyntheticParams)
     model: ModelParams = section(ModelParams)
@@ -282,6 +292,11 @@ class Params:
     runtime: RuntimeParams = section(RuntimeParams)
 
     def __post_init__(self) -> None:
+        if self.heads_seed > MAX_SEED:
+            raise ParamsError(
+                f"seed + attention.seed: {self.seed} + {self.attention.seed} = {self.heads_seed} "
+                f"seeds the attention and joint stages, beyond what torch.manual_seed takes: "
+                f"expected a sum <= {MAX_SEED} (2**64 - 1)")
         h, w = grid_size(self.data.height, self.data.width, self.model.last_stride)
         if h * w < self.model.K:
             raise ParamsError(
@@ -454,8 +469,7 @@ def _check_scalar(value: Any, tp: type, key: str) -> Any:
             return float(value)
         hint = ""
         if isinstance(value, str) and _looks_numeric(value):
-            hint = (" (YAML reads a float without a dot, like 1e-4, as a string: "
-                    "write it as 1.0e-4)")
+            hint = _number_hint(value)
         raise ParamsError(f"{key}: expected a number, got {_show(value)}{hint}")
     if tp is str:
         if isinstance(value, str):
@@ -474,6 +488,16 @@ def _check_range(value: Any, rules: Mapping[str, Any], key: str) -> None:
         if name in rules and not ok(value, rules[name]):
             expected = " and ".join(f"{s} {rules[n]}" for n, _, s in bounds if n in rules)
             raise ParamsError(f"{key}: expected a value {expected}, got {value!r}")
+
+
+def _number_hint(text: str) -> str:
+    """Why the number ``text`` reached the params as a string, and how to write it."""
+    if isinstance(yaml.safe_load(text), int | float):  # a number to YAML: it was quoted
+        return f" (a number in quotes is a string to YAML: write {text} without the quotes)"
+    mantissa, e, exponent = text.strip().lower().partition("e")  # YAML 1.1 wants a dot
+    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
+    return (f" (YAML reads a float without a dot, like {text}, as a string: write it as "
+            f"{written})")
 
 
 def _looks_numeric(text: str) -> bool:
@@ -561,6 +585,38 @@ def _yaml_value(value: Any) -> str:
     return str(value)
 
 
+# The keys dvc.yaml reads from params.yaml itself (its matrix): the dataclass defaults do not
+# reach DVC, so the file must hold them.
+DVC_KEYS = ("data.video", "data.splits")
+RESTORE = "`git checkout params.yaml` restores the committed file"
+
+
+def check_dvc_keys(path: str | Path = "params.yaml") -> None:
+    """Refuse a params file DVC cannot build dvc.yaml's matrix from: empty, or without one of
+    ``DVC_KEYS`` (DVC would fail with "Could not find 'data.video'"); after ``load_params``,
+    which names a missing or unreadable file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    if not raw:
+        raise ParamsError(f"{path}: empty; dvc.yaml's matrix reads {' and '.join(DVC_KEYS)} from "
+                          f"it ({RESTORE})")
+    for key in DVC_KEYS:
+        section, leaf = key.split(".")
+        if not isinstance(raw, dict) or not isinstance(raw.get(section), dict) \
+                or leaf not in raw[section]:
+            raise ParamsError(f"{path}: {key} missing; dvc.yaml's matrix reads it from this file "
+                              f"(the default does not reach DVC): add it, e.g. {key}: "
+                              f"{_yaml_value(dotted_default(key))}")
+
+
+def dotted_default(key: str) -> Any:
+    """The default of a dotted params key (``data.splits`` -> [0])."""
+    return flatten(to_dict(Params()))[key]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``--check``: check the params file (one line naming the key, exit 1, when it is wrong);
     else print the ``dvc exp run`` options of the paper's setting on ``--dataset``."""
@@ -575,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         p = load_params(args.params)
+        check_dvc_keys(args.params)
         overrides = None if args.check else paper_overrides(p, args.dataset)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.curves import Curves
-from pipeline.errors import CheckpointError, InputError, ParamsError
+from pipeline.errors import CheckpointError, DivergedError, InputError, ParamsError
 from pipeline.files import check_room, nearest_folder, write_with
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
@@ -313,12 +313,26 @@ class Trainer:
                         "history": self.history})
         distributed.barrier()  # no rank runs ahead of the checkpoint a restart resumes from
 
+    def diverged(self, what: str) -> DivergedError:
+        """The error of a training that diverged (``what`` became inf or nan), naming the params
+        section of this run (``desc`` with dots: ``attention spatial`` -> attention.spatial)
+        and its learning rate."""
+        key = self.desc.replace(" ", ".")
+        return DivergedError(f"{key}: {what}: the training diverged; lower {key}.lr (now "
+                             f"{self.cfg.lr:g}), or loss.oim_scalar")
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise ``diverged`` when a trained weight is inf or nan after ``epoch`` (0-based): a
+        finite loss can hide weights that blew up, which the next stage would inherit."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
+            raise self.diverged(f"the weights became inf or nan in epoch {epoch + 1}")
+
     # --- one step -----------------------------------------------------------------------------
 
     def step(self, step: Step, inputs: Tensor, labels: Tensor, epoch: int, i: int,
              autocast: bool) -> dict:
         """One SGD step on a batch; its row of the history (the global batch's losses under
-        torchrun). A loss that is not finite raises FloatingPointError before any update."""
+        torchrun). A loss that is not finite raises DivergedError before any update."""
         inputs = inputs.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
@@ -330,9 +344,7 @@ class Trainer:
         loss = id_loss + step.weight_at(epoch) * div
         watched = () if out.spatial is None else map_statistics(out.spatial)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.desc}: the loss became {loss.item()} at epoch "
-                                     f"{epoch + 1}, step {i + 1} (try a lower lr or "
-                                     "loss.oim_scalar)")
+            raise self.diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_([p.grad for p in self.criterion_params if p.grad is not None])
@@ -414,6 +426,7 @@ def fit(
                         f"{desc}: stopped in epoch {epoch + 1}/{cfg.epochs} after step {i + 1}; "
                         f"{resume_path} holds the state: run the stage again to resume"))
             trainer.scheduler.step()
+            trainer.check_finite(epoch)
             rows = [h for h in trainer.history if h["epoch"] == epoch + 1]
             live.epoch(rows)
             log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, cfg.epochs,

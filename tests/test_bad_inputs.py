@@ -337,6 +337,21 @@ def test_cuda_without_cuda_names_runtime_device(stage, pretrain_args, tmp_path, 
     assert files(tmp_path) == before
 
 
+def test_a_diverged_training_is_one_line_naming_its_section_and_exports_nothing(
+        stage, pretrain_args, tmp_path):
+    """A learning rate that makes the loss nan (the attention stage's spatial phase at
+    `-S attention.spatial.lr=1.0e+12` alike): one line naming the stage's params section and its
+    learning rate, no traceback, no model written."""
+    args = pretrain_args(pretrain={"lr": 1.0e30, "epochs": 2})
+    printed = [line for line in stage(pretrain.main, args)
+               if "batch/s" not in line and line.strip()]
+    assert len(printed) == 1, printed  # (the progress bars aside)
+    assert re.fullmatch(r"error: pretrain: the (loss became nan at epoch \d, step \d|weights "
+                        r"became inf or nan in epoch \d): the training diverged; lower "
+                        r"pretrain\.lr \(now 1e\+30\), or loss\.oim_scalar", printed[0]), printed
+    assert not (tmp_path / "out" / "pretrain.pt").exists()
+
+
 def test_more_identities_per_batch_than_identities_names_the_key(stage, pretrain_args, tmp_path):
     args = pretrain_args(pretrain={"identities_per_batch": 4})
     before = files(tmp_path)

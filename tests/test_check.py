@@ -3,14 +3,17 @@ against the global batches, and the fingerprints of the inputs DVC cannot see.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.errors import MissingWeightsError, ParamsError
+from pipeline.errors import CacheError, DatasetError, MissingWeightsError, ParamsError
 from pipeline.files import tree_fingerprint
 from pipeline.model import MOBILENET_WEIGHTS_SHA256
 from pipeline.params import load_params
@@ -32,6 +35,7 @@ def params(tmp_path: Path, **sections) -> Path:
 
 def stage(tmp_path: Path, path: Path, raw: Path | None = None) -> list[str]:
     return ["--params", str(path), "--raw", str(raw or tmp_path / "raw"),
+            "--archives", str(tmp_path / "archives"), "--lock", str(tmp_path / "dvc.lock"),
             "--manifest", str(tmp_path / "download.json"),
             "--datasets", str(tmp_path / "inputs" / "datasets.json"),
             "--init", str(tmp_path / "inputs" / "init.json")]
@@ -154,3 +158,163 @@ def test_a_refused_value_is_one_line_and_writes_nothing(tmp_path, capsys, sectio
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "inputs").exists()
+
+
+# --- third round of faults (issue: a corrupted DVC cache, init cycles, a lingering value) --------
+
+
+def test_a_frame_changed_in_place_at_the_same_size_makes_download_run_again(tmp_path):
+    """The fingerprint holds the files' modification times, as DVC's own state does: a frame
+    written over at the same size changes the record, so download and index run again."""
+    p = load_params(ROOT / "params.yaml")
+    raw = tmp_path / "raw"
+    frame = raw / "synthetic" / "video" / "a.jpg"
+    frame.parent.mkdir(parents=True)
+    frame.write_bytes(b"12345")
+    manifest = {"synthetic": {"source": "generated", **tree_fingerprint(raw / "synthetic")}}
+    before = frame.stat()
+    with open(frame, "r+b") as f:  # dd conv=notrunc: the same size, other bytes
+        f.write(b"54321")
+    os.utime(frame, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    changed = check.datasets_record(p, raw, manifest)["synthetic"]
+    assert (changed["files"], changed["bytes"]) == (1, 5)
+    assert changed["sha256"] != manifest["synthetic"]["sha256"]
+
+
+def dvc_project(tmp_path: Path) -> Path:
+    """A DVC project (no git) whose cache holds one model, hardlinked into the workspace as
+    cache.type hardlink links it, and a folder of two files; dvc.lock records both."""
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    cache = tmp_path / ".dvc" / "cache" / "files" / "md5"
+
+    def put(data: bytes, suffix: str = "") -> str:
+        md5 = hashlib.md5(data).hexdigest() + suffix
+        (cache / md5[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / md5[:2] / md5[2:]).write_bytes(data)
+        return md5
+
+    model = put(b"the weights of a model")
+    (tmp_path / "data").mkdir()
+    os.link(cache / model[:2] / model[2:], tmp_path / "data" / "spatial.pt")
+    files = [{"md5": put(b"one"), "relpath": "a.json"}, {"md5": put(b"two"), "relpath": "b.json"}]
+    folder = put(json.dumps(files).encode(), ".dir")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "attention@synthetic-0": {"cmd": "x", "outs": [
+            {"path": "data/spatial.pt", "hash": "md5", "md5": model, "size": 22}]},
+        "index": {"cmd": "y", "outs": [
+            {"path": "data/index", "hash": "md5", "md5": folder, "size": 6, "nfiles": 2}]}}}))
+    return cache
+
+
+def test_a_damaged_dvc_cache_object_is_named_with_its_repair(tmp_path):
+    """An output written over in place while it shares its cache object (hardlink): the check
+    names the output, the object and what is wrong with it, and the repair, before DVC runs
+    anything; the same size with other bytes too (md5 of a shared object), and an object of a
+    folder output."""
+    cache = dvc_project(tmp_path)
+    lock = tmp_path / "dvc.lock"
+    check.check_dvc_cache(lock)  # sound
+    model = tmp_path / "data" / "spatial.pt"
+    with open(model, "r+b") as f:  # the same size, other bytes: the object changes with it
+        f.write(b"THE")
+    with pytest.raises(CacheError) as err:
+        check.check_dvc_cache(lock)
+    obj = next(p for p in cache.rglob("*") if p.is_file() and p.samefile(model))
+    assert str(err.value) == (
+        f"data/spatial.pt: DVC's cache holds a damaged copy of it ({obj}: its md5 is "
+        f"{hashlib.md5(obj.read_bytes()).hexdigest()}): the file was written over in place "
+        "while it shared that object (cache.type hardlink in .dvc/config). Remove the object "
+        f"(rm -f {obj}) and run `dvc repro -f -s attention@synthetic-0`, which writes the file "
+        "again")
+    os.truncate(model, 10)  # truncate -s: the size says it
+    with pytest.raises(CacheError, match=r": 10 bytes, dvc.lock records 22\)"):
+        check.check_dvc_cache(lock)
+    obj.unlink()  # the repair's first step: an absent object is DVC's to make again
+    check.check_dvc_cache(lock)
+    a = cache / hashlib.md5(b"one").hexdigest()[:2] / hashlib.md5(b"one").hexdigest()[2:]
+    os.link(a, tmp_path / "a.json")  # a folder's file shared with the workspace, then changed
+    (tmp_path / "a.json").open("r+b").write(b"ONE")
+    with pytest.raises(CacheError, match=r"^data/index: DVC's cache .* `dvc repro -f -s index`"):
+        check.check_dvc_cache(lock)
+    check.check_dvc_cache(tmp_path / "absent.lock")  # a project never run: nothing to check
+
+
+def test_model_init_naming_an_output_of_the_pipeline_is_refused(tmp_path, monkeypatch):
+    """model.init under data/models/ (pretrain.pt, a finetune.pt): refused in one line before
+    DVC deletes anything; a copy elsewhere is fine."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "models" / "synthetic-0").mkdir(parents=True)
+    for name in ("pretrain.pt", "synthetic-0/finetune.pt"):
+        (tmp_path / "data" / "models" / name).write_bytes(b"weights")
+        p = load_params(ROOT / "params.yaml", [f"model.init=data/models/{name}"])
+        with pytest.raises(ParamsError, match=rf"^model\.init: data/models/{name} is an output of "
+                                              r"this pipeline \(under data/models/\): .* Copy "
+                                              r"the file out of data/models/"):
+            check.init_record(p)
+    (tmp_path / "data" / "init").mkdir()
+    shutil.copy(tmp_path / "data" / "models" / "pretrain.pt", tmp_path / "data" / "init")
+    p = load_params(ROOT / "params.yaml", ["model.init=data/init/pretrain.pt"])
+    assert check.init_record(p)["init"] == "data/init/pretrain.pt"
+
+
+def test_a_set_with_nothing_to_prepare_it_from_is_refused_by_check(tmp_path):
+    """data.video=[mars] without its tree or archives (MARS has no public URL): the check stage
+    gives the download stage's instructions, before DVC removes the download's manifest; an
+    extracted tree, the archives, or a URL (iLIDS-VID) let it pass."""
+    raw, archives = tmp_path / "raw", tmp_path / "archives"
+    p = load_params(ROOT / "params.yaml", ["data.video=[mars]"])
+    with pytest.raises(DatasetError, match=r"^dataset 'mars' is not available: get "
+                                           r"bbox_train\.zip, bbox_test\.zip from"):
+        check.check_sources(p, raw, archives)
+    (archives / "mars").mkdir(parents=True)
+    (archives / "mars" / "bbox_train.zip").touch()
+    with pytest.raises(DatasetError):  # one archive of two
+        check.check_sources(p, raw, archives)
+    (archives / "mars" / "bbox_test.zip").touch()
+    check.check_sources(p, raw, archives)
+    shutil.rmtree(archives)
+    (raw / "mars" / "info").mkdir(parents=True)  # placed by hand: not a tree
+    with pytest.raises(DatasetError):
+        check.check_sources(p, raw, archives)
+    (raw / "mars" / "bbox_train").mkdir()  # a tree: its layout is the download stage's business
+    check.check_sources(p, raw, archives)
+    check.check_sources(load_params(ROOT / "params.yaml", ["data.video=[ilidsvid]"]), raw,
+                        archives)  # downloadable
+
+
+def git(folder: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_a_refused_value_left_in_the_workspace_params_says_where_it_lives(tmp_path):
+    """`dvc exp run -S model.backbone=resnet51` writes the value into the workspace's
+    params.yaml, where it stays after the refusal: the refusal says so and how to restore the
+    file; a committed file gets the plain refusal."""
+    path = params(tmp_path)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "params")
+    run(check.main, stage(tmp_path, path))  # committed and valid: passes
+    raw = yaml.safe_load(path.read_text())
+    raw["model"]["backbone"] = "resnet51"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ParamsError) as err:
+        check.main(stage(tmp_path, path))
+    assert str(err.value).startswith(f"{path}: model.backbone: unknown value 'resnet51'")
+    assert str(err.value).endswith(f"({check.WORKSPACE_HINT})")
+    assert "git checkout params.yaml" in check.WORKSPACE_HINT and "--temp" in check.WORKSPACE_HINT
+    git(tmp_path, "commit", "-qam", "the bad value committed")
+    with pytest.raises(ParamsError) as err:
+        check.main(stage(tmp_path, path))
+    assert check.WORKSPACE_HINT not in str(err.value)
+
+
+def test_an_empty_params_file_is_refused_by_the_check_stage(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: empty; dvc\.yaml's matrix reads "
+                                          r"data\.video and data\.splits from it"):
+        check.main(stage(tmp_path, tmp_path / "params.yaml"))

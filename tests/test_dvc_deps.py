@@ -98,7 +98,7 @@ ALL = {"check", "download", "index", "pretrain", "finetune", "cache", "attention
 MODELS = {"pretrain", "finetune", "cache", "attention", "joint", "evaluate"}
 INVALIDATES = {
     "pipeline/download.py": {"download"},
-    "pipeline/datasets": {"download", "index"},
+    "pipeline/datasets": {"check", "download", "index"},  # check: the sets' sources
     "pipeline/tables.py": {"check", "download", "index", "pretrain", "finetune", "cache", "joint",
                            "evaluate"},
     "pipeline/errors.py": ALL,

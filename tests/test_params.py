@@ -290,8 +290,76 @@ def test_float_read_as_string_gets_a_hint(tmp_path):
     path = write(tmp_path, "pretrain:\n  weight_decay: 1e-4\n")
     with pytest.raises(ParamsError, match=r"pretrain\.weight_decay: .*write it as 1\.0e-4"):
         load_params(path)
+    path = write(tmp_path, "pretrain:\n  weight_decay: 5E-3\n")
+    with pytest.raises(ParamsError, match=r"like 5E-3, as a string: write it as 5\.0e-3\)$"):
+        load_params(path)
     assert load_params(write(tmp_path, "pretrain:\n  weight_decay: 1.0e-4\n")).pretrain \
         .weight_decay == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("override", ["finetune.lr='0.1'", "finetune.lr=\"2\""])
+def test_a_quoted_number_gets_the_hint_that_matches_it(override):
+    """-S "finetune.lr='0.1'": a number in quotes, not a float without a dot; the hint says so
+    and names the value."""
+    value = override.split("=")[1][1:-1]
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", [override])
+    assert str(err.value).endswith(f"finetune.lr: expected a number, got str '{value}' (a number "
+                                   f"in quotes is a string to YAML: write {value} without the "
+                                   "quotes)")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["seed=18446744073709551616"], "seed: expected a value >= 0 and <= 18446744073709551615, "
+                                    "got 18446744073709551616"),
+    (["attention.seed=18446744073709551616"], "attention.seed: expected a value >= 0 and <= "
+                                              "18446744073709551615"),
+    (["synthetic.seed=-1"], "synthetic.seed: expected a value >= 0"),
+    (["seed=18446744073709551615", "attention.seed=1"],
+     "seed + attention.seed: 18446744073709551615 + 1 = 18446744073709551616 seeds the attention "
+     "and joint stages, beyond what torch.manual_seed takes: expected a sum <= "
+     "18446744073709551615 (2**64 - 1)"),
+])
+def test_seeds_beyond_what_every_rng_takes_are_refused(overrides, message):
+    """torch.manual_seed takes 64 bits: a larger seed (or seed + attention.seed, the heads'
+    seed) is refused by the check, not by a stage's "Overflow when unpacking long long"."""
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", overrides)
+    assert message in str(err.value)
+    p = load_params(ROOT / "params.yaml", ["seed=18446744073709551615"])  # the largest
+    import torch
+
+    torch.manual_seed(p.heads_seed)  # takes it
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "empty; dvc.yaml's matrix reads data.video and data.splits from it (`git checkout "
+         "params.yaml` restores the committed file)"),
+    ("# comments only\n", "empty; dvc.yaml's matrix reads"),
+    ("data:\n  video: [synthetic]\n", "data.splits missing; dvc.yaml's matrix reads it from "
+                                       "this file (the default does not reach DVC): add it, e.g. "
+                                       "data.splits: [0]"),
+    ("seed: 1\n", "data.video missing"),
+])
+def test_the_check_command_refuses_a_file_dvc_cannot_build_its_matrix_from(tmp_path, capsys,
+                                                                           text, message):
+    """An empty params.yaml (every default) passes load_params, but DVC then fails with "failed
+    to parse 'stages.finetune.matrix' ... Could not find 'data.video'": `make repro`'s check
+    says what is wrong in one line; a missing file too."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        params_main(["--params", str(path), "--check"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}") and err.count("\n") == 1, err
+
+
+def test_the_check_command_names_a_missing_params_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        params_main(["--params", str(tmp_path / "params.yaml"), "--check"])
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'params.yaml'}: params file not "
+                                       "found\n")
 
 
 def test_unknown_key_lists_the_known_ones():

@@ -33,6 +33,7 @@ from PIL import Image
 from pipeline.figures import DPI, INCHES_PER_COLUMN, LEGEND_INCHES
 from pipeline.names import SHORT
 from pipeline.params import grid_size
+from pipeline.stages.check import WORKSPACE_HINT
 from pipeline.stages.summary import LIVE_FOLDERS
 from pipeline.tables import load_video_index
 from pipeline.train import load_exported
@@ -488,7 +489,9 @@ def test_a_refused_value_fails_in_one_line_before_any_output_is_removed(repo):
     assert result.returncode != 0
     errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
               if line.startswith("error: ")]
-    assert errors == ["error: params.yaml: evaluate.max_rank: expected a value >= 1, got 0"]
+    # (-S wrote the value into the workspace's params.yaml, where it stays: the refusal says so)
+    assert errors == ["error: params.yaml: evaluate.max_rank: expected a value >= 1, got 0 "
+                      f"({WORKSPACE_HINT})"]
     assert "Traceback" not in result.stderr and ran(result.stdout) == {CHECK}
     committed_results_untouched(repo)
 
@@ -501,6 +504,38 @@ def test_a_refused_value_fails_in_one_line_before_any_output_is_removed(repo):
     assert result.returncode != 0 and "unknown key data.augmnet" in result.stderr
     assert ran(result.stdout) == {CHECK}
     committed_results_untouched(repo)
+
+
+def exp_run_refused(repo: Path, override: str) -> str:
+    """`dvc exp run -S <override>` in ``repo``: refused by the check stage alone; its one line."""
+    result = subprocess.run(["dvc", "exp", "run", "-S", override], cwd=repo,
+                            env=clean_env(repo.parent), capture_output=True, text=True,
+                            check=False)
+    errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines()
+              if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and ran(result.stdout) == {CHECK}
+    return errors[0]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.init=data/models/pretrain.pt", "error: model.init: "
+                                           "data/models/pretrain.pt is an output of this pipeline"),
+    ("data.video=[mars]", "error: dataset 'mars' is not available: get bbox_train.zip"),
+])
+def test_an_init_from_the_pipeline_or_a_set_without_sources_costs_nothing(repo, override,
+                                                                         expected):
+    """Refused by the check stage before DVC deletes pretrain.pt or data/download.json; the
+    value stays in the workspace's params.yaml, so the next `dvc exp run -S` of another key is
+    refused for it again, and both refusals say where it lives and how to restore the file."""
+    first = exp_run_refused(repo, override)
+    assert first.startswith(expected) and first.endswith(f"({WORKSPACE_HINT})")
+    assert (repo / "data" / "models" / "pretrain.pt").is_file()
+    assert (repo / "data" / "download.json").is_file()
+    committed_results_untouched(repo)
+    assert exp_run_refused(repo, "model.K=2") == first  # the lingering value, named again
+    run(repo, "git", "checkout", "--", "params.yaml")
+    assert ran(run(repo, "dvc", "repro")) == {CHECK}  # nothing to make again
 
 
 def test_frames_added_to_data_raw_rerun_download_and_index_only(repo):

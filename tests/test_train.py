@@ -25,7 +25,7 @@ import torch
 from pipeline import distributed
 from pipeline.curves import MEAN, Curves, read_means
 from pipeline.data import train_loader
-from pipeline.errors import InputError, ParamsError
+from pipeline.errors import DivergedError, InputError, ParamsError
 from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import ModelParams, RuntimeParams, TrainParams
@@ -33,6 +33,7 @@ from pipeline.train import (
     SATURATED,
     SATURATION_WARNING,
     Step,
+    Trainer,
     compiled,
     config_of,
     drop_checkpoint,
@@ -414,7 +415,8 @@ def test_drop_checkpoint_removes_the_scratch_checkpoint(tmp_path):
 @pytest.mark.parametrize(("call", "where"), [(2, "epoch 1, step 2"), (3, "epoch 2, step 1")])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_non_finite_loss_stops_training(tmp_path, call, where, bad):
-    """A NaN or infinite loss raises FloatingPointError naming the epoch and the step."""
+    """A NaN or infinite loss raises DivergedError (bad input: one line from a stage) naming the
+    run's params section, the epoch and the step, and the learning rate to lower."""
 
     def wrap(forward):
         def broken(x):
@@ -426,8 +428,27 @@ def test_a_non_finite_loss_stops_training(tmp_path, call, where, bad):
         return broken
 
     calls: list[int] = []
-    with pytest.raises(FloatingPointError, match=re.escape(where)):
+    with pytest.raises(DivergedError) as err:
         train(tmp_path / "resume.pt", wrap=wrap)
+    assert re.fullmatch(rf"train: the loss became (nan|inf) at {where}: the training diverged; "
+                        r"lower train\.lr \(now 0\.1\), or loss\.oim_scalar", str(err.value))
+
+
+def test_weights_that_blew_up_behind_a_finite_loss_stop_training():
+    """After each epoch the trained weights must be finite: a phase whose weights became inf
+    raises naming its own params section (attention spatial -> attention.spatial), so that it
+    exports nothing and the next phase is not blamed."""
+    heads = DRSA(MODEL, D)
+    trainer = Trainer(heads, OIMLoss(MODEL.embed_dim, len(set(PIDS))), CFG, torch.device("cpu"),
+                      "attention spatial")
+    trainer.check_finite(0)
+    with torch.no_grad():
+        heads.temporal.weight.fill_(float("inf"))
+    with pytest.raises(DivergedError) as err:
+        trainer.check_finite(2)
+    assert str(err.value) == ("attention.spatial: the weights became inf or nan in epoch 3: the "
+                              "training diverged; lower attention.spatial.lr (now 0.1), or "
+                              "loss.oim_scalar")
 
 
 @pytest.mark.parametrize(("head", "diversity", "weight", "active"), [

@@ -18,6 +18,7 @@ Otherwise the stage stops with the instructions of that set: where to obtain it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,23 @@ def instructions(name: str, raw: str, archives: str) -> str:
             f"{'them' if len(source.archives) > 1 else 'it'} in {archives}/{name}/, or put the "
             f"already extracted dataset (or a symlink to it) at {raw}/{name}/.")
     return f"{text} {source.extra.format(raw=raw)}".strip()
+
+
+def holds_a_tree(root: Path, source: Source) -> bool:
+    """Whether ``root`` holds anything besides what the user places there by hand next to the
+    archives (``source.placed``): then it is an extracted tree, to be used or fixed, never
+    extracted or downloaded over."""
+    return root.is_dir() and any(e.name not in source.placed for e in root.iterdir())
+
+
+def unavailable(name: str, raw: Path, archives: Path) -> str | None:
+    """The download stage's instructions when real set ``name`` has nothing to prepare it from:
+    no extracted tree in ``raw/<name>`` (nor a symlink, even a broken one: the download stage
+    names that), an archive missing from ``archives/<name>`` with no public URL to fetch it
+    from. None when the download stage can go on (whether the tree reads is its business)."""
+    source, root = SOURCES[name], raw / name
+    if root.is_symlink() or holds_a_tree(root, source):
+        return None
+    if all(a.url is not None or (archives / name / a.name).exists() for a in source.archives):
+        return None
+    return instructions(name, str(raw), str(archives))

@@ -7,8 +7,13 @@ other stage is up to date (``always_changed`` in dvc.yaml), for two reasons.
    of params.yaml first (``pipeline.params``: unknown and duplicated keys, types, ranges, infinite
    numbers, repeated sets and splits, K against the grid, batch sizes against the identities) and
    that the global batch of every training stage divides among the processes
-   ``runtime.launcher`` starts; every other stage depends on it, so DVC stops here, before it
-   touches any output.
+   ``runtime.launcher`` starts; that params.yaml holds the keys dvc.yaml's matrix reads; that
+   ``model.init`` is no model this pipeline writes; that every real set can be prepared (a tree,
+   its archives, or a URL); and that DVC's cache objects of the outputs dvc.lock records are
+   sound (``check_dvc_cache``: the project keeps ``cache.type`` hardlink, since a copy would
+   double the feature caches on disk, and an output written over in place damages its object).
+   Every other stage depends on it, so DVC stops here, before it touches any output; a refused
+   value that `dvc exp run -S` left in the workspace's params.yaml is named as such.
 2. **Inputs DVC cannot see make their stages out of date.** ``data/raw/<name>`` is not a DVC
    dependency (a million frames would slow every ``dvc status``): the download stage records a
    fingerprint of each set it prepared (files, bytes and a hash of relative paths and sizes) in
@@ -22,7 +27,7 @@ other stage is up to date (``always_changed`` in dvc.yaml), for two reasons.
 
 Its two outputs change only when what they describe changes, so running it re-runs nothing else.
 
-    python -m pipeline.stages.check --params params.yaml --raw data/raw \
+    python -m pipeline.stages.check --params params.yaml --raw data/raw --archives data/archives \
         --manifest data/download.json --datasets data/inputs/datasets.json \
         --init data/inputs/init.json
 """
@@ -32,15 +37,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 from pathlib import Path
 
-from pipeline.errors import ParamsError
-from pipeline.files import sha256_file, tree_fingerprint, write_json
+import yaml
+
+from pipeline.datasets.sources import unavailable
+from pipeline.errors import CacheError, DatasetError, InputError, ParamsError
+from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
 from pipeline.model import check_mobilenet_weights, imagenet_weights_file
-from pipeline.params import BACKBONE_INITS, Params, load_params
+from pipeline.params import BACKBONE_INITS, Params, check_dvc_keys, load_params
 from pipeline.stages.common import run
-from pipeline.tables import resolve_data_path
+from pipeline.tables import experiment_origin, resolve_data_path
 
 log = logging.getLogger("check")
 
@@ -97,6 +106,8 @@ def init_record(p: Params) -> dict:
     for MobileNetV2 the installed package's weights file, by its sha256, checked), or the
     checkpoint file by its sha256."""
     init = p.model.init
+    if init not in BACKBONE_INITS:
+        refuse_pipeline_output(init)
     if init == "imagenet" and p.model.backbone == "mobilenet_v2":
         path = imagenet_weights_file(p.model.backbone)  # MissingWeightsError: not installed
         return {"init": init, "backbone": p.model.backbone,
@@ -110,18 +121,144 @@ def init_record(p: Params) -> dict:
     return {"init": init, "sha256": sha256_file(path)}
 
 
+MODELS = Path("data") / "models"  # where every model of the pipeline is written (dvc.yaml)
+
+
+def refuse_pipeline_output(init: str) -> None:
+    """``model.init`` naming a model this pipeline writes (under ``data/models/``, here or in
+    the project an experiment was copied from): DVC would delete it before the stage that writes
+    it runs (pretrain.pt), or every run would start from the last one's output (a cycle)."""
+    path = resolve_data_path(init).resolve()
+    places = {MODELS.resolve(), resolve_data_path(MODELS).resolve()}
+    if any(path == place or place in path.parents for place in places):
+        raise ParamsError(
+            f"model.init: {init} is an output of this pipeline (under {MODELS}/): DVC deletes it "
+            f"before the stage that writes it runs, and a run that starts from a model it makes "
+            f"changes its results at every run. Copy the file out of {MODELS}/ (e.g. to "
+            f"data/init/) and set model.init to the copy")
+
+
+def check_sources(p: Params, raw: Path, archives: Path) -> None:
+    """Every real set the params name can be prepared: an extracted tree, its archives, or a
+    public URL (``sources.unavailable``); else the download stage's instructions, here, before
+    DVC removes the download stage's manifest."""
+    for name in dict.fromkeys(p.data.video + p.data.image):
+        if name != "synthetic" and (problem := unavailable(name, raw, archives)):
+            raise DatasetError(problem)
+
+
+# DVC cache objects up to this size are hashed again when a workspace file shares them (a
+# hardlink); larger ones (the feature caches) are checked by their size only
+REHASH_BYTES = 256 * 2**20
+
+
+def check_dvc_cache(lock: Path = Path("dvc.lock")) -> None:
+    """Refuse a DVC cache object that no longer holds what its name says, for every output
+    ``lock`` records. With ``cache.type`` hardlink (.dvc/config) an output and its cache object
+    are one file: written over in place (by hand, or by ``torch.save`` from a notebook: root
+    ignores the read-only bit), the cache is damaged, and DVC links the damaged object back
+    into the workspace the next time a stage makes that output again. Checked: each object's
+    size against dvc.lock, and the md5 of an object a workspace file shares, up to
+    ``REHASH_BYTES``; a folder output's objects likewise."""
+    if not lock.exists():
+        return
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except yaml.YAMLError:
+        return  # DVC reports its own lock file
+    from dvc.repo import Repo  # only the check stage pays for importing DVC
+
+    repo = Repo(str(lock.parent.resolve()))
+    try:
+        cache = Path(repo.cache.local.path)
+    finally:
+        repo.close()
+    for stage, entry in stages.items():
+        for out in entry.get("outs", []):
+            md5 = out.get("md5")
+            if not md5:
+                continue
+            problem = damaged_object(cache, md5, out.get("size"))
+            if problem:
+                raise CacheError(
+                    f"{out['path']}: DVC's cache holds a damaged copy of it ({problem}): the file "
+                    f"was written over in place while it shared that object (cache.type "
+                    f"hardlink in .dvc/config). Remove the object (rm -f {problem.split(':')[0]}) "
+                    f"and run `dvc repro -f -s {stage}`, which writes the file again")
+
+
+def damaged_object(cache: Path, md5: str, size: int | None) -> str | None:
+    """What is wrong with the cache object of ``md5`` (``<object>: <why>``), or None when it is
+    absent (DVC's business) or sound."""
+    path = cache / md5[:2] / md5[2:]
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    if size is not None and not md5.endswith(".dir") and stat.st_size != size:
+        return f"{path}: {stat.st_size} bytes, dvc.lock records {size}"
+    if md5.endswith(".dir"):
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return f"{path}: not the folder listing DVC writes"
+        for entry in entries if isinstance(entries, list) else []:
+            problem = damaged_object(cache, str(entry.get("md5", "")), entry.get("size"))
+            if problem:
+                return problem
+        return None
+    if stat.st_nlink > 1 and stat.st_size <= REHASH_BYTES and md5_file(path) != md5:
+        return f"{path}: its md5 is {md5_file(path)}"
+    return None
+
+
+# where a refused value a `dvc exp run -S` wrote stays, and how to get rid of it
+WORKSPACE_HINT = ("the value is in the workspace's params.yaml: `dvc exp run -S` and `make paper` "
+                  "write it there, and it stays after a refusal; `git checkout params.yaml` "
+                  "restores the committed file, and `dvc exp run --temp` or `--queue` leave the "
+                  "workspace's params.yaml as it is")
+
+
+def params_edited(params: Path) -> bool:
+    """Whether ``params`` is the workspace's own file and differs from the committed one (an
+    experiment's copy under .dvc/tmp/exps is not the workspace: False; no git: False)."""
+    if experiment_origin(params.resolve().parent) is not None:
+        return False
+    try:
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", params.name],
+                              cwd=params.resolve().parent, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return diff.returncode == 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True, help="where the extracted sets live")
+    parser.add_argument("--archives", type=Path, required=True, help="user-supplied archives")
+    parser.add_argument("--lock", type=Path, default=Path("dvc.lock"),
+                        help="DVC's lock file: its outputs' cache objects are checked")
     parser.add_argument("--manifest", type=Path, required=True, help="the download stage's")
     parser.add_argument("--datasets", type=Path, required=True, help="JSON written here")
     parser.add_argument("--init", type=Path, required=True, help="JSON written here")
     args = parser.parse_args(argv)
+    try:
+        check(args)
+    except InputError as err:  # a refused value: say where it lives, if it lingers
+        if params_edited(args.params):
+            err.args = (f"{err} ({WORKSPACE_HINT})",)
+        raise
+
+
+def check(args: argparse.Namespace) -> None:
+    """Check the params, DVC's cache and the inputs DVC cannot see; write the two records."""
     p = load_params(args.params)
+    check_dvc_keys(args.params)
+    check_dvc_cache(args.lock)
     count = check_processes(p)
-    write_json(args.datasets, datasets_record(p, resolve_data_path(args.raw),
-                                              read_manifest(args.manifest)))
+    raw = resolve_data_path(args.raw)
+    check_sources(p, raw, resolve_data_path(args.archives))
+    write_json(args.datasets, datasets_record(p, raw, read_manifest(args.manifest)))
     write_json(args.init, init_record(p))
     log.info("%s: every value checked; %s process(es) per training stage", args.params,
              count or "a torchrun-chosen number of")

@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline import download as transfer
 from pipeline.datasets import index_images, index_video, synthetic
 from pipeline.datasets.common import MissingPathError, find_misplaced
-from pipeline.datasets.sources import SOURCES, Source, instructions
+from pipeline.datasets.sources import SOURCES, Source, holds_a_tree, instructions
 from pipeline.errors import DatasetError
 from pipeline.files import md5_file, tree_fingerprint, write_json
 from pipeline.params import SyntheticParams, load_params
@@ -52,13 +52,6 @@ def layout_error(name: str, root: Path, video: bool, image: bool) -> Exception |
     except (DatasetError, OSError) as err:
         return err
     return None
-
-
-def holds_a_tree(root: Path, source: Source) -> bool:
-    """Whether ``root`` holds anything besides what the user places there by hand next to the
-    archives (``source.placed``): then it is an extracted tree, to be used or fixed, never
-    extracted or downloaded over."""
-    return root.is_dir() and any(e.name not in source.placed for e in root.iterdir())
 
 
 def misplaced_hint(root: Path, problem: Exception) -> str:
