@@ -69,6 +69,8 @@ class Curves:
     def replay(self, history: Sequence[dict], complete_epochs: int) -> None:
         """Log the rows of a resumed run's history, and the means of its first
         ``complete_epochs`` epochs, as the interrupted run logged them."""
+        if self.live is None:
+            return
         for i, row in enumerate(history):
             self.step(row, summary=False)
             last_of_epoch = i + 1 == len(history) or history[i + 1]["epoch"] != row["epoch"]
@@ -96,7 +98,7 @@ class Curves:
         for name in MEAN:
             if name in rows[-1]:
                 self.live.log_metric(f"mean/{name}", float(np.mean([r[name] for r in rows])))
-        self.live.sync()  # the summary, and DVC Studio's live view (where configured)
+        self.live.make_summary()  # (end() sends DVC Studio the run, where configured)
 
 
 def read_means(directory: str | Path) -> pd.DataFrame:

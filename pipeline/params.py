@@ -468,7 +468,7 @@ def _check_scalar(value: Any, tp: type, key: str) -> Any:
                 raise ParamsError(f"{key}: expected a finite number, got {value}")
             return float(value)
         hint = ""
-        if isinstance(value, str) and _looks_numeric(value):
+        if isinstance(value, str) and _looks_numeric(value) and math.isfinite(float(value)):
             hint = _number_hint(value)
         raise ParamsError(f"{key}: expected a number, got {_show(value)}{hint}")
     if tp is str:
@@ -494,10 +494,13 @@ def _number_hint(text: str) -> str:
     """Why the number ``text`` reached the params as a string, and how to write it."""
     if isinstance(yaml.safe_load(text), int | float):  # a number to YAML: it was quoted
         return f" (a number in quotes is a string to YAML: write {text} without the quotes)"
-    mantissa, e, exponent = text.strip().lower().partition("e")  # YAML 1.1 wants a dot
-    written = f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}"
-    return (f" (YAML reads a float without a dot, like {text}, as a string: write it as "
-            f"{written})")
+    # YAML 1.1 reads a float only with a dot and, with an exponent, its sign: 1.0e-4, 1.0e+5
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    written = mantissa if "." in mantissa else mantissa + ".0"
+    if exponent:
+        written += "e" + (exponent if exponent[0] in "+-" else "+" + exponent)
+    return (f" (YAML reads a number like {text} as a string: write it as {written})"
+            if isinstance(yaml.safe_load(written), float) else "")
 
 
 def _looks_numeric(text: str) -> bool:

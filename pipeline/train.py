@@ -343,8 +343,11 @@ class Trainer:
             div = diversity_penalty(out.spatial.float(), step.diversity, step.diversity_scale)
         loss = id_loss + step.weight_at(epoch) * div
         watched = () if out.spatial is None else map_statistics(out.spatial)
-        if not torch.isfinite(loss):
-            raise self.diverged(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}")
+        finite = torch.isfinite(loss).float().reshape(1)
+        distributed.average_([finite])  # under torchrun every rank stops, rank 0 says why
+        if finite.item() < 1:
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
+            raise self.diverged(f"the loss became {value} at epoch {epoch + 1}, step {i + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_([p.grad for p in self.criterion_params if p.grad is not None])

@@ -13,6 +13,7 @@ and every rank's embeddings equal one process's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -27,7 +28,7 @@ import torch.multiprocessing as mp
 
 from pipeline import distributed
 from pipeline.data import CachedClipDataset, eval_loader, train_loader
-from pipeline.errors import InputError, ParamsError
+from pipeline.errors import DivergedError, InputError, ParamsError
 from pipeline.features import embed, write_cache
 from pipeline.losses import OIMLoss, SoftmaxLoss
 from pipeline.model import DRSA
@@ -41,9 +42,10 @@ CFG = TrainParams(epochs=1, identities_per_batch=2, instances_per_identity=2, lr
 WORLD = 2
 
 
-def train(kind: str, resume: Path) -> dict:
+def train(kind: str, resume: Path, curves: Path | None = None) -> dict:
     """Seeded heads and identity loss, fitted with the Hellinger term; BatchNorm kept in eval mode
-    (its batch statistics are per rank under DDP, the one thing that is not the global batch's)."""
+    (its batch statistics are per rank under DDP, the one thing that is not the global batch's);
+    the curves into ``curves``."""
     seed_everything(0)
     heads = DRSA(MODEL, D)
     n = len(set(PIDS))
@@ -51,9 +53,31 @@ def train(kind: str, resume: Path) -> dict:
 
     loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
     history = fit(heads, criterion, loader, CFG, Step(diversity="hellinger", diversity_weight=0.5),
-                  torch.device("cpu"), resume, key=kind, frozen_batchnorm=True)
+                  torch.device("cpu"), resume, key=kind, frozen_batchnorm=True, curves=curves)
     return {"heads": heads.state_dict(), "criterion": criterion.state_dict(),
             "loss": torch.tensor([h["loss"] for h in history]), "steps": len(history)}
+
+
+def diverge_on_rank_1(resume: Path) -> str:
+    """The heads fitted while rank 1 alone sees a nan loss at the second step (its share of the
+    batch); what each rank raised."""
+    calls: list[int] = []
+
+    def forward(net, x):
+        out = net(x)
+        calls.append(1)
+        if distributed.world().rank == 1 and len(calls) == 2:
+            out = out._replace(embedding=out.embedding * float("nan"))
+        return out
+
+    seed_everything(0)
+    loader = train_loader(SeededGrids(), PIDS, CFG, seed=1, num_workers=0)
+    try:
+        fit(DRSA(MODEL, D), OIMLoss(MODEL.embed_dim, len(set(PIDS))), loader, CFG, Step(forward),
+            torch.device("cpu"), resume, key="nan", frozen_batchnorm=True)
+    except DivergedError as err:
+        return str(err)
+    return "no error"
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:
@@ -63,9 +87,11 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     world = distributed.init("cpu")
     assert (world.rank, world.size) == (rank, WORLD)
     try:
-        for kind in ("oim", "softmax"):
-            result = train(kind, Path(tmp) / f"resume-{kind}.pt")
+        for kind in ("oim", "softmax"):  # both ranks name the same curves folder
+            result = train(kind, Path(tmp) / f"resume-{kind}.pt", Path(tmp) / f"live-{kind}")
             torch.save(result, f"{tmp}/{kind}-rank{rank}.pt")
+        message = diverge_on_rank_1(Path(tmp) / "resume-nan.pt")
+        (Path(tmp) / f"diverged-rank{rank}.txt").write_text(message)
     finally:
         distributed.shutdown()
 
@@ -151,6 +177,30 @@ def test_ranks_end_identical(ranks, kind):
     for part in ("heads", "criterion"):
         for name, value in outs[0][part].items():
             assert torch.equal(outs[1][part][name], value), f"{part}.{name}"
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes_the_curves(ranks):
+    """Both ranks were given the same DVCLive folder: it holds one run's curves (the global
+    batches' losses, 2 steps), not two ranks' appended rows."""
+    for kind in ("oim", "softmax"):
+        live = ranks / f"live-{kind}"
+        loss = (live / "plots" / "metrics" / "batch" / "loss.tsv").read_text().splitlines()
+        out = load(ranks / f"{kind}-rank0.pt")
+        rows = [f"{i + 1}\t{v}" for i, v in enumerate(out["loss"].tolist())]
+        assert loss == ["step\tloss", *rows]
+        assert json.loads((live / "metrics.json").read_text())["step"] == 2
+
+
+@pytest.mark.slow
+def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank(ranks):
+    """Rank 1's share of the second batch gives a nan loss: every rank raises DivergedError
+    before the backward pass (none waits in DDP's all-reduce for the other), and rank 0, the
+    rank that reports, says that another process saw it."""
+    said = {rank: (ranks / f"diverged-rank{rank}.txt").read_text() for rank in range(WORLD)}
+    tail = "at epoch 1, step 2: the training diverged; lower train.lr (now 0.1), or loss.oim_scalar"
+    assert said == {0: f"train: the loss became not finite on another process {tail}",
+                    1: f"train: the loss became nan {tail}"}
 
 
 @pytest.mark.slow

@@ -290,9 +290,17 @@ def test_float_read_as_string_gets_a_hint(tmp_path):
     path = write(tmp_path, "pretrain:\n  weight_decay: 1e-4\n")
     with pytest.raises(ParamsError, match=r"pretrain\.weight_decay: .*write it as 1\.0e-4"):
         load_params(path)
-    path = write(tmp_path, "pretrain:\n  weight_decay: 5E-3\n")
-    with pytest.raises(ParamsError, match=r"like 5E-3, as a string: write it as 5\.0e-3\)$"):
-        load_params(path)
+    # the suggestion reads back as a float: a dot, and an exponent with its sign
+    for text, written in (("5E-3", "5.0e-3"), ("1e5", "1.0e+5"), ("1.0e5", "1.0e+5")):
+        path = write(tmp_path, f"pretrain:\n  weight_decay: {text}\n")
+        with pytest.raises(ParamsError) as err:
+            load_params(path)
+        assert str(err.value).endswith(f"(YAML reads a number like {text} as a string: write it "
+                                       f"as {written})")
+        assert isinstance(yaml.safe_load(written), float)
+    with pytest.raises(ParamsError) as err:  # inf is refused as not finite: no hint to give
+        load_params(write(tmp_path, "pretrain:\n  weight_decay: 'inf'\n"))
+    assert "YAML reads" not in str(err.value)
     assert load_params(write(tmp_path, "pretrain:\n  weight_decay: 1.0e-4\n")).pretrain \
         .weight_decay == pytest.approx(1e-4)
 

@@ -7,11 +7,11 @@ other stage is up to date (``always_changed`` in dvc.yaml), for two reasons.
    of params.yaml first (``pipeline.params``: unknown and duplicated keys, types, ranges, infinite
    numbers, repeated sets and splits, K against the grid, batch sizes against the identities) and
    that the global batch of every training stage divides among the processes
-   ``runtime.launcher`` starts; that params.yaml holds the keys dvc.yaml's matrix reads; that
-   ``model.init`` is no model this pipeline writes; that every real set can be prepared (a tree,
-   its archives, or a URL); and that DVC's cache objects of the outputs dvc.lock records are
-   sound (``check_dvc_cache``: the project keeps ``cache.type`` hardlink, since a copy would
-   double the feature caches on disk, and an output written over in place damages its object).
+   ``runtime.launcher`` starts; that ``model.init`` is no model this pipeline writes; that
+   every real set can be prepared (a tree, its archives, or a URL); and that DVC's cache objects
+   of the outputs dvc.lock records are sound (``check_dvc_cache``: the project keeps
+   ``cache.type`` hardlink, since a copy would double the feature caches on disk, and an output
+   written over in place damages its object).
    Every other stage depends on it, so DVC stops here, before it touches any output; a refused
    value that `dvc exp run -S` left in the workspace's params.yaml is named as such.
 2. **Inputs DVC cannot see make their stages out of date.** ``data/raw/<name>`` is not a DVC
@@ -43,11 +43,11 @@ from pathlib import Path
 import yaml
 
 from pipeline.datasets.sources import unavailable
-from pipeline.errors import CacheError, DatasetError, InputError, ParamsError
+from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
 from pipeline.model import check_mobilenet_weights, imagenet_weights_file
-from pipeline.params import BACKBONE_INITS, Params, check_dvc_keys, load_params
+from pipeline.params import BACKBONE_INITS, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
 
@@ -130,6 +130,8 @@ def refuse_pipeline_output(init: str) -> None:
     it runs (pretrain.pt), or every run would start from the last one's output (a cycle)."""
     path = resolve_data_path(init).resolve()
     places = {MODELS.resolve(), resolve_data_path(MODELS).resolve()}
+    if (origin := experiment_origin()) is not None:  # an experiment's copy: its project's too
+        places.add((origin / MODELS).resolve())
     if any(path == place or place in path.parents for place in places):
         raise ParamsError(
             f"model.init: {init} is an output of this pipeline (under {MODELS}/): DVC deletes it "
@@ -157,14 +159,15 @@ def check_dvc_cache(lock: Path = Path("dvc.lock")) -> None:
     ``lock`` records. With ``cache.type`` hardlink (.dvc/config) an output and its cache object
     are one file: written over in place (by hand, or by ``torch.save`` from a notebook: root
     ignores the read-only bit), the cache is damaged, and DVC links the damaged object back
-    into the workspace the next time a stage makes that output again. Checked: each object's
-    size against dvc.lock, and the md5 of an object a workspace file shares, up to
-    ``REHASH_BYTES``; a folder output's objects likewise."""
+    into the workspace the next time a stage makes that output again. Checked: each file
+    output's object size against dvc.lock, and the md5 of every object its workspace file
+    shares (a hardlink or a symlink to it), up to ``REHASH_BYTES``; the files of a folder output
+    likewise (DVC's folder listings record no sizes: their shared objects are hashed)."""
     if not lock.exists():
         return
     try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    except yaml.YAMLError:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    except (yaml.YAMLError, AttributeError):
         return  # DVC reports its own lock file
     from dvc.repo import Repo  # only the check stage pays for importing DVC
 
@@ -174,39 +177,47 @@ def check_dvc_cache(lock: Path = Path("dvc.lock")) -> None:
     finally:
         repo.close()
     for stage, entry in stages.items():
-        for out in entry.get("outs", []):
+        for out in (entry or {}).get("outs") or []:
             md5 = out.get("md5")
             if not md5:
                 continue
-            problem = damaged_object(cache, md5, out.get("size"))
+            problem = damaged_object(cache, md5, out.get("size"), lock.parent / out["path"])
             if problem:
                 raise CacheError(
                     f"{out['path']}: DVC's cache holds a damaged copy of it ({problem}): the file "
                     f"was written over in place while it shared that object (cache.type "
-                    f"hardlink in .dvc/config). Remove the object (rm -f {problem.split(':')[0]}) "
-                    f"and run `dvc repro -f -s {stage}`, which writes the file again")
+                    f"hardlink in .dvc/config). Remove the object "
+                    f"(rm -f {problem.split(':')[0]}) and run `dvc repro -f -s {stage}`, which "
+                    f"writes the file again")
 
 
-def damaged_object(cache: Path, md5: str, size: int | None) -> str | None:
+def damaged_object(cache: Path, md5: str, size: int | None, workspace: Path) -> str | None:
     """What is wrong with the cache object of ``md5`` (``<object>: <why>``), or None when it is
-    absent (DVC's business) or sound."""
+    absent (DVC's business) or sound; ``workspace`` is the output's path (a folder's: its
+    files' paths are below it)."""
     path = cache / md5[:2] / md5[2:]
     if not path.is_file():
         return None
-    stat = path.stat()
-    if size is not None and not md5.endswith(".dir") and stat.st_size != size:
-        return f"{path}: {stat.st_size} bytes, dvc.lock records {size}"
     if md5.endswith(".dir"):
         try:
             entries = json.loads(path.read_text())
         except (OSError, ValueError):
             return f"{path}: not the folder listing DVC writes"
         for entry in entries if isinstance(entries, list) else []:
-            problem = damaged_object(cache, str(entry.get("md5", "")), entry.get("size"))
-            if problem:
-                return problem
+            if isinstance(entry, dict) and entry.get("md5") and entry.get("relpath"):
+                problem = damaged_object(cache, str(entry["md5"]), entry.get("size"),
+                                         workspace / entry["relpath"])
+                if problem:
+                    return problem
         return None
-    if stat.st_nlink > 1 and stat.st_size <= REHASH_BYTES and md5_file(path) != md5:
+    stat = path.stat()
+    if size is not None and stat.st_size != size:
+        return f"{path}: {stat.st_size} bytes, dvc.lock records {size}"
+    try:
+        shared = workspace.exists() and workspace.samefile(path)  # a hardlink or a symlink
+    except OSError:
+        shared = False
+    if shared and stat.st_size <= REHASH_BYTES and md5_file(path) != md5:
         return f"{path}: its md5 is {md5_file(path)}"
     return None
 
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         check(args)
-    except InputError as err:  # a refused value: say where it lives, if it lingers
+    except (ParamsError, DatasetError) as err:  # a refused value: where it lives, if it lingers
         if params_edited(args.params):
             err.args = (f"{err} ({WORKSPACE_HINT})",)
         raise
@@ -253,7 +264,6 @@ def main(argv: list[str] | None = None) -> None:
 def check(args: argparse.Namespace) -> None:
     """Check the params, DVC's cache and the inputs DVC cannot see; write the two records."""
     p = load_params(args.params)
-    check_dvc_keys(args.params)
     check_dvc_cache(args.lock)
     count = check_processes(p)
     raw = resolve_data_path(args.raw)
