@@ -71,11 +71,14 @@ class Curves:
         ``complete_epochs`` epochs, as the interrupted run logged them."""
         if self.live is None:
             return
+        first = 0  # the index of the current epoch's first row
         for i, row in enumerate(history):
             self.step(row, summary=False)
             last_of_epoch = i + 1 == len(history) or history[i + 1]["epoch"] != row["epoch"]
-            if last_of_epoch and row["epoch"] <= complete_epochs:
-                self.epoch([h for h in history if h["epoch"] == row["epoch"]])
+            if last_of_epoch:
+                if row["epoch"] <= complete_epochs:
+                    self.epoch(history[first:i + 1])
+                first = i + 1
 
     def step(self, row: dict, summary: bool = True) -> None:
         """Log one row of ``fit``'s history (its ``step`` and ``epoch``)."""

@@ -599,10 +599,7 @@ def check_dvc_keys(path: str | Path = "params.yaml") -> None:
     ``DVC_KEYS`` (DVC would fail with "Could not find 'data.video'"); after ``load_params``,
     which names a missing or unreadable file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    raw = yaml.safe_load(path.read_text())  # valid YAML: load_params has read it
     if not raw:
         raise ParamsError(f"{path}: empty; dvc.yaml's matrix reads {' and '.join(DVC_KEYS)} from "
                           f"it ({RESTORE})")

@@ -47,7 +47,7 @@ from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
 from pipeline.model import check_mobilenet_weights, imagenet_weights_file
-from pipeline.params import BACKBONE_INITS, Params, load_params
+from pipeline.params import BACKBONE_INITS, RESTORE, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
 
@@ -217,16 +217,15 @@ def damaged_object(cache: Path, md5: str, size: int | None, workspace: Path) -> 
         shared = workspace.exists() and workspace.samefile(path)  # a hardlink or a symlink
     except OSError:
         shared = False
-    if shared and stat.st_size <= REHASH_BYTES and md5_file(path) != md5:
-        return f"{path}: its md5 is {md5_file(path)}"
+    if shared and stat.st_size <= REHASH_BYTES and (found := md5_file(path)) != md5:
+        return f"{path}: its md5 is {found}"
     return None
 
 
 # where a refused value a `dvc exp run -S` wrote stays, and how to get rid of it
 WORKSPACE_HINT = ("the value is in the workspace's params.yaml: `dvc exp run -S` and `make paper` "
-                  "write it there, and it stays after a refusal; `git checkout params.yaml` "
-                  "restores the committed file, and `dvc exp run --temp` or `--queue` leave the "
-                  "workspace's params.yaml as it is")
+                  f"write it there, and it stays after a refusal; {RESTORE}, and `dvc exp run "
+                  "--temp` or `--queue` leave the workspace's params.yaml as it is")
 
 
 def params_edited(params: Path) -> bool:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                       p.model.N, sha256_file(args.index), sha256_file(args.init))
     resume = args.scratch / "last.pt"
     fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
-                  desc="finetune", curves=args.live, **fit_options(p.runtime, device))
+        desc="finetune", curves=args.live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(),
                      config_of(p.model, "backbone", "init", "last_stride", "N", "embed_dim"),

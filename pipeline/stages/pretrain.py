@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                       {n: sha256_file(f) for n, f in files.items()})
     resume = args.scratch / "last.pt"
     fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
-                  desc="pretrain", curves=args.live, **fit_options(p.runtime, device))
+        desc="pretrain", curves=args.live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(),
                      config_of(p.model, "backbone", "init", "last_stride", "embed_dim"), "baseline",
