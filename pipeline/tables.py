@@ -114,6 +114,13 @@ def resolve_data_path(path: Path | str, cwd: Path | None = None) -> Path:
 # --- the canonical tables on disk -----------------------------------------------------------------
 # Frame and image paths are stored relative to the dataset root, which is recorded once per file,
 # so an index stays valid when the repository moves (and is the same in experiment workspaces).
+# Each file also records what it indexes (``INDEX_META``): the set, the split, and the fingerprint
+# of the content of every frame and label map it lists (``files.content_fingerprint``). Every stage
+# that reads frames depends on its index file in dvc.yaml, so frames changed on disk (another
+# ``synthetic`` setting, a real set's frames replaced at the same paths) change the index and
+# re-run every stage that reads them, never only the index stage.
+
+INDEX_META = ("dataset", "split", "content")
 
 
 def _relative_records(paths, root: Path, source: Path) -> list[str]:
@@ -124,12 +131,13 @@ def _relative_records(paths, root: Path, source: Path) -> list[str]:
 
 
 def save_video_index(table: pd.DataFrame, root: Path, path: Path,
-                     recorded_root: Path | None = None) -> None:
-    """Write a video table as JSON: ``{"root": ..., "tracklets": [{pid, camid, subset,
+                     recorded_root: Path | None = None, meta: dict | None = None) -> None:
+    """Write a video table as JSON: ``{"root": ..., **meta, "tracklets": [{pid, camid, subset,
     is_query, frames: [relative paths], labels: [relative paths]}, ...]}``, ``labels`` only in
     tracklets that have label maps (a table without the column has none). Frames and label maps
     are relative to ``root``; the file records ``recorded_root`` (default ``root``) as the place
-    to find them."""
+    to find them. ``meta``: what the index stage records of the split (its dataset, split and the
+    fingerprint of the frames' content, ``INDEX_META``), read back as the table's ``attrs``."""
     root = Path(root)
     has_labels = "labels" in table.columns
     records = []
@@ -139,7 +147,8 @@ def save_video_index(table: pd.DataFrame, root: Path, path: Path,
         if has_labels and len(r.labels):
             record["labels"] = _relative_records(r.labels, root, path)
         records.append(record)
-    write_json(path, indent=None, obj={"root": str(recorded_root or root), "tracklets": records})
+    write_json(path, indent=None,
+               obj={"root": str(recorded_root or root), **(meta or {}), "tracklets": records})
 
 
 def _recorded_root(content: dict, path: Path) -> Path:
@@ -153,9 +162,11 @@ def _recorded_root(content: dict, path: Path) -> Path:
     return root
 
 
-def _read_index(path: Path, items: str, fields: tuple[str, ...]) -> tuple[Path, list[dict]]:
-    """An index file's root and its records, each checked to have ``fields``; a malformed file
-    is a DatasetError naming it and the expected shape."""
+def _read_index(path: Path, items: str, fields: tuple[str, ...],
+                ) -> tuple[Path, list[dict], dict]:
+    """An index file's root, its records, each checked to have ``fields``, and what it records
+    of itself (``INDEX_META``); a malformed file is a DatasetError naming it and the expected
+    shape."""
     expected = (f'expected an index written by the index stage: {{"root": ..., "{items}": '
                 f"[{{{', '.join(fields)}, ...}}, ...]}}")
     try:
@@ -166,7 +177,8 @@ def _read_index(path: Path, items: str, fields: tuple[str, ...]) -> tuple[Path, 
     if (not isinstance(records, list) or "root" not in content
             or not all(isinstance(r, dict) and set(fields) <= set(r) for r in records)):
         raise DatasetError(f"{path}: {expected}")
-    return _recorded_root(content, Path(path)), records
+    meta = {key: content[key] for key in INDEX_META if key in content}
+    return _recorded_root(content, Path(path)), records, meta
 
 
 def _under(root: Path, relative: str, path: Path) -> Path:
@@ -182,8 +194,8 @@ def _under(root: Path, relative: str, path: Path) -> Path:
 def load_video_index(path: Path) -> pd.DataFrame:
     """Read a table written by ``save_video_index``; frames and label maps become paths under its
     root again (a tracklet without ``labels``, as in every index of a real set: an empty list)."""
-    root, records = _read_index(path, "tracklets",
-                                ("pid", "camid", "subset", "is_query", "frames"))
+    root, records, meta = _read_index(path, "tracklets",
+                                      ("pid", "camid", "subset", "is_query", "frames"))
     rows = []
     for r in records:
         labels = r.get("labels", [])
@@ -192,20 +204,26 @@ def load_video_index(path: Path) -> pd.DataFrame:
                                "paths relative to the dataset root")
         rows.append({**r, "frames": [_under(root, f, path) for f in r["frames"]],
                      "labels": [_under(root, f, path) for f in labels]})
-    return video_table(rows, Path(path))
+    table = video_table(rows, Path(path))
+    table.attrs.update(meta)
+    return table
 
 
 def save_image_index(table: pd.DataFrame, root: Path, path: Path,
-                     recorded_root: Path | None = None) -> None:
-    """Write an image table as JSON: ``{"root": ..., "images": [{pid, camid, path}, ...]}``."""
+                     recorded_root: Path | None = None, meta: dict | None = None) -> None:
+    """Write an image table as JSON: ``{"root": ..., **meta, "images": [{pid, camid, path},
+    ...]}`` (``meta`` as in ``save_video_index``)."""
     root = Path(root)
     records = [{"pid": int(r.pid), "camid": int(r.camid), "path": rel}
                for r, rel in zip(table.itertuples(index=False),
                                  _relative_records(table["path"], root, path), strict=True)]
-    write_json(path, indent=None, obj={"root": str(recorded_root or root), "images": records})
+    write_json(path, indent=None,
+               obj={"root": str(recorded_root or root), **(meta or {}), "images": records})
 
 
 def load_image_index(path: Path) -> pd.DataFrame:
-    root, records = _read_index(path, "images", ("pid", "camid", "path"))
-    return image_table([{**r, "path": _under(root, r["path"], path)} for r in records],
-                       Path(path))
+    root, records, meta = _read_index(path, "images", ("pid", "camid", "path"))
+    table = image_table([{**r, "path": _under(root, r["path"], path)} for r in records],
+                        Path(path))
+    table.attrs.update(meta)
+    return table

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import http.server
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +27,7 @@ from PIL import Image
 
 from pipeline.datasets import sources
 from pipeline.errors import DatasetError, DownloadError
-from pipeline.files import md5_file
+from pipeline.files import content_fingerprint, md5_file
 from pipeline.stages import download, index
 from pipeline.tables import load_image_index, load_video_index
 from tools.experiments import out_of_date
@@ -462,3 +464,79 @@ def test_make_paper_stops_on_a_bad_dataset_and_appends_args(tmp_path):
     args = (tmp_path / "dvc-args").read_text().splitlines()
     assert args[:2] == ["exp", "run"] and args[-2:] == ["-S", "data.image=[]"]
     assert "data.video=[prid2011]" in args and "data.splits=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in args
+
+
+# --- what the index records of the frames' content (no stale results) ----------------------------
+
+
+def test_the_index_records_its_set_split_and_the_content_of_its_frames(tmp_path):
+    """Each index file names its set and split, and fingerprints the bytes of every frame and
+    label map it lists: frames written over at the same paths (same size, same time) change the
+    index, so every stage that reads them re-runs; the same frames generated again do not."""
+    params = write_params(tmp_path)
+    run_stages(tmp_path, params)
+    split = tmp_path / "index" / "synthetic" / "split_0.json"
+    images = tmp_path / "index" / "synthetic" / "images.json"
+    content = json.loads(split.read_text())
+    table = load_video_index(split)
+    listed = [*table["frames"].explode(), *table["labels"].explode()]
+    assert content["dataset"] == "synthetic" and content["split"] == 0
+    assert content["content"]["files"] == len(listed)
+    assert table.attrs == {"dataset": "synthetic", "split": 0, "content": content["content"]}
+    assert load_image_index(images).attrs["content"]["files"] == 3 * 2
+    before = {path: path.read_bytes() for path in (split, images)}
+
+    shutil.rmtree(tmp_path / "raw")  # generated again: other times, the same bytes
+    run_stages(tmp_path, params)
+    assert {path: path.read_bytes() for path in before} == before
+
+    frame, other = Path(listed[0]), Path(listed[1])
+    stat = frame.stat()
+    frame.write_bytes(other.read_bytes()[:stat.st_size].ljust(stat.st_size, b"\0"))
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
+    index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
+                str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+    changed = json.loads(split.read_text())
+    assert changed["content"]["sha256"] != content["content"]["sha256"]
+    assert changed["tracklets"] == content["tracklets"]  # the paths and ids alone did not change
+    assert images.read_bytes() == before[images]  # the image set's frames are others
+
+
+def test_an_experiment_generates_the_synthetic_set_in_its_own_workspace(tmp_path, monkeypatch):
+    """In a DVC experiment's copy of the project, a real set missing from the copy is read from
+    the project (a million frames are not copied), but the synthetic set is made in the copy:
+    an experiment never writes the frames the project reads."""
+    project = tmp_path / "project"
+    for name in ("synthetic", "mars"):
+        (project / "data" / "raw" / name).mkdir(parents=True)
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    raw = Path("data/raw")
+    assert download.dataset_root(raw, "synthetic") == raw / "synthetic"
+    assert download.dataset_root(raw, "mars") == project.resolve() / "data" / "raw" / "mars"
+    params = write_params(workspace)
+    download.main(["--params", str(params), "--raw", "data/raw", "--archives", "data/archives",
+                   "--manifest", "download.json"])
+    assert (workspace / "data" / "raw" / "synthetic" / "identities.json").is_file()
+    assert list((project / "data" / "raw" / "synthetic").iterdir()) == []  # left as it was
+    index.main(["--params", str(params), "--raw", "data/raw", "--out", "index",
+                "--stats", "stats.json"])
+    table = load_video_index(workspace / "index" / "synthetic" / "split_0.json")
+    assert Path(table["frames"][0][0]).resolve().is_relative_to(workspace.resolve())
+
+
+def test_content_fingerprint_hashes_relative_paths_and_md5s_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    a.write_bytes(b"first")
+    b.write_bytes(b"second")
+    md5 = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in (a, b)}
+    expected = hashlib.sha256(f"a.png\0{md5[a]}\nsub/b.png\0{md5[b]}\n".encode()).hexdigest()
+    known: dict = {}
+    assert content_fingerprint([a, b], tmp_path, known) == {"files": 2, "sha256": expected}
+    assert known == {str(a): md5[a], str(b): md5[b]}
+    assert content_fingerprint([b, a], tmp_path)["sha256"] != expected  # the order is read
+    # each file is read once across calls: a known md5 is taken as it is
+    assert content_fingerprint([a, b], tmp_path, {**known, str(a): "0" * 32}) != {
+        "files": 2, "sha256": expected}

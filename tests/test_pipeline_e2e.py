@@ -540,12 +540,73 @@ def test_an_init_from_the_pipeline_or_a_set_without_sources_costs_nothing(repo, 
 
 def test_frames_added_to_data_raw_rerun_download_and_index_only(repo):
     """data/raw is not a DVC dependency (too many files); the check stage's fingerprint of it
-    is, so a file added there re-runs download and index, and nothing after them when the tables
-    do not change (this file is not listed in the set's name lists)."""
+    is, so a file added there re-runs download and index, and nothing after them when the index
+    does not change (this file is not listed in the set's name lists, so no stage reads it)."""
     extra = repo / "data" / "raw" / "synthetic" / "video" / "bbox_test" / "stray.jpg"
     extra.write_bytes(b"not listed anywhere")
     assert ran(run(repo, "dvc", "repro")) == {CHECK, "download", "index"}
     assert up_to_date(repo)
+
+
+def tree_state(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: its md5 and modification time."""
+    return {str(path.relative_to(root)): (md5_of(path), path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+FRAME_READERS = {CHECK, "download", "index", *(f"{stage}@{RUN}" for stage in PER_SPLIT), "summary"}
+
+
+def test_frames_written_over_at_the_same_paths_rerun_every_stage_that_reads_them(repo,
+                                                                                monkeypatch):
+    """A video frame replaced in data/raw (same path; the index's paths and ids unchanged): the
+    index records the frames' content, so every stage that reads the set's frames runs again,
+    not only download and index. Pretrain depends on the whole data/index folder (the image sets
+    are a list dvc.yaml cannot spell out), so it runs too, and makes the same model: it reads the
+    image set, whose frames did not change."""
+    monkeypatch.chdir(repo)  # the index records the root relative to the project
+    table = load_video_index(Path("data/index/synthetic/split_0.json"))
+    frames = [Path(f) for f in table["frames"].explode()]
+    shutil.copy(frames[1], frames[0])
+    pretrained = lock_md5(repo, "pretrain", "data/models/pretrain.pt")
+    assert ran(run(repo, "dvc", "repro")) == FRAME_READERS | {"pretrain"}
+    assert lock_md5(repo, "pretrain", "data/models/pretrain.pt") == pretrained
+    assert up_to_date(repo)
+
+
+def test_a_temporary_experiment_on_other_frames_reruns_their_readers_in_its_own_workspace(repo):
+    """`dvc exp run --temp -S synthetic.occlusion_rate=1.0`: the experiment generates its frames
+    in its own workspace (the project's data/raw stays byte for byte and time for time as it
+    was), every stage that reads them runs again, and its figures are its own."""
+    raw = repo / "data" / "raw"
+    before = tree_state(raw)
+    output = run(repo, "dvc", "exp", "run", "--temp", "-S", "synthetic.occlusion_rate=1.0")
+    assert ran(output) >= FRAME_READERS, output
+    assert tree_state(raw) == before
+    assert up_to_date(repo)  # the workspace as it was
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json", stdout_only=True))
+    head = run(repo, "git", "rev-parse", "HEAD").strip()
+    [experiment] = [exp for rev in shown if rev["rev"] == head
+                    for experiment in rev["experiments"] or [] for exp in experiment["revs"]]
+    headline = experiment["data"]["metrics"]["metrics/results/synthetic.json"]["data"]
+    baseline = json.loads((repo / "metrics" / "results" / "synthetic.json").read_text())
+    assert headline != baseline
+
+
+def test_evaluate_refuses_the_index_of_another_split(repo):
+    """The results file records the split it is given: an index file of another split (or set)
+    is refused in one line, before anything is scored."""
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["evaluate"]
+    command = stage["cmd"].replace("${item.dataset}", "synthetic").replace("${item.split}", "0")
+    command = command.replace("--split 0", "--split 5").replace("metrics/", "other/")
+    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=repo,
+                            env=clean_env(repo.parent), capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/index/synthetic/split_0.json: indexes split 0, but --split is 5: pass the "
+        "split the index file was made for, or its own index file")
+    assert not (repo / "other").exists()
 
 
 def test_another_file_behind_the_same_model_init_reruns_pretraining(repo):

@@ -154,6 +154,15 @@ def prepare_real(name: str, root: Path, archive_dir: Path, raw: Path, video: boo
     return {"source": "archives", "md5": checksums}
 
 
+def dataset_root(raw: Path, name: str) -> Path:
+    """Where set ``name`` is prepared. In a DVC experiment's own copy of the project (``--temp``,
+    ``--queue``) a real set is read from the project it was copied from when the copy lacks it
+    (``resolve_data_path``: a million frames are not copied, and reading them changes nothing),
+    but the synthetic set is always generated in the copy itself: an experiment writes only in
+    its own workspace, never the frames the project and the experiments beside it read."""
+    return raw / name if name == "synthetic" else resolve_data_path(raw / name)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -162,11 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="JSON written here")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    # in an experiment workspace, the project's own data/raw and data/archives (never copied)
-    args.raw, args.archives = resolve_data_path(args.raw), resolve_data_path(args.archives)
+    # in an experiment workspace, the project's own data/archives (never copied; read only)
+    args.archives = resolve_data_path(args.archives)
     manifest = {}
     for name in dataset_names(params.data.video, params.data.image):
-        root = args.raw / name
+        root = dataset_root(args.raw, name)
         if name == "synthetic":
             entry = prepare_synthetic(params.synthetic, root)
         else:

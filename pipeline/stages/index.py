@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.datasets import index_images, index_video, num_splits
 from pipeline.datasets.common import check_video_invariants, screen_frames
-from pipeline.files import atomic_dir, write_json
+from pipeline.files import atomic_dir, content_fingerprint, write_json
 from pipeline.formatting import text_table
 from pipeline.params import load_params
 from pipeline.stages.common import run
@@ -65,22 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True)
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    raw = resolve_data_path(args.raw)  # the project's data/raw, also from an experiment workspace
 
     stats: dict = {"video": {}, "image": {}}
     rows = []
     with atomic_dir(args.out) as tmp:  # the whole index, swapped in only when complete
         for name in params.data.video:
             stats["video"][name] = {}
+            root = resolve_data_path(args.raw / name)  # see download.dataset_root
             checked: dict = {}  # frame verdicts, shared by the splits of this set
+            digests: dict = {}  # and their md5s
             for split in range(num_splits(name)):
                 log.info("%s: indexing split %d", name, split)
-                table = index_video(name, raw / name, split)
+                table = index_video(name, root, split)
                 table, skipped = screen_frames(table, params.data.bad_frames,
                                                f"{name} split {split}", checked=checked)
                 check_video_invariants(table, f"{name} split {split}")
-                save_video_index(table, raw / name, tmp / name / f"split_{split}.json",
-                                 recorded_root=args.raw / name)
+                content = content_fingerprint(
+                    [*table["frames"].explode().dropna(), *table["labels"].explode().dropna()],
+                    root, digests)
+                save_video_index(table, root, tmp / name / f"split_{split}.json",
+                                 recorded_root=args.raw / name,
+                                 meta={"dataset": name, "split": split, "content": content})
                 s = stats["video"][name][f"split_{split}"] = video_stats(table)
                 s["skipped"] = skipped
                 rows.append([name, split, s["train"]["ids"], s["train"]["tracklets"],
@@ -88,10 +93,13 @@ def main(argv: list[str] | None = None) -> None:
                              s["train"]["frames"] + s["test"]["frames"]])
         for name in params.data.image:
             log.info("%s: indexing images", name)
-            table = index_images(name, raw / name)
+            root = resolve_data_path(args.raw / name)
+            table = index_images(name, root)
             table, skipped = screen_frames(table, params.data.bad_frames, name, column="path")
-            save_image_index(table, raw / name, tmp / name / "images.json",
-                             recorded_root=args.raw / name)
+            save_image_index(table, root, tmp / name / "images.json",
+                             recorded_root=args.raw / name,
+                             meta={"dataset": name,
+                                   "content": content_fingerprint(list(table["path"]), root)})
             stats["image"][name] = {**image_stats(table), "skipped": skipped["frames"]}
     write_json(args.stats, stats)
 
