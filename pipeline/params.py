@@ -79,6 +79,13 @@ def at_least(default: int | float, lower: int | float) -> Any:
 MAX_SEED = 2**64 - 1
 
 
+def identities(default: int, why: str, most: int | None = 4000) -> Any:
+    """A count of synthetic identities, at least 2 (``why`` says what fewer break) and at most
+    ``most`` (None: no limit)."""
+    return field(default=default, metadata={"ge": 2, "why_min": why,
+                                            **({} if most is None else {"le": most})})
+
+
 def seed_field() -> Any:
     """A seed: an integer in [0, MAX_SEED]."""
     return field(default=0, metadata={"ge": 0, "le": MAX_SEED})
@@ -128,14 +135,23 @@ class DataParams:
                     "prid2011 and ilidsvid, in an experiment of their own)")
 
 
+# Why a synthetic set needs 2 training identities: the identity losses classify them.
+_ONE_CLASS = ("OIM and the softmax classify the training identities: on one, the loss is 0 and "
+              "{stages} learns nothing")
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
     seed: int = seed_field()  # the generator's own seed (the training seed does not change data)
-    train_identities: int = field(default=64, metadata={"ge": 1, "le": 4000})  # video train ids
+    # video train ids (OIM and softmax learn by telling at least 2 apart)
+    train_identities: int = identities(64, _ONE_CLASS.format(stages="every video stage"))
     # video test ids; with query_cameras 2, 900 official queries: a standard error of rank-1 of
     # at most 2 points from the sampling of the test identities alone (bootstrap, rank-1 near 0.5)
-    test_identities: int = field(default=450, metadata={"ge": 1, "le": 4000})
-    image_identities: int = at_least(128, 1)  # further ids, single images, for pretraining
+    test_identities: int = identities(450, (
+        "the 95 percent intervals resample the query identities: with one, every resample is the "
+        "same and the interval has width 0, so no difference between two rows can be read"))
+    # further ids, single images, for pretraining (at least 2, as train_identities)
+    image_identities: int = identities(128, _ONE_CLASS.format(stages="pretraining"), most=None)
     images_per_identity: int = at_least(6, 1)  # images of each pretraining identity
     # cameras, each with its own light, colour cast, clutter, noise and viewpoint; every identity
     # walks past every camera
@@ -367,19 +383,28 @@ def load_params(
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+        text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    return parse_params(text, str(path), overrides)
+
+
+def parse_params(text: str, origin: str,
+                 overrides: Mapping[str, Any] | Iterable[str] | None = None) -> Params:
+    """``load_params`` of a params file's text, e.g. ``git show <rev>:params.yaml``: ``origin``
+    names it in the errors (a path, or ``<rev>:params.yaml``)."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        raise ParamsError(f"{origin}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     for key, value in _parse_overrides(overrides).items():
         _set_dotted(raw, key, value)
     try:
         return from_dict(Params, raw)
     except ParamsError as err:
-        raise ParamsError(f"{path}: {err}") from None
+        raise ParamsError(f"{origin}: {err}") from None
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -487,7 +512,9 @@ def _check_range(value: Any, rules: Mapping[str, Any], key: str) -> None:
     for name, ok, _ in bounds:
         if name in rules and not ok(value, rules[name]):
             expected = " and ".join(f"{s} {rules[n]}" for n, _, s in bounds if n in rules)
-            raise ParamsError(f"{key}: expected a value {expected}, got {value!r}")
+            # a field whose minimum is not obvious says what a smaller value would break
+            why = f" ({rules['why_min']})" if name in ("ge", "gt") and "why_min" in rules else ""
+            raise ParamsError(f"{key}: expected a value {expected}, got {value!r}{why}")
 
 
 def _number_hint(text: str) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tools import experiments
@@ -157,8 +158,88 @@ def test_the_noise_line_reads_the_headline_intervals(tmp_path):
         {"R1": {"base": 30.0}, "mAP": {"base": 28.0}, "ci": {"R1": 3.4, "mAP": 2.9}}))
     (tmp_path / "old.json").write_text(json.dumps({"R1": {"base": 30.0}}))  # no interval yet
     assert noise_lines(tmp_path) == [
+        f"old: the test-set noise is undefined: {tmp_path / 'old.json'} has no 95 percent "
+        "interval (results scored before the intervals; `make repro` scores them again)",
         "synthetic: differences below 3.4 rank-1 points or 2.9 mAP points are test-set noise "
         "(the workspace's largest 95 percent half-width over the models)"]
+
+
+def test_a_noise_of_width_zero_or_none_is_undefined_not_below_zero_points(tmp_path):
+    """One test identity (or every query scored alike) gives intervals of width 0: no line may
+    say that differences below 0.0 points are noise."""
+    from tools.noise import noise_lines
+
+    (tmp_path / "a.json").write_text(json.dumps({"ci": {"R1": 0.0, "mAP": 0.0}}))
+    (tmp_path / "b.json").write_text(json.dumps({"ci": {"R1": 2.5}}))
+    lines = noise_lines(tmp_path)
+    assert lines == [
+        f"a: the test-set noise is undefined: in {tmp_path / 'a.json'} the 95 percent half-width "
+        "of rank-1 is 0.0 and of mAP is 0.0 (a width of 0: every query scored alike, or one test "
+        "identity), so no difference between two rows can be read against it",
+        f"b: the test-set noise is undefined: in {tmp_path / 'b.json'} the 95 percent half-width "
+        "of mAP is missing (a width of 0: every query scored alike, or one test identity), so no "
+        "difference between two rows can be read against it"]
+    assert not any("below 0.0" in line for line in lines)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"R1": {"base": 3', "not JSON (Expecting "),  # truncated
+    (b"[1, 2]", "expected the summary stage's JSON object (R1, mAP, ci), got a list"),
+    (b"\xff\xfe", "not JSON ('utf-8' codec can't decode"),  # not text
+])
+def test_a_corrupt_headline_file_is_one_line_naming_it(tmp_path, capsys, content, expected):
+    """`make exp` with a truncated metrics/results/<set>.json: one line naming the file and how
+    to restore it, status 1, no JSONDecodeError traceback."""
+    from tools.noise import main as noise_main
+
+    path = tmp_path / "synthetic.json"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        noise_main([str(tmp_path)])
+    message = str(exit_.value.code)
+    assert message.startswith(f"error: {path}: {expected}"), message
+    assert message.endswith(f"; `git checkout -- {path}` restores the committed file, "
+                            "`make repro` writes it again")
+    assert "\n" not in message and capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(("table", "seeds", "expected"), [
+    ("table1", ["-1"], "SEEDS (--seeds): expected values of attention.seed, integers >= 0 and "
+                       "<= 18446744073709551615, got '-1'"),
+    ("table1", ["1.5"], "SEEDS (--seeds): expected values of attention.seed, integers >= 0 and "
+                        "<= 18446744073709551615, got '1.5'"),
+    ("table1", ["0", "0"], "SEEDS (--seeds): expected each seed once, got 0 0 (repeats 0)"),
+    ("cnnseeds", ["2", "1", "2"], "CNN_SEEDS (--seeds): expected each seed once, got 2 1 2 "
+                                  "(repeats 2)"),
+    # seed + attention.seed seeds the heads: the other seed narrows the range
+    ("cnnseeds", [str(2**64 - 1)], "CNN_SEEDS (--seeds): expected values of seed, integers >= 0 "
+                                   "and <= 18446744073709551612 (attention.seed is 3, and seed + "
+                                   "attention.seed must stay <= 2**64 - 1), got "
+                                   "'18446744073709551615'"),
+])
+def test_bad_seeds_are_refused_in_one_line_before_anything_is_queued(
+        tmp_path, monkeypatch, table, seeds, expected):
+    """SEEDS=-1 would queue experiments that each fail at the check stage; SEEDS="0 0" would
+    count seed 0 twice. Both are one line naming the make variable and the range, before dvc
+    runs at all."""
+    def no_dvc(*args, **kwargs):
+        raise AssertionError("dvc ran")
+
+    monkeypatch.setattr(experiments, "dvc", no_dvc)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 0, "attention": {"seed": 3}}))
+    for action in ("run", "list"):
+        with pytest.raises(SystemExit) as exit_:
+            main([action, table, "--params", str(params), "--seeds", *seeds])
+        assert exit_.value.code == f"error: {expected}"
+
+
+def test_seeds_in_range_pass_as_integers(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 0}))
+    cells = cells_for("table1", str(params), ["2", " 07"])
+    assert sorted({c.seed for c in cells}) == [2, 7]
+    assert {c.seed for c in cells_for("table1", str(params), [str(2**64 - 1)])} == {2**64 - 1}
 
 
 def test_table1_seeds_re_run_no_cnn_stage():

@@ -19,6 +19,7 @@ from pipeline.params import (
     from_dict,
     load_params,
     paper_overrides,
+    parse_params,
     to_dict,
 )
 from pipeline.params import main as params_main
@@ -338,6 +339,45 @@ def test_seeds_beyond_what_every_rng_takes_are_refused(overrides, message):
     import torch
 
     torch.manual_seed(p.heads_seed)  # takes it
+
+
+@pytest.mark.parametrize(("key", "bounds", "why"), [
+    ("synthetic.train_identities", ">= 2 and <= 4000",
+     "OIM and the softmax classify the training identities: on one, the loss is 0 and every "
+     "video stage learns nothing"),
+    ("synthetic.image_identities", ">= 2",
+     "OIM and the softmax classify the training identities: on one, the loss is 0 and "
+     "pretraining learns nothing"),
+    ("synthetic.test_identities", ">= 2 and <= 4000",
+     "the 95 percent intervals resample the query identities: with one, every resample is the "
+     "same and the interval has width 0, so no difference between two rows can be read"),
+])
+def test_one_synthetic_identity_is_refused_saying_why(key, bounds, why):
+    """One training identity trains OIM on one class (loss 0, nothing learned); one test
+    identity gives intervals of width 0. The check names the key, the value, the minimum and
+    why; two is enough (a batch of P identities is checked against them too)."""
+    batches = [f"{section}.identities_per_batch=1" for section in (
+        "pretrain", "finetune", "attention.spatial", "attention.temporal", "joint")]
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", [f"{key}=1", *batches])
+    assert str(err.value) == (f"{ROOT / 'params.yaml'}: {key}: expected a value {bounds}, got 1 "
+                              f"({why})")
+    assert load_params(ROOT / "params.yaml", [f"{key}=2", *batches])
+    if "<=" in bounds:  # the upper bound has no such reason to give
+        with pytest.raises(ParamsError) as err:
+            load_params(ROOT / "params.yaml", [f"{key}=4001"])
+        assert str(err.value).endswith(f"{key}: expected a value {bounds}, got 4001")
+
+
+def test_params_of_a_commit_are_parsed_and_named_as_git_names_them():
+    """tools.report reads `git show <rev>:params.yaml`: the same checks, the errors naming
+    <rev>:params.yaml."""
+    text = (ROOT / "params.yaml").read_text()
+    assert parse_params(text, "abc:params.yaml") == load_params(ROOT / "params.yaml")
+    with pytest.raises(ParamsError, match=r"^abc:params\.yaml: model\.K: expected a value >= 1"):
+        parse_params("model:\n  K: 0\n", "abc:params.yaml")
+    with pytest.raises(ParamsError, match=r"^abc:params\.yaml: not valid YAML: line 2"):
+        parse_params("model: [\n", "abc:params.yaml")
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -549,3 +549,65 @@ def test_rev_that_is_no_commit_is_refused_before_dvc_runs(tmp_path, monkeypatch)
               str(tmp_path / "r.md"), "--chart", str(tmp_path / "c.png"), "--rev",
               "no-such-commit"])
     assert not list(tmp_path.glob("r.*"))
+
+
+def test_rev_reads_k_and_the_seeds_base_from_that_commits_params(git, tmp_path):
+    """`make report REV=<commit>`: K and Table 1's seed come from that commit's params.yaml, not
+    from the workspace's, which has moved on (K = 4, attention.seed 5): the commit's own K = 6
+    row is the baseline commit's, K = 4 its experiment, and nothing reads "missing"."""
+    exps = [experiment(git, "t2-k4", evals(0, {"temporal": 0.40}), params={"model": {"K": 4}})]
+    argv, out, _ = write_inputs(tmp_path, exp_show(git, evals(0, {"temporal": 0.60}), exps))
+    git.commits[HEAD]["params.yaml"] = "seed: 0\nmodel:\n  K: 6\n"
+    (tmp_path / "params.yaml").write_text("seed: 0\nmodel:\n  K: 4\nattention:\n  seed: 5\n")
+    main([*argv, "--rev", HEAD], read=git.read)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert (data["base_k"], data["base_seed"], data["seeds"]) == (6, 0, [0])
+    rows = {r["label"]: r for r in data["sections"][0]["table2"]}
+    assert rows["K = 6"]["experiments"] == ["baseline commit"]
+    assert rows["K = 6"]["rank1"]["mean"] == pytest.approx(0.60)
+    assert rows["K = 4"]["experiments"] == ["t2-k4"]
+    assert rows["K = 4"]["rank1"]["mean"] == pytest.approx(0.40)
+    assert set(data["problems"]) == {"t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool", "t2-k1",
+                                     "t2-k2", "t2-k8"}  # not "t2-k6", not the baseline commit
+
+
+def test_rev_without_readable_params_is_one_line(git, tmp_path):
+    argv, out, _ = write_inputs(tmp_path, exp_show(git, evals(0, {}), []))
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--rev", HEAD], read=git.read)
+    assert exit_.value.code == (f"error: --rev {HEAD}: path 'params.yaml' does not exist in "
+                                f"'{HEAD}'")
+    git.commits[HEAD]["params.yaml"] = "model:\n  K: 0\n"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--rev", HEAD], read=git.read)
+    assert exit_.value.code == (f"error: {HEAD}:params.yaml: model.K: expected a value >= 1, "
+                                "got 0")
+    assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(("seeds", "expected"), [
+    (["0", "0"], "SEEDS (--seeds): expected each seed once, got 0 0 (repeats 0)"),
+    (["-1"], "SEEDS (--seeds): expected values of attention.seed, integers >= 0 and <= "
+             "18446744073709551615, got '-1'"),
+    (["two"], "SEEDS (--seeds): expected values of attention.seed, integers >= 0 and <= "
+              "18446744073709551615, got 'two'"),
+])
+def test_repeated_or_invalid_seeds_are_refused_before_dvc_runs(tmp_path, monkeypatch, seeds,
+                                                               expected):
+    """SEEDS="0 0" counted seed 0 twice ("seeds found 2/2"); SEEDS=-1 reported rows of an
+    experiment no check lets run. One line naming SEEDS and the range; no dvc, no file."""
+    import tools.report as report
+    import tools.report_sources as sources
+
+    def no_dvc(*args, **kwargs):
+        raise AssertionError("dvc ran")
+
+    monkeypatch.setattr(sources, "dvc", no_dvc)
+    monkeypatch.setattr(report, "git_head", lambda rev: HEAD)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  video: [synthetic]\n  splits: [0]\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--params", str(params), "--json", str(tmp_path / "r.json"), "--out",
+              str(tmp_path / "r.md"), "--chart", str(tmp_path / "c.png"), "--seeds", *seeds])
+    assert exit_.value.code == f"error: {expected}"
+    assert not list(tmp_path.glob("r.*"))

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import ParamsError
 from pipeline.names import ROW
-from pipeline.params import load_params
+from pipeline.params import MAX_SEED, Params, load_params
 from tools.shell import BIN, run, user_env
 
 log = logging.getLogger("experiments")
@@ -170,14 +171,48 @@ def sweep_cells(seed: int) -> list[Cell]:
               for row in SWEEP)]
 
 
-def cells_for(table: str, params_path: str, seeds: list[int] | None) -> list[Cell]:
+# How the user gives each kind of seed: the make variable, then the option it fills
+SEEDS_OPTION = {SEED_KEY: "SEEDS (--seeds)", CNN_SEED_KEY: "CNN_SEEDS (--seeds)"}
+
+
+def checked_seeds(seeds: Sequence[int | str] | None, key: str, p: Params) -> list[int]:
+    """``seeds`` (as typed, or ints) as values of ``key`` (SEED_KEY or CNN_SEED_KEY), [] for
+    none. Refused up front, naming SEEDS_OPTION[key] and the range: a repeat (it would count
+    twice) or a seed the check stage would refuse in every experiment it names."""
+    seeds, option = list(seeds or ()), SEEDS_OPTION[key]
+    # seed + attention.seed seeds the heads (Params.heads_seed): both share MAX_SEED
+    other, other_key = (p.seed, CNN_SEED_KEY) if key == SEED_KEY else (p.attention.seed, SEED_KEY)
+    top = MAX_SEED - other
+    valid = f"integers >= 0 and <= {top}"
+    if other:
+        valid += f" ({other_key} is {other}, and seed + attention.seed must stay <= 2**64 - 1)"
+    for seed in seeds:
+        if not _is_seed(seed, top):
+            raise ParamsError(f"{option}: expected values of {key}, {valid}, got {seed!r}")
+    numbers = [int(seed) for seed in seeds]
+    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if repeated:
+        raise ParamsError(f"{option}: expected each seed once, got {' '.join(map(str, numbers))} "
+                          f"(repeats {', '.join(map(str, repeated))})")
+    return numbers
+
+
+def _is_seed(seed: int | str, top: int) -> bool:
+    text = str(seed).strip()
+    # ASCII digits only: no sign, point or exponent (and none of the digits int() refuses, ²)
+    return text.isascii() and text.isdigit() and int(text) <= top
+
+
+def cells_for(table: str, params_path: str, seeds: Sequence[int | str] | None) -> list[Cell]:
     p = load_params(params_path)
     if table == "cnnseeds":
-        return cnn_seed_cells(seeds or CNN_SEEDS, p.seed, p.attention.seed)
+        return cnn_seed_cells(checked_seeds(seeds, CNN_SEED_KEY, p) or CNN_SEEDS, p.seed,
+                              p.attention.seed)
     if table == "sweep":
         return sweep_cells(p.attention.seed)
     if table == "table1":
-        return table1_cells(seeds or [p.attention.seed], p.attention.seed)
+        return table1_cells(checked_seeds(seeds, SEED_KEY, p) or [p.attention.seed],
+                            p.attention.seed)
     return table2_cells(p.model.K, p.attention.seed)
 
 
@@ -250,10 +285,11 @@ def run_experiments(queue: dict[str, tuple[tuple[str, str], ...]], jobs: int) ->
     dvc("exp", "run", "--run-all", "--jobs", str(jobs), echo=True)
 
 
-def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
+def run_table(table: str, params_path: str, seeds: Sequence[int | str] | None, jobs: int,
               only: list[str] | None = None) -> None:
     """Queue the table's experiments that this commit lacks (or just those named in ``only``),
     run them, and fail naming any that did not complete."""
+    cells = cells_for(table, params_path, seeds)  # bad params or seeds: refused before dvc runs
     if out_of_date(json.loads(dvc("status", "--json") or "{}")):
         raise SystemExit("error: the pipeline is not up to date: run `make repro` and commit "
                          "dvc.lock and metrics/ first (experiments are based on that commit)")
@@ -265,7 +301,6 @@ def run_table(table: str, params_path: str, seeds: list[int] | None, jobs: int,
     if dirty:
         raise SystemExit(f"error: uncommitted changes in {', '.join(tracked)}:\n{dirty}commit "
                          "them first: the report reads the baseline rows from the commit")
-    cells = cells_for(table, params_path, seeds)
     done = existing_experiments(json.loads(dvc("exp", "show", "--json")))
     planned = to_queue(cells)
     unknown = sorted(set(only or ()) - set(planned))
@@ -296,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=("run", "list"))
     parser.add_argument("table", choices=("table1", "table2", "sweep", "cnnseeds"))
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
+    parser.add_argument("--seeds", nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
                         f"(default: the params' own); CNN seeds: values of {CNN_SEED_KEY} "
                         f"(default: {' '.join(map(str, CNN_SEEDS))})")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at a time")
@@ -304,13 +339,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    if args.action == "list":
-        for cell in cells_for(args.table, args.params, args.seeds):
-            over = " ".join(f"-S {k}={v}" for k, v in cell.overrides)
-            print(f"{cell.label:22s} seed {cell.seed}  {cell.model:9s} "
-                  f"{cell.experiment or '(baseline commit)':22s} {over}")
-        return
-    run_table(args.table, args.params, args.seeds, args.jobs, args.only)
+    try:
+        if args.action == "run":
+            run_table(args.table, args.params, args.seeds, args.jobs, args.only)
+            return
+        cells = cells_for(args.table, args.params, args.seeds)
+    except ParamsError as err:
+        raise SystemExit(f"error: {err}") from None
+    for cell in cells:
+        over = " ".join(f"-S {k}={v}" for k, v in cell.overrides)
+        print(f"{cell.label:22s} seed {cell.seed}  {cell.model:9s} "
+              f"{cell.experiment or '(baseline commit)':22s} {over}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ standard deviation over the dataset's splits. A row without usable results says 
 
     python -m tools.report --params params.yaml --json metrics/report.json \
         --out metrics/report.md --chart metrics/plots/table1.png [--seeds 0 1 2] \
-        [--show-json exp-show.json]
+        [--show-json exp-show.json] [--rev <commit>: its params.yaml, not --params]
 """
 
 from __future__ import annotations
@@ -31,13 +31,21 @@ from pathlib import Path
 
 from pipeline.errors import ParamsError
 from pipeline.files import write_text
-from pipeline.params import load_params, run_name
-from tools.experiments import Cell, cnn_seed_cells, table1_cells, table2_cells
+from pipeline.params import Params, load_params, parse_params, run_name
+from tools.experiments import (
+    SEED_KEY,
+    Cell,
+    checked_seeds,
+    cnn_seed_cells,
+    table1_cells,
+    table2_cells,
+)
 from tools.report_chart import draw_chart
 from tools.report_data import Report, read_report, write_report
 from tools.report_sources import (
     EVAL_DIR,
     EVAL_FILE,
+    PARAMS_FILE,
     Reader,
     ReportError,
     Source,
@@ -127,6 +135,18 @@ def _protocol_rank(protocol: str) -> tuple[int, str]:
     return order, protocol
 
 
+def commit_params(path: str, rev: str | None, read: Reader) -> Params:
+    """The params the reported rows were run with: those of commit ``rev`` when the report is
+    about one (the workspace's file may have another K or seed since), else the file ``path``."""
+    if rev is None:
+        return load_params(path)
+    try:
+        text = read(rev, PARAMS_FILE)
+    except FileNotFoundError as err:
+        raise ReportError(f"--rev {rev}: {err}") from None
+    return parse_params(text, f"{rev}:{PARAMS_FILE}")
+
+
 def _optional_json(path: Path, tool: str) -> dict | None:
     """An optional input of the report: its JSON, or None when the file does not exist."""
     if not path.exists():
@@ -154,24 +174,24 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser.add_argument("--references", type=Path, default=Path("metrics/references.json"),
                         help="floor and ceilings of the test set (tools.references), printed "
                              "with the run's models when the file exists")
-    parser.add_argument("--seeds", type=int, nargs="+",
+    parser.add_argument("--seeds", nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
     parser.add_argument("--rev", help="the baseline commit to report: experiments belong to the "
-                                      "commit they were run from (default: the git HEAD when "
-                                      "running dvc, the first commit of --show-json)")
+                                      "commit they were run from, and so do the params read "
+                                      "(its params.yaml, not --params; default: the git HEAD "
+                                      "when running dvc, the first commit of --show-json)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        p = load_params(args.params)
-        if args.show_json is not None:
-            show, head = load_show_json(args.show_json), args.rev
-        else:
-            head = git_head(args.rev or "HEAD")
-            if args.rev and head is None:
-                raise ReportError(f"--rev {args.rev}: not a commit of this repository")
-            show = run_exp_show(head if args.rev else None)
-        report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=args.seeds,
+        head = args.rev if args.show_json is not None else git_head(args.rev or "HEAD")
+        if args.rev and head is None:
+            raise ReportError(f"--rev {args.rev}: not a commit of this repository")
+        p = commit_params(args.params, head if args.rev else None, read)
+        seeds = checked_seeds(args.seeds, SEED_KEY, p)  # before dvc runs
+        show = (load_show_json(args.show_json) if args.show_json is not None
+                else run_exp_show(head if args.rev else None))
+        report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=seeds,
                               head=head, read=read, cnn_seed=p.seed)
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
