@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import InputError
+
 # fit's history columns logged per step, and those averaged over each epoch
 BATCH = ("lr", "loss", "id_loss", "diversity", "map_entropy", "map_saturated")
 MEAN = ("loss", "id_loss", "diversity", "map_entropy", "map_saturated")
@@ -106,11 +108,46 @@ class Curves:
 
 def read_means(directory: str | Path) -> pd.DataFrame:
     """The per-epoch means a run logged (``mean/<name>.tsv``), one row per epoch indexed from 1;
-    empty when the run logged no epoch (nothing trained)."""
+    empty when the run logged no epoch (nothing trained). A file that does not read as DVCLive
+    wrote it is an ``InputError`` naming it (``read_plot``)."""
     folder = Path(directory) / "plots" / "metrics" / "mean"
-    tables = [pd.read_csv(f, sep="\t").set_index("step") for f in sorted(folder.glob("*.tsv"))]
+    tables = [read_plot(f) for f in sorted(folder.glob("*.tsv"))]
     if not tables:
         return pd.DataFrame()
     means = pd.concat(tables, axis=1).sort_index().reset_index(drop=True)
     means.index = pd.RangeIndex(1, len(means) + 1, name="epoch")
     return means
+
+
+def read_plot(path: Path) -> pd.DataFrame:
+    """One DVCLive plot file, ``step`` and ``<name>`` (its file name) tab-separated, one row of
+    numbers per logged step: the ``<name>`` column indexed by step.
+
+    Raises:
+        InputError: naming the file, when it is not that (truncated, edited, another table).
+    """
+    name = path.stem
+    try:
+        table = pd.read_csv(path, sep="\t")
+        reason = _plot_problem(table, name)
+    except ValueError as err:  # pandas' parser and empty-file errors, a non-UTF-8 file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if reason:
+        raise InputError(f"{path}: expected DVCLive's tab-separated columns step and {name}, one "
+                         f"row of numbers per epoch ({reason}); run the training stage that "
+                         f"wrote it again, or restore it: git checkout -- {path}")
+    return table.set_index("step")[[name]]
+
+
+def _plot_problem(table: pd.DataFrame, name: str) -> str:
+    """What keeps ``table`` from being a plot file of ``name`` ("" when nothing does)."""
+    missing = [c for c in ("step", name) if c not in table.columns]
+    if missing:
+        return f"no column {', '.join(missing)}; found {', '.join(map(str, table.columns))}"
+    if table.empty:
+        return "no rows"
+    if not all(pd.api.types.is_numeric_dtype(table[c]) for c in ("step", name)):
+        return "a value that is not a number"
+    if not table["step"].is_unique:
+        return "a step written twice"
+    return ""

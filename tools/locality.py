@@ -18,6 +18,7 @@ the person; person at or below background: every cell already sees the person.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -29,12 +30,14 @@ from tqdm import tqdm
 
 from pipeline.attention_stats import BACKGROUND, person_labels
 from pipeline.data import ClipDataset
+from pipeline.errors import MissingWeightsError
 from pipeline.features import read_label_map
 from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
 from pipeline.model import build_backbone
 from pipeline.params import load_params, run_name
 from pipeline.sampling import restricted_random_sample
+from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 from pipeline.train import load_exported
 from tools.cell_probe import scores
@@ -68,14 +71,22 @@ def parse_candidate(text: str) -> tuple[str, str, str]:
     return name, source, module
 
 
-def load_backbone(source: str, params_path: Path) -> nn.Module:
-    """The backbone of an exported model, or ``imagenet``: the ImageNet weights of the params'
-    ``model.backbone`` and ``model.last_stride``."""
-    if source == "imagenet":
-        p = load_params(params_path)
+def load_backbone(name: str, source: str, params_path: Path) -> nn.Module:
+    """The backbone of candidate ``name``: of an exported model, or ``imagenet``: the ImageNet
+    weights of the params' ``model.backbone`` and ``model.last_stride``."""
+    if source != "imagenet":
+        model, _ = load_exported(source)
+        return model.backbone
+    p = load_params(params_path)
+    try:
         return build_backbone(p.model.backbone, "imagenet", p.model.last_stride)
-    model, _ = load_exported(source)
-    return model.backbone
+    except (MissingWeightsError, FileNotFoundError) as err:  # offline, not cached, not installed
+        # the model's advice ends "or set model.init=scratch", which does not drop a candidate
+        reason = re.sub(r",? or set model\.init=scratch\.?$", "",
+                        str(err).removeprefix("model.init=imagenet: "))
+        raise MissingWeightsError(f"candidate {name!r} of tools.locality: {reason}; or measure "
+                                  "the other grids alone: --candidate NAME=SOURCE:MODULE for "
+                                  "each") from err
 
 
 def pool_grids(grids: np.ndarray, shares: np.ndarray) -> dict[str, np.ndarray]:
@@ -164,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     size = (p.data.height, p.data.width)
     result: dict = {"index": str(args.index), "input": list(size), "frames_per_tracklet": p.model.N,
                     "candidates": {}}
-    for name, source, module in args.candidate or default_candidates(args.params):
-        backbone = load_backbone(source, args.params)
+    candidates = args.candidate or default_candidates(args.params)
+    # every backbone loaded before the first is measured: weights that are not there stop the
+    # run at once, not after the other candidates' minutes
+    backbones = [load_backbone(name, source, args.params) for name, source, _ in candidates]
+    for (name, source, module), backbone in zip(candidates, backbones, strict=True):
         result["candidates"][name] = {"source": source, "module": module,
                                       **candidate_locality(backbone, module, test, size,
                                                            p.model.N)}
@@ -175,4 +189,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # bad input (a missing file, weights not there): one line, exit status 1

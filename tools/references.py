@@ -36,6 +36,7 @@ from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import evaluate_rank, protocol_gallery, same_camera, score
 from pipeline.sampling import restricted_random_sample
+from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 
 STRIPES = 8  # horizontal stripes of a frame
@@ -194,4 +195,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # bad input: one line, exit status 1

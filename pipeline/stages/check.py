@@ -5,9 +5,11 @@ other stage is up to date (``always_changed`` in dvc.yaml), for two reasons.
    stage's command; a params value the stage then refuses would leave the stage with no outputs
    (for the metrics and plots that git keeps, no copy in DVC's cache either). This stage checks all
    of params.yaml first (``pipeline.params``: unknown and duplicated keys, types, ranges, infinite
-   numbers, repeated sets and splits, K against the grid, batch sizes against the identities) and
-   that the global batch of every training stage divides among the processes
-   ``runtime.launcher`` starts; that ``model.init`` is no model this pipeline writes; that
+   numbers, repeated sets and splits, K against the grid, batch sizes against the identities);
+   ``runtime.launcher``'s options as torchrun reads them (``launch.torchrun_args``) and that the
+   global batch of every training stage divides among the processes it starts; that
+   ``model.init`` is no model this pipeline writes and loads as pretrain will load it (ImageNet
+   weights on this machine, a checkpoint of plain tensors that fits the backbone); that
    every real set can be prepared (a tree, its archives, or a URL); and that DVC's cache objects
    of the outputs dvc.lock records are sound (``check_dvc_cache``: the project keeps
    ``cache.type`` hardlink, since a copy would double the feature caches on disk, and an output
@@ -16,12 +18,13 @@ other stage is up to date (``always_changed`` in dvc.yaml), for two reasons.
    value that `dvc exp run -S` left in the workspace's params.yaml is named as such.
 2. **Inputs DVC cannot see make their stages out of date.** ``data/raw/<name>`` is not a DVC
    dependency (a million frames would slow every ``dvc status``): the download stage records a
-   fingerprint of each set it prepared (files, bytes and a hash of relative paths and sizes) in
-   its manifest, and ``--datasets`` says, per set, "as prepared" while the tree still has that
-   fingerprint, else the new fingerprint. The download stage depends on it, so frames added,
-   removed or resized since make download and index run again (and what follows only where the
-   tables change); the next run finds the tree as prepared again (one more download run, whose
-   manifest is the same, so index stays). ``--init`` records what ``model.init`` names (a
+   fingerprint of each set it prepared (files, bytes and a hash of relative paths, sizes and
+   modification times) in its manifest, and ``--datasets`` says, per set, "as prepared" while
+   the tree still has that fingerprint, else the new fingerprint. The download stage depends on
+   it, so frames added, removed, resized or written over since make download and index run
+   again; the index records the content of the frames it lists, so what follows runs again
+   where they changed; the next run finds the tree as prepared again (one more download run,
+   whose manifest is the same, so index stays). ``--init`` records what ``model.init`` names (a
    checkpoint file by its sha256); the pretrain stage depends on it, so another file behind the
    same path re-runs pretraining.
 
@@ -46,7 +49,7 @@ from pipeline.datasets.sources import unavailable
 from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
-from pipeline.model import check_mobilenet_weights, imagenet_weights_file
+from pipeline.model import build_backbone, check_mobilenet_weights, imagenet_weights_file
 from pipeline.params import BACKBONE_INITS, RESTORE, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
@@ -86,7 +89,8 @@ def datasets_record(p: Params, raw: Path, manifest: dict | None) -> dict:
         if not isinstance(prepared, dict):
             record[name] = AS_PREPARED
             continue
-        now = tree_fingerprint(raw / name) if (raw / name).exists() else None
+        root = resolve_data_path(raw / name)  # as the index stage reads it
+        now = tree_fingerprint(root) if root.exists() else None
         same = now is not None and all(now[k] == prepared.get(k) for k in FINGERPRINT)
         record[name] = AS_PREPARED if same else now
     return record
@@ -102,22 +106,27 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def init_record(p: Params) -> dict:
-    """What ``model.init`` names: the keyword (ImageNet: torchvision's fixed weights of a ResNet;
-    for MobileNetV2 the installed package's weights file, by its sha256, checked), or the
-    checkpoint file by its sha256."""
-    init = p.model.init
+    """What ``model.init`` names, checked as the pretrain stage will read it, so that a refusal
+    comes before DVC deletes pretrain's outputs: the keyword (ImageNet: the weights file must be
+    on this machine, ``MissingWeightsError`` saying how to get it; MobileNetV2's is the installed
+    package's, recorded by its checked sha256), or the checkpoint file by its sha256, loaded
+    (``weights_only``: no pickled objects) into the backbone it must fit."""
+    init, backbone = p.model.init, p.model.backbone
     if init not in BACKBONE_INITS:
         refuse_pipeline_output(init)
-    if init == "imagenet" and p.model.backbone == "mobilenet_v2":
-        path = imagenet_weights_file(p.model.backbone)  # MissingWeightsError: not installed
-        return {"init": init, "backbone": p.model.backbone,
-                "sha256": check_mobilenet_weights(path)}
+    if init == "imagenet":
+        path = imagenet_weights_file(backbone)  # a ResNet's is downloaded when missing
+        record = {"init": init, "backbone": backbone}
+        if backbone == "mobilenet_v2":  # a package's file: it can change behind the same path
+            record["sha256"] = check_mobilenet_weights(path)
+        return record
     if init in BACKBONE_INITS:
-        return {"init": init, "backbone": p.model.backbone}
+        return {"init": init, "backbone": backbone}
     path = resolve_data_path(init)
     if not path.is_file():
         raise ParamsError(f"model.init: {init} is neither {' nor '.join(BACKBONE_INITS)} nor an "
                           "existing checkpoint file")
+    build_backbone(backbone, str(path), p.model.last_stride)  # CheckpointError: as pretrain's
     return {"init": init, "sha256": sha256_file(path)}
 
 
@@ -145,7 +154,9 @@ def check_sources(p: Params, raw: Path, archives: Path) -> None:
     public URL (``sources.unavailable``); else the download stage's instructions, here, before
     DVC removes the download stage's manifest."""
     for name in dict.fromkeys(p.data.video + p.data.image):
-        if name != "synthetic" and (problem := unavailable(name, raw, archives)):
+        if name == "synthetic":
+            continue
+        if problem := unavailable(name, resolve_data_path(raw / name).parent, archives):
             raise DatasetError(problem)
 
 
@@ -238,7 +249,7 @@ def params_edited(params: Path) -> bool:
                               cwd=params.resolve().parent, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
-    return diff.returncode == 1
+    return diff.returncode == 1 and not diff.stderr  # outside git: 1 too, with an error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,10 +276,10 @@ def check(args: argparse.Namespace) -> None:
     p = load_params(args.params)
     check_dvc_cache(args.lock)
     count = check_processes(p)
-    raw = resolve_data_path(args.raw)
-    check_sources(p, raw, resolve_data_path(args.archives))
-    write_json(args.datasets, datasets_record(p, raw, read_manifest(args.manifest)))
-    write_json(args.init, init_record(p))
+    init = init_record(p)  # before anything is written: a refusal leaves both records as they are
+    check_sources(p, args.raw, resolve_data_path(args.archives))
+    write_json(args.datasets, datasets_record(p, args.raw, read_manifest(args.manifest)))
+    write_json(args.init, init)
     log.info("%s: every value checked; %s process(es) per training stage", args.params,
              count or "a torchrun-chosen number of")
 

@@ -67,7 +67,9 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     """Run a stage's ``main`` with logging set up; bad input ends it with one line ``error: ...``
     on stderr (``error_line``; rank 0 alone under torchrun, ``reports``) and exit status 1,
     SIGINT/SIGTERM with a message and 128 + the signal's number (``distributed.Stopped``;
-    training stages write a resume checkpoint first)."""
+    training stages write a resume checkpoint first). Run by DVC, a stage that ends well records
+    its time (``record_time``); a record it cannot write is one line ``warning: ...``, never a
+    failure of the stage."""
     setup_logging()
     distributed.install_signal_handlers()
     try:
@@ -86,7 +88,12 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         raise SystemExit(1) from None
     distributed.shutdown()
     if os.environ.get(DVC_STAGE) and reports(None):
-        record_time(TIMINGS, os.environ[DVC_STAGE], process_age())
+        try:
+            record_time(TIMINGS, os.environ[DVC_STAGE], process_age())
+        except OSError as err:  # a record of the run: its outputs are complete, the stage ends well
+            print(f"warning: {TIMINGS}: {os.environ[DVC_STAGE]}'s time not recorded "
+                  f"({DISK_ERRORS.get(err.errno) or err.strerror or err}); the stage's outputs "
+                  "are complete", file=sys.stderr)
 
 
 # --- how long each stage took ---------------------------------------------------------------------

@@ -53,7 +53,7 @@ from pipeline.attention_stats import (
     head_count,
 )
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, DatasetError
 from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.figures import attention_figure, save_figure
 from pipeline.files import check_writable, sha256_file, write_csv, write_json
@@ -142,6 +142,14 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
         save_figure(fig, out_dir / f"q{row.Index:04d}_pid{row.pid}_cam{row.camid}.png")
 
 
+def protocols(p: Params) -> list[str]:
+    """The protocols scored: the official one first, always (the summary's headline in
+    metrics/results is official, so that `dvc exp show` never compares an experiment's
+    torchreid figures with another's official ones), then the others ``evaluate.protocols``
+    lists."""
+    return list(dict.fromkeys(["official", *p.evaluate.protocols]))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -178,6 +186,11 @@ class TestSet:
 def load_test_set(args: argparse.Namespace, p: Params, device: torch.device) -> TestSet:
     size = (p.data.height, p.data.width)
     table = load_video_index(args.index)
+    for key, given in (("dataset", args.dataset), ("split", args.split)):
+        if key in table.attrs and table.attrs[key] != given:  # what the results file records
+            raise DatasetError(f"{args.index}: indexes {key} {table.attrs[key]!r}, but --{key} "
+                               f"is {given!r}: pass the {key} the index file was made for, or "
+                               "its own index file")
     test = table[table["subset"] == "test"].reset_index(drop=True)
     expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": size[0],
               "width": size[1]}
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             if payload["kind"] == "net":  # Fig. 3 needs a model that runs on frames
                 drawn_with = model
         if world.is_main:  # the other ranks only embed their share of the test batches
-            results[name], per_protocol = score(features, *ids, p.evaluate.protocols,
+            results[name], per_protocol = score(features, *ids, protocols(p),
                                                 p.evaluate.max_rank, args.dataset)
             curves.update({f"{name}_{protocol}": c for protocol, c in per_protocol.items()})
             cameras[name] = same_camera(features, *ids)

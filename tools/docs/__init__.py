@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from pipeline.errors import InputError
 from pipeline.files import write_text
 from tools.docs.bench import bench_block, bench_notes_block
 from tools.docs.cache_disk import cache_disk_block
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if changed and not args.check:
                 write_text(path, new)
                 print(f"wrote {source} ({', '.join(changed)})")
-    except DocsError as err:
+    except (DocsError, InputError) as err:  # a source or params.yaml that does not read
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.check and stale:

@@ -11,6 +11,7 @@ from pipeline.formatting import corr, markdown_table, num, pct_of
 from pipeline.metrics import HEADLINE_CI
 from pipeline.names import ROW, SHORT
 from pipeline.params import load_params
+from pipeline.stages.summary import HEADLINE_PROTOCOL
 from tools.docs.common import field_of, read_json
 
 
@@ -30,7 +31,7 @@ def headline_block(root: Path) -> str:
               "interval over the models (bootstrap over the query identities); a difference "
               "smaller than it is within the noise of the test set." if HEADLINE_CI in head
               else "")
-        parts.append(f"Headline (`{relative}`): {p.evaluate.protocols[0]} protocol, percent, "
+        parts.append(f"Headline (`{relative}`): {HEADLINE_PROTOCOL} protocol, percent, "
                      f"mean over the splits.{ci}\n\n" + markdown_table(header, [row]))
     return "\n\n".join(parts)
 
