@@ -1,4 +1,5 @@
-"""The res5c feature cache (HDF5) and batched feature extraction.
+"""The res5c feature cache (HDF5; the grids of the backbone's ``model.grid_block``, res5c by
+default) and batched feature extraction.
 
 With the CNN fixed, the attention heads only ever see res5c grids, so the cache stage computes them
 once and every attention experiment (K, d, diversity, enhancement, pooling, learning rates) trains
@@ -23,11 +24,12 @@ to 1; ``visibility`` counts the label map at its own size. The file attribute ``
 the P labels; ``read_parts`` reads the three, or None from a cache of a set without label maps.
 
 Attributes record what the grids depend on (``checkpoint_sha256``, ``backbone``, ``last_stride``,
-``height``, ``width``, ``max_frames_per_tracklet``); ``open_cache`` refuses a file whose attributes
-differ from what the caller expects. Grids are written batch by batch (memory does not grow with
-the dataset) into a temporary file that is renamed only when complete; under torchrun the ranks
-share the frames and rank 0 writes. Disk cost: D x h x w x 2 bytes per frame, 128 KiB at
-2048 x 8 x 4.
+``grid_block``: the backbone's block whose output they are, stored only when not its last, see
+``LATER_ATTRS``; ``height``, ``width``, ``max_frames_per_tracklet``); ``open_cache`` refuses a
+file whose attributes differ from what the caller expects. Grids are written batch by batch
+(memory does not grow with the dataset) into a temporary file that is renamed only when complete;
+under torchrun the ranks share the frames and rank 0 writes. Disk cost: D x h x w x 2 bytes per
+frame, 128 KiB at 2048 x 8 x 4.
 """
 
 from __future__ import annotations
@@ -52,21 +54,42 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ParamsError
 from pipeline.files import atomic_path, check_writable, sha256_file
 from pipeline.model import HeadOutput
+from pipeline.params import GRID_BLOCKS, canonical_grid_block
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 SUBSETS = ("train", "test")
 
 
-def cache_attrs(model_path: str | Path, payload: dict) -> dict:
-    """What the grids depend on (the backbone checkpoint's hash and architecture), as written by
-    the cache stage and checked by every reader."""
+def cache_attrs(model_path: str | Path, payload: dict, grid_block: str | None = None) -> dict:
+    """What the grids depend on (the backbone checkpoint's hash and architecture, and with
+    ``grid_block`` the block whose output they are: ``model.grid_block``, ``last`` also for the
+    name of the backbone's last block), as written by the cache stage and checked by every reader
+    (a reader without ``grid_block`` does not check it)."""
     cfg = payload["model_params"]
-    return {"checkpoint_sha256": sha256_file(model_path), "backbone": cfg["backbone"],
-            "last_stride": cfg["last_stride"]}
+    attrs = {"checkpoint_sha256": sha256_file(model_path), "backbone": cfg["backbone"],
+             "last_stride": cfg["last_stride"]}
+    if grid_block is not None:
+        if grid_block != "last" and grid_block not in GRID_BLOCKS[cfg["backbone"]]:
+            raise ParamsError(f"model.grid_block: expected last or a block of "
+                              f"{cfg['backbone']} (the backbone of {model_path}): "
+                              f"{', '.join(GRID_BLOCKS[cfg['backbone']])}; got {grid_block!r}")
+        attrs["grid_block"] = canonical_grid_block(cfg["backbone"], grid_block)
+    return attrs
+
+
+# Attributes added after caches were first written, with the value a file without them was made
+# with: stored only when they differ from it, so that a cache of the default setting keeps its
+# bytes (and DVC its hash); readers take the absent attribute for this value.
+LATER_ATTRS = {"grid_block": "last"}
+
+
+def stored_attrs(attrs: dict) -> dict:
+    """The file attributes of ``attrs`` (``LATER_ATTRS`` only where they differ)."""
+    return {k: v for k, v in attrs.items() if k not in LATER_ATTRS or v != LATER_ATTRS[k]}
 
 
 def select_frames(num_frames: int, cap: int) -> np.ndarray:
@@ -241,7 +264,7 @@ def write_cache(
             check_free_space(path, frames * int(np.prod(grid)) * 2)
         with h5py.File(tmp, "w") if main else contextlib.nullcontext() as f:
             if f is not None:
-                f.attrs.update({**attrs, "format": CACHE_FORMAT, "height": size[0],
+                f.attrs.update({**stored_attrs(attrs), "format": CACHE_FORMAT, "height": size[0],
                                 "width": size[1], "max_frames_per_tracklet": max_frames})
                 if any(labelled.values()):
                     f.attrs["part_names"] = list(part_names)
@@ -325,7 +348,7 @@ def open_cache(path: str | Path, expect: dict) -> h5py.File:
         if not f.attrs.get("complete", False):
             raise CacheError(f"{path}: incomplete feature cache (its writer was interrupted)")
         for key, value in expect.items():
-            stored = f.attrs.get(key)
+            stored = f.attrs.get(key, LATER_ATTRS.get(key))
             if stored is None or _plain(stored) != _plain(value):
                 raise CacheError(f"{path}: made with {key}={_plain(stored)!r}, but this run "
                                  f"expects {key}={_plain(value)!r}: re-run the cache stage")

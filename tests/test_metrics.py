@@ -29,6 +29,7 @@ from pipeline.metrics import (
     bootstrap_interval,
     evaluate_rank,
     pairwise_distance,
+    query_scores,
     rank_intervals,
     same_camera,
     same_camera_shares,
@@ -438,6 +439,55 @@ def test_evaluate_rank_per_query_values_average_to_the_scores(protocol):
     assert res["ap"][counted].mean() == pytest.approx(res["mAP"], abs=1e-12)
     (r1_lo, r1_hi), (ap_lo, ap_hi) = rank_intervals(res, problem[1], protocol)
     assert r1_lo <= res["cmc"][0] <= r1_hi and ap_lo <= res["mAP"] <= ap_hi
+
+
+# (pid, rank-1 hit, AP) of each query of the hand-built problem each protocol counts
+HAND_QUERIES = {"official": ([1, 2, 3], [0, 1, 0], [7 / 24, 1.0, 0.0]),
+                "torchreid": ([1, 2], [0, 1], [0.325, 1.0])}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("block_size", [1, 128])
+def test_query_scores_of_the_hand_built_problem(protocol, block_size):
+    """Each counted query's pid, hit and AP as worked out above DISTMAT; their means are the
+    protocol's rank-1 and mAP, exactly."""
+    res = evaluate_rank(DISTMAT, Q_PIDS, G_PIDS, Q_CAMIDS, G_CAMIDS, max_rank=4,
+                        protocol=protocol, block_size=block_size)
+    queries = query_scores(res, Q_PIDS, protocol)
+    pid, hit, ap = HAND_QUERIES[protocol]
+    assert queries["pid"].tolist() == pid and queries["hit"].tolist() == hit
+    assert_allclose(queries["ap"], ap, rtol=0, atol=1e-12)
+    assert queries["hit"].mean() == res["cmc"][0]
+    assert queries["ap"].mean() == res["mAP"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("junk_every", [0, 2])
+@pytest.mark.parametrize(("relevance", "ap_torchreid", "ap_official"), TEST_VECTORS)
+def test_query_scores_of_the_reference_vectors(relevance, ap_torchreid, ap_official,
+                                               junk_every, protocol):
+    res = evaluate_rank(*single_query(relevance, junk_every, protocol),
+                        max_rank=len(relevance), protocol=protocol)
+    queries = query_scores(res, [1], protocol)
+    assert queries["hit"].tolist() == [relevance[0]]
+    assert queries["ap"].tolist() == [res["mAP"]]
+    assert queries["ap"][0] == pytest.approx(
+        ap_official if protocol == "official" else ap_torchreid, abs=5e-6)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_query_scores_average_to_the_scores_exactly(protocol, seed):
+    """On random problems too: the same sums, the same division; and the unpaired interval
+    is the bootstrap of exactly these values."""
+    problem = random_problem(seed, ties=True)
+    res = evaluate_rank(*problem, max_rank=20, protocol=protocol, block_size=7)
+    queries = query_scores(res, problem[1], protocol)
+    assert len(queries["pid"]) == (30 if protocol == "official" else res["num_valid_queries"])
+    assert queries["hit"].mean() == res["cmc"][0]
+    assert queries["ap"].mean() == res["mAP"]
+    assert_allclose(rank_intervals(res, problem[1], protocol), bootstrap_interval(
+        np.stack([queries["hit"], queries["ap"]], axis=1), queries["pid"]), rtol=0, atol=0)
 
 
 # --- same camera among the nearest ----------------------------------------------------------------

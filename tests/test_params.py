@@ -16,7 +16,9 @@ from pipeline.params import (
     Params,
     ParamsError,
     TrainParams,
+    canonical_grid_block,
     from_dict,
+    grid_size,
     load_params,
     paper_overrides,
     parse_params,
@@ -206,6 +208,43 @@ def test_k_may_fill_the_grid_exactly():
     assert p.model.K == 32
 
 
+@pytest.mark.parametrize(("overrides", "K"), [
+    (["model.grid_block=features.16"], 32),  # the last block at 8 x 4 (last stride 1)
+    (["model.grid_block=features.13"], 32),
+    (["model.grid_block=features.6"], 128),  # before block 7's stride: 16 x 8
+    (["model.backbone=resnet18", "model.grid_block=layer2"], 128),  # stride 8 at 128 x 64
+    (["model.backbone=resnet50", "model.grid_block=layer4", "model.last_stride=2"], 8),
+])
+def test_k_may_fill_the_grid_of_the_grid_block(overrides, K):
+    """The K-vs-cells check counts the cells of model.grid_block's grid."""
+    p = load_params(ROOT / "params.yaml", [*overrides, f"model.K={K}"])
+    assert p.model.K == K
+    with pytest.raises(ParamsError, match=rf"model\.K: {K + 1} spatial attention heads on a "):
+        load_params(ROOT / "params.yaml", [*overrides, f"model.K={K + 1}"])
+
+
+@pytest.mark.parametrize(("backbone", "block", "last_stride", "grid"), [
+    ("resnet50", "last", 2, (8, 4)), ("resnet50", "layer4", 1, (16, 8)),
+    ("resnet50", "layer3", 2, (16, 8)), ("resnet18", "layer1", 2, (64, 32)),
+    ("mobilenet_v2", "last", 2, (8, 4)), ("mobilenet_v2", "features.16", 1, (16, 8)),
+    ("mobilenet_v2", "features.1", 2, (128, 64)), ("mobilenet_v2", "features.2", 1, (64, 32)),
+])
+def test_grid_size_of_a_grid_block_at_256x128(backbone, block, last_stride, grid):
+    assert grid_size(256, 128, last_stride, backbone, block) == grid
+
+
+def test_the_grid_block_is_checked_against_the_backbone():
+    """A block of another backbone is refused, naming the key and the backbone's blocks; the name
+    of the last block is the same grid as last."""
+    with pytest.raises(ParamsError, match=r"model\.grid_block: expected last or a block of "
+                                          r"resnet18: layer1, layer2, layer3, layer4; got "
+                                          r"'features\.16'"):
+        ModelParams(backbone="resnet18", grid_block="features.16")
+    assert ModelParams(backbone="resnet18", grid_block="layer3").grid_block == "layer3"
+    assert canonical_grid_block("mobilenet_v2", "features.18") == "last"
+    assert canonical_grid_block("resnet50", "layer3") == "layer3"
+
+
 def test_int_for_float_becomes_float():
     params = load_params(ROOT / "params.yaml", ["loss.oim_scalar=30"])
     assert isinstance(params.loss.oim_scalar, float)
@@ -249,6 +288,11 @@ def test_int_for_float_becomes_float():
         ("data.image=[synthetic, mars]", "data.image[1]", "market1501"),
         ("evaluate.protocols=[matlab]", "evaluate.protocols[0]", "official"),
         ("model.init=imagnet", "model.init", "expected imagenet or scratch, or the path"),
+        # the default run's backbone is mobilenet_v2: its blocks are features.1..features.18
+        ("model.grid_block=layer3", "model.grid_block",
+         "expected last or a block of mobilenet_v2: features.1, features.2, "),
+        ("model.grid_block=features.19", "model.grid_block", "features.18; got 'features.19'"),
+        ("model.grid_block=features.0", "model.grid_block", "got 'features.0'"),
         # infinities and NaN pass every range check but no training survives them
         ("attention.spatial.lr=.inf", "attention.spatial.lr", "expected a finite number"),
         ("finetune.weight_decay=.inf", "finetune.weight_decay", "expected a finite number"),

@@ -30,6 +30,7 @@ from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import ModelParams, RuntimeParams, TrainParams
 from pipeline.train import (
+    LATER_FIELDS,
     SATURATED,
     SATURATION_WARNING,
     Step,
@@ -569,7 +570,10 @@ def test_exported_models_rebuild_identically(tmp_path, kind, head):
         assert isinstance(rebuilt, VideoReIDNet)
         assert type(rebuilt.head) is type(model.head)
     assert payload["kind"] == kind and payload["head"] == head
-    assert payload["model_params"] == dataclasses.asdict(MODEL)
+    # the params added later (part_embedding, grid_block) are recorded only where set, so that
+    # the models of a run that leaves them alone keep their bytes
+    stored = {k: v for k, v in dataclasses.asdict(MODEL).items() if k not in LATER_FIELDS}
+    assert payload["model_params"] == stored
     assert payload["stage"] == "test" and torch.equal(payload["criterion"]["lut"], torch.eye(3))
     with torch.no_grad():
         expected, got = model(inputs), rebuilt(inputs)
@@ -606,6 +610,31 @@ def test_exported_payload_that_does_not_fit_is_refused(tmp_path, change):
     with pytest.raises(ValueError, match=re.escape(str(path)) if change != "unknown_param"
                        else "unknown key model.colour"):
         load_exported(path)
+
+
+def test_an_exported_drsa_net_rebuilds_with_its_backbone_cut_at_the_grid_block(tmp_path):
+    """The joint model (DRSA heads on the backbone up to model.grid_block) records the block and
+    rebuilds with that backbone, its outputs identical; a baseline net is whole whatever
+    model.grid_block says (the paper's Baseline); a net whose params say another block than its
+    backbone's is refused at export (it would not rebuild)."""
+    cfg = dataclasses.replace(MODEL, grid_block="layer3")
+    seed_everything(0)
+    model = build_model(cfg).eval()
+    path = tmp_path / "joint.pt"
+    export_model(path, model, cfg, "drsa")
+    rebuilt, payload = load_exported(path)
+    assert payload["model_params"]["grid_block"] == "layer3"
+    assert rebuilt.backbone.grid_block == "layer3" and not hasattr(rebuilt.backbone, "layer4")
+    inputs = torch.randn(2, MODEL.N, 3, 32, 16)
+    with torch.no_grad():
+        expected, got = model(inputs), rebuilt(inputs)
+    assert torch.equal(expected.embedding, got.embedding)
+    assert torch.equal(expected.spatial, got.spatial)
+    export_model(tmp_path / "finetune.pt", build_model(cfg, "baseline"), cfg, "baseline")
+    assert load_exported(tmp_path / "finetune.pt")[0].backbone.grid_block == "last"
+    with pytest.raises(ValueError, match="backbone ends at layer3, but its model params say "
+                                         "last: it would not rebuild"):
+        export_model(tmp_path / "other.pt", model, MODEL, "drsa")
 
 
 # --- devices, seeds, fingerprints ----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """How much identity each res5c cell of the cached features carries, against how much of it is
-person: the test for whether attention on the person should pay on this CNN's features.
+person: the test for whether attention on the person should pay on this CNN's features. The cells
+are those of the cache's grid: res5c, or the block ``model.grid_block`` names.
 
 For every cell of the grid, the test tracklets are described by that cell's feature alone (the
 mean over the tracklet's cached frames, L2-normalised) and ranked under the official protocol:
@@ -55,7 +56,7 @@ def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
 def _official(features: np.ndarray, pids, camids, is_query) -> tuple[np.ndarray, dict]:
     """``features`` L2-normalised, and their official scores (rank-1, mAP, intervals)."""
     features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    metrics, _ = score(features, pids, camids, is_query, ["official"], 1)
+    metrics = score(features, pids, camids, is_query, ["official"], 1)[0]
     return features, metrics["official"]
 
 

@@ -34,8 +34,8 @@ from pipeline.errors import MissingWeightsError
 from pipeline.features import read_label_map
 from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
-from pipeline.model import build_backbone
-from pipeline.params import load_params, run_name
+from pipeline.model import Backbone, build_backbone, grid_backbone
+from pipeline.params import GRID_BLOCKS, load_params, run_name
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
@@ -106,7 +106,10 @@ def pool_grids(grids: np.ndarray, shares: np.ndarray) -> dict[str, np.ndarray]:
 def candidate_locality(backbone: nn.Module, module: str, test, size: tuple[int, int], N: int,
                        batch_size: int = 16) -> dict:
     """The three pooled descriptors of every test tracklet through ``backbone`` up to
-    ``module``, scored; with the grid's shape."""
+    ``module``, scored; with the grid's shape. A pipeline backbone runs only up to ``module`` when
+    that is one of its blocks (``model.grid_block``'s names)."""
+    if isinstance(backbone, Backbone) and module in GRID_BLOCKS[backbone.name]:
+        backbone = grid_backbone(backbone, module)  # the later blocks are not run
     layers = dict(backbone.named_modules())
     if module not in layers:
         raise SystemExit(f"error: the backbone has no module {module!r} (e.g. features.18, "

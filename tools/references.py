@@ -123,7 +123,7 @@ def references(index: Path, dataset: str, N: int = N_FRAMES) -> dict:
         features = np.stack([
             tracklet_histograms(row.frames, row.labels, N, person, grey)
             for row in tqdm(test.itertuples(), total=len(test), desc=name, leave=False)])
-        metrics, _ = score(features, *ids, ["official"], 1, dataset)
+        metrics = score(features, *ids, ["official"], 1, dataset)[0]
         out[name] = {**metrics["official"], **same_camera(features, *ids)}
     return out
 

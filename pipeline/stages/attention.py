@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
 
-    expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": p.data.height,
-              "width": p.data.width}
+    expect = {**cache_attrs(args.backbone, load(args.backbone), p.model.grid_block),
+              "height": p.data.height, "width": p.data.width}
     with open_cache(args.cache, expect) as f:
         D = f["train/grids"].shape[1]
         pids = f["train/pids"][:]
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%d training tracklets of %d identities, %d channels", len(pids), len(labels), D)
 
     heads = DRSA(p.model, D)
-    criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
+    criterion = build_identity_loss(p.loss, p.model.embedding_size, len(labels))
     key = fingerprint("attention", p.heads_seed, to_dict(p.model), to_dict(p.loss),
                       to_dict(p.attention), p.data.num_workers, cache_hash)
 

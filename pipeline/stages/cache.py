@@ -1,5 +1,6 @@
 """Stage ``cache``: res5c grids of the fine-tuned backbone for every (selected) frame of one video
-set's split, in HDF5 (see ``pipeline.features``). It reads no attention, loss or pooling params, so
+set's split, in HDF5 (see ``pipeline.features``): the output of its ``model.grid_block``, the
+backbone run up to that block only. It reads no attention, loss or pooling params, so
 experiments on those never recompute CNN features. A set with label maps (the synthetic one) also
 gets, per cached frame, the share of each label in each grid cell and the visible share of each
 label (``parts``, ``visibility``: the ground truth the evaluate stage measures attention against).
@@ -32,6 +33,7 @@ from pipeline.features import (
     select_frames,
     write_cache,
 )
+from pipeline.model import grid_backbone
 from pipeline.params import load_params
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
@@ -93,19 +95,23 @@ def main(argv: list[str] | None = None) -> None:
     world, device = start(p.runtime)  # under torchrun: the ranks share the frames, rank 0 writes
 
     net, payload = load_exported(args.model)
+    # the grids of model.grid_block: the fine-tuned backbone up to it (the whole one at last)
+    grid_net = grid_backbone(net.backbone, p.model.grid_block)
     table = load_video_index(args.index)
     tables = {subset: table[table["subset"] == subset] for subset in SUBSETS}
     frames = sum(len(f) for f in table["frames"])
-    log.info("caching res5c grids of %d tracklets (%d frames, cap %d per tracklet)",
-             len(table), frames, p.cache.max_frames_per_tracklet)
+    log.info("caching the grids of %s (model.grid_block) of %d tracklets (%d frames, cap %d "
+             "per tracklet)",
+             p.model.grid_block, len(table), frames, p.cache.max_frames_per_tracklet)
     if world.is_main:  # before any frame is read: the disk for this set's whole split matrix
         caches = unwritten_caches(args.index, args.out, args.matrix_index, args.matrix_out,
                                   p.data.splits)
-        check_matrix_space(caches, grid_shape(net.backbone, (p.data.height, p.data.width)),
+        check_matrix_space(caches, grid_shape(grid_net, (p.data.height, p.data.width)),
                            p.cache.max_frames_per_tracklet, args.out, table, args.matrix_out)
-    backbone = compiled(net.backbone, p.runtime.compile)
+    backbone = compiled(grid_net, p.runtime.compile)
     write_cache(args.out, backbone, tables, (p.data.height, p.data.width),
-                cache_attrs(args.model, payload), p.cache.max_frames_per_tracklet,
+                cache_attrs(args.model, payload, p.model.grid_block),
+                p.cache.max_frames_per_tracklet,
                 p.cache.batch_size, p.data.num_workers, device,
                 use_autocast(p.runtime, device), part_names=LABELS)
     if world.is_main:

@@ -5,13 +5,17 @@ fine-tuned backbone, frame features averaged), ``spatial`` (SpaAtn+Q), ``tempora
 (SpaAtn+Q+TemAtn, or the configured pooling), ``joint`` (+Ind, end to end). A model runs on the
 cached res5c grids when it is a set of heads or when its own backbone made the cache (its head
 then sees exactly the grids it would compute), and on the frames otherwise. Test clips are the
-first frame of each of the N chunks (paper §4.2).
+first frame of each of the N chunks (paper §4.2). The cache holds the grids of ``model.grid_block``;
+the baseline's backbone is whole, so it runs on the cache only where that block is the last.
 
 Writes ``--out``: per model and protocol rank-1/5/10/20, mAP, valid and all queries (fractions;
 see ``pipeline.metrics``), rank-1 and mAP with the bounds of their 95 percent bootstrap interval
 over the query identities (``rank1_lo``, ``rank1_hi``, ``mAP_lo``, ``mAP_hi``); per model under
 ``same_camera`` the share of each query's 10 nearest gallery tracklets from its own camera, with
-its interval and chance level (``pipeline.metrics.same_camera``); for every model
+its interval and chance level (``pipeline.metrics.same_camera``); under ``per_query``, for the
+official protocol, the query pids once and each model's rank-1 hit (0/1) and AP per query (4
+decimals), what a paired comparison of two models or two runs reads (``per_query_record``,
+``tools.paired``); for every model
 with spatial attention the maps' mean overlap and entropy over the test frames, and where the
 cache holds the ground truth of the frames (the synthetic set) where the heads look and how the
 temporal weights follow the visibility of each head's part
@@ -33,7 +37,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +62,7 @@ from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
 from pipeline.errors import CacheError, DatasetError
 from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.figures import attention_figure, save_figure
-from pipeline.files import check_writable, sha256_file, write_csv, write_json
+from pipeline.files import check_writable, sha256_file, write_csv, write_text
 from pipeline.formatting import corr, num, text_table
 from pipeline.metrics import RANKS, same_camera, score
 from pipeline.model import HeadOutput
@@ -122,7 +128,8 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
         old.unlink()
     if queries.empty:
         return
-    grid = grid_size(*size, model.head.cfg.last_stride)
+    backbone = model.backbone
+    grid = grid_size(*size, backbone.last_stride, backbone.name, backbone.grid_block)
     frames = ClipDataset(queries["frames"].tolist(), [0] * len(queries), N, size)
     for i, row in enumerate(queries.itertuples()):
         clip = frames[i][0]  # (N, 3, H, W), the test-time picks
@@ -148,6 +155,42 @@ def protocols(p: Params) -> list[str]:
     torchreid figures with another's official ones), then the others ``evaluate.protocols``
     lists."""
     return list(dict.fromkeys(["official", *p.evaluate.protocols]))
+
+
+AP_DECIMALS = 4  # per-query APs in the results file: the mean moves by under 5e-5 (0.005 points)
+
+
+def per_query_record(queries: dict[str, dict[str, np.ndarray]]) -> dict:
+    """``{"pid": [...], "hit": {model: [0, 1, ...]}, "ap": {model: [0.8125, ...]}}``: the
+    per-query scores (``pipeline.metrics.query_scores``) of each model (``queries``: model ->
+    scores) under one protocol, the query pids once (every model ranks the same queries), APs
+    rounded to ``AP_DECIMALS``. Lists, not strings: DVC's metrics commands skip lists, so they
+    never clutter `dvc metrics show/diff` of the results file."""
+    first = next(iter(queries.values()))
+    for name, scores in queries.items():  # one test set: the same queries in the same order
+        if not np.array_equal(scores["pid"], first["pid"]):
+            raise ValueError(f"model {name!r} was scored on other queries than the first model")
+    return {"pid": first["pid"].tolist(),
+            "hit": {name: scores["hit"].tolist() for name, scores in queries.items()},
+            "ap": {name: np.round(scores["ap"], AP_DECIMALS).tolist()
+                   for name, scores in queries.items()}}
+
+
+# a JSON array of numbers that json.dumps(indent=2) spread over lines: no JSON string holds a raw
+# newline, so a match holding one is the structure itself, never text inside a string
+_NUMBER_ARRAY = re.compile(r"\[[-+0-9.eE,\s]*\]")
+
+
+def results_json(results: dict) -> str:
+    """``results`` as indented JSON with each array of numbers on one line: the per-query
+    lists stay a few tens of kB (900 queries, 4 models: about 45 kB) instead of one line each."""
+    def one_line(match: re.Match) -> str:
+        text = match.group()
+        if "\n" not in text:
+            return text
+        return "[" + ", ".join(item.strip() for item in text[1:-1].split(",")) + "]"
+
+    return _NUMBER_ARRAY.sub(one_line, json.dumps(results, indent=2)) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -192,8 +235,8 @@ def load_test_set(args: argparse.Namespace, p: Params, device: torch.device) -> 
                                f"is {given!r}: pass the {key} the index file was made for, or "
                                "its own index file")
     test = table[table["subset"] == "test"].reset_index(drop=True)
-    expect = {**cache_attrs(args.backbone, load(args.backbone)), "height": size[0],
-              "width": size[1]}
+    expect = {**cache_attrs(args.backbone, load(args.backbone), p.model.grid_block),
+              "height": size[0], "width": size[1]}
     with open_cache(args.cache, expect) as cache:
         truth = read_parts(cache, "test")  # (parts, visibility, names); None for a real set
         offsets, frame_index = cache["test/offsets"][()], cache["test/frame_index"][()]
@@ -212,10 +255,13 @@ def embed_model(path: Path, name: str, test: TestSet, p: Params, device: torch.d
                 autocast: bool) -> tuple[nn.Module, dict, np.ndarray, dict | None]:
     """One exported model over the test clips: (the model, its payload, the embeddings, its
     attention statistics or None). It runs on the cached grids when it is a set of heads or when
-    its own backbone made the cache, on the frames otherwise."""
+    its own backbone made the cache and ends at the cache's block (the baseline's whole backbone
+    does not run on the grids of an earlier ``model.grid_block``), on the frames otherwise."""
     model, payload = load_exported(path)
     model.to(device)
-    on_cache = payload["kind"] == "head" or sha256_file(path) == test.expect["checkpoint_sha256"]
+    on_cache = payload["kind"] == "head" or (
+        sha256_file(path) == test.expect["checkpoint_sha256"]
+        and model.backbone.grid_block == test.expect["grid_block"])
     if on_cache and payload["kind"] == "net":
         net: nn.Module = model.head  # the cache holds this model's own backbone's grids
     else:
@@ -251,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     test = load_test_set(args, p, device)
     ids = (test.table["pid"].to_numpy(), test.table["camid"].to_numpy(),
            test.table["is_query"].to_numpy())
-    results, attention, cameras = {}, {}, {}
+    results, attention, cameras, scored = {}, {}, {}, {}  # scored: per-query scores
     curves = {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     drawn_with = None
     for name, path in args.model:
@@ -261,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
             if payload["kind"] == "net":  # Fig. 3 needs a model that runs on frames
                 drawn_with = model
         if world.is_main:  # the other ranks only embed their share of the test batches
-            results[name], per_protocol = score(features, *ids, protocols(p),
-                                                p.evaluate.max_rank, args.dataset)
+            results[name], per_protocol, scored[name] = score(
+                features, *ids, protocols(p), p.evaluate.max_rank, args.dataset)
             curves.update({f"{name}_{protocol}": c for protocol, c in per_protocol.items()})
             cameras[name] = same_camera(features, *ids)
     if not world.is_main:
@@ -273,8 +319,11 @@ def main(argv: list[str] | None = None) -> None:
                  args.figures, f"{args.dataset} split {args.split}",
                  test.truth[2] if test.truth else LABELS)
     log.info("attention maps of %d queries drawn in %s", len(queries), args.figures)
-    write_json(args.out, {"dataset": args.dataset, "split": args.split, "seed": p.seed,
-                          "models": results, "same_camera": cameras, "attention": attention})
+    headline = protocols(p)[0]  # per query: the headline protocol only (the file stays small)
+    per_query = {headline: per_query_record({m: q[headline] for m, q in scored.items()})}
+    write_text(args.out, results_json({"dataset": args.dataset, "split": args.split,
+                                       "seed": p.seed, "models": results, "same_camera": cameras,
+                                       "attention": attention, "per_query": per_query}))
     write_csv(args.cmc, pd.DataFrame(curves).to_dict("records"))
     print_tables(f"{args.dataset} split {args.split}", results, cameras, attention,
                  [r for r in RANKS if r <= p.evaluate.max_rank])

@@ -1,6 +1,7 @@
 """Stage ``joint``: the whole network, CNN included, fine-tuned end to end on one video set's
 training tracklets (paper: "Ind", the final model). Starts from the fine-tuned backbone and the
-attention stage's heads (and its OIM lookup table).
+attention stage's heads (and its OIM lookup table); the network stops at ``model.grid_block``, the
+block whose grids the heads read (the fine-tuned backbone's later blocks are not part of it).
 
     python -m pipeline.stages.joint --params params.yaml --index data/index/<set>/split_<k>.json \
         --backbone data/models/<set>-<k>/finetune.pt --heads data/models/<set>-<k>/temporal.pt \
@@ -15,10 +16,11 @@ import logging
 from pathlib import Path
 
 from pipeline.data import ClipDataset, train_labels, train_loader
+from pipeline.errors import CheckpointError
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
-from pipeline.model import VideoReIDNet
-from pipeline.params import load_params, to_dict
+from pipeline.model import VideoReIDNet, grid_backbone
+from pipeline.params import canonical_grid_block, load_params, to_dict
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
 from pipeline.train import (
@@ -66,9 +68,15 @@ def main(argv: list[str] | None = None) -> None:
 
     base, _ = load_exported(args.backbone)
     heads, payload = load_exported(args.heads)
-    model = VideoReIDNet(base.backbone, heads)
+    # the backbone up to model.grid_block, whose grids the heads were trained on (the cache's)
+    backbone = grid_backbone(base.backbone, p.model.grid_block)
+    if canonical_grid_block(heads.cfg.backbone, heads.cfg.grid_block) != backbone.grid_block:
+        raise CheckpointError(f"{args.heads}: heads trained on the grids of "
+                              f"{heads.cfg.grid_block}, but model.grid_block is "
+                              f"{p.model.grid_block}: re-run the cache and attention stages")
+    model = VideoReIDNet(backbone, heads)
     cfg = heads.cfg
-    criterion = build_identity_loss(p.loss, cfg.embed_dim, len(labels))
+    criterion = build_identity_loss(p.loss, cfg.embedding_size, len(labels))
     if "criterion" in payload:  # continue with the attention stage's lookup table
         criterion.load_state_dict(payload["criterion"])
     log.info("%d training tracklets of %d identities; K=%d heads", len(train), len(labels), cfg.K)

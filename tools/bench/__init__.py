@@ -40,7 +40,8 @@ rows. The rows, one module each, in the order they run:
 shrinks every size to a smoke test of the code paths (its figures mean little; the time goes to
 imports and process starts). Every row in the paper's setting: ``--backbone resnet50
 --last-stride 2 --height 256 --width 128`` (expect that run to take several times longer on a
-CPU).
+CPU). ``--grid-block features.16`` (``model.grid_block``) caches and trains on an earlier block's
+grids, the backbone run up to that block only (the paper rows stay on the whole ResNet-50).
 
     python -m tools.bench --out metrics/bench.json [--quick]
 """

@@ -18,6 +18,7 @@ import torch
 from pipeline.files import write_json
 from pipeline.formatting import text_table
 from pipeline.model import Backbone
+from pipeline.params import GRID_BLOCKS
 from pipeline.stages.common import setup_logging
 from tools.bench.attention import bench_attention
 from tools.bench.cache import bench_cache
@@ -46,7 +47,7 @@ def run_all(setup: Setup, workdir: Path, quick: bool = False) -> dict:
     paths = write_frames(workdir / "frames", max(frames, s.memory_frames), setup.seed)
     table = tracklet_table(paths[:frames], s.frames_per_tracklet, s.tracklets_per_identity)
     torch.manual_seed(setup.seed)
-    backbone = Backbone(setup.backbone, setup.last_stride).eval()
+    backbone = Backbone(setup.backbone, setup.last_stride, setup.grid_block).eval()
     cache_path = workdir / "cache.h5"
 
     benchmarks: dict[str, dict] = {}
@@ -58,6 +59,7 @@ def run_all(setup: Setup, workdir: Path, quick: bool = False) -> dict:
     benchmarks.update(bench_experiment(setup, workdir))
     return {"quick": quick, "machine": machine(setup.device),
             "setup": {"backbone": setup.backbone, "last_stride": setup.last_stride,
+                      "grid_block": setup.grid_block,
                       "input": list(setup.size), "num_workers": setup.num_workers,
                       "seed": setup.seed, "frame_files": list(FRAME_SIZE),
                       "device": setup.device},
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="mobilenet_v2",
                         help="mobilenet_v2 (default run), resnet18, resnet34, resnet50 (paper)")
     parser.add_argument("--last-stride", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--grid-block", default="last",
+                        help="the backbone's block whose grids are cached and trained on "
+                             "(model.grid_block: last, layer3, features.16, ...)")
     parser.add_argument("--height", type=int, default=128, help="input height (paper: 256)")
     parser.add_argument("--width", type=int, default=64, help="input width (paper: 128)")
     parser.add_argument("--batch-size", type=int, help="frames per backbone pass (default 64)")
@@ -104,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--device {args.device}: expected cpu, cuda or cuda:<index>")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here")
+    if args.grid_block != "last" and args.grid_block not in GRID_BLOCKS.get(args.backbone, ()):
+        parser.error(f"--grid-block {args.grid_block}: expected last or a block of "
+                     f"{args.backbone}: {', '.join(GRID_BLOCKS.get(args.backbone, ()))}")
     setup = Setup(sizes, args.backbone, args.last_stride, (args.height, args.width),
-                  args.num_workers, args.seed, str(device))
+                  args.num_workers, args.seed, str(device), args.grid_block)
 
     with contextlib.ExitStack() as stack:
         if args.workdir:

@@ -29,7 +29,8 @@ def bench_attention(setup: Setup, backbone: Backbone, table: pd.DataFrame, cache
     and on frames through the frozen backbone. The same seed gives both the same batches."""
     s = setup.sizes
     model_cfg = dataclasses.replace(ModelParams(), backbone=setup.backbone, init="scratch",
-                                    last_stride=setup.last_stride, N=s.N)
+                                    last_stride=setup.last_stride, N=s.N,
+                                    grid_block=setup.grid_block)
     loss_cfg = LossParams()
     pids = table["pid"].tolist()
     labels = train_labels(pids)

@@ -49,7 +49,7 @@ def bench_cache(setup: Setup, backbone: Backbone, table: pd.DataFrame,
     log.info("1. cache throughput: %d frames x %d runs, batch %d, %d loader workers", frames,
              s.cache_runs, s.batch_size, setup.num_workers)
     attrs = {"checkpoint_sha256": "bench", "backbone": setup.backbone,
-             "last_stride": setup.last_stride}
+             "last_stride": setup.last_stride, "grid_block": setup.grid_block}
     bare_runs, cache_runs = [backbone_fps(backbone, batch, s.bare_batches, autocast=amp)], []
     for _ in range(s.cache_runs):
         cache_runs.append(timed(lambda: write_cache(
@@ -64,7 +64,8 @@ def bench_cache(setup: Setup, backbone: Backbone, table: pd.DataFrame,
             num_workers=0, device=setup.device, autocast=amp))
 
     common = {"backbone": setup.backbone, "last_stride": setup.last_stride,
-              "input": list(setup.size), "batch_size": s.batch_size, "device": setup.device,
+              "grid_block": setup.grid_block, "input": list(setup.size),
+              "batch_size": s.batch_size, "device": setup.device,
               "precision": "bf16 autocast" if amp else "float32"}
     return {
         "cache_throughput": row(

@@ -80,6 +80,7 @@ class Setup:
     num_workers: int = 2  # DataLoader worker processes (the default run's data.num_workers)
     seed: int = 0
     device: str = "cpu"  # where the backbone and the heads run (rows 1, 2, 4, 5); "cuda" on a GPU
+    grid_block: str = "last"  # the backbone's block whose grids are cached (model.grid_block)
 
     @property
     def autocast(self) -> bool:

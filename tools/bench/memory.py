@@ -47,7 +47,7 @@ def cache_child(spec_path: str) -> dict:
     keeps the peak of the process image before ``exec``), and the peak of its loader workers."""
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
-    backbone = Backbone(spec["backbone"], spec["last_stride"])
+    backbone = Backbone(spec["backbone"], spec["last_stride"], spec["grid_block"])
     device = spec["device"]
     table = tracklet_table([Path(p) for p in spec["paths"]], spec["frames_per_tracklet"],
                            spec["tracklets_per_identity"], spec["repeat"])
@@ -85,7 +85,8 @@ def bench_memory(setup: Setup, paths: Sequence[Path], workdir: Path) -> dict[str
             "paths": [str(p) for p in paths], "repeat": repeat,
             "frames_per_tracklet": s.frames_per_tracklet,
             "tracklets_per_identity": s.tracklets_per_identity, "backbone": setup.backbone,
-            "last_stride": setup.last_stride, "size": list(setup.size),
+            "last_stride": setup.last_stride, "grid_block": setup.grid_block,
+            "size": list(setup.size),
             "batch_size": s.batch_size, "num_workers": setup.num_workers,
             "threads": torch.get_num_threads(), "device": setup.device,
             "out": str(workdir / f"memory-x{repeat}.h5")}))
