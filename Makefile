@@ -29,9 +29,10 @@ repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(MAKE) --no-print-directory docs
 
-exp: setup ## The experiments table: changed params and the headline (rank-1, mAP per model)
+exp: setup ## The experiments table: changed params and the headline (rank-1, mAP per model), then each experiment against its commit with paired intervals
 	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Created|.*/.*|(^|:)ci\.' --keep '(^|:)(R1|mAP)\.'
 	@$(BIN)/python -m tools.noise metrics/results
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.paired --experiments
 
 DATASET ?= mars
 paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment; ARGS: more options, after the paper's (they win)

@@ -297,3 +297,38 @@ def test_command_line_errors_are_one_line(tmp_path, argument, match):
                                good=tmp_path / "good.json")
     with pytest.raises(SystemExit, match=f"^error: .*{match}"):
         paired.main([argument, f"{tmp_path / 'good.json'}:A"])
+
+
+def test_each_experiment_is_compared_with_its_baseline_commit_model_by_model():
+    """`make exp`'s paired table: per experiment, run and model, the differences with their
+    intervals and verdicts; a commit whose files lack per-query scores, or an experiment that
+    failed, says so instead of a number."""
+    from tools.report_sources import Source, Sources
+
+    scores = hand_made_scores()
+    models = ("baseline", "spatial", "temporal", "joint")
+    base = evaluation({m: scores["A"] for m in models})
+    better = evaluation({**{m: scores["A"] for m in models}, "joint": scores["B"]})
+    files = {("c0ffee1", "metrics/eval/synthetic-0.json"): base,
+             ("e1", "metrics/eval/synthetic-0.json"): better,
+             ("e2", "metrics/eval/synthetic-0.json"): {"models": {}}}
+
+    def read(rev: str, path: str) -> str:
+        if (rev, path) not in files:
+            raise FileNotFoundError(f"path '{path}' does not exist in '{rev}'")
+        return json.dumps(files[rev, path])
+
+    sources = Sources("c0ffee1", None, Source(None, "c0ffee1", {}), {
+        "better": Source("better", "e1", {}), "old": Source("old", "e2", {}),
+        "broken": Source("broken", None, None, "failed (boom)")})
+    rows = paired.experiment_rows(sources, ["synthetic-0"], read)
+    table = {(r[0], r[2]): r for r in rows}
+    expected = paired.compare_files(base, "joint", better, "joint")["rank1"]
+    assert table["better", "joint"][3] == (
+        f"{100 * expected['diff']:+.2f} [{100 * expected['lo']:+.2f}, "
+        f"{100 * expected['hi']:+.2f}] {paired.verdict(expected['lo'], expected['hi'])}")
+    assert table["better", "baseline"][3] == "+0.00 [+0.00, +0.00] not resolved"
+    assert table["better", "joint"][5] == "50.0 -> 66.7"
+    assert table["old", "baseline"][3].startswith("not compared (old:metrics/eval/synthetic-0"
+                                                  ".json: no per-query scores")
+    assert table["broken", ""][3] == "failed (boom)"

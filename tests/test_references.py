@@ -3,6 +3,8 @@ normalisation on hand-made frames, and the chance level against its closed form.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -119,3 +121,38 @@ def test_locality_pools_each_frame_by_its_label_shares():
                                                                   "features.18")
     with pytest.raises(Exception, match="NAME=SOURCE:MODULE"):
         parse_candidate("no-module")
+
+
+def test_locality_of_the_training_tracklets_ranks_each_against_the_others(tmp_path, monkeypatch):
+    """`--subset train`: what a choice of grid may be read from (never the test set): the
+    training tracklets, each a query against the others; the output says which subset."""
+    import pandas as pd
+
+    from pipeline.model import build_model
+    from pipeline.params import ModelParams
+    from pipeline.train import export_model
+    from tools import locality
+
+    seen: list[pd.DataFrame] = []
+
+    def measure(backbone, module, table, size, N):
+        seen.append(table)
+        return {"grid": [8, 4, 2], "pooled": {m: {"rank1": 0.5} for m in locality.MAPS}}
+
+    monkeypatch.setattr(locality, "candidate_locality", measure)
+    rows = [{"pid": pid, "camid": cam, "subset": subset, "is_query": subset == "test" and cam == 1,
+             "frames": [f"{subset}{pid}{cam}.jpg"], "labels": [f"{subset}{pid}{cam}.png"]}
+            for subset, pids in (("train", (1, 2)), ("test", (3, 4))) for pid in pids
+            for cam in (1, 2)]
+    index = tmp_path / "split_0.json"
+    index.write_text(json.dumps({"root": str(tmp_path), "tracklets": rows}))
+    cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, embed_dim=16)
+    export_model(tmp_path / "finetune.pt", build_model(cfg, head="baseline"), cfg, "baseline")
+    (tmp_path / "params.yaml").write_text("model: {backbone: resnet18, init: scratch}\n")
+    out = tmp_path / "locality.json"
+    locality.main(["--params", str(tmp_path / "params.yaml"), "--index", str(index), "--out",
+                   str(out), "--subset", "train",
+                   "--candidate", f"fine-tuned, layer3={tmp_path / 'finetune.pt'}:layer3"])
+    [table] = seen
+    assert sorted(table["pid"]) == [1, 1, 2, 2] and table["is_query"].all()
+    assert json.loads(out.read_text())["subset"] == "train"

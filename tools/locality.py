@@ -12,6 +12,7 @@ same-camera share of the nearest 10). Person above background: heads have a reas
 the person; person at or below background: every cell already sees the person.
 
     python -m tools.locality --out metrics/locality.json     # the default candidates
+    python -m tools.locality --subset train --out metrics/locality_train.json  # choosing a grid
     python -m tools.locality --candidate "mine=data/models/synthetic-0/finetune.pt:features.14"
 """
 
@@ -165,19 +166,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidate", type=parse_candidate, action="append",
                         metavar="NAME=SOURCE:MODULE",
                         help="a grid to measure (repeat); default: default_candidates")
+    parser.add_argument("--subset", choices=("test", "train"), default="test",
+                        help="the tracklets measured: the test set's queries against its "
+                             "gallery, or the training tracklets, each a query against the "
+                             "others (what a choice of grid may be read from: never the test set)")
     parser.add_argument("--out", type=Path, default=Path("metrics/locality.json"))
     args = parser.parse_args(argv)
     if not args.index.exists():
         sys.exit(f"error: {args.index}: no such index; run `make repro` first")
     p = load_params(args.params)
     table = load_video_index(args.index)
-    test = table[table["subset"] == "test"].reset_index(drop=True)
+    test = table[table["subset"] == args.subset].reset_index(drop=True)
+    if args.subset == "train":  # every tracklet a query, ranked against the others (official)
+        test = test.assign(is_query=True)
     if not len(test) or not all(len(x) for x in test["labels"]):
-        sys.exit(f"error: {args.index}: its test tracklets have no label maps; the locality "
-                 "needs the synthetic set's ground truth")
+        sys.exit(f"error: {args.index}: its {args.subset} tracklets have no label maps; the "
+                 "locality needs the synthetic set's ground truth")
     size = (p.data.height, p.data.width)
-    result: dict = {"index": str(args.index), "input": list(size), "frames_per_tracklet": p.model.N,
-                    "candidates": {}}
+    result: dict = {"index": str(args.index), "subset": args.subset, "input": list(size),
+                    "frames_per_tracklet": p.model.N, "candidates": {}}
     candidates = args.candidate or default_candidates(args.params)
     # every backbone loaded before the first is measured: weights that are not there stop the
     # run at once, not after the other candidates' minutes

@@ -11,6 +11,7 @@ resolves the difference, its sign says which model is ahead.
 
     python -m tools.paired metrics/eval/synthetic-0.json:baseline \
         metrics/eval/synthetic-0.json:joint
+    python -m tools.paired --experiments    # `make exp`: each experiment against its commit
 
 Each argument is ``<evaluation file>:<model>``; the two files may be two commits' or two
 workspaces' results of the same split (the same test queries), or one file with two models. Bad
@@ -32,6 +33,17 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.formatting import text_table
 from pipeline.metrics import BOOTSTRAP_RESAMPLES, paired_bootstrap_splits
+from pipeline.names import MODELS
+from pipeline.params import load_params, run_name
+from tools.report_sources import (
+    EVAL_FILE,
+    Reader,
+    ReportError,
+    Sources,
+    collect_sources,
+    git_show,
+    run_exp_show,
+)
 
 PROTOCOL = "official"  # the protocol the evaluate stage stores per query (the headline's)
 # the metrics compared: name in the results files -> (per-query key, label)
@@ -138,11 +150,72 @@ def read_argument(text: str) -> tuple[dict, str, str]:
     return evaluation, model, text
 
 
+def experiment_rows(sources: Sources, runs: Sequence[str], read: Reader) -> list[list[str]]:
+    """Each finished experiment of ``sources`` against its baseline commit, model by model on
+    every run (``<set>-<split>``) of the baseline's params: the paired differences in percent
+    (rank-1 and mAP), their intervals and verdicts; a run whose files lack per-query scores (or
+    ranked other queries) says so instead."""
+    rows = []
+    for name, source in sorted(sources.experiments.items()):
+        if source.problem or source.rev is None:
+            rows.append([name, "", "", source.problem or "no commit", "", "", ""])
+            continue
+        for run_ in runs:
+            path = EVAL_FILE.format(run=run_)
+            try:
+                base, exp = (json.loads(read(rev, path)) for rev in (sources.commit, source.rev))
+            except (FileNotFoundError, json.JSONDecodeError) as err:
+                rows.append([name, run_, "", f"not compared ({err})", "", "", ""])
+                continue
+            for model in (m.key for m in MODELS):
+                try:
+                    result = compare_files(base, model, exp, model,
+                                           (f"{sources.commit[:7]}:{path}", f"{name}:{path}"))
+                except InputError as err:
+                    rows.append([name, run_, model, f"not compared ({err})", "", "", ""])
+                    continue
+                rows.append([name, run_, model, *(
+                    f"{100 * r['diff']:+.2f} [{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}] "
+                    f"{verdict(r['lo'], r['hi'])}" for r in (result["rank1"], result["mAP"])),
+                    f"{100 * result['rank1']['a']:.1f} -> {100 * result['rank1']['b']:.1f}",
+                    f"{100 * result['mAP']['a']:.1f} -> {100 * result['mAP']['b']:.1f}"])
+    return rows
+
+
+def experiments_table(params_path: str) -> str:
+    """``experiment_rows`` of this commit's experiments (``dvc exp show``), as a text table."""
+    p = load_params(params_path)
+    runs = [run_name(name, split) for name in p.data.video for split in p.data.splits]
+    sources = collect_sources(run_exp_show())
+    if not sources.experiments:
+        return "no experiments of this commit to compare with it"
+    rows = experiment_rows(sources, runs, git_show)
+    return (f"each experiment against its baseline commit {sources.commit[:7]}, the same model on "
+            f"the same {PROTOCOL} queries (percent; 95 percent interval from a paired bootstrap "
+            f"over the query identities; verdict of \"experiment > baseline\")\n\n"
+            + text_table(["experiment", "run", "model", "rank-1 difference",
+                          "mAP difference", "rank-1", "mAP"], rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", metavar="A", help="<evaluation file>:<model>, the reference")
-    parser.add_argument("b", metavar="B", help="<evaluation file>:<model>, compared with A")
+    parser.add_argument("a", metavar="A", nargs="?", help="<evaluation file>:<model>, the "
+                                                           "reference")
+    parser.add_argument("b", metavar="B", nargs="?", help="<evaluation file>:<model>, compared "
+                                                           "with A")
+    parser.add_argument("--experiments", action="store_true",
+                        help="instead: every experiment of this commit against the commit "
+                             "(`make exp`)")
+    parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    if args.experiments:
+        try:
+            print(experiments_table(args.params))
+        except (InputError, ReportError) as err:
+            raise SystemExit(f"error: {err}") from None
+        return
+    if args.a is None or args.b is None:
+        parser.error("expected A and B, or --experiments")
     try:
         (eval_a, model_a, name_a), (eval_b, model_b, name_b) = map(read_argument,
                                                                    (args.a, args.b))
