@@ -61,10 +61,11 @@ sweep: setup ## The attention sweep: queue and run its experiments with JOBS wor
 	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
 
-references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms), its grid's locality (cell probe, candidate grids), then docs
+references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms), its grid's locality (cell probe, candidate grids on the test and the training tracklets), then docs
 	$(BIN)/python -m tools.references --out metrics/references.json
 	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
 	$(BIN)/python -m tools.locality --out metrics/locality.json
+	$(BIN)/python -m tools.locality --subset train --out metrics/locality_train.json
 	$(MAKE) --no-print-directory docs
 
 report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it (REV=<commit>: the commit the experiments were run from; default HEAD)
