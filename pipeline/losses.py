@@ -16,6 +16,9 @@ from pipeline.params import LossParams
 _SQRT_EPS = 1e-12
 
 
+AUTHORS_EPS = 1e-5  # inside the square root of the authors' batch norm (its gradient at 0)
+
+
 def diversity_penalty(S: Tensor, kind: str, scale: str = "sum") -> Tensor:
     """Mean over images of the receptive-field overlap penalty.
 
@@ -26,7 +29,9 @@ def diversity_penalty(S: Tensor, kind: str, scale: str = "sum") -> Tensor:
             Q' = ||S S^T - I||_F^2 (eq. 10), the text-embedding variant that also pushes each map
             onto a single cell.
         scale: ``sum``: the norm as written, a sum over the K x K entries; ``pairs``: that sum
-            over the K(K-1) ordered pairs of heads (over 1 for K = 1).
+            over the K(K-1) ordered pairs of heads (over 1 for K = 1); ``authors``: the authors'
+            trainer (their released code): ``sqrt(1e-5 + sum over the images of the batch of
+            ||R R^T - I||_F^2)``, the unsquared norm over the whole batch.
 
     Returns:
         A scalar: 0 for disjoint fields, K(K-1) for K identical fields (``hellinger``; 1 with
@@ -41,12 +46,16 @@ def diversity_penalty(S: Tensor, kind: str, scale: str = "sum") -> Tensor:
     else:
         raise ValueError(f"unknown diversity kind {kind!r}; expected 'hellinger' or 'sparse' "
                          "(the caller skips the term for 'none')")
-    if scale not in ("sum", "pairs"):
-        raise ValueError(f"unknown diversity scale {scale!r}; expected 'sum' or 'pairs'")
+    if scale not in ("sum", "pairs", "authors"):
+        raise ValueError(f"unknown diversity scale {scale!r}; expected 'sum', 'pairs' or "
+                         "'authors'")
     K = S.shape[-2]
     gram = R @ R.transpose(-1, -2)  # (..., K, K)
     eye = torch.eye(K, dtype=S.dtype, device=S.device)
-    Q = (gram - eye).pow(2).sum(dim=(-1, -2)).mean()
+    per_image = (gram - eye).pow(2).sum(dim=(-1, -2))  # (...)
+    if scale == "authors":
+        return torch.sqrt(AUTHORS_EPS + per_image.sum())
+    Q = per_image.mean()
     return Q / max(K * (K - 1), 1) if scale == "pairs" else Q
 
 

@@ -367,6 +367,39 @@ class SpatialAttention(nn.Module):
         return x, s
 
 
+class AuthorsSpatialAttention(nn.Module):
+    """The scorer of the authors' released ``multiple_spatial_attention.py``
+    (ShuangLI59/Diversity-Regularized-Spatiotemporal-Attention), ``model.scorer: authors``: ONE
+    hidden layer shared by the K heads (their 1 x 1 convolution D -> 64 without bias, here
+    ``model.d`` units), BatchNorm over the cells, ReLU, then a 1 x 1 convolution to the K scores
+    without bias and BatchNorm on the scores, softmax over the L cells; ``x = sum_l s f`` as eq. 3.
+    BatchNorm2d over (B', H, W) of a 1 x 1 convolution is BatchNorm1d over the B' * L cells.
+    """
+
+    def __init__(self, D: int, K: int, d: int, score_init: str = "uniform") -> None:
+        super().__init__()
+        self.K, self.d = K, d
+        self.hidden = nn.Linear(D, d, bias=False)  # shared by the heads
+        self.hidden_bn = nn.BatchNorm1d(d)
+        self.score = nn.Linear(d, K, bias=False)
+        if score_init == "zero":  # every map uniform at the start, as the paper scorer's option
+            nn.init.zeros_(self.score.weight)
+        elif score_init != "uniform":
+            raise ValueError(f"unknown score_init {score_init!r}; expected 'uniform' or 'zero'")
+        self.score_bn = nn.BatchNorm1d(K)
+
+    def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """f: (B', L, D) -> gated features (B', K, D), maps (B', K, L)."""
+        Bp, L, D = f.shape
+        h = F.relu(self.hidden_bn(self.hidden(f.reshape(Bp * L, D))))  # (B'*L, d)
+        e = self.score_bn(self.score(h)).view(Bp, L, self.K).transpose(1, 2)  # (B', K, L)
+        s = torch.softmax(e, dim=-1, dtype=torch.promote_types(e.dtype, torch.float32))
+        return s.to(f.dtype) @ f, s  # (B', K, D), (B', K, L)
+
+
+SCORERS = {"paper": SpatialAttention, "authors": AuthorsSpatialAttention}
+
+
 # --- enhancement E (eq. 4) -----------------------------------------------------------------------
 
 
@@ -503,7 +536,7 @@ class DRSA(nn.Module):
         self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
         self.per_part = cfg.part_embedding == "per_part"
-        self.spatial = SpatialAttention(D, K, cfg.d, cfg.score_init)
+        self.spatial = SCORERS[cfg.scorer](D, K, cfg.d, cfg.score_init)
         self.enhance = Enhancement(cfg.enhancement, K)
         pooled = cfg.embed_dim if self.per_part else D  # what the temporal pooling weighs
         self.temporal = TemporalPooling(cfg.temporal_pooling, K, pooled)

@@ -35,9 +35,10 @@ BACKBONE_INITS = ("imagenet", "scratch")  # ... or the path of a checkpoint file
 ENHANCEMENTS = ("identity", "second_order")
 TEMPORAL_POOLINGS = ("attention", "avg", "max")
 DIVERSITY_KINDS = ("hellinger", "sparse", "none")
-DIVERSITY_SCALES = ("sum", "pairs")
+DIVERSITY_SCALES = ("sum", "pairs", "authors")
 SCORE_INITS = ("uniform", "zero")
 PART_EMBEDDINGS = ("concat", "per_part")
+SCORERS = ("paper", "authors")
 # model.grid_block: the blocks of each backbone whose output grid the heads may read, in order
 # (torchvision's submodule names; MobileNetV2's features.0 is its stem convolution)
 RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
@@ -208,6 +209,11 @@ class ModelParams:
     # start of each head's scoring vector w'_k (eq. 1; not in the paper): uniform in
     # +-1/sqrt(d), nn.Linear's default, or zero, every map uniform over the cells at the start
     score_init: str = choice("uniform", SCORE_INITS)
+    # how the heads score the cells: paper (eq. 1: each head its own two-layer scorer, W_k of
+    # d x D) or authors (their released multiple_spatial_attention.py: one hidden layer of d units
+    # shared by the heads, without biases, BatchNorm on the hidden units and on the K scores;
+    # they use d = 64)
+    scorer: str = choice("paper", SCORERS)
     # how the K part features become the video's embedding: concat (eq. 15 and §3 as the paper
     # words them: the K x D part features concatenated, one FC to embed_dim) or per_part (the
     # authors' released module: one FC + BatchNorm shared by the K parts, per frame and part, each
@@ -245,7 +251,9 @@ class LossParams:
     diversity_weight: float = at_least(1.0, 0.0)  # coefficient of the diversity term in the loss
     # what the coefficient multiplies (the paper: "Q will be multiplied by a coefficient"): the
     # norm of eq. 9 / 10 as written, a sum over the K x K entries (sum), or that sum over the
-    # K(K-1) ordered pairs of heads (pairs), so the term's size does not grow with K
+    # K(K-1) ordered pairs of heads (pairs), so the term's size does not grow with K; or
+    # authors: their released trainer's sqrt(1e-5 + the sum over the batch of the squared
+    # norms), which they weigh 1
     diversity_scale: str = choice("sum", DIVERSITY_SCALES)
     # the coefficient grows linearly from 0 in the first epoch to its value in this epoch of each
     # training phase (epoch e, counted from 0, uses weight x min(1, e / n)); 0: from the start.
