@@ -397,6 +397,22 @@ class AuthorsSpatialAttention(nn.Module):
         return s.to(f.dtype) @ f, s  # (B', K, D), (B', K, L)
 
 
+class UniformMaps(nn.Module):
+    """``model.maps: uniform``, the control of the learned maps: every head spreads its
+    attention evenly over the L cells, ``s[n,k,l] = 1/L``, so each part is the frame's average
+    cell; no parameters, nothing to train."""
+
+    def __init__(self, D: int, K: int, d: int, score_init: str = "uniform") -> None:
+        super().__init__()
+        self.K = K
+
+    def forward(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        """f: (B', L, D) -> the average cell per head (B', K, D), uniform maps (B', K, L)."""
+        Bp, L, D = f.shape
+        s = f.new_full((Bp, self.K, L), 1.0 / L, dtype=torch.promote_types(f.dtype, torch.float32))
+        return f.mean(dim=1, keepdim=True).expand(Bp, self.K, D), s
+
+
 SCORERS = {"paper": SpatialAttention, "authors": AuthorsSpatialAttention}
 
 
@@ -536,7 +552,8 @@ class DRSA(nn.Module):
         self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
         self.per_part = cfg.part_embedding == "per_part"
-        self.spatial = SCORERS[cfg.scorer](D, K, cfg.d, cfg.score_init)
+        scorer = UniformMaps if cfg.maps == "uniform" else SCORERS[cfg.scorer]
+        self.spatial = scorer(D, K, cfg.d, cfg.score_init)
         self.enhance = Enhancement(cfg.enhancement, K)
         pooled = cfg.embed_dim if self.per_part else D  # what the temporal pooling weighs
         self.temporal = TemporalPooling(cfg.temporal_pooling, K, pooled)

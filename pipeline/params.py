@@ -39,6 +39,7 @@ DIVERSITY_SCALES = ("sum", "pairs", "authors")
 SCORE_INITS = ("uniform", "zero")
 PART_EMBEDDINGS = ("concat", "per_part")
 SCORERS = ("paper", "authors")
+MAPS = ("learned", "uniform")
 # model.grid_block: the blocks of each backbone whose output grid the heads may read, in order
 # (torchvision's submodule names; MobileNetV2's features.0 is its stem convolution)
 RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
@@ -214,6 +215,9 @@ class ModelParams:
     # shared by the heads, without biases, BatchNorm on the hidden units and on the K scores;
     # they use d = 64)
     scorer: str = choice("paper", SCORERS)
+    # the heads' spatial maps: learned (eq. 1-3), or uniform over the cells and never trained, the
+    # control a claim of the learned maps is read against (same grid, same embedding and width)
+    maps: str = choice("learned", MAPS)
     # how the K part features become the video's embedding: concat (eq. 15 and §3 as the paper
     # words them: the K x D part features concatenated, one FC to embed_dim) or per_part (the
     # authors' released module: one FC + BatchNorm shared by the K parts, per frame and part, each

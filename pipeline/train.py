@@ -467,7 +467,7 @@ def config_of(cfg: ModelParams, *fields: str) -> ModelParams:
 # Model params added after models were first exported: recorded only when not at their default,
 # so that a model whose params leave them alone keeps its bytes (and DVC its hash); the loader
 # fills in the default (``from_dict``).
-LATER_FIELDS = ("part_embedding", "grid_block", "scorer")
+LATER_FIELDS = ("part_embedding", "grid_block", "scorer", "maps")
 
 
 def stored_params(cfg: ModelParams) -> dict:

@@ -120,3 +120,25 @@ def test_a_per_part_model_records_its_embedding_and_rebuilds(tmp_path):
     assert torch.equal(rebuilt(grids).embedding, head(grids).embedding)
     export_model(tmp_path / "concat.pt", DRSA(small_cfg(), 16), small_cfg(), "drsa")
     assert "part_embedding" not in load_exported(tmp_path / "concat.pt")[1]["model_params"]
+
+
+@pytest.mark.parametrize("embedding", ["concat", "per_part"])
+def test_uniform_maps_are_the_control_of_the_learned_ones(embedding):
+    """``model.maps: uniform``: no spatial parameters, every map 1/L, every part the frame's
+    average cell, whatever the embedding; the rest of the head (E, pooling, embedding) as with
+    learned maps."""
+    from pipeline.model import UniformMaps
+
+    torch.manual_seed(0)
+    cfg = small_cfg(maps="uniform", part_embedding=embedding, K=3)
+    head = DRSA(cfg, in_channels=16).eval()
+    assert isinstance(head.spatial, UniformMaps) and not list(head.spatial.parameters())
+    grids = random_grids(B=2, N=3, D=16, H=3, W=2)
+    out = head(grids)
+    assert_close(out.spatial, torch.full((2, 3, 3, 6), 1 / 6))
+    cells = grids.flatten(3).transpose(2, 3).flatten(0, 1)  # (B*N, L, D)
+    x, _ = head.spatial(cells)
+    assert_close(x, cells.mean(dim=1, keepdim=True).expand(-1, 3, -1))
+    learned = DRSA(dataclasses.replace(cfg, maps="learned", score_init="zero"), in_channels=16)
+    learned.load_state_dict(head.state_dict(), strict=False)  # the same E, pooling, embedding
+    assert_close(learned.eval()(grids).embedding, out.embedding)
