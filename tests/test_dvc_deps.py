@@ -171,3 +171,16 @@ def test_summary_reads_the_outputs_dvc_yaml_names():
         live = "metrics/live/" + LIVE_FOLDERS[stage].format(run=run)
         assert f"--live {live}" in STAGES[stage]["cmd"], stage
     assert f"--live metrics/live/attention/{run}" in STAGES["attention"]["cmd"]
+
+
+def test_only_the_download_manifest_is_kept_from_the_run_cache():
+    """The download stage's real output, the frames under data/raw, is no DVC output: were its
+    manifest restorable from DVC's run-cache, an experiment repeating another's synthetic setting
+    would get the manifest (and, from it, an index of the new frames' content) without the frames
+    being made, and its later stages would read the project's other frames. `persist` turns the
+    run-cache off for that stage alone; every other stage keeps it (nothing else is persist)."""
+    persistent = {stage: [next(iter(out)) for out in spec.get("outs", [])
+                          if isinstance(out, dict) and next(iter(out.values())).get("persist")]
+                  for stage, spec in STAGES.items()}
+    assert {stage: outs for stage, outs in persistent.items() if outs} == {
+        "download": ["data/download.json"]}
