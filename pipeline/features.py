@@ -54,10 +54,10 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
-from pipeline.errors import CacheError, ParamsError
+from pipeline.errors import CacheError
 from pipeline.files import atomic_path, check_writable, sha256_file
 from pipeline.model import HeadOutput
-from pipeline.params import GRID_BLOCKS, canonical_grid_block
+from pipeline.params import canonical_grid_block
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -73,11 +73,8 @@ def cache_attrs(model_path: str | Path, payload: dict, grid_block: str | None = 
     attrs = {"checkpoint_sha256": sha256_file(model_path), "backbone": cfg["backbone"],
              "last_stride": cfg["last_stride"]}
     if grid_block is not None:
-        if grid_block != "last" and grid_block not in GRID_BLOCKS[cfg["backbone"]]:
-            raise ParamsError(f"model.grid_block: expected last or a block of "
-                              f"{cfg['backbone']} (the backbone of {model_path}): "
-                              f"{', '.join(GRID_BLOCKS[cfg['backbone']])}; got {grid_block!r}")
-        attrs["grid_block"] = canonical_grid_block(cfg["backbone"], grid_block)
+        attrs["grid_block"] = canonical_grid_block(cfg["backbone"], grid_block,
+                                                   f" (the backbone of {model_path})")
     return attrs
 
 

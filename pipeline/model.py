@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from pipeline.errors import CheckpointError, InputError, MissingWeightsError, ParamsError
+from pipeline.errors import CheckpointError, InputError, MissingWeightsError
 from pipeline.files import sha256_file
 from pipeline.params import GRID_BLOCKS, ModelParams, canonical_grid_block
 
@@ -76,12 +76,9 @@ class Backbone(nn.Module):
         if last_stride not in (1, 2):
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
         blocks = GRID_BLOCKS[name]
-        if grid_block != "last" and grid_block not in blocks:
-            raise ParamsError(f"model.grid_block: expected last or a block of {name}: "
-                              f"{', '.join(blocks)}; got {grid_block!r}")
         self.name, self.last_stride = name, last_stride
-        self.grid_block = canonical_grid_block(name, grid_block)
-        kept = blocks.index(blocks[-1] if grid_block == "last" else grid_block) + 1
+        self.grid_block = canonical_grid_block(name, grid_block)  # ParamsError: not a block
+        kept = blocks.index(blocks[-1] if self.grid_block == "last" else self.grid_block) + 1
         # the state-dict prefixes of the blocks removed, dropped from a whole network's weights
         self.removed = tuple(f"{b}." for b in blocks[kept:])
         if name == "mobilenet_v2":

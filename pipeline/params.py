@@ -240,10 +240,7 @@ class ModelParams:
             raise ParamsError(f"model.init: expected {' or '.join(BACKBONE_INITS)}, or the path "
                               f"of a checkpoint file (e.g. weights/resnet50.pth), got "
                               f"{self.init!r}")
-        blocks = GRID_BLOCKS.get(self.backbone, ())
-        if self.grid_block != "last" and self.grid_block not in blocks:
-            raise ParamsError(f"model.grid_block: expected last or a block of {self.backbone}: "
-                              f"{', '.join(blocks)}; got {self.grid_block!r}")
+        canonical_grid_block(self.backbone, self.grid_block)  # a name of the backbone's blocks
 
 
 @dataclass(frozen=True)
@@ -408,10 +405,16 @@ def grid_size(height: int, width: int, last_stride: int = 2, backbone: str = "re
     return down(height), down(width)
 
 
-def canonical_grid_block(backbone: str, grid_block: str) -> str:
+def canonical_grid_block(backbone: str, grid_block: str, where: str = "") -> str:
     """``grid_block`` as caches and exported models record it: ``last`` also for the name of
-    ``backbone``'s last block (features.18 and last are the same grid)."""
-    return "last" if grid_block == GRID_BLOCKS[backbone][-1] else grid_block
+    ``backbone``'s last block (features.18 and last are the same grid). A name that is not one
+    of ``backbone``'s blocks is a ParamsError naming model.grid_block (``where``: whose backbone,
+    for the message)."""
+    blocks = GRID_BLOCKS.get(backbone, ())
+    if grid_block != "last" and grid_block not in blocks:
+        raise ParamsError(f"model.grid_block: expected last or a block of {backbone}{where}: "
+                          f"{', '.join(blocks)}; got {grid_block!r}")
+    return "last" if blocks and grid_block == blocks[-1] else grid_block
 
 
 def run_name(dataset: str, split: int | str) -> str:
