@@ -549,6 +549,9 @@ class DRSA(nn.Module):
         self.cfg, self.in_channels = cfg, in_channels
         D, K = in_channels, cfg.K
         self.per_part = cfg.part_embedding == "per_part"
+        if cfg.maps == "average":
+            raise ValueError("model.maps average is the width control (WidthControl, drsa_heads), "
+                             "not DRSA heads")
         scorer = UniformMaps if cfg.maps == "uniform" else SCORERS[cfg.scorer]
         self.spatial = scorer(D, K, cfg.d, cfg.score_init)
         self.enhance = Enhancement(cfg.enhancement, K)
@@ -595,7 +598,37 @@ class BaselineHead(nn.Module):
         return HeadOutput(self.embed(x), None, None)
 
 
-HEADS = {"drsa": DRSA, "baseline": BaselineHead}
+class WidthControl(nn.Module):
+    """``model.maps: average``, the width control of the heads: no parts and no attention, the
+    grid the heads read averaged over its cells and the N frames, one FC (+ BatchNorm) to the
+    heads' own output width (``ModelParams.embedding_size``: K x E for ``per_part``), L2. What
+    the heads add beyond a wider embedding of the same grid is read against it. It reports
+    uniform maps and frame weights, so that it is measured like the heads; it has no temporal
+    parameters (``temporal`` is empty), so both phases of the attention stage train its FC."""
+
+    def __init__(self, cfg: ModelParams, in_channels: int) -> None:
+        super().__init__()
+        self.cfg, self.in_channels = cfg, in_channels
+        self.embed = Embedding(in_channels, cfg.embedding_size)
+        self.temporal = nn.Module()  # no parameters: nothing of eq. 11-13 to freeze or train
+
+    def forward(self, grids: Tensor, temporal_pooling: str | None = None) -> HeadOutput:
+        """grids: (B, N, D, H, W) -> embedding (B, embedding_size), uniform maps (B, N, K, L)
+        and weights (B, N, K); ``temporal_pooling`` is ignored (the frames are averaged)."""
+        B, N, _, H, W = grids.shape
+        grids = grids.to(self.embed.fc.weight.dtype)
+        embedding = self.embed(grids.mean(dim=(1, 3, 4)))  # (B, D) -> (B, embedding_size)
+        K = self.cfg.K
+        s = grids.new_full((B, N, K, H * W), 1.0 / (H * W), dtype=torch.float32)
+        return HeadOutput(embedding, s, grids.new_full((B, N, K), 1.0 / N, dtype=torch.float32))
+
+
+def drsa_heads(cfg: ModelParams, in_channels: int) -> nn.Module:
+    """The heads ``model.maps`` asks for: DRSA (learned or uniform maps) or its width control."""
+    return WidthControl(cfg, in_channels) if cfg.maps == "average" else DRSA(cfg, in_channels)
+
+
+HEADS = {"drsa": drsa_heads, "baseline": BaselineHead}
 
 
 class VideoReIDNet(nn.Module):

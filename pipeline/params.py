@@ -39,7 +39,7 @@ DIVERSITY_SCALES = ("sum", "pairs", "authors")
 SCORE_INITS = ("uniform", "zero")
 PART_EMBEDDINGS = ("concat", "per_part")
 SCORERS = ("paper", "authors")
-MAPS = ("learned", "uniform")
+MAPS = ("learned", "uniform", "average")
 # model.grid_block: the blocks of each backbone whose output grid the heads may read, in order
 # (torchvision's submodule names; MobileNetV2's features.0 is its stem convolution)
 RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
@@ -215,8 +215,10 @@ class ModelParams:
     # shared by the heads, without biases, BatchNorm on the hidden units and on the K scores;
     # they use d = 64)
     scorer: str = choice("paper", SCORERS)
-    # the heads' spatial maps: learned (eq. 1-3), or uniform over the cells and never trained, the
-    # control a claim of the learned maps is read against (same grid, same embedding and width)
+    # the heads' spatial maps: learned (eq. 1-3); uniform over the cells and never trained, the
+    # control a claim of the learned maps is read against (same grid, same embedding and width);
+    # or average, the width control: no parts, the grid averaged over cells and frames, one FC
+    # (+ BatchNorm) to the heads' output width (embed_dim, K x embed_dim for per_part), L2
     maps: str = choice("learned", MAPS)
     # how the K part features become the video's embedding: concat (eq. 15 and §3 as the paper
     # words them: the K x D part features concatenated, one FC to embed_dim) or per_part (the

@@ -35,23 +35,29 @@ def test_rows_of_the_default_pipeline_are_never_queued_at_its_own_seed():
     from_commit = {c.label for c in cells if c.experiment is None}
     assert from_commit == {"Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"}
     assert to_queue(cells) == {
+        "t1-s0-width": (("model.maps", "average"),),
+        "t1-s0-uniform": (("model.maps", "uniform"),),
         "t1-s0-nodiv": (("loss.diversity", "none"),),
         "t1-s0-sparse": (("loss.diversity", "sparse"),),
         "t1-s0-maxpool": (("model.temporal_pooling", "max"),),
     }
     models = {c.label: c.model for c in cells}
-    assert models == {"Baseline": "baseline", "SpaAtn": "spatial", "SpaAtn+Q'": "spatial",
+    # the two controls of the heads are read as phase 1, like SpaAtn+Q
+    assert models == {"Baseline": "baseline", "Width control": "spatial",
+                      "Uniform maps": "spatial", "SpaAtn": "spatial", "SpaAtn+Q'": "spatial",
                       "SpaAtn+Q": "spatial", "SpaAtn+Q+MaxPool": "temporal",
                       "SpaAtn+Q+TemAtn": "temporal", "SpaAtn+Q+TemAtn+Ind": "joint"}
 
 
 def test_other_seeds_run_their_default_pipeline_first_then_their_rows():
     queue = to_queue(table1_cells([0, 1, 2], base_seed=0))
-    assert list(queue) == ["t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool",
-                           "t1-s1", "t1-s1-nodiv", "t1-s1-sparse", "t1-s1-maxpool",
-                           "t1-s2", "t1-s2-nodiv", "t1-s2-sparse", "t1-s2-maxpool"]
+    assert list(queue) == [
+        "t1-s0-width", "t1-s0-uniform", "t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool",
+        "t1-s1", "t1-s1-width", "t1-s1-uniform", "t1-s1-nodiv", "t1-s1-sparse", "t1-s1-maxpool",
+        "t1-s2", "t1-s2-width", "t1-s2-uniform", "t1-s2-nodiv", "t1-s2-sparse", "t1-s2-maxpool"]
     assert queue["t1-s1"] == (("attention.seed", "1"),)
     assert queue["t1-s2-maxpool"] == (("attention.seed", "2"), ("model.temporal_pooling", "max"))
+    assert queue["t1-s1-width"] == (("attention.seed", "1"), ("model.maps", "average"))
     cells = table1_cells([0, 1, 2], base_seed=0)
     assert len(cells) == 3 * len(TABLE1)
     assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "t1-s1", "t1-s2"}
@@ -60,7 +66,8 @@ def test_other_seeds_run_their_default_pipeline_first_then_their_rows():
 def test_a_base_seed_other_than_zero_is_the_commit():
     queue = to_queue(table1_cells([3, 0], base_seed=3))
     assert "t1-s3" not in queue and queue["t1-s0"] == (("attention.seed", "0"),)
-    assert list(queue)[:3] == ["t1-s3-nodiv", "t1-s3-sparse", "t1-s3-maxpool"]
+    assert list(queue)[:5] == ["t1-s3-width", "t1-s3-uniform", "t1-s3-nodiv", "t1-s3-sparse",
+                               "t1-s3-maxpool"]
 
 
 def test_table2_queues_every_k_but_the_params_own():
@@ -81,11 +88,16 @@ def test_cells_follow_the_params_file(tmp_path):
     assert {c.seed for c in cells_for("table1", str(params), None)} == {2}
     cells = cells_for("table1", str(params), [2, 3])
     assert {k for c in cells for k, _ in c.overrides} == {"attention.seed", "loss.diversity",
-                                                          "model.temporal_pooling"}
+                                                          "model.maps", "model.temporal_pooling"}
 
 
 def test_paper_numbers_cover_every_row():
-    assert set(PAPER_TABLE1) == {row.label for row in TABLE1}
+    # every row of the paper's Table 1 is a row of ours; ours adds the two controls of the
+    # heads (model.maps), which the paper does not have
+    labels = {row.label for row in TABLE1}
+    assert set(PAPER_TABLE1) == labels - {"Width control", "Uniform maps"}
+    assert {row.label for row in TABLE1 if "model.maps" in row.overrides} == {
+        "Width control", "Uniform maps"}
     assert PAPER_TABLE1["SpaAtn+Q+TemAtn+Ind"] == {"prid2011": 93.2, "ilidsvid": 80.2,
                                                     "mars": 82.3, "mars_mAP": 65.8}
     assert set(PAPER_TABLE2) == set(TABLE2_K)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch.testing import assert_close
 
@@ -28,8 +29,10 @@ from pipeline.model import (
     SpatialAttention,
     TemporalPooling,
     VideoReIDNet,
+    WidthControl,
     build_backbone,
     build_model,
+    drsa_heads,
     grid_backbone,
 )
 from pipeline.params import GRID_BLOCKS, ModelParams, grid_size
@@ -950,3 +953,135 @@ def test_grid_size_matches_every_blocks_output(name, last_stride, size):
         hook.remove()
     assert shapes == {b: grid_size(*size, last_stride, name, b) for b in GRID_BLOCKS[name]}
     assert grid_size(*size, last_stride, name) == shapes[GRID_BLOCKS[name][-1]]
+
+
+# --- the width control (model.maps: average) ------------------------------------------------------
+
+
+def width_control(**changes) -> WidthControl:
+    """A width control on D = 3 channels, K = 3, E = 8, with non-trivial BatchNorm statistics and
+    affine parameters, in eval mode (each clip's embedding is its own)."""
+    torch.manual_seed(0)
+    head = drsa_heads(small_cfg(maps="average", K=3, **changes), 3)
+    assert isinstance(head, WidthControl)
+    with torch.no_grad():
+        head.embed.bn.running_mean.normal_()
+        head.embed.bn.running_var.uniform_(0.5, 2.0)
+        head.embed.bn.weight.uniform_(0.5, 1.5)
+        head.embed.bn.bias.normal_()
+    return head.eval()
+
+
+# B = 2 clips of N = 2 frames, D = 3, a 2 x 2 grid: value 24 b + 12 n + 4 d + 2 h + w, whose
+# average over the frames and cells is 24 b + 4 d + 6 + 1.5 (exact in floating point)
+HAND_GRIDS = torch.arange(48, dtype=torch.float32).view(2, 2, 3, 2, 2)
+HAND_MEAN = torch.tensor([[7.5, 11.5, 15.5], [31.5, 35.5, 39.5]])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("embedding", "size"), [("concat", 8), ("per_part", 3 * 8)])
+def test_the_width_control_embeds_the_grids_average_at_the_heads_width(embedding, size):
+    """The embedding is F.normalize(bn(fc(the grid averaged over frames and cells))), exactly, at
+    the heads' own output width: E for concat, K x E for per_part; the frames' order, the cells'
+    order, the temporal pooling asked for and the cache's fp16 change nothing."""
+    head = width_control(part_embedding=embedding)
+    assert head.embed.fc.in_features == 3 and head.embed.fc.out_features == size
+    out = head(HAND_GRIDS)
+    expected = F.normalize(head.embed.bn(head.embed.fc(HAND_MEAN)), dim=1)
+    assert torch.equal(out.embedding, expected)
+    assert out.embedding.shape == (2, size) and out.embedding.dtype == torch.float32
+    assert_close(out.embedding.norm(dim=1), torch.ones(2))
+    bn = head.embed.bn  # the same by the formulas: FC, BatchNorm with its running statistics, L2
+    z = HAND_MEAN @ head.embed.fc.weight.T + head.embed.fc.bias
+    z = (z - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * bn.weight + bn.bias
+    assert_close(out.embedding, z / z.norm(dim=1, keepdim=True))
+    shuffled = HAND_GRIDS.flip(1).flip(3).transpose(3, 4)  # frames reversed, cells moved
+    assert torch.equal(head(shuffled).embedding, expected)
+    for pooling in POOLINGS:
+        assert torch.equal(head(HAND_GRIDS, pooling).embedding, expected)
+    assert torch.equal(head(HAND_GRIDS.half()).embedding, expected)  # integers: exact in fp16
+
+
+@torch.no_grad()
+def test_the_width_control_reports_uniform_maps_and_frame_weights():
+    """Maps (B, N, K, H*W) all 1/(H*W) and weights (B, N, K) all 1/N, float32 whatever the
+    grids' dtype: the control is measured like the heads."""
+    head = width_control()
+    out = head(HAND_GRIDS)
+    assert torch.equal(out.spatial, torch.full((2, 2, 3, 4), 0.25))
+    assert torch.equal(out.temporal, torch.full((2, 2, 3), 0.5))
+    out = head(torch.ones(1, 3, 3, 3, 1, dtype=torch.float16))  # N = 3 frames, 3 x 1 cells
+    assert out.spatial.dtype == out.temporal.dtype == torch.float32
+    assert torch.equal(out.spatial, torch.full((1, 3, 3, 3), 1 / 3))
+    assert torch.equal(out.temporal, torch.full((1, 3, 3), 1 / 3))
+    assert torch.equal(out.spatial.sum(-1), torch.ones(1, 3, 3))
+
+
+def test_the_width_control_has_no_temporal_parameters_and_trains_its_embedding():
+    """``temporal`` is empty (nothing for either phase to freeze or train); its parameters are
+    the FC and BatchNorm of its embedding, and a step reaches every one of them."""
+    head = width_control().train()
+    assert isinstance(head.temporal, torch.nn.Module) and list(head.temporal.parameters()) == []
+    assert {name for name, _ in head.named_parameters()} == {
+        "embed.fc.weight", "embed.fc.bias", "embed.bn.weight", "embed.bn.bias"}
+    out = head(HAND_GRIDS)
+    assert not out.spatial.requires_grad and not out.temporal.requires_grad
+    (out.embedding * torch.randn(out.embedding.shape)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_drsa_heads_picks_the_width_control_only_for_average_maps():
+    """model.maps average builds the width control; DRSA refuses it, naming it; learned and
+    uniform maps are DRSA heads."""
+    assert isinstance(drsa_heads(small_cfg(maps="average"), 16), WidthControl)
+    for maps in ("learned", "uniform"):
+        assert type(drsa_heads(small_cfg(maps=maps), 16)) is DRSA
+    with pytest.raises(ValueError, match=r"model\.maps average is the width control"):
+        DRSA(small_cfg(maps="average"), 16)
+
+
+@torch.no_grad()
+def test_build_model_puts_the_width_control_on_the_grid_block():
+    """build_model(drsa) with maps average: the width control on the backbone up to
+    model.grid_block (layer1 of ResNet-18: D = 64, H/4 x W/4 cells), not on the whole CNN."""
+    torch.manual_seed(0)
+    model = build_model(small_cfg(maps="average", grid_block="layer1")).eval()
+    assert isinstance(model.head, WidthControl)
+    assert model.backbone.grid_block == "layer1"
+    assert not any(hasattr(model.backbone, b) for b in ("layer2", "layer3", "layer4"))
+    assert model.head.in_channels == 64 and model.head.embed.fc.in_features == 64
+    grids = []
+    model.backbone.register_forward_hook(lambda m, i, out: grids.append(out))
+    out = model(torch.randn(1, 2, 3, 32, 16))  # one clip of two frames
+    assert out.embedding.shape == (1, 8)
+    assert torch.equal(out.spatial, torch.full((1, 2, 2, 32), 1 / 32))
+    assert grids[0].shape == (2, 64, 8, 4)
+    assert torch.equal(out.embedding, model.head(grids[0].view(1, 2, 64, 8, 4)).embedding)
+
+
+@torch.no_grad()
+def test_an_exported_width_control_rebuilds_with_equal_outputs(tmp_path):
+    """export_model / load_exported: the heads alone and a net on layer1 come back as a width
+    control (maps average recorded) with the same weights, so the same outputs."""
+    from pipeline.train import export_model, load_exported
+
+    head = width_control(part_embedding="per_part")
+    export_model(tmp_path / "heads.pt", head, head.cfg, "drsa")
+    rebuilt, payload = load_exported(tmp_path / "heads.pt")
+    assert isinstance(rebuilt, WidthControl) and not rebuilt.training
+    assert payload["model_params"]["maps"] == "average" and payload["in_channels"] == 3
+    assert rebuilt.embed.fc.out_features == 3 * 8
+    assert torch.equal(rebuilt(HAND_GRIDS).embedding, head(HAND_GRIDS).embedding)
+
+    torch.manual_seed(1)
+    cfg = small_cfg(maps="average", grid_block="layer1")
+    net = build_model(cfg).eval()
+    with torch.no_grad():
+        net.head.embed.bn.running_mean.normal_()
+    export_model(tmp_path / "net.pt", net, cfg, "drsa")
+    again, _ = load_exported(tmp_path / "net.pt")
+    assert isinstance(again.head, WidthControl) and again.backbone.grid_block == "layer1"
+    assert again.state_dict().keys() == net.state_dict().keys()
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in again.state_dict().items())
+    frames = torch.randn(1, 2, 3, 16, 8)
+    assert torch.equal(again(frames).embedding, net(frames).embedding)

@@ -156,3 +156,30 @@ def test_locality_of_the_training_tracklets_ranks_each_against_the_others(tmp_pa
     [table] = seen
     assert sorted(table["pid"]) == [1, 1, 2, 2] and table["is_query"].all()
     assert json.loads(out.read_text())["subset"] == "train"
+
+
+def test_the_grid_rule_picks_the_deepest_local_block_of_the_fine_tuned_backbone_on_training_data():
+    """The rule of docs/method.md ("Grid block"): a block is local when its person cells' rank-1
+    lies above the interval of every cell alike; the deepest local block of the fine-tuned
+    backbone is chosen (candidates are measured deepest first); the ImageNet candidate and the
+    test set are never used."""
+    from tools.locality import chosen_block, rows
+
+    def candidate(source, module, uniform_hi, person):
+        return {"source": source, "module": module, "grid": [8, 4, 2], "pooled": {
+            "uniform": {"rank1": uniform_hi - 0.05, "rank1_hi": uniform_hi},
+            "person": {"rank1": person}, "background": {"rank1": 0.5}}}
+
+    ft = "data/models/synthetic-0/finetune.pt"
+    result = {"subset": "train", "candidates": {
+        "imagenet": candidate("imagenet", "features.18", 0.1, 0.9),  # local, but not fine-tuned
+        "a": candidate(ft, "features.18", 0.95, 0.94),  # person below every cell: not local
+        "b": candidate(ft, "features.16", 0.90, 0.90),  # at the interval's top: not above it
+        "c": candidate(ft, "features.14", 0.89, 0.92),  # the deepest local block
+        "d": candidate(ft, "features.13", 0.40, 0.77)}}
+    assert chosen_block(result) == "features.14"
+    assert [r[-1] for r in rows(result)[1]] == ["yes", "no", "no", "yes", "yes"]
+    assert rows(result)[1][3][-2] == "+8.0"  # person - every cell, in points
+    assert chosen_block({**result, "subset": "test"}) is None  # never on the test set
+    del result["candidates"]["c"], result["candidates"]["d"]
+    assert chosen_block(result) is None

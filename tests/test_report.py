@@ -199,8 +199,9 @@ def test_rows_come_from_their_experiments_mean_and_std_over_seeds(git):
     assert md_row(text, "SpaAtn+Q")[-3] == "baseline commit, t1-s1, t1-s2"
     assert HEAD in text and "seed(s) 0, 1, 2" in text
     assert report.problems == {name: "not run (no experiment of that name for this commit)"
-                               for name in ("t1-s0-sparse", "t1-s0-maxpool", "t1-s1-sparse",
-                                            "t1-s1-maxpool", "t1-s2-sparse", "t1-s2-maxpool",
+                               for name in (*(f"t1-s{s}-{key}" for s in (0, 1, 2)
+                                              for key in ("width", "uniform", "sparse",
+                                                          "maxpool")),
                                             "t2-k1", "t2-k2", "t2-k4", "t2-k8")}
 
 
@@ -567,8 +568,9 @@ def test_rev_reads_k_and_the_seeds_base_from_that_commits_params(git, tmp_path):
     assert rows["K = 6"]["rank1"]["mean"] == pytest.approx(0.60)
     assert rows["K = 4"]["experiments"] == ["t2-k4"]
     assert rows["K = 4"]["rank1"]["mean"] == pytest.approx(0.40)
-    assert set(data["problems"]) == {"t1-s0-nodiv", "t1-s0-sparse", "t1-s0-maxpool", "t2-k1",
-                                     "t2-k2", "t2-k8"}  # not "t2-k6", not the baseline commit
+    assert set(data["problems"]) == {"t1-s0-width", "t1-s0-uniform", "t1-s0-nodiv",
+                                     "t1-s0-sparse", "t1-s0-maxpool", "t2-k1", "t2-k2",
+                                     "t2-k8"}  # not "t2-k6", not the baseline commit
 
 
 def test_rev_without_readable_params_is_one_line(git, tmp_path):

@@ -276,8 +276,9 @@ def test_claims_check_orderings_gains_and_map_targets():
         "- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): does not hold (58.0 vs 60.0, -2.0; noise ±0.0)",
         "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): does not hold (56.0 vs 58.0, -2.0; "
         "noise ±0.0)",
-        "- full model at least Baseline + 5 rank-1 points: holds (+6.00)",
-        "- full model at least Baseline + 5 mAP points: does not hold (+4.00)",
+        # no paired intervals (no per-query scores): the gain alone, said to be unpaired
+        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 rank-1 points: holds (+6.00, unpaired)",
+        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 mAP points: holds (+4.00, unpaired)",
         "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)",
         "- SpaAtn+Q map overlap <= 0.15: holds (0.1000)",
         "- SpaAtn+Q person mass >= 0.6: holds (0.650)",
@@ -290,6 +291,34 @@ def test_claims_check_orderings_gains_and_map_targets():
     # no ground truth (a real set): no map targets, no visibility claim
     plain = [result(r.label, r.rank1.mean, r.mean_ap.mean, model=r.model) for r in claim_rows(0.1)]
     assert len(claim_lines(plain)) == 5 and "map" not in " ".join(claim_lines(plain))
+    # the full model 2 mAP points over Baseline: below the 3 points of the target
+    short = [*plain[:-1], result("SpaAtn+Q+TemAtn+Ind", 0.56, 0.42, model="joint")]
+    assert claim_lines(short)[3:] == [
+        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 rank-1 points: holds (+6.00, unpaired)",
+        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 mAP points: does not hold (+2.00, "
+        "unpaired)"]
+
+
+def test_claims_read_spaatn_q_against_its_two_controls():
+    """SpaAtn+Q (60.0, 50.0) at least 4 points above each control, rank-1 and mAP, after the
+    paper's orderings and before the full model's gain: the width control (55.0, 47.0) is 5
+    rank-1 points below (holds) but 3 mAP points (does not hold); uniform maps (65.0, 45.0) are
+    above in rank-1 (does not hold) and 5 mAP points below (holds)."""
+    plain = [result(r.label, r.rank1.mean, r.mean_ap.mean, model=r.model) for r in claim_rows(0.1)]
+    controls = [result("Width control", 0.55, 0.47), result("Uniform maps", 0.65, 0.45)]
+    found = claims([plain[0], *controls, *plain[1:]])
+    assert [c.origin for c in found] == [PAPER] * 3 + [TARGET] * 6
+    assert [c.line() for c in found][3:7] == [
+        "- SpaAtn+Q at least Width control + 4 rank-1 points: holds (+5.00, unpaired)",
+        "- SpaAtn+Q at least Width control + 4 mAP points: does not hold (+3.00, unpaired)",
+        "- SpaAtn+Q at least Uniform maps + 4 rank-1 points: does not hold (-5.00, unpaired)",
+        "- SpaAtn+Q at least Uniform maps + 4 mAP points: holds (+5.00, unpaired)"]
+    # a control without results: no claim against it, never a claim read as zero
+    missing = [plain[0], result("Width control", None, None), *plain[1:]]
+    assert not any("Width control" in c.line() for c in claims(missing))
+    # no SpaAtn+Q row: no claim of the controls
+    no_q = [r for r in [plain[0], *controls, *plain[1:]] if r.label != "SpaAtn+Q"]
+    assert not any("control" in c.line() or "Uniform" in c.line() for c in claims(no_q))
 
 
 def test_mechanism_rows_leave_out_the_baseline():

@@ -56,6 +56,10 @@ class Row:
 
 TABLE1 = (
     Row(ROW["baseline"], "baseline", "baseline"),
+    # the controls of the heads, on the heads' own grid (model.maps): the grid's average at the
+    # heads' output width, and the heads with uniform maps; both read as phase 1 (SpaAtn+Q)
+    Row("Width control", "spatial", "width", {"model.maps": "average"}),
+    Row("Uniform maps", "spatial", "uniform", {"model.maps": "uniform"}),
     Row("SpaAtn", "spatial", "nodiv", {"loss.diversity": "none"}),
     Row("SpaAtn+Q'", "spatial", "sparse", {"loss.diversity": "sparse"}),
     Row(ROW["spatial"], "spatial", "q"),

@@ -146,17 +146,43 @@ def candidate_locality(backbone: nn.Module, module: str, test, size: tuple[int, 
                                            for name, rows in pooled.items()}}
 
 
+def local(candidate: dict) -> bool:
+    """The grid rule's test of one candidate: its person's cells rank above the 95 percent
+    interval of all its cells alike (rank-1), i.e. attending the person gains identity that
+    averaging the grid does not have."""
+    p = candidate["pooled"]
+    return p["person"]["rank1"] > p["uniform"].get("rank1_hi", p["uniform"]["rank1"])
+
+
+def chosen_block(result: dict) -> str | None:
+    """The grid rule (docs/method.md, "Grid block"), read on the training tracklets only: of the
+    fine-tuned backbone's candidates, the deepest block (the first in BLOCKS' order, the order
+    measured) that is ``local``; None when none is, or when the result is not of the training
+    tracklets (a grid is never chosen on the test set)."""
+    if result.get("subset") != "train":
+        return None
+    for c in result["candidates"].values():
+        if not str(c.get("source", "")).endswith("finetune.pt") or not local(c):
+            continue
+        return c["module"]
+    return None
+
+
 def rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per candidate) of the locality table: rank-1 of each pooling, and
-    the person map's gain over the background map."""
+    """Header and rows (one per candidate) of the locality table: rank-1 of each pooling, the
+    person map's gain over the background map and over every cell alike (where attention can
+    gain), and whether the grid rule counts it local."""
     body = []
     for name, c in result["candidates"].items():
         p = c["pooled"]
         gain = 100 * (p["person"]["rank1"] - p["background"]["rank1"])
+        headroom = 100 * (p["person"]["rank1"] - p["uniform"]["rank1"])
         body.append([name, f"{c['module']} ({' x '.join(map(str, c['grid']))})",
-                     *(pct_of(p[m], "rank1") for m in MAPS), f"{gain:+.1f}"])
+                     *(pct_of(p[m], "rank1") for m in MAPS), f"{gain:+.1f}", f"{headroom:+.1f}",
+                     "yes" if local(c) else "no"])
     return (["candidate", "grid (D x h x w)", "every cell", "person cells (oracle)",
-             "background cells (oracle)", "person - background"], body)
+             "background cells (oracle)", "person - background", "person - every cell",
+             "local"], body)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         result["candidates"][name] = {"source": source, "module": module,
                                       **candidate_locality(backbone, module, test, size,
                                                            p.model.N)}
+    result["chosen"] = chosen_block(result)
     write_json(args.out, result)
     print(text_table(*rows(result)))
+    if args.subset == "train":
+        print(f"\nthe grid rule (the deepest fine-tuned block whose person cells rank above the "
+              f"interval of every cell alike): {result['chosen'] or 'no block'}")
     print(f"\nwrote {args.out}")
 
 

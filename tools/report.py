@@ -62,6 +62,7 @@ from tools.report_tables import (
     BASELINE_COMMIT,
     aggregate,
     claims,
+    paired_rows,
     render_markdown,
     render_terminal,
 )
@@ -124,7 +125,8 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     return Report(
         commit=sources.commit, commit_name=sources.commit_name, seeds=tuple(seeds),
         base_seed=base_seed, base_k=base_k, datasets=tuple(datasets),
-        table1=table1, claims={pair: claims(rows) for pair, rows in table1.items()},
+        table1=table1, claims={pair: claims(rows, paired_rows(cells1, resolved, *pair))
+                              for pair, rows in table1.items()},
         table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
         problems=problems, cnn_seeds=tuple(cnn_seeds) if cells3 else (),
         cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {})

@@ -72,7 +72,8 @@ PAPER, TARGET = "paper", "target"  # where a claim comes from
 class Claim:
     """One claim as measured: ``origin`` PAPER (an ordering of the paper's Table 1) or TARGET (a
     threshold this project set, not a number of the paper); ``verdict`` "holds", "does not
-    hold", "within the noise" or "not measured (missing)"; ``figures`` what it was decided on."""
+    hold", "not resolved" (a paired interval around 0), "within the noise" (no paired scores)
+    or "not measured (missing)"; ``figures`` what it was decided on."""
 
     claim: str
     origin: str

@@ -197,8 +197,14 @@ def read_results(source: Source, read: Reader) -> tuple[dict | None, str | None]
     problem = "; ".join(missing) or None
     if not evals:
         return None, problem or "its params list no video set"
+    per_query: dict = {}  # dataset -> split -> the evaluate output's per-query scores
+    for evaluation in evals:
+        if isinstance(evaluation.get("per_query"), dict):
+            per_query.setdefault(evaluation["dataset"], {})[evaluation["split"]] = \
+                evaluation["per_query"]
     return {"seed": _param(params, SEED_KEY, AttentionParams().seed), "results": summarize(evals),
-            "attention": summarize_attention(evals), "heads": head_summary(evals)}, problem
+            "attention": summarize_attention(evals), "heads": head_summary(evals),
+            "per_query": per_query}, problem
 
 
 def head_summary(evals: list[dict]) -> dict:

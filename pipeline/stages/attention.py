@@ -27,7 +27,7 @@ from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
 from pipeline.files import check_writable
 from pipeline.losses import build_identity_loss
-from pipeline.model import DRSA
+from pipeline.model import drsa_heads
 from pipeline.params import Params, load_params, to_dict
 from pipeline.stages.common import run
 from pipeline.train import (
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     targets = [labels[int(pid)] for pid in pids]
     log.info("%d training tracklets of %d identities, %d channels", len(pids), len(labels), D)
 
-    heads = DRSA(p.model, D)
+    heads = drsa_heads(p.model, D)  # the width control for model.maps: average
     criterion = build_identity_loss(p.loss, p.model.embedding_size, len(labels))
     key = fingerprint("attention", p.heads_seed, to_dict(p.model), to_dict(p.loss),
                       to_dict(p.attention), p.data.num_workers, cache_hash)
