@@ -569,7 +569,7 @@ def test_a_checkpoint_save_on_a_full_disk_is_one_line(stage, tmp_path, monkeypat
 def test_a_timings_record_that_cannot_be_written_is_one_warning_line(tmp_path, monkeypatch,
                                                                     capsys, code, reason):
     """A read-only metrics/ under a stage that DVC runs and that wrote its outputs elsewhere:
-    the record of its time (metrics/timings.json) fails after the stage's work is done. One
+    the record of its time (metrics/timings/pretrain.json) fails after the stage's work is done. One
     line, a warning: the stage ends well (exit status 0), its outputs are complete."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_STAGE", "pretrain")
@@ -577,7 +577,7 @@ def test_a_timings_record_that_cannot_be_written_is_one_warning_line(tmp_path, m
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def refused(path, obj, indent=2):  # as on a read-only mount (chmod does not stop root)
-        raise OSError(code, os.strerror(code), str(tmp_path / "metrics" / ".timings.json.tmp"))
+        raise OSError(code, os.strerror(code), str(tmp_path / "metrics/timings/.pretrain.json.tmp"))
 
     monkeypatch.setattr(common, "write_json", refused)
     try:
@@ -586,7 +586,8 @@ def test_a_timings_record_that_cannot_be_written_is_one_warning_line(tmp_path, m
         for s, handler in handlers.items():
             signal.signal(s, handler)
     assert capsys.readouterr().err.splitlines() == [
-        f"warning: metrics/timings.json: pretrain's time not recorded ({reason}); the stage's "
+        f"warning: metrics/timings/pretrain.json: pretrain's time not recorded ({reason}); the "
+        "stage's "
         "outputs are complete"]
     assert files(tmp_path) == []
 

@@ -16,8 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.params import flatten
+from pipeline.stages.common import timing_path
 from tools import docs
 from tools.docs import BLOCKS, blocks, fill, main
 from tools.docs import render as render_wrapped
@@ -613,11 +615,16 @@ def test_cache_disk_block_from_the_frame_counts_and_the_bench(tmp_path):
 
 
 def test_timings_block_from_the_stages_records(tmp_path):
-    write(tmp_path, "metrics/timings.json", {
-        "machine": {"cpu": "Some CPU", "cores": 2},
-        "stages": {"summary": {"seconds": 10.0}, "check": {"seconds": 5.0},
-                   "attention@synthetic-0": {"seconds": 45.0},
-                   "pretrain": {"seconds": 120.0}, "joint@synthetic-0": {"seconds": 20.0}}})
+    """The stages of dvc.lock, each from its own record (metrics/timings/), in the order they run;
+    a record of a stage the lock does not list (another run's) is never read."""
+    seconds = {"summary": 10.0, "check": 5.0, "attention@synthetic-0": 45.0, "pretrain": 120.0,
+               "joint@synthetic-0": 20.0}
+    for stage, value in seconds.items():
+        write(tmp_path, timing_path(stage).as_posix(),
+              {"stage": stage, "seconds": value, "machine": {"cpu": "Some CPU", "cores": 2}})
+    write(tmp_path, "metrics/timings/evaluate/synthetic-1.json", {"stage": "x", "seconds": 1e6})
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        s: {"cmd": "python"} for s in seconds}}))
     body = render("timings", tmp_path)
     lines = body.splitlines()
     order = [line.split(" | ")[0].strip("| `") for line in lines if line.startswith("| `")]
@@ -626,6 +633,8 @@ def test_timings_block_from_the_stages_records(tmp_path):
     assert "0m45.0s" in body and "| 60% |" in body  # pretrain: 120 of 200 s
     assert "1m20.0s, 0.40 of the full run" in body  # check + attention + joint + summary
     assert "Not yet produced" in render("timings", tmp_path / "elsewhere")
+    (tmp_path / "metrics/timings/summary.json").unlink()  # a locked stage without its record
+    assert "Not yet produced" in render("timings", tmp_path)
 
 
 def test_figure_block_shows_the_first_query_of_the_first_split(tmp_path):

@@ -28,18 +28,24 @@ def dvc_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_a_stage_run_by_dvc_records_its_wall_time(dvc_env, monkeypatch):
+def test_a_stage_run_by_dvc_records_its_wall_time_in_its_own_file(dvc_env, monkeypatch):
     monkeypatch.setenv("DVC_STAGE", "attention@synthetic-0")
     common.run(quick, [])
     monkeypatch.setenv("DVC_STAGE", "check")
     common.run(quick, [])
-    timings = json.loads((dvc_env / "metrics" / "timings.json").read_text())
-    assert list(timings["stages"]) == ["attention@synthetic-0", "check"]  # both kept, sorted
-    entry = timings["stages"]["check"]
+    matrix = json.loads((dvc_env / "metrics/timings/attention/synthetic-0.json").read_text())
+    entry = json.loads((dvc_env / "metrics/timings/check.json").read_text())
+    assert matrix["stage"] == "attention@synthetic-0" and entry["stage"] == "check"
     # from the start of this process (pytest's), imports included: at least the sleep
     assert entry["seconds"] >= 0.01 and entry["finished"].startswith(time.strftime("%Y-"))
-    assert timings["machine"]["cores"] >= 1 and timings["machine"]["cpu"]
+    assert entry["machine"]["cores"] >= 1 and entry["machine"]["cpu"]
     assert not (dvc_env / "elsewhere").exists()  # a queued experiment leaves the project alone
+
+
+def test_each_record_is_where_dvc_yaml_declares_that_stage_s_output():
+    assert common.timing_path("check").as_posix() == "metrics/timings/check.json"
+    assert (common.timing_path("evaluate@mars-3").as_posix()
+            == "metrics/timings/evaluate/mars-3.json")
 
 
 def test_nothing_is_recorded_outside_dvc_or_for_a_failed_stage(dvc_env, monkeypatch):
@@ -48,7 +54,7 @@ def test_nothing_is_recorded_outside_dvc_or_for_a_failed_stage(dvc_env, monkeypa
     monkeypatch.setenv("DVC_STAGE", "evaluate@synthetic-0")
     with pytest.raises(SystemExit):
         common.run(failing, [])
-    assert not (dvc_env / "metrics" / "timings.json").exists()
+    assert not (dvc_env / "metrics").exists()
 
 
 def test_only_rank_0_records(dvc_env, monkeypatch):
@@ -57,16 +63,15 @@ def test_only_rank_0_records(dvc_env, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(common.distributed, "shutdown", lambda failed=False: None)
     common.run(quick, [])
-    assert not (dvc_env / "metrics" / "timings.json").exists()
+    assert not (dvc_env / "metrics").exists()
 
 
-def test_a_damaged_timings_file_is_replaced(dvc_env, monkeypatch):
-    (dvc_env / "metrics").mkdir()
-    (dvc_env / "metrics" / "timings.json").write_text('{"stages": ')
+def test_a_damaged_record_is_replaced(dvc_env, monkeypatch):
+    (dvc_env / "metrics/timings").mkdir(parents=True)
+    (dvc_env / "metrics/timings/summary.json").write_text('{"stage": ')
     monkeypatch.setenv("DVC_STAGE", "summary")
     common.run(quick, [])
-    assert list(json.loads((dvc_env / "metrics" / "timings.json").read_text())["stages"]) == [
-        "summary"]
+    assert json.loads((dvc_env / "metrics/timings/summary.json").read_text())["stage"] == "summary"
 
 
 def test_the_process_age_is_that_of_this_process():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -88,10 +87,11 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
         raise SystemExit(1) from None
     distributed.shutdown()
     if os.environ.get(DVC_STAGE) and reports(None):
+        path = timing_path(os.environ[DVC_STAGE])
         try:
-            record_time(TIMINGS, os.environ[DVC_STAGE], process_age())
+            record_time(path, os.environ[DVC_STAGE], process_age())
         except OSError as err:  # a record of the run: its outputs are complete, the stage ends well
-            print(f"warning: {TIMINGS}: {os.environ[DVC_STAGE]}'s time not recorded "
+            print(f"warning: {path}: {os.environ[DVC_STAGE]}'s time not recorded "
                   f"({DISK_ERRORS.get(err.errno) or err.strerror or err}); the stage's outputs "
                   "are complete", file=sys.stderr)
 
@@ -101,11 +101,20 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
 # the stage's working directory: the project, or a queued experiment's own copy of it (DVC_ROOT
 # names the user's project even then, so it is not used: an experiment's timings stay in its own
 # commit). Every stage that ends well records its wall time (from the start of its process,
-# imports included) in metrics/timings.json, which git keeps and `make docs` turns into the
-# README's time table. Not a DVC output: a record of the last run of each stage, on this machine.
+# imports included) in its own file under metrics/timings/ (``timing_path``), which dvc.yaml
+# declares as an output of that stage (not cached: git keeps it). So the run-cache restores a
+# stage's time with the outputs it made, and the README's time table (`make docs`) never shows
+# the time of another run's stage.
 
 DVC_STAGE = "DVC_STAGE"
-TIMINGS = Path("metrics") / "timings.json"
+TIMINGS = Path("metrics") / "timings"
+
+
+def timing_path(stage: str, root: Path = TIMINGS) -> Path:
+    """Where DVC stage ``stage`` records its time: ``<root>/<stage>.json``, or for a matrix
+    stage (``attention@synthetic-0``) ``<root>/attention/synthetic-0.json``."""
+    name, _, item = stage.partition("@")
+    return root / name / f"{item}.json" if item else root / f"{name}.json"
 
 
 def process_age() -> float:
@@ -123,15 +132,11 @@ def process_age() -> float:
 
 
 def record_time(path: Path, stage: str, seconds: float) -> None:
-    """Set ``stage``'s entry of the timings file (the others kept), with the machine's CPU."""
-    try:
-        timings = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        timings = {}  # a damaged record is replaced, never a reason to fail a finished stage
-    stages = timings.get("stages") if isinstance(timings.get("stages"), dict) else {}
-    stages[stage] = {"seconds": round(seconds, 1),
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())}
-    write_json(path, {"machine": machine(), "stages": dict(sorted(stages.items()))})
+    """Write ``stage``'s time record at ``path`` (``timing_path``): its wall time, when it
+    finished and the machine's CPU."""
+    write_json(path, {"stage": stage, "seconds": round(seconds, 1),
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()),
+                      "machine": machine()})
 
 
 def machine() -> dict:

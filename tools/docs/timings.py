@@ -1,15 +1,20 @@
-"""The ``timings`` block: how long each stage of the last run took (``metrics/timings.json``,
-which every stage writes when DVC runs it: ``pipeline.stages.common.record_time``), on which CPU,
-and the share of a full run that an experiment on the attention heads (``-S model.K=8``) re-runs."""
+"""The ``timings`` block: how long each stage of the last run took, on which CPU, and the share of
+a full run that an experiment on the attention heads (``-S model.K=8``) re-runs. Every stage DVC
+runs writes its own record (``pipeline.stages.common.record_time``, at ``timing_path``), an output
+of that stage in dvc.yaml; the stages read are those of ``dvc.lock``, so each time shown is that
+of the run that made the outputs the lock records (the run-cache restores both together)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.formatting import markdown_table
-from tools.docs.common import field_of, read_json
+import yaml
 
-RELATIVE = "metrics/timings.json"
+from pipeline.formatting import markdown_table
+from pipeline.stages.common import timing_path
+from tools.docs.common import NotProduced, field_of, read_json
+
+LOCK = "dvc.lock"
 ORDER = ("check", "download", "index", "pretrain", "finetune", "cache", "attention", "joint",
          "evaluate", "summary")  # dvc.yaml's stages, in the order they run
 HEADS_ONLY = ("check", "attention", "joint", "evaluate", "summary")  # what model.K re-runs
@@ -19,20 +24,33 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
+def locked_stages(root: Path) -> list[str]:
+    """The stage names ``dvc.lock`` records (matrix stages by their full name)."""
+    try:
+        lock = yaml.safe_load((root / LOCK).read_text())
+    except FileNotFoundError:
+        raise NotProduced(LOCK, "make repro") from None
+    return list((lock or {}).get("stages") or {})
+
+
 def timings_block(root: Path) -> str:
-    timings = read_json(root, RELATIVE, "make repro")
-    stages = field_of(timings, RELATIVE, "stages")
-    known = [s for s in stages if s.split("@")[0] in ORDER]
-    known.sort(key=lambda s: (ORDER.index(s.split("@")[0]), s))
-    total = sum(stages[s]["seconds"] for s in known)
-    heads = sum(stages[s]["seconds"] for s in known if s.split("@")[0] in HEADS_ONLY)
-    rows = [[f"`{s}`", minutes(stages[s]["seconds"]), f"{100 * stages[s]['seconds'] / total:.0f}%"]
-            for s in known]
+    known = sorted((s for s in locked_stages(root) if s.split("@")[0] in ORDER),
+                   key=lambda s: (ORDER.index(s.split("@")[0]), s))
+    if not known:
+        raise NotProduced(LOCK, "make repro")
+    paths = {s: timing_path(s).as_posix() for s in known}
+    records = {s: read_json(root, paths[s], "make repro") for s in known}
+    seconds = {s: float(field_of(records[s], paths[s], "seconds")) for s in known}
+    total = sum(seconds.values())
+    heads = sum(v for s, v in seconds.items() if s.split("@")[0] in HEADS_ONLY)
+    rows = [[f"`{s}`", minutes(seconds[s]), f"{100 * seconds[s] / total:.0f}%"] for s in known]
     rows.append(["all stages", minutes(total), "100%"])
-    machine = timings.get("machine", {})
-    return (f"From `{RELATIVE}` (each stage's wall time, imports included, as its last run "
-            f"recorded it; {machine.get('cpu', 'unknown CPU')}, {machine.get('cores', '?')} "
-            f"cores):\n\n" + markdown_table(["stage", "time", "share"], rows)
+    machines = dict.fromkeys(f"{(r.get('machine') or {}).get('cpu', 'unknown CPU')}, "
+                             f"{(r.get('machine') or {}).get('cores', '?')} cores"
+                             for r in records.values())
+    return (f"From `metrics/timings/` (each stage's wall time, imports included, recorded by the "
+            f"run that made the outputs `{LOCK}` records; {'; '.join(machines)}):\n\n"
+            + markdown_table(["stage", "time", "share"], rows)
             + f"\n\nAn experiment on the attention heads (`dvc exp run -S model.K=8`) re-runs "
               f"`{'`, `'.join(HEADS_ONLY)}`: {minutes(heads)}, {heads / total:.2f} of the full "
               "run.")
