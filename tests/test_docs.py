@@ -666,7 +666,7 @@ def test_claims_block_reads_the_claims_of_the_first_protocol(tmp_path):
                             "seeds 0, 1; rank-1 unless said;")
     assert "**The paper's orderings (its Table 1: each row above the one it builds on)**, " \
         "synthetic, official protocol:" in paper
-    assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): holds (45.0 vs 40.0, +5.0; noise ±2.0)"
+    assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q: holds (45.0 vs 40.0, +5.0; noise ±2.0)"
             in paper)
     assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in target
     assert "- SpaAtn+Q map entropy >= 0.02: " not in target

@@ -111,7 +111,7 @@ def figures(r: dict[str, float]) -> str:
     (percent), from a ``compare`` result."""
     lo, hi = 100 * r["lo"], 100 * r["hi"]
     return (f"{100 * r['b']:.1f} vs {100 * r['a']:.1f}, {100 * r['diff']:+.1f} "
-            f"[{lo:+.1f}, {hi:+.1f}] paired, half-width {(hi - lo) / 2:.1f}")
+            f"[{lo:+.1f}, {hi:+.1f}], half-width {(hi - lo) / 2:.1f}")
 
 
 def test_read_results_keeps_each_splits_per_query_scores():
@@ -198,30 +198,29 @@ def test_claims_take_their_verdicts_and_figures_from_the_paired_intervals():
     assert tem_q["rank1"]["lo"] < 0 < tem_q["rank1"]["hi"]
     assert ind_tem["rank1"]["lo"] < 0 < ind_tem["rank1"]["hi"]
 
-    gain = "paired interval above 0"
     assert [c.line() for c in claims(rows, paired)][:11] == [
-        "- SpaAtn+Q > SpaAtn+Q' (rank-1): not measured (missing)",  # never ran: no pairs
-        "- SpaAtn+Q' > SpaAtn (rank-1): not measured (missing)",
-        "- SpaAtn+Q > SpaAtn (rank-1): not resolved (87.5 vs 87.5, +0.0 [+0.0, +0.0] paired, "
+        "- SpaAtn+Q > SpaAtn+Q': not measured (missing)",  # never ran: no pairs
+        "- SpaAtn+Q' > SpaAtn: not measured (missing)",
+        "- SpaAtn+Q > SpaAtn: not resolved (87.5 vs 87.5, +0.0 [+0.0, +0.0], "
         "half-width 0.0)",
-        f"- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): not resolved ({figures(tem_q['rank1'])})",
-        f"- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): not resolved "
+        f"- SpaAtn+Q+TemAtn > SpaAtn+Q: not resolved ({figures(tem_q['rank1'])})",
+        f"- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn: not resolved "
         f"({figures(ind_tem['rank1'])})",
-        f"- SpaAtn+Q at least Width control + 4 rank-1 points, {gain}: holds "
+        f"- SpaAtn+Q >= Width control + 4 rank-1: holds "
         f"({figures(q_width['rank1'])})",
-        f"- SpaAtn+Q at least Width control + 4 mAP points, {gain}: holds "
+        f"- SpaAtn+Q >= Width control + 4 mAP: holds "
         f"({figures(q_width['mAP'])})",
         # a gain of 12.5 points, but an interval that holds 0
-        f"- SpaAtn+Q at least Uniform maps + 4 rank-1 points, {gain}: does not hold "
+        f"- SpaAtn+Q >= Uniform maps + 4 rank-1: does not hold "
         f"({figures(q_uniform['rank1'])})",
         # an interval above 0, but a gain of 3 points
-        f"- SpaAtn+Q at least Uniform maps + 4 mAP points, {gain}: does not hold "
+        f"- SpaAtn+Q >= Uniform maps + 4 mAP: does not hold "
         f"({figures(q_uniform['mAP'])})",
-        f"- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 rank-1 points, {gain}: holds "
+        f"- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 rank-1: holds "
         f"({figures(joint_base['rank1'])})",
-        f"- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 mAP points, {gain}: holds "
+        f"- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 mAP: holds "
         f"({figures(joint_base['mAP'])})"]
-    assert figures(q_width["rank1"]) == "87.5 vs 25.0, +62.5 [+40.0, +85.7] paired, half-width 22.9"
+    assert figures(q_width["rank1"]) == "87.5 vs 25.0, +62.5 [+40.0, +85.7], half-width 22.9"
 
 
 def test_the_torchreid_protocol_keeps_the_unpaired_rule():
@@ -232,13 +231,13 @@ def test_the_torchreid_protocol_keeps_the_unpaired_rule():
     assert paired is no_pairs and paired("SpaAtn+Q", "Width control") is None
     lines = [c.line() for c in claims(aggregate(cells, resolved, "synthetic", "torchreid"),
                                       paired)]
-    assert lines[2] == "- SpaAtn+Q > SpaAtn (rank-1): within the noise (87.5 vs 87.5, +0.0; " \
+    assert lines[2] == "- SpaAtn+Q > SpaAtn: within the noise (87.5 vs 87.5, +0.0; " \
                        "noise ±0.0)"
     assert lines[5:7] == [
-        "- SpaAtn+Q at least Width control + 4 rank-1 points: holds (+62.50, unpaired)",
-        "- SpaAtn+Q at least Width control + 4 mAP points: holds (+31.25, unpaired)"]
+        "- SpaAtn+Q >= Width control + 4 rank-1: holds (+62.50, unpaired)",
+        "- SpaAtn+Q >= Width control + 4 mAP: holds (+31.25, unpaired)"]
     # a gain of 12.5 rank-1 points holds unpaired (the paired interval is what failed it above)
-    assert lines[7] == ("- SpaAtn+Q at least Uniform maps + 4 rank-1 points: holds (+12.50, "
+    assert lines[7] == ("- SpaAtn+Q >= Uniform maps + 4 rank-1: holds (+12.50, "
                         "unpaired)")
 
 
@@ -247,12 +246,11 @@ def test_build_report_pairs_table1_under_the_official_protocol_only():
     report = report_of(git, show, seeds=[0])
     official = [c.line() for c in report.claims["synthetic", "official"]]
     torchreid = [c.line() for c in report.claims["synthetic", "torchreid"]]
-    assert official[2].startswith("- SpaAtn+Q > SpaAtn (rank-1): not resolved (87.5 vs 87.5, "
-                                  "+0.0 [+0.0, +0.0] paired")
-    assert official[5] == ("- SpaAtn+Q at least Width control + 4 rank-1 points, paired interval "
-                           "above 0: holds (87.5 vs 25.0, +62.5 [+40.0, +85.7] paired, "
-                           "half-width 22.9)")
-    assert not any("paired interval" in line or "] paired" in line for line in torchreid)
+    assert official[2] == ("- SpaAtn+Q > SpaAtn: not resolved (87.5 vs 87.5, +0.0 [+0.0, +0.0], "
+                           "half-width 0.0)")
+    assert official[5] == ("- SpaAtn+Q >= Width control + 4 rank-1: holds (87.5 vs 25.0, +62.5 "
+                           "[+40.0, +85.7], half-width 22.9)")
+    assert not any("half-width" in line or "]" in line for line in torchreid)
     assert torchreid[5].endswith(": holds (+62.50, unpaired)")
     cells, resolved = resolved_of(git, show)
     assert report.claims["synthetic", "official"] == claims(
@@ -264,7 +262,7 @@ def test_ordering_with_a_paired_result_reads_its_interval():
     high, low = result("high", 0.6), result("low", 0.5)
     pair = {"a": 0.5, "b": 0.6, "diff": 0.1, "lo": 0.02, "hi": 0.18}
     assert ordering(high, low, paired=pair) == (
-        "holds", "60.0 vs 50.0, +10.0 [+2.0, +18.0] paired, half-width 8.0")
+        "holds", "60.0 vs 50.0, +10.0 [+2.0, +18.0], half-width 8.0")
     assert ordering(high, low, paired={**pair, "lo": -0.02})[0] == "not resolved"
     assert ordering(high, low, paired={**pair, "lo": 0.0})[0] == "not resolved"  # 0 is in it
     assert ordering(high, low, paired={**pair, "diff": -0.1, "lo": -0.18, "hi": -0.02})[0] == \
@@ -294,11 +292,9 @@ def test_gain_claims_need_the_gain_and_an_interval_above_zero(means, lo, verdict
     found = gain_claims(high, low, 0.04, paired)
     assert calls == [("high", "low")]  # one paired comparison for both metrics
     assert [c.verdict for c in found] == [verdict, verdict]
-    suffix = "" if lo is None else ", paired interval above 0"
-    assert [c.claim for c in found] == [f"high at least low + 4 rank-1 points{suffix}",
-                                        f"high at least low + 4 mAP points{suffix}"]
+    assert [c.claim for c in found] == ["high >= low + 4 rank-1", "high >= low + 4 mAP"]
     if lo is None:
         assert found[0].figures.endswith(", unpaired")
     else:
-        assert found[0].figures.endswith("paired, half-width " f"{(10 - 100 * lo) / 2:.1f}")
+        assert found[0].figures.endswith(f"], half-width {(10 - 100 * lo) / 2:.1f}")
     assert gain_claims(high, result("low", None, None), 0.04, paired) == []  # not measured

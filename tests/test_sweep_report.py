@@ -272,13 +272,13 @@ def test_claims_check_orderings_gains_and_map_targets():
     found = claims(claim_rows(-0.05))
     assert [c.origin for c in found] == [PAPER] * 3 + [TARGET] * 8
     assert claim_lines(claim_rows(-0.05)) == [
-        "- SpaAtn+Q > SpaAtn (rank-1): holds (60.0 vs 55.0, +5.0; noise ±0.0)",
-        "- SpaAtn+Q+TemAtn > SpaAtn+Q (rank-1): does not hold (58.0 vs 60.0, -2.0; noise ±0.0)",
-        "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn (rank-1): does not hold (56.0 vs 58.0, -2.0; "
+        "- SpaAtn+Q > SpaAtn: holds (60.0 vs 55.0, +5.0; noise ±0.0)",
+        "- SpaAtn+Q+TemAtn > SpaAtn+Q: does not hold (58.0 vs 60.0, -2.0; noise ±0.0)",
+        "- SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn: does not hold (56.0 vs 58.0, -2.0; "
         "noise ±0.0)",
         # no paired intervals (no per-query scores): the gain alone, said to be unpaired
-        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 rank-1 points: holds (+6.00, unpaired)",
-        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 mAP points: holds (+4.00, unpaired)",
+        "- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 rank-1: holds (+6.00, unpaired)",
+        "- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 mAP: holds (+4.00, unpaired)",
         "- SpaAtn+Q map entropy >= 1.0: holds (1.200 nats)",
         "- SpaAtn+Q map overlap <= 0.15: holds (0.1000)",
         "- SpaAtn+Q person mass >= 0.6: holds (0.650)",
@@ -294,8 +294,8 @@ def test_claims_check_orderings_gains_and_map_targets():
     # the full model 2 mAP points over Baseline: below the 3 points of the target
     short = [*plain[:-1], result("SpaAtn+Q+TemAtn+Ind", 0.56, 0.42, model="joint")]
     assert claim_lines(short)[3:] == [
-        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 rank-1 points: holds (+6.00, unpaired)",
-        "- SpaAtn+Q+TemAtn+Ind at least Baseline + 3 mAP points: does not hold (+2.00, "
+        "- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 rank-1: holds (+6.00, unpaired)",
+        "- SpaAtn+Q+TemAtn+Ind >= Baseline + 3 mAP: does not hold (+2.00, "
         "unpaired)"]
 
 
@@ -309,10 +309,10 @@ def test_claims_read_spaatn_q_against_its_two_controls():
     found = claims([plain[0], *controls, *plain[1:]])
     assert [c.origin for c in found] == [PAPER] * 3 + [TARGET] * 6
     assert [c.line() for c in found][3:7] == [
-        "- SpaAtn+Q at least Width control + 4 rank-1 points: holds (+5.00, unpaired)",
-        "- SpaAtn+Q at least Width control + 4 mAP points: does not hold (+3.00, unpaired)",
-        "- SpaAtn+Q at least Uniform maps + 4 rank-1 points: does not hold (-5.00, unpaired)",
-        "- SpaAtn+Q at least Uniform maps + 4 mAP points: holds (+5.00, unpaired)"]
+        "- SpaAtn+Q >= Width control + 4 rank-1: holds (+5.00, unpaired)",
+        "- SpaAtn+Q >= Width control + 4 mAP: does not hold (+3.00, unpaired)",
+        "- SpaAtn+Q >= Uniform maps + 4 rank-1: does not hold (-5.00, unpaired)",
+        "- SpaAtn+Q >= Uniform maps + 4 mAP: holds (+5.00, unpaired)"]
     # a control without results: no claim against it, never a claim read as zero
     missing = [plain[0], result("Width control", None, None), *plain[1:]]
     assert not any("Width control" in c.line() for c in claims(missing))

@@ -341,7 +341,7 @@ def paired_rows(cells: Sequence[Cell], resolved: dict[Cell, dict | None], datase
 def _paired_figures(result: dict[str, float]) -> str:
     lo, hi = 100 * result["lo"], 100 * result["hi"]
     return (f"{100 * result['b']:.1f} vs {100 * result['a']:.1f}, {100 * result['diff']:+.1f} "
-            f"[{lo:+.1f}, {hi:+.1f}] paired, half-width {(hi - lo) / 2:.1f}")
+            f"[{lo:+.1f}, {hi:+.1f}], half-width {(hi - lo) / 2:.1f}")
 
 
 def ordering(high: RowResult, low: RowResult, metric: str = "rank1",
@@ -377,9 +377,8 @@ def gain_claims(high: RowResult, low: RowResult, gain: float, paired: Paired) ->
         pair = None if result is None else result[metric]
         ok = a - b >= gain and (pair is None or pair["lo"] > 0)
         figures = _paired_figures(pair) if pair else f"{100 * (a - b):+.2f}, unpaired"
-        out.append(Claim(f"{high.label} at least {low.label} + {100 * gain:.0f} {name} points"
-                         + (", paired interval above 0" if pair else ""), TARGET, _holds(ok),
-                         figures))
+        out.append(Claim(f"{high.label} >= {low.label} + {100 * gain:.0f} {name}", TARGET,
+                         _holds(ok), figures))
     return out
 
 
@@ -394,7 +393,7 @@ def claims(rows: list[RowResult], paired: Paired = no_pairs) -> list[Claim]:
     for high, low in ORDERINGS:
         if high in by and low in by:
             result = paired(high, low)
-            out.append(Claim(f"{high} > {low} (rank-1)", PAPER, *ordering(
+            out.append(Claim(f"{high} > {low}", PAPER, *ordering(
                 by[high], by[low], paired=None if result is None else result["rank1"])))
     q = by.get(ROW["spatial"])
     for control in CONTROLS:

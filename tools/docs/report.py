@@ -98,7 +98,9 @@ def claims_block(root: Path) -> str:
     if not parts:
         return f"`{REPORT}` measures no claim yet: run `make ablations`."
     return (f"From {origin(report)}; Table 1's seeds {', '.join(map(str, report.seeds))}; rank-1 "
-            "unless said; noise: the larger half-width of the two rows' 95 percent intervals.\n\n"
+            "unless said; [lo, hi]: the 95 percent interval of the paired difference over the "
+            "same query identities and seeds (tools.paired): a claim that needs more than a "
+            "difference (`>`, `+ N`) holds only with it above 0.\n\n"
             + "\n\n".join(parts))
 
 
