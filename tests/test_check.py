@@ -107,7 +107,8 @@ def test_the_init_record_follows_the_file_behind_model_init(tmp_path, monkeypatc
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
-    assert check.init_record(load_params(ROOT / "params.yaml", ["model.backbone=resnet18"])) == {
+    assert check.init_record(load_params(ROOT / "params.yaml", ["model.backbone=resnet18",
+                                                          "model.grid_block=last"])) == {
         "init": "imagenet", "backbone": "resnet18"}
     # MobileNetV2's ImageNet weights are a file of an installed package: recorded by its hash
     assert check.init_record(load_params(ROOT / "params.yaml", [
@@ -116,7 +117,8 @@ def test_the_init_record_follows_the_file_behind_model_init(tmp_path, monkeypatc
     weights = tmp_path / "weights.pt"
     torch.manual_seed(0)
     torch.save(Backbone("resnet18").state_dict(), weights)
-    p = load_params(ROOT / "params.yaml", [f"model.init={weights}", "model.backbone=resnet18"])
+    p = load_params(ROOT / "params.yaml", [f"model.init={weights}", "model.backbone=resnet18",
+                                             "model.grid_block=last"])
     first = check.init_record(p)
     torch.save(Backbone("resnet18").state_dict(), weights)  # other weights, same path
     assert check.init_record(p)["sha256"] != first["sha256"]
@@ -363,7 +365,8 @@ def test_resnet_imagenet_weights_not_cached_offline_are_refused_by_check(tmp_pat
         raise OSError("offline")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    path = params(tmp_path, model={"backbone": "resnet50", "init": "imagenet", "last_stride": 2})
+    path = params(tmp_path, model={"backbone": "resnet50", "init": "imagenet", "last_stride": 2,
+                                   "grid_block": "last"})
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     err = refused_by_the_stage(tmp_path, capsys, path)
     assert err == (

@@ -341,7 +341,7 @@ def test_attention_stage_under_torchrun(repo, tmp_path):
         with torch.no_grad():
             grids = torch.randn(2, model.cfg.N, model.in_channels, 8, 4)
             embedding = model(grids).embedding
-        assert embedding.shape == (2, model.cfg.embed_dim)
+        assert embedding.shape == (2, model.cfg.embedding_size)
         assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
 
 

@@ -23,7 +23,7 @@ TINY = {
                   "query_cameras": 1, "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
                   "junk_tracklets": 1, "height": 64, "width": 32},
     "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
-              "d": 8, "embed_dim": 16},
+              "d": 8, "embed_dim": 16, "grid_block": "last"},
     "cache": {"batch_size": 16},
     "evaluate": {"batch_size": 8},
 }
