@@ -161,11 +161,8 @@ def chosen_block(result: dict) -> str | None:
     tracklets (a grid is never chosen on the test set)."""
     if result.get("subset") != "train":
         return None
-    for c in result["candidates"].values():
-        if not str(c.get("source", "")).endswith("finetune.pt") or not local(c):
-            continue
-        return c["module"]
-    return None
+    return next((c["module"] for c in result["candidates"].values()
+                 if str(c.get("source", "")).endswith("finetune.pt") and local(c)), None)
 
 
 def rows(result: dict) -> tuple[list[str], list[list[str]]]:

@@ -3,6 +3,7 @@ and both tables as markdown (``metrics/report.md``) and as plain text for the te
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -276,7 +277,8 @@ def mechanism_rows(rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
 ORDERINGS = (("SpaAtn+Q", "SpaAtn+Q'"), ("SpaAtn+Q'", "SpaAtn"), ("SpaAtn+Q", "SpaAtn"),
              ("SpaAtn+Q+TemAtn", "SpaAtn+Q"), ("SpaAtn+Q+TemAtn+Ind", "SpaAtn+Q+TemAtn"))
 FULL_MODEL_GAIN = 0.03  # the full model over Baseline, rank-1 and mAP (fractions)
-CONTROLS = ("Width control", "Uniform maps")  # Table 1's controls of SpaAtn+Q (tools.experiments)
+# Table 1's controls of SpaAtn+Q: its rows that change the heads' maps (tools.experiments)
+CONTROLS = tuple(row.label for row in TABLE1 if "model.maps" in row.overrides)
 CONTROL_GAIN = 0.04  # SpaAtn+Q over each control, rank-1 and mAP (fractions)
 MAP_TARGETS = {"entropy": 1.0, "overlap": 0.15, "person": 0.6, "heads_below": 1, "parts": 4}
 
@@ -311,6 +313,7 @@ def paired_rows(cells: Sequence[Cell], resolved: dict[Cell, dict | None], datase
     if protocol != PAIRED_PROTOCOL:
         return no_pairs
 
+    @functools.cache
     def runs(label: str) -> list[dict[int, Queries]]:
         """Every found seed of the row; a seed found without per-query scores (results from
         before they were stored) makes the whole row unpaired (InputError), so that the paired

@@ -165,6 +165,15 @@ def check_sources(p: Params, raw: Path, archives: Path) -> None:
 REHASH_BYTES = 256 * 2**20
 
 
+def locked_stages(lock: Path = Path("dvc.lock")) -> dict:
+    """The stages ``lock`` records, name (a matrix stage by its full name) -> entry; {} without
+    a lock or with one DVC cannot read either (DVC reports its own lock file)."""
+    try:
+        return (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+
+
 def check_dvc_cache(lock: Path = Path("dvc.lock")) -> None:
     """Refuse a DVC cache object that no longer holds what its name says, for every output
     ``lock`` records. With ``cache.type`` hardlink (.dvc/config) an output and its cache object
@@ -174,12 +183,9 @@ def check_dvc_cache(lock: Path = Path("dvc.lock")) -> None:
     output's object size against dvc.lock, and the md5 of every object its workspace file
     shares (a hardlink or a symlink to it), up to ``REHASH_BYTES``; the files of a folder output
     likewise (DVC's folder listings record no sizes: their shared objects are hashed)."""
-    if not lock.exists():
+    stages = locked_stages(lock)
+    if not stages:
         return
-    try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-    except (yaml.YAMLError, AttributeError):
-        return  # DVC reports its own lock file
     from dvc.repo import Repo  # only the check stage pays for importing DVC
 
     repo = Repo(str(lock.parent.resolve()))

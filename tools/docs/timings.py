@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from pipeline.formatting import markdown_table
-from pipeline.stages.common import timing_path
+from pipeline.stages.check import locked_stages
+from pipeline.stages.common import TIMINGS, timing_path
 from tools.docs.common import NotProduced, field_of, read_json
 
 LOCK = "dvc.lock"
@@ -24,17 +23,8 @@ def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
-def locked_stages(root: Path) -> list[str]:
-    """The stage names ``dvc.lock`` records (matrix stages by their full name)."""
-    try:
-        lock = yaml.safe_load((root / LOCK).read_text())
-    except FileNotFoundError:
-        raise NotProduced(LOCK, "make repro") from None
-    return list((lock or {}).get("stages") or {})
-
-
 def timings_block(root: Path) -> str:
-    known = sorted((s for s in locked_stages(root) if s.split("@")[0] in ORDER),
+    known = sorted((s for s in locked_stages(root / LOCK) if s.split("@")[0] in ORDER),
                    key=lambda s: (ORDER.index(s.split("@")[0]), s))
     if not known:
         raise NotProduced(LOCK, "make repro")
@@ -48,8 +38,8 @@ def timings_block(root: Path) -> str:
     machines = dict.fromkeys(f"{(r.get('machine') or {}).get('cpu', 'unknown CPU')}, "
                              f"{(r.get('machine') or {}).get('cores', '?')} cores"
                              for r in records.values())
-    return (f"From `metrics/timings/` (each stage's wall time, imports included, recorded by the "
-            f"run that made the outputs `{LOCK}` records; {'; '.join(machines)}):\n\n"
+    return (f"From `{TIMINGS.as_posix()}/` (each stage's wall time, imports included, recorded "
+            f"by the run that made the outputs `{LOCK}` records; {'; '.join(machines)}):\n\n"
             + markdown_table(["stage", "time", "share"], rows)
             + f"\n\nAn experiment on the attention heads (`dvc exp run -S model.K=8`) re-runs "
               f"`{'`, `'.join(HEADS_ONLY)}`: {minutes(heads)}, {heads / total:.2f} of the full "
