@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,13 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.errors import CacheError
 from pipeline.features import cache_attrs, write_cache
 from pipeline.figures import DPI, INCHES_PER_COLUMN
 from pipeline.metrics import headline, protocol_gallery, score, summarize
 from pipeline.model import DRSA, build_model
 from pipeline.params import ModelParams
+from pipeline.stages import baseline as baseline_stage
 from pipeline.stages import evaluate as stage
 from pipeline.stages import summary
 from pipeline.tables import LABELS, load_video_index, save_video_index
@@ -497,3 +500,38 @@ def test_a_labelled_set_gets_the_ground_truth_measures(tmp_path, capsys):
     assert head["ci"]["R1"] >= round(50 * (joint["rank1_hi"] - joint["rank1_lo"]), 1)
     out = capsys.readouterr().out
     assert "Where the heads look" in out and "parts_covered" in out
+
+
+def option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_baseline_stage_s_embeddings_score_as_the_model_itself(tmp_path):
+    """The baseline stage embeds the Baseline once; evaluate given its .npz writes the results
+    file byte for byte as when it runs the model itself. A saved file of another clip length, or
+    no saved file at all, is refused naming the file."""
+    args = fabricate(tmp_path, labelled=True)
+    stage.main(args)
+    direct = (tmp_path / "eval.json").read_bytes()
+    inputs = [a for name in ("--params", "--dataset", "--split", "--index", "--cache",
+                             "--backbone") for a in (name, option(args, name))]
+    saved = tmp_path / "embeddings" / "baseline.npz"
+    baseline_stage.main([*inputs, "--out", str(saved)])
+    with np.load(saved, allow_pickle=False) as f:
+        assert f["embedding"].shape == (5, 8) and f["pid"].tolist() == [5, 5, 6, 6, 7]
+    i = args.index(f"baseline={tmp_path / 'finetune.pt'}")
+    stage.main([*args[:i], f"baseline={saved}", *args[i + 1:]])
+    assert (tmp_path / "eval.json").read_bytes() == direct
+
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["model"]["N"] = 2
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
+    other = [*args[:i], f"baseline={saved}", *args[i + 1:]]
+    other[other.index("--params") + 1] = str(tmp_path / "other.yaml")
+    refused = rf"^{re.escape(str(saved))}: computed with other model\.N than"
+    with pytest.raises(CacheError, match=refused):
+        stage.main(other)
+    other[other.index(f"baseline={saved}")] = f"baseline={tmp_path / 'eval.json'}.npz"
+    (tmp_path / "eval.json.npz").write_text("not an npz")
+    with pytest.raises(CacheError, match=r"eval\.json\.npz: not a saved embedding file"):
+        stage.main(other)

@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("git") is None, reason="needs git")]
 
 ROOT = Path(__file__).resolve().parents[1]
-PER_SPLIT = ("finetune", "cache", "attention", "joint", "evaluate")
+PER_SPLIT = ("finetune", "cache", "baseline", "attention", "joint", "evaluate")
 MODELS = SHORT  # model -> its short name in the headline
 RUN = "synthetic-0"  # the one (set, split) of the tiny params
 # the stage every `dvc repro` runs first, before any other (always_changed): the params checked
@@ -223,11 +223,12 @@ def test_sigterm_stops_a_training_stage_with_a_checkpoint(joint_3_epochs, tmp_pa
 # --- the stages under torchrun, and determinism ---------------------------------------------------
 
 
-def test_cache_and_evaluate_sharded_under_torchrun(repo, tmp_path):
-    """The cache and evaluate stages started as dvc.yaml starts them (pipeline.launch) with
-    `runtime.launcher: torchrun --standalone --nproc_per_node=$NPROC`, NPROC=2 CPU processes: the
-    ranks share the frames (and the test clips), rank 0 writes, and the outputs are those of the
-    workspace's single-process run: the same grids in the same order, the same metrics."""
+def test_cache_baseline_and_evaluate_sharded_under_torchrun(repo, tmp_path):
+    """The cache, baseline and evaluate stages started as dvc.yaml starts them (pipeline.launch)
+    with `runtime.launcher: torchrun --standalone --nproc_per_node=$NPROC`, NPROC=2 CPU
+    processes: the ranks share the frames (and the test clips), rank 0 writes, and the outputs are
+    those of the workspace's single-process run: the same grids in the same order, the same
+    metrics."""
     index = "data/index/synthetic/split_0.json"
     models = Path(f"data/models/{RUN}")
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -239,17 +240,19 @@ def test_cache_and_evaluate_sharded_under_torchrun(repo, tmp_path):
     out = tmp_path / "ddp"
     logs = run(repo, *launch, "pipeline.stages.cache", *common,
                "--model", str(models / "finetune.pt"), "--out", str(out / "cache.h5"), env=env)
-    logs += run(repo, *launch, "pipeline.stages.evaluate", *common,
-                "--dataset", "synthetic", "--split", "0", "--cache", str(out / "cache.h5"),
-                "--backbone", str(models / "finetune.pt"),
-                "--model", f"baseline={models}/finetune.pt",
+    on_cache = ["--dataset", "synthetic", "--split", "0", "--cache", str(out / "cache.h5"),
+                "--backbone", str(models / "finetune.pt")]
+    logs += run(repo, *launch, "pipeline.stages.baseline", *common, *on_cache,
+                "--out", str(out / "baseline.npz"), env=env)
+    logs += run(repo, *launch, "pipeline.stages.evaluate", *common, *on_cache,
+                "--model", f"baseline={out}/baseline.npz",
                 *(a for name in ("spatial", "temporal", "joint")
                   for a in ("--model", f"{name}={models}/{name}.pt")),
                 "--out", str(out / "eval.json"), "--cmc", str(out / "cmc.csv"),
                 "--figures", str(out / "figures"), env=env)
-    assert logs.count("rank 1 of 2") == 2, logs[-2000:]  # both stages ran as 2 ranks
-    assert sorted(p.name for p in out.iterdir()) == ["cache.h5", "cmc.csv", "eval.json",
-                                                     "figures"]  # no rank's leftovers
+    assert logs.count("rank 1 of 2") == 3, logs[-2000:]  # the three stages ran as 2 ranks
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.npz", "cache.h5", "cmc.csv",
+                                                     "eval.json", "figures"]  # no leftovers
     with h5py.File(repo / f"data/cache/{RUN}.h5") as a, h5py.File(out / "cache.h5") as b:
         assert a.attrs.keys() == b.attrs.keys()
         for key, value in a.attrs.items():  # part_names is an array
@@ -572,7 +575,7 @@ def test_frames_written_over_at_the_same_paths_rerun_every_stage_that_reads_them
     assert ran(run(repo, "dvc", "repro", "index")) == {CHECK, "download", "index"}
     status = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True) or "{}")
     assert set(out_of_date(status)) == {"pretrain", f"finetune@{RUN}", f"cache@{RUN}",
-                                        f"joint@{RUN}", f"evaluate@{RUN}"}
+                                        f"baseline@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}"}
 
 
 def test_a_temporary_experiment_on_other_frames_reruns_their_readers_in_its_own_workspace(repo):

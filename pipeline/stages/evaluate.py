@@ -2,11 +2,10 @@
 
 The models come as ``--model NAME=PATH``, in the order of the paper's Table 1: ``baseline`` (the
 fine-tuned backbone, frame features averaged), ``spatial`` (SpaAtn+Q), ``temporal``
-(SpaAtn+Q+TemAtn, or the configured pooling), ``joint`` (+Ind, end to end). A model runs on the
-cached res5c grids when it is a set of heads or when its own backbone made the cache (its head
-then sees exactly the grids it would compute), and on the frames otherwise. Test clips are the
-first frame of each of the N chunks (paper §4.2). The cache holds the grids of ``model.grid_block``;
-the baseline's backbone is whole, so it runs on the cache only where that block is the last.
+(SpaAtn+Q+TemAtn, or the configured pooling), ``joint`` (+Ind, end to end). PATH is an exported
+model, run on the test clips as ``pipeline.embedding`` says (the cached grids or the frames), or
+a model's test embeddings saved by the ``baseline`` stage (``.npz``): the Baseline does not change
+with the heads' params, so an experiment on the heads does not embed it again.
 
 Writes ``--out``: per model and protocol rank-1/5/10/20, mAP, valid and all queries (fractions;
 see ``pipeline.metrics``), rank-1 and mAP with the bounds of their 95 percent bootstrap interval
@@ -27,7 +26,7 @@ has them.
     python -m pipeline.stages.evaluate --params params.yaml --dataset <set> --split <k> \
         --index data/index/<set>/split_<k>.json --cache data/cache/<set>-<k>.h5 \
         --backbone data/models/<set>-<k>/finetune.pt \
-        --model baseline=data/models/<set>-<k>/finetune.pt ... --model joint=.../joint.pt \
+        --model baseline=data/embeddings/<set>-<k>/baseline.npz ... --model joint=.../joint.pt \
         --out metrics/eval/<set>-<k>.json --cmc metrics/plots/cmc/<set>-<k>.csv \
         --figures metrics/plots/attention/<set>-<k>
 """
@@ -35,8 +34,6 @@ has them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import logging
 import re
@@ -47,32 +44,23 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
-from pipeline import distributed
-from pipeline.attention_stats import (
-    attention_frame_stats,
-    attention_ground_truth,
-    attention_summary,
-    cached_rows,
-    clip_ground_truth,
-    head_count,
-)
-from pipeline.data import CachedClipDataset, ClipDataset, eval_loader, to_pixels
-from pipeline.errors import CacheError, DatasetError
-from pipeline.features import cache_attrs, embed, open_cache, read_parts
+from pipeline.attention_stats import head_count
+from pipeline.data import ClipDataset, to_pixels
+from pipeline.embedding import embed_model, load_embeddings, load_test_set
 from pipeline.figures import attention_figure, save_figure
-from pipeline.files import check_writable, sha256_file, write_csv, write_text
+from pipeline.files import check_writable, write_csv, write_text
 from pipeline.formatting import corr, num, text_table
 from pipeline.metrics import RANKS, same_camera, score
-from pipeline.model import HeadOutput
 from pipeline.params import Params, grid_size, load_params
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
-from pipeline.tables import LABELS, load_video_index
-from pipeline.train import compiled, load, load_exported, start, use_autocast
+from pipeline.tables import LABELS
+from pipeline.train import start, use_autocast
 
 log = logging.getLogger("evaluate")
+
+SAVED = ".npz"  # --model NAME=PATH: a model's saved test embeddings (pipeline.embedding)
 
 
 def named_path(text: str) -> tuple[str, Path]:
@@ -81,31 +69,6 @@ def named_path(text: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, Path(path)
-
-
-def record_maps(out: HeadOutput, keep_maps: bool = False) -> dict | None:
-    """What ``embed`` keeps of each test batch: the statistics of its spatial attention maps, and
-    with ``keep_maps`` the maps (B, N, K, L) and temporal weights (B, N, K) themselves (for the
-    ground truth: small, float32)."""
-    if out.spatial is None:
-        return None
-    maps = out.spatial.float().cpu().numpy()
-    record = attention_frame_stats(maps)
-    if keep_maps:
-        record.update(spatial=maps, temporal=out.temporal.float().cpu().numpy())
-    return record
-
-
-def clip_rows(offsets: np.ndarray, frame_index: np.ndarray, frame_counts: list[int], N: int,
-              on_cache: bool) -> np.ndarray:
-    """Cache rows (T, N) of the frames of the test clips (each chunk's first frame, paper §4.2):
-    chunks of the cached frames for a model on the cache, of all the frames for a model on
-    frames (-1 where such a frame was not cached)."""
-    if on_cache:
-        picks = [restricted_random_sample(int(n), N, train=False) for n in np.diff(offsets)]
-        return offsets[:-1, None] + np.array(picks, dtype=np.int64)
-    positions = [restricted_random_sample(n, N, train=False) for n in frame_counts]
-    return cached_rows(offsets, frame_index, np.array(positions, dtype=np.int64))
 
 
 def load_label_map(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -203,89 +166,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbone", type=Path, required=True,
                         help="the fine-tuned model the cache was made with (checked)")
     parser.add_argument("--model", type=named_path, action="append", required=True,
-                        metavar="NAME=PATH", help="a model to score (repeat, in table order)")
+                        metavar="NAME=PATH", help="a model to score (repeat, in table order): an "
+                        f"exported model, or its test embeddings saved by the baseline stage "
+                        f"({SAVED})")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON")
     parser.add_argument("--cmc", type=Path, required=True, help="CMC curves CSV")
     parser.add_argument("--figures", type=Path, required=True,
                         help="folder for the attention map PNGs (Fig. 3)")
     return parser.parse_args(argv)
-
-
-@dataclasses.dataclass
-class TestSet:
-    """One split's test tracklets as the models see them: the index's rows, the cache's
-    attributes the models are checked against (``expect``), where each tracklet's frames lie in
-    the cache, the cache's ground truth of the frames (None for a real set), and a loader of test
-    clips from the cache and one from the frames."""
-
-    table: pd.DataFrame
-    expect: dict
-    offsets: np.ndarray
-    frame_index: np.ndarray
-    truth: tuple | None
-    loaders: dict[str, DataLoader]
-
-
-def load_test_set(args: argparse.Namespace, p: Params, device: torch.device) -> TestSet:
-    size = (p.data.height, p.data.width)
-    table = load_video_index(args.index)
-    for key, given in (("dataset", args.dataset), ("split", args.split)):
-        if key in table.attrs and table.attrs[key] != given:  # what the results file records
-            raise DatasetError(f"{args.index}: indexes {key} {table.attrs[key]!r}, but --{key} "
-                               f"is {given!r}: pass the {key} the index file was made for, or "
-                               "its own index file")
-    test = table[table["subset"] == "test"].reset_index(drop=True)
-    expect = {**cache_attrs(args.backbone, load(args.backbone), p.model.grid_block),
-              "height": size[0], "width": size[1]}
-    with open_cache(args.cache, expect) as cache:
-        truth = read_parts(cache, "test")  # (parts, visibility, names); None for a real set
-        offsets, frame_index = cache["test/offsets"][()], cache["test/frame_index"][()]
-    cached = CachedClipDataset(args.cache, "test", p.model.N)
-    if not np.array_equal(cached.pids, test["pid"].to_numpy()):
-        raise CacheError(f"{args.cache}: its test tracklets are not those of {args.index}: "
-                         "re-run the cache stage")
-    pin = device.type == "cuda"
-    frames = ClipDataset(test["frames"].tolist(), [0] * len(test), p.model.N, size)
-    loaders = {"cache": eval_loader(cached, p.evaluate.batch_size, p.data.num_workers, pin),
-               "frames": eval_loader(frames, p.evaluate.batch_size, p.data.num_workers, pin)}
-    return TestSet(test, expect, offsets, frame_index, truth, loaders)
-
-
-def embed_model(path: Path, name: str, test: TestSet, p: Params, device: torch.device,
-                autocast: bool) -> tuple[nn.Module, dict, np.ndarray, dict | None]:
-    """One exported model over the test clips: (the model, its payload, the embeddings, its
-    attention statistics or None). It runs on the cached grids when it is a set of heads or when
-    its own backbone made the cache and ends at the cache's block (the baseline's whole backbone
-    does not run on the grids of an earlier ``model.grid_block``), on the frames otherwise."""
-    model, payload = load_exported(path)
-    model.to(device)
-    on_cache = payload["kind"] == "head" or (
-        sha256_file(path) == test.expect["checkpoint_sha256"]
-        and model.backbone.grid_block == test.expect["grid_block"])
-    if on_cache and payload["kind"] == "net":
-        net: nn.Module = model.head  # the cache holds this model's own backbone's grids
-    else:
-        net = model
-        if payload["kind"] == "net":
-            compiled(model.backbone, p.runtime.compile)
-    features, records = embed(net, test.loaders["cache" if on_cache else "frames"], device,
-                              autocast and not on_cache, desc=name,
-                              record=functools.partial(record_maps,
-                                                       keep_maps=test.truth is not None))
-    if not records or records[0] is None:
-        return model, payload, features, None
-    attention = attention_summary(records)
-    if test.truth is not None and distributed.world().is_main:
-        rows = clip_rows(test.offsets, test.frame_index, test.table["frames"].map(len).tolist(),
-                         p.model.N, on_cache)
-        attention.update(attention_ground_truth(
-            np.concatenate([r["spatial"] for r in records]),
-            np.concatenate([r["temporal"] for r in records]),
-            *clip_ground_truth(test.truth[0], test.truth[1], rows), list(test.truth[2])))
-        if attention["frames_missing"]:
-            log.info("%s: %d frames of the test clips are not cached: left out of the "
-                     "ground-truth measures", name, attention["frames_missing"])
-    return model, payload, features, attention
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     curves = {"rank": np.arange(1, p.evaluate.max_rank + 1)}
     drawn_with = None
     for name, path in args.model:
-        model, payload, features, maps = embed_model(path, name, test, p, device, autocast)
+        if path.suffix == SAVED:  # a model the heads do not change: embedded by its own stage
+            features = load_embeddings(path, test, p)
+            model = payload = maps = None
+        else:
+            model, payload, features, maps = embed_model(path, name, test, p, device, autocast)
         if maps is not None:
             attention[name] = maps
             if payload["kind"] == "net":  # Fig. 3 needs a model that runs on frames

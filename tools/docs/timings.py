@@ -14,8 +14,8 @@ from pipeline.stages.common import TIMINGS, timing_path
 from tools.docs.common import NotProduced, field_of, read_json
 
 LOCK = "dvc.lock"
-ORDER = ("check", "download", "index", "pretrain", "finetune", "cache", "attention", "joint",
-         "evaluate", "summary")  # dvc.yaml's stages, in the order they run
+ORDER = ("check", "download", "index", "pretrain", "finetune", "cache", "baseline", "attention",
+         "joint", "evaluate", "summary")  # dvc.yaml's stages, in the order they run
 HEADS_ONLY = ("check", "attention", "joint", "evaluate", "summary")  # what model.K re-runs
 
 
