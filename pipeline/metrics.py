@@ -44,8 +44,9 @@ CI_LEVEL = 0.95
 
 # The sets whose benchmark ranks each probe (camera 1 / cam_a) against the other camera's test
 # tracklets only (the readers mark the camera-1 test sequences as queries): the official
-# protocol's gallery there is the non-query test tracklets, not MARS's every test tracklet.
-CAMERA_PAIR_SETS = ("prid2011", "ilidsvid")
+# protocol's gallery there is the non-query test tracklets, not MARS's every test tracklet. The
+# generated PRID-like set (two cameras, one query tracklet per test identity) is read the same way.
+CAMERA_PAIR_SETS = ("prid2011", "ilidsvid", "synthetic2")
 
 
 def protocol_gallery(protocol: str, pids: np.ndarray, is_query: np.ndarray,

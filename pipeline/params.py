@@ -48,8 +48,13 @@ GRID_BLOCKS = {"resnet18": RESNET_BLOCKS, "resnet34": RESNET_BLOCKS, "resnet50":
 LOSSES = ("oim", "softmax")
 PROTOCOLS = ("official", "torchreid")
 # video sets and how many standard train/test splits each has
-VIDEO_SPLITS = {"synthetic": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10, "dukev": 1}
+VIDEO_SPLITS = {"synthetic": 1, "synthetic2": 1, "mars": 1, "ilidsvid": 10, "prid2011": 10,
+                "dukev": 1}
 VIDEO_DATASETS = tuple(VIDEO_SPLITS)
+# the generated video sets, each made from the params section of its own name: synthetic (MARS-like,
+# the default run's) and synthetic2 (PRID-like: two cameras, the query camera's tracklets ranked
+# against the other camera's); only synthetic also makes images (the image set "synthetic")
+SYNTHETIC_SETS = ("synthetic", "synthetic2")
 # training identities of each real video set's standard split (MARS 625; iLIDS-VID 300 and
 # PRID2011 178 people halved; DukeMTMC-VideoReID 702): a batch cannot hold more
 VIDEO_TRAIN_IDENTITIES = {"mars": 625, "ilidsvid": 150, "prid2011": 89, "dukev": 702}
@@ -308,9 +313,10 @@ class EvaluateParams:
 class RuntimeParams:
     device: str = choice("auto", DEVICES)  # auto: CUDA when available, else CPU
     amp: bool = True  # bf16 autocast for the backbone on CUDA (losses and softmaxes stay fp32)
-    # How dvc.yaml starts the stages that run models (pretrain, finetune, cache, attention, joint,
-    # evaluate): "python", or "torchrun --nproc_per_node=$NPROC" (and torchrun's other --options)
-    # for one process per GPU; $NPROC is read from the shell's environment when DVC runs it.
+    # How dvc.yaml starts the stages that run models (pretrain, finetune, cache, baseline,
+    # attention, joint, evaluate): "python", or "torchrun --nproc_per_node=$NPROC" (and
+    # torchrun's other --options) for one process per GPU; $NPROC is read from the shell's
+    # environment when DVC runs it.
     launcher: str = "python"
     # torch.compile the models the stages train and the backbone of cache and evaluate (a first
     # step slower by the compilation, then faster; needs a C++ compiler on CPU)
@@ -331,6 +337,11 @@ class Params:
     seed: int = seed_field()  # seeds every RNG (python, numpy, torch, samplers)
     data: DataParams = section(DataParams)
     synthetic: SyntheticParams = section(SyntheticParams)
+    # The second generated video set (data.video: [synthetic, synthetic2] for two sets): other
+    # people (its own seed), two cameras, one query camera per identity, no image part.
+    synthetic2: SyntheticParams = section(lambda: SyntheticParams(
+        seed=1, train_identities=64, test_identities=200, image_identities=2,
+        images_per_identity=1, cameras=2, query_cameras=1))
     model: ModelParams = section(ModelParams)
     loss: LossParams = section(LossParams)
     # Backbone on the pooled image sets, N = 1 frame per sample.
@@ -361,13 +372,17 @@ class Params:
                 f"{self.data.width}, model.last_stride {m.last_stride}, model.grid_block "
                 f"{m.grid_block}): expected K <= {h * w}")
         for dataset in self.data.video:
-            available = (self.synthetic.train_identities if dataset == "synthetic"
+            available = (self.generated(dataset).train_identities if dataset in SYNTHETIC_SETS
                          else VIDEO_TRAIN_IDENTITIES[dataset])
             for key, cfg in self.video_stages().items():
                 _check_batch(key, cfg, available, f"{dataset}'s training identities")
         if self.data.image == ["synthetic"]:
             _check_batch("pretrain", self.pretrain, self.synthetic.image_identities,
                          "synthetic.image_identities")
+
+    def generated(self, name: str) -> SyntheticParams:
+        """The params of generated set ``name`` (one of ``SYNTHETIC_SETS``): its own section."""
+        return getattr(self, name)
 
     @property
     def heads_seed(self) -> int:
@@ -638,7 +653,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 PAPER_IMAGE_SETS = ["cuhk01", "cuhk03", "3dpes", "viper", "dukemtmcreid", "cuhksysu"]
 # Keys that describe the machine or the synthetic data, not the method: never overridden.
 _NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "data.bad_frames",
-               "synthetic.", "runtime.", "cache.", "evaluate.batch_size")
+               "synthetic.", "synthetic2.", "runtime.", "cache.", "evaluate.batch_size")
 
 
 def paper_overrides(current: Params, dataset: str) -> list[str]:

@@ -529,3 +529,39 @@ def test_make_identities_grows_by_adding_and_avoids_what_is_seen():
     others = make_identities(20, 0.5, np.random.default_rng(4), seen)
     assert not {appearance(i) for i in others} & {appearance(i) for i in ten}
     assert len(seen) == 30  # the call added its own
+
+
+def test_the_second_generated_set_is_prid_like_and_ranked_as_prid(tmp_path):
+    """synthetic2 (``data.video: [synthetic, synthetic2]``): its own section of params.yaml, two
+    cameras, every identity seen by both; each test identity has one query tracklet and its match
+    in the other camera; its official gallery is PRID2011's (the non-query, non-junk tracklets),
+    not MARS's; and its people are not the first set's (another seed)."""
+    from pipeline.metrics import protocol_gallery
+    from pipeline.params import Params
+
+    params = load_params(ROOT / "params.yaml")
+    assert params.generated("synthetic2") == Params().generated("synthetic2")  # file = defaults
+    second = dataclasses.replace(params.generated("synthetic2"), train_identities=4,
+                                 test_identities=5, distractor_tracklets=1, junk_tracklets=1)
+    first = dataclasses.replace(second, seed=params.generated("synthetic").seed)
+    generate(second, tmp_path / "synthetic2")
+    generate(first, tmp_path / "first")
+    table = index_video("synthetic2", tmp_path / "synthetic2", 0)
+    people = table[table["pid"] > 0]
+    assert set(people["camid"]) == {1, 2}
+    assert (people.groupby("pid")["camid"].nunique() == 2).all()
+    queries = people[people["is_query"]]
+    assert sorted(queries["pid"]) == sorted(people[people["subset"] == "test"]["pid"].unique())
+    for row in queries.itertuples():  # the match: the same person in the other camera
+        match = people[(people["pid"] == row.pid) & ~people["is_query"]]
+        assert list(match["camid"]) == [3 - row.camid]
+    test = table[table["subset"] == "test"]
+    gallery = protocol_gallery("official", test["pid"].to_numpy(), test["is_query"].to_numpy(),
+                               "synthetic2")
+    assert gallery.tolist() == (~test["is_query"] & (test["pid"] != -1)).tolist()
+    assert protocol_gallery("official", test["pid"].to_numpy(), test["is_query"].to_numpy(),
+                            "synthetic").all()
+    looks = [{json.dumps({k: v for k, v in ident.items() if k != "subset"}, sort_keys=True)
+              for ident in json.loads((tmp_path / name / "identities.json").read_text())[
+                  "identities"].values()} for name in ("synthetic2", "first")]
+    assert len(looks[0] & looks[1]) < len(looks[0]) // 2  # the same counts, other people

@@ -47,6 +47,7 @@ def _synthetic_images(root: Path) -> pd.DataFrame:
 # name -> reader (the names and split counts of pipeline.params.VIDEO_SPLITS)
 VIDEO_SETS = {
     "synthetic": _synthetic_video,
+    "synthetic2": _synthetic_video,  # the second generated set, in the same layout
     "mars": mars.index,
     "ilidsvid": ilidsvid.index,
     "prid2011": prid2011.index,

@@ -50,7 +50,7 @@ from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
 from pipeline.model import build_backbone, check_mobilenet_weights, imagenet_weights_file
-from pipeline.params import BACKBONE_INITS, RESTORE, Params, load_params
+from pipeline.params import BACKBONE_INITS, RESTORE, SYNTHETIC_SETS, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
 
@@ -154,7 +154,7 @@ def check_sources(p: Params, raw: Path, archives: Path) -> None:
     public URL (``sources.unavailable``); else the download stage's instructions, here, before
     DVC removes the download stage's manifest."""
     for name in dict.fromkeys(p.data.video + p.data.image):
-        if name == "synthetic":
+        if name in SYNTHETIC_SETS:
             continue
         if problem := unavailable(name, resolve_data_path(raw / name).parent, archives):
             raise DatasetError(problem)

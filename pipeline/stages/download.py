@@ -1,7 +1,8 @@
 """Stage ``download``: make ``<raw>/<name>/`` ready for every dataset in ``data.video`` and
 ``data.image``, and write a small manifest that fingerprints each one.
 
-The synthetic set is generated from the ``synthetic`` params (again only when they changed). A real
+A generated set (``synthetic``, ``synthetic2``) is made from the params section of its name (again
+only when they changed). A real
 set is used as already extracted when ``<raw>/<name>/`` holds a tree (a tree that does not read is
 an error naming the problem: it is never extracted or downloaded over); only an absent or empty
 folder is extracted from the archives the user placed in ``<archives>/<name>/``, else downloaded
@@ -29,7 +30,7 @@ from pipeline.datasets.common import MissingPathError, find_misplaced
 from pipeline.datasets.sources import SOURCES, Source, holds_a_tree, instructions
 from pipeline.errors import DatasetError
 from pipeline.files import md5_file, tree_fingerprint, write_json
-from pipeline.params import SyntheticParams, load_params
+from pipeline.params import SYNTHETIC_SETS, SyntheticParams, load_params
 from pipeline.stages.common import run
 from pipeline.tables import resolve_data_path
 
@@ -160,7 +161,7 @@ def dataset_root(raw: Path, name: str) -> Path:
     (``resolve_data_path``: a million frames are not copied, and reading them changes nothing),
     but the synthetic set is always generated in the copy itself: an experiment writes only in
     its own workspace, never the frames the project and the experiments beside it read."""
-    return raw / name if name == "synthetic" else resolve_data_path(raw / name)
+    return raw / name if name in SYNTHETIC_SETS else resolve_data_path(raw / name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest = {}
     for name in dataset_names(params.data.video, params.data.image):
         root = dataset_root(args.raw, name)
-        if name == "synthetic":
-            entry = prepare_synthetic(params.synthetic, root)
+        if name in SYNTHETIC_SETS:
+            entry = prepare_synthetic(params.generated(name), root)
         else:
             entry = prepare_real(name, root, args.archives / name, args.raw,
                                  video=name in params.data.video, image=name in params.data.image)
