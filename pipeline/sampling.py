@@ -54,12 +54,22 @@ def restricted_random_sample(
     return [int(i) for i in rng.integers(lows, highs)]
 
 
+BALANCES = ("identity", "set")  # what a batch of the union of several sets keeps equally likely
+
+
 class IdentityBatchSampler:
     """Batches of P identities x M samples, for ``DataLoader(batch_sampler=...)``.
 
     Each epoch shuffles the identities, cuts them into groups of P (the incomplete last group is
     dropped, so every batch has the same composition) and draws M samples of each identity:
     without replacement when it has at least M, otherwise with replacement.
+
+    Over the union of several sets (``sets``: each sample's set) the identities can be drawn so
+    that each set is equally likely (``balance="set"``) instead of each identity
+    (``balance="identity"``, the above): every batch then gives each set P / S of its identities
+    (the remainder to sets drawn at random), taken from that set's own shuffled order and
+    reshuffled when it runs out, so a set of 89 identities is not a tenth of every batch beside
+    one of 625. The epoch has as many batches either way (identities // P).
 
     Under data-parallel training every rank builds the same global batches (same seed, same epoch)
     and keeps its contiguous share of each (rank r: items ``[r * B / W, (r + 1) * B / W)``), so the
@@ -77,6 +87,8 @@ class IdentityBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         section: str = "",
+        sets: Sequence[str] | None = None,
+        balance: str = "identity",
     ) -> None:
         """``section``: the params section of P and M (``finetune``, ...), named in errors."""
         p_key, m_key = (f"{section}.{key}" if section else key
@@ -99,9 +111,58 @@ class IdentityBatchSampler:
                               "set (a batch holds P different identities)")
         # sample indices of each identity, in dataset order
         self.members = {int(p): np.flatnonzero(pids == p) for p in self.identities}
-        self.P, self.M = P, M
+        self.P, self.M, self.p_key = P, M, p_key
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self.by_set = self._sets(pids, sets, balance)
+
+    def _sets(self, pids: np.ndarray, sets: Sequence[str] | None,
+              balance: str) -> dict[str, np.ndarray] | None:
+        """Each set's identities when batches balance the sets, else None."""
+        if balance not in BALANCES:
+            raise ValueError(f"balance: expected one of {BALANCES}, got {balance!r}")
+        if balance == "identity":
+            return None
+        if sets is None or len(sets) != len(pids):
+            raise ValueError("balance='set' needs the set of every sample")
+        sets = np.asarray(sets)
+        by_set = {str(name): np.unique(pids[sets == name]) for name in np.unique(sets)}
+        for pid in self.identities:
+            if sum(int(pid) in members for members in by_set.values()) != 1:
+                raise ValueError(f"identity {pid} has samples in more than one set: pool the "
+                                 "sets first (pipeline.tables.pool_sets)")
+        need = -(-self.P // len(by_set))  # a set's largest share of a batch
+        small = {name: len(members) for name, members in by_set.items() if len(members) < need}
+        if small:
+            raise ParamsError(f"{self.p_key}={self.P}: batches that give each of {len(by_set)} "
+                              f"sets an equal share need {need} identities of each, but "
+                              + ", ".join(f"{n} has {c}" for n, c in small.items()))
+        return by_set
+
+    def _batch_identities(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """The P identities of each batch of the epoch, in order."""
+        if self.by_set is None:
+            order = rng.permutation(self.identities)
+            for b in range(len(self)):
+                yield order[b * self.P:(b + 1) * self.P]
+            return
+        names = sorted(self.by_set)
+        queues = {name: [] for name in names}
+        for _ in range(len(self)):
+            share = np.full(len(names), self.P // len(names))
+            share[rng.choice(len(names), self.P % len(names), replace=False)] += 1
+            batch = []
+            for name, count in zip(names, share, strict=True):
+                members = self.by_set[name]
+                taken = []
+                while len(taken) < min(count, len(members)):
+                    if not queues[name]:
+                        queues[name] = list(rng.permutation(members))
+                    pid = queues[name].pop()
+                    if pid not in taken:
+                        taken.append(pid)
+                batch.extend(taken)
+            yield np.array(batch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,10 +172,9 @@ class IdentityBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.identities)
-        for b in range(len(self)):
+        for identities in self._batch_identities(rng):
             batch = []
-            for pid in order[b * self.P:(b + 1) * self.P]:
+            for pid in identities:
                 members = self.members[int(pid)]
                 replace = len(members) < self.M
                 batch.extend(int(i) for i in rng.choice(members, self.M, replace=replace))

@@ -64,9 +64,11 @@ def image_table(rows: list[dict], source: Path) -> pd.DataFrame:
     return table.astype({"pid": "int64", "camid": "int64"}).reset_index(drop=True)
 
 
-def pool_images(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate image tables of several sets, giving every (dataset, pid) its own global id
-    0..C-1 (the labels pretraining classifies). Adds ``dataset`` and ``local_pid`` columns."""
+def pool_sets(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the tables of several sets (image tables for pretraining; the training
+    tracklets of several video sets for a schedule across sets), giving every (dataset, pid) its
+    own global id 0..C-1, the labels a loss classifies: two sets' people are different people
+    even where their pids are the same numbers. Adds ``dataset`` and ``local_pid`` columns."""
     parts = []
     for name, table in tables.items():
         part = table.rename(columns={"pid": "local_pid"})

@@ -27,7 +27,7 @@ from pipeline.tables import (
     VIDEO_COLUMNS,
     experiment_origin,
     load_video_index,
-    pool_images,
+    pool_sets,
     resolve_data_path,
     save_video_index,
     video_table,
@@ -567,11 +567,11 @@ def test_cuhk03_not_hdf5(tmp_path):
 
 # --- pooling, registry, helpers -------------------------------------------------------------------
 
-def test_pool_images_gives_each_dataset_pid_its_own_id():
+def test_pool_sets_gives_each_dataset_pid_its_own_id():
     """Global ids 0..C-1, one per (dataset, local pid): pid 1 of "a" and of "b" differ."""
     table_a = pd.DataFrame({"pid": [1, 1, 5], "camid": [0, 1, 0], "path": ["a1", "a2", "a3"]})
     table_b = pd.DataFrame({"pid": [1, 7], "camid": [2, 0], "path": ["b1", "b2"]})
-    pooled = pool_images({"a": table_a, "b": table_b})
+    pooled = pool_sets({"a": table_a, "b": table_b})
     assert {"pid", "dataset", "local_pid", "camid", "path"} <= set(pooled.columns)
     assert list(pooled["path"]) == ["a1", "a2", "a3", "b1", "b2"]
     assert list(pooled["dataset"]) == ["a", "a", "a", "b", "b"]

@@ -301,3 +301,76 @@ def test_works_as_a_dataloader_batch_sampler():
         labels = labels.view(P, M)  # (P identities, M samples)
         assert (labels == labels[:, :1]).all()
         assert labels[:, 0].unique().numel() == P
+
+
+# --- batches of the union of several sets ---------------------------------------------------------
+
+def union_pids() -> tuple[list[int], list[str]]:
+    """A union of a large set (40 identities, 0-39) and a small one (8 identities, 40-47), 3
+    samples per identity: the labels of pipeline.tables.pool_sets."""
+    pids = [p for p in range(48) for _ in range(3)]
+    return pids, ["big" if p < 40 else "small" for p in pids]
+
+
+def set_shares(sampler: IdentityBatchSampler, sets: list[str], epochs: int) -> Counter:
+    counts = Counter()
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            counts.update(sets[i] for i in batch)
+    return counts
+
+
+def test_union_batches_balance_the_sets_or_the_identities():
+    """balance="set": every batch gives each set P / S identities (M samples each), all distinct,
+    so the small set fills half of the samples; balance="identity" (the default, and what a single
+    set gets): the small set's share is its share of the identities, 8 / 48. The epoch length is
+    the same either way."""
+    pids, sets = union_pids()
+    balanced = IdentityBatchSampler(pids, 8, 2, seed=3, sets=sets, balance="set")
+    plain = IdentityBatchSampler(pids, 8, 2, seed=3)
+    assert len(balanced) == len(plain) == 48 // 8
+    for epoch in range(5):
+        balanced.set_epoch(epoch)
+        for batch in balanced:
+            identities = [pids[i] for i in batch]
+            assert len(batch) == 16 and len(set(identities)) == 8
+            assert Counter(sets[i] for i in batch) == {"big": 8, "small": 8}
+            assert all(identities.count(p) == 2 for p in identities)
+    shares = set_shares(plain, sets, 50)
+    assert shares["small"] / sum(shares.values()) == pytest.approx(8 / 48, abs=0.03)
+    small_ids = Counter()
+    for epoch in range(50):
+        balanced.set_epoch(epoch)
+        small_ids.update(pids[i] for batch in balanced for i in batch if sets[i] == "small")
+    assert set(small_ids) == set(range(40, 48))  # the small set's identities in turn, evenly
+    assert max(small_ids.values()) - min(small_ids.values()) <= 2 * 2 * 2
+
+
+def test_union_batches_with_an_odd_share_and_under_several_processes():
+    """P = 5 over 2 sets: 2 or 3 of each, the extra one to a set drawn at random; the ranks'
+    shares of a balanced batch are the single-process batch, as for one set."""
+    pids, sets = union_pids()
+    one = IdentityBatchSampler(pids, 5, 2, seed=1, sets=sets, balance="set")
+    counts = Counter()
+    for batch in one:
+        per_set = Counter(sets[i] for i in batch)
+        assert sorted(per_set.values()) == [4, 6]
+        counts[max(per_set, key=per_set.get)] += 1
+    assert set(counts) == {"big", "small"}
+    ranks = [IdentityBatchSampler(pids, 5, 2, seed=1, rank=r, world_size=2, sets=sets,
+                                  balance="set") for r in range(2)]
+    for whole, *shares in zip(one, *ranks, strict=True):
+        assert [i for share in shares for i in share] == whole
+
+
+def test_union_batches_refuse_a_set_too_small_for_its_share_and_unpooled_labels():
+    pids, sets = union_pids()
+    with pytest.raises(ParamsError, match=r"^finetune.identities_per_batch=20: batches that give "
+                                          r"each of 2 sets an equal share need 10 identities of "
+                                          r"each, but small has 8$"):
+        IdentityBatchSampler(pids, 20, 2, sets=sets, balance="set", section="finetune")
+    with pytest.raises(ValueError, match="identity 0 has samples in more than one set"):
+        IdentityBatchSampler(pids, 4, 2, sets=["a", *sets[1:]], balance="set")
+    with pytest.raises(ValueError, match="balance: expected one of"):
+        IdentityBatchSampler(pids, 4, 2, sets=sets, balance="sets")

@@ -21,7 +21,7 @@ from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import Params, load_params, to_dict
 from pipeline.stages.common import run
-from pipeline.tables import load_image_index, pool_images
+from pipeline.tables import load_image_index, pool_sets
 from pipeline.train import (
     Step,
     config_of,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     files = {name: args.index / name / "images.json" for name in p.data.image}
-    pooled = pool_images({name: load_image_index(path) for name, path in files.items()})
+    pooled = pool_sets({name: load_image_index(path) for name, path in files.items()})
     num_classes = int(pooled["pid"].max()) + 1
     log.info("%d images of %d identities from %s", len(pooled), num_classes, ", ".join(files))
     labels = pooled["pid"].tolist()
