@@ -185,14 +185,17 @@ def workers_for(dataset: Dataset, num_workers: int) -> int:
 
 
 def train_loader(dataset: Dataset, pids: Sequence[int], cfg: TrainParams, seed: int,
-                 num_workers: int, pin_memory: bool = False, section: str = "") -> DataLoader:
+                 num_workers: int, pin_memory: bool = False, section: str = "",
+                 sets: Sequence[str] | None = None, balance: str = "identity") -> DataLoader:
     """P x M identity batches of seeded samples; under torchrun, this rank's share of each.
     ``section`` names ``cfg``'s params section (``finetune``, ``attention.spatial``, ...) in
-    errors. A dataset held in memory gets no worker processes (``workers_for``)."""
+    errors. A dataset held in memory gets no worker processes (``workers_for``). The union of
+    several sets: ``sets`` (each sample's set) and ``balance`` (``IdentityBatchSampler``)."""
     num_workers = workers_for(dataset, num_workers)
     w = distributed.world()
     sampler = IdentityBatchSampler(pids, cfg.identities_per_batch, cfg.instances_per_identity,
-                                   seed=seed, rank=w.rank, world_size=w.size, section=section)
+                                   seed=seed, rank=w.rank, world_size=w.size, section=section,
+                                   sets=sets, balance=balance)
     return DataLoader(dataset, batch_sampler=SeededBatches(sampler, seed), num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
@@ -207,3 +210,29 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int,
                                   distributed.world())
     return DataLoader(dataset, batch_sampler=[list(b) for b in mine], num_workers=num_workers,
                       pin_memory=pin_memory)
+
+
+class UnionDataset(Dataset):
+    """The datasets of several sets one after the other (the schedule across sets): item ``i``
+    of the union is item ``i - start`` of the dataset it falls in, a training item's seed passed
+    through. Held in memory when every part is."""
+
+    def __init__(self, parts: Sequence[Dataset]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(d) for d in self.parts])
+
+    @property
+    def in_memory(self) -> bool:
+        return all(getattr(d, "in_memory", False) for d in self.parts)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, item: int | tuple[int, tuple[int, ...]]) -> tuple[Tensor, int, int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of a union of {len(self)}")
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        local = index - int(self.starts[part])
+        clip, label, _ = self.parts[part][(local, seed) if seed is not None else local]
+        return clip, label, index

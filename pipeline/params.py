@@ -55,6 +55,10 @@ VIDEO_DATASETS = tuple(VIDEO_SPLITS)
 # the default run's) and synthetic2 (PRID-like: two cameras, the query camera's tracklets ranked
 # against the other camera's); only synthetic also makes images (the image set "synthetic")
 SYNTHETIC_SETS = ("synthetic", "synthetic2")
+# schedule: each video set fine-tuned on its own from the start (per_set), or the paper's (§4.2,
+# §4.3): the CNN and the heads trained once on the union of the sets, +Ind per set (across_sets)
+SCHEDULES = ("per_set", "across_sets")
+UNION_SAMPLING = ("set", "identity")  # data.union_sampling (pipeline.sampling.BALANCES)
 # training identities of each real video set's standard split (MARS 625; iLIDS-VID 300 and
 # PRID2011 178 people halved; DukeMTMC-VideoReID 702): a batch cannot hold more
 VIDEO_TRAIN_IDENTITIES = {"mars": 625, "ilidsvid": 150, "prid2011": 89, "dukev": 702}
@@ -138,6 +142,11 @@ class DataParams:
     # frames (and images) that are missing, empty or not an image when the index is built: fail
     # (stop, naming them) or skip (leave them out with a warning; counted in datasets.json)
     bad_frames: str = choice("fail", ("fail", "skip"))
+    # schedule across_sets: what a batch of the union of the sets keeps equally likely, each set
+    # (every batch gives each set an equal share of its identities) or each identity (a set's
+    # share of a batch is its share of the union's identities: MARS 625 beside PRID2011's 89);
+    # docs/method.md, "Schedules", argues the default
+    union_sampling: str = choice("set", UNION_SAMPLING)
 
     def __post_init__(self) -> None:
         for name in self.video:
@@ -313,10 +322,10 @@ class EvaluateParams:
 class RuntimeParams:
     device: str = choice("auto", DEVICES)  # auto: CUDA when available, else CPU
     amp: bool = True  # bf16 autocast for the backbone on CUDA (losses and softmaxes stay fp32)
-    # How dvc.yaml starts the stages that run models (pretrain, finetune, cache, baseline,
-    # attention, joint, evaluate): "python", or "torchrun --nproc_per_node=$NPROC" (and
-    # torchrun's other --options) for one process per GPU; $NPROC is read from the shell's
-    # environment when DVC runs it.
+    # How dvc.yaml starts the stages that run models (pretrain, union_cnn, finetune, cache,
+    # baseline, union_heads, attention, joint, evaluate): "python", or "torchrun
+    # --nproc_per_node=$NPROC" (and torchrun's other --options) for one process per GPU; $NPROC
+    # is read from the shell's environment when DVC runs it.
     launcher: str = "python"
     # torch.compile the models the stages train and the backbone of cache and evaluate (a first
     # step slower by the compilation, then faster; needs a C++ compiler on CPU)
@@ -335,6 +344,11 @@ class RuntimeParams:
 @dataclass(frozen=True)
 class Params:
     seed: int = seed_field()  # seeds every RNG (python, numpy, torch, samplers)
+    # across_sets (the paper's): the CNN (finetune) and the heads (attention) trained once per
+    # split on the union of data.video's sets, +Ind (joint) per set from them (with one set, the
+    # models of per_set); per_set: every video set's CNN and heads trained on that set alone, +Ind
+    # a second pass on it (docs/method.md, "Schedules")
+    schedule: str = choice("across_sets", SCHEDULES)
     data: DataParams = section(DataParams)
     synthetic: SyntheticParams = section(SyntheticParams)
     # The second generated video set (data.video: [synthetic, synthetic2] for two sets): other

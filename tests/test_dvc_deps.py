@@ -93,14 +93,16 @@ def test_stage_lists_exactly_the_modules_it_imports(stage):
 # accident. The stages downstream of a re-run stage re-run too when its outputs change; the table
 # lists only the stages whose own deps name the module.
 
-ALL = {"check", "download", "index", "pretrain", "finetune", "cache", "baseline", "attention",
-       "joint", "evaluate", "summary"}
-MODELS = {"pretrain", "finetune", "cache", "baseline", "attention", "joint", "evaluate"}
+ALL = {"check", "download", "index", "pretrain", "union_cnn", "finetune", "cache", "baseline",
+       "union_heads", "attention", "joint", "evaluate", "summary"}
+MODELS = {"pretrain", "union_cnn", "finetune", "cache", "baseline", "union_heads", "attention",
+          "joint", "evaluate"}
+UNION = {"union_cnn", "union_heads"}
 INVALIDATES = {
     "pipeline/download.py": {"download"},
     "pipeline/datasets": {"check", "download", "index"},  # check: the sets' sources
     "pipeline/tables.py": {"check", "download", "index", "pretrain", "finetune", "cache",
-                           "baseline", "joint", "evaluate"},
+                           "baseline", "attention", "joint", "evaluate"} | UNION,
     "pipeline/errors.py": ALL,
     "pipeline/files.py": ALL,
     "pipeline/params.py": ALL,
@@ -113,7 +115,9 @@ INVALIDATES = {
     "pipeline/losses.py": MODELS,
     "pipeline/data.py": MODELS,
     "pipeline/sampling.py": MODELS,
-    "pipeline/features.py": {"cache", "baseline", "attention", "evaluate"},
+    "pipeline/features.py": {"cache", "baseline", "attention", "union_heads", "evaluate"},
+    # the schedule across sets: the union stages and the per-set stages that take their models
+    "pipeline/union.py": {"finetune", "attention", "joint"} | UNION,
     "pipeline/embedding.py": {"baseline", "evaluate"},  # the test set as the models see it
     "pipeline/metrics.py": {"baseline", "evaluate", "summary"},
     "pipeline/attention_stats.py": {"baseline", "evaluate", "summary"},
@@ -199,6 +203,6 @@ def test_every_stage_but_check_declares_its_time_record_as_its_first_uncached_ou
             continue
         first = spec["outs"][0]
         path, options = next(iter(first.items()))
-        expected = timing_path(f"{stage}@${{item.dataset}}-${{item.split}}" if "matrix" in spec
-                               else stage).as_posix()
+        item = "-".join(f"${{item.{key}}}" for key in spec.get("matrix", {}))  # DVC's name
+        expected = timing_path(f"{stage}@{item}" if item else stage).as_posix()
         assert (path, options) == (expected, {"cache": False}), stage

@@ -256,12 +256,13 @@ def test_seeds_in_range_pass_as_integers(tmp_path):
 
 def test_table1_seeds_re_run_no_cnn_stage():
     """SEED_KEY reaches the heads' stages only (dvc.yaml): a seed of Table 1 re-runs attention
-    and joint (then evaluate and summary, on their outputs), never pretrain, finetune or cache."""
+    and joint (then evaluate and summary, on their outputs), and the heads of the union (which
+    train them under schedule across_sets), never pretrain, finetune or cache."""
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
     section = SEED_KEY.split(".")[0]
     reading = {name for name, stage in stages.items()
                if any(key in (SEED_KEY, section) for key in stage.get("params", []))}
-    assert reading == {"attention", "joint"}
+    assert reading == {"union_heads", "attention", "joint"}
 
 
 def test_cnn_seeds_queue_the_whole_default_pipeline_at_every_other_seed():

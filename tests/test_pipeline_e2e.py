@@ -52,7 +52,9 @@ RUN = "synthetic-0"  # the one (set, split) of the tiny params
 # the stage every `dvc repro` runs first, before any other (always_changed): the params checked
 CHECK = "check"
 # what a change to the attention heads (model.K, .d, .temporal_pooling) re-runs: not the backbone
-ATTENTION_ON = {CHECK, f"attention@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}", "summary"}
+# (and the heads of the union: under per_set it writes its folder's schedule.json, unchanged)
+ATTENTION_ON = {CHECK, "union_heads@0", f"attention@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}",
+                "summary"}
 
 
 def ran(output: str) -> set[str]:
@@ -129,6 +131,40 @@ def test_queued_ablation_and_report(repo):
     assert rows["Baseline"][-3] == "baseline commit"
     with Image.open(repo / "metrics" / "plots" / "table1.png") as image:  # one dataset panel
         assert image.size == (round(CHART_WIDTH * CHART_DPI), round(CHART_PANEL_HEIGHT * CHART_DPI))
+
+
+def test_the_paper_s_schedule_across_two_sets(repo):
+    """`dvc exp run -S schedule=across_sets -S data.video=[synthetic,synthetic2]`: the CNN and the
+    heads trained once, on the union (whose labels keep the sets' people apart: 4 + 4 classes),
+    every set's finetune and attention stages taking them byte for byte, +Ind (joint) trained per
+    set from that set's rows of the union's lookup table, every set evaluated on its own test
+    set. Under per_set (the repository as reproduced) the union stages' folders hold their
+    schedule.json alone."""
+    union = repo / "data" / "models" / "union-0"
+    for part in ("cnn", "heads"):
+        assert [p.name for p in (union / part).iterdir()] == ["schedule.json"]
+    output = run(repo, "dvc", "exp", "run", "-S", "schedule=across_sets",
+                 "-S", "data.video=[synthetic,synthetic2]")
+    per_set = {f"{stage}@{name}-0" for stage in PER_SPLIT for name in ("synthetic", "synthetic2")}
+    assert ran(output) == {CHECK, "download", "index", "pretrain", "union_cnn@0", "union_heads@0",
+                           "summary", *per_set}, output
+    models = repo / "data" / "models"
+    for name, files in (("cnn", ["finetune.pt"]), ("heads", ["spatial.pt", "temporal.pt"])):
+        for file in files:
+            assert {md5_of(models / f"{s}-0" / file) for s in ("synthetic", "synthetic2")} == {
+                md5_of(union / name / file)}, file
+    _, heads = load_exported(union / "heads" / "temporal.pt")
+    assert heads["union_classes"] == {"synthetic": [0, 4], "synthetic2": [4, 4]}
+    lut = heads["criterion"]["lut"]
+    assert lut.shape[0] == 8
+    joints = [load_exported(models / f"{s}-0" / "joint.pt")[1] for s in ("synthetic", "synthetic2")]
+    assert [j["criterion"]["lut"].shape[0] for j in joints] == [4, 4]
+    assert md5_of(models / "synthetic-0" / "joint.pt") != md5_of(models / "synthetic2-0" /
+                                                               "joint.pt")
+    for name in ("synthetic", "synthetic2"):
+        evaluation = json.loads((repo / "metrics" / "eval" / f"{name}-0.json").read_text())
+        assert evaluation["dataset"] == name and list(evaluation["models"]) == list(MODELS)
+        assert (repo / "metrics" / "results" / f"{name}.json").is_file()
 
 
 def test_k_experiment_reruns_only_what_k_affects(repo):
@@ -574,8 +610,9 @@ def test_frames_written_over_at_the_same_paths_rerun_every_stage_that_reads_them
     shutil.copy(frames[1], frames[0])
     assert ran(run(repo, "dvc", "repro", "index")) == {CHECK, "download", "index"}
     status = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True) or "{}")
-    assert set(out_of_date(status)) == {"pretrain", f"finetune@{RUN}", f"cache@{RUN}",
-                                        f"baseline@{RUN}", f"joint@{RUN}", f"evaluate@{RUN}"}
+    assert set(out_of_date(status)) == {"pretrain", "union_cnn@0", f"finetune@{RUN}",
+                                        f"cache@{RUN}", f"baseline@{RUN}", "union_heads@0",
+                                        f"joint@{RUN}", f"evaluate@{RUN}"}
 
 
 def test_a_temporary_experiment_on_other_frames_reruns_their_readers_in_its_own_workspace(repo):

@@ -22,6 +22,9 @@ TINY = {
                   "images_per_identity": 2, "cameras": 2, "tracklets_per_camera": 1,
                   "query_cameras": 1, "min_length": 2, "max_length": 5, "distractor_tracklets": 1,
                   "junk_tracklets": 1, "height": 64, "width": 32},
+    # the second generated set, as small (data.video: [synthetic, synthetic2] in a test)
+    "synthetic2": {"train_identities": 4, "test_identities": 4, "min_length": 2, "max_length": 5,
+                   "distractor_tracklets": 1, "junk_tracklets": 1, "height": 64, "width": 32},
     "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
               "d": 8, "embed_dim": 16, "grid_block": "last"},
     "cache": {"batch_size": 16},

@@ -2,9 +2,12 @@
 restricted-random-sampling clips of N frames, frame features averaged over space and time, one FC
 to the embedding, OIM. This is also the paper's Baseline (Table 1).
 
+Under ``schedule: across_sets`` the CNN is the union's (``--union``, the union_cnn stage's folder:
+``pipeline.union``), taken as this set's without training.
+
     python -m pipeline.stages.finetune --params params.yaml \
         --index data/index/<set>/split_<k>.json --init data/models/pretrain.pt \
-        --out data/models/<set>-<k>/finetune.pt \
+        --union data/models/union-<k>/cnn --out data/models/<set>-<k>/finetune.pt \
         --live metrics/live/finetune/<set>-<k> --scratch scratch/finetune/<set>-<k>
 """
 
@@ -14,11 +17,14 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
+from pipeline import distributed
 from pipeline.data import ClipDataset, train_labels, train_loader
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import load_params, to_dict
+from pipeline.params import Params, load_params, to_dict
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
 from pipeline.train import (
@@ -32,6 +38,7 @@ from pipeline.train import (
     seed_everything,
     start,
 )
+from pipeline.union import CNN_FILES, pass_through, union_models
 
 log = logging.getLogger("finetune")
 
@@ -41,38 +48,58 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
     parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
+    parser.add_argument("--union", type=Path,
+                        help="the union_cnn stage's folder: under schedule across_sets, its CNN "
+                             "is this set's (pipeline.union); without it, trains on this set")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
     check_writable(args.out.parent, args.live, args.scratch)
     p = load_params(args.params)
-    seed_everything(p.seed)
-    world, device = start(p.runtime)  # under torchrun: this rank's device
-
+    union = args.union and union_models(args.union, p, CNN_FILES, "union_cnn")
+    if union is not None:
+        if distributed.world().is_main:
+            pass_through(union, {CNN_FILES[0]: args.out}, args.live)
+            log.info("schedule across_sets: the CNN of the union (%s) is this set's", union)
+        return
     table = load_video_index(args.index)
     train = table[table["subset"] == "train"]
+    train_cnn(p, train, args.init, args.out, args.live, args.scratch,
+              [sha256_file(args.index)])
+
+
+def train_cnn(p: Params, train: pd.DataFrame, init: Path, out: Path, live: Path, scratch: Path,
+              inputs: list[str], sets: list[str] | None = None, extra: dict | None = None) -> None:
+    """The backbone fine-tuned on the tracklets of ``train`` (the training part of a set, or the
+    pooled union of several: ``sets``, each tracklet's set, batched as ``data.union_sampling``
+    says), exported to ``out`` by the main process; ``inputs``: the hashes of the index files
+    (part of the resume fingerprint); ``extra``: more of the export's payload."""
+    seed_everything(p.seed)
+    world, device = start(p.runtime)  # under torchrun: this rank's device
     labels = train_labels(train["pid"])
     log.info("%d training tracklets of %d identities", len(train), len(labels))
     targets = [labels[int(pid)] for pid in train["pid"]]
     dataset = ClipDataset(train["frames"].tolist(), targets, p.model.N,
                           (p.data.height, p.data.width), augment=p.data.augment)
     loader = train_loader(dataset, targets, p.finetune, p.seed, p.data.num_workers,
-                          pin_memory=device.type == "cuda", section="finetune")
+                          pin_memory=device.type == "cuda", section="finetune", sets=sets,
+                          balance=p.data.union_sampling if sets is not None else "identity")
 
-    model = build_model(p.model, head="baseline", init=str(args.init))
+    model = build_model(p.model, head="baseline", init=str(init))
     criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
+    union = [p.data.union_sampling] if sets is not None else []  # a per-set key stays as it was
     key = fingerprint("finetune", p.seed, to_dict(p.finetune), to_dict(p.loss), to_dict(p.data),
-                      p.model.N, sha256_file(args.index), sha256_file(args.init))
-    resume = args.scratch / "last.pt"
+                      p.model.N, *inputs, sha256_file(init), *union)
+    resume = scratch / "last.pt"
     fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
-        desc="finetune", curves=args.live, **fit_options(p.runtime, device))
+        desc="finetune", curves=live, **fit_options(p.runtime, device))
     if world.is_main:
-        export_model(args.out, model.cpu(),
+        export_model(out, model.cpu(),
                      config_of(p.model, "backbone", "init", "last_stride", "N", "embed_dim"),
                      "baseline",
                      {"stage": "finetune", "num_classes": len(labels),
-                      "criterion": criterion.cpu().state_dict()})
+                      "criterion": criterion.cpu().state_dict(), **(extra or {})})
         drop_checkpoint(resume)
 
 

@@ -1,6 +1,7 @@
 """Stage ``joint``: the whole network, CNN included, fine-tuned end to end on one video set's
 training tracklets (paper: "Ind", the final model). Starts from the fine-tuned backbone and the
-attention stage's heads (and its OIM lookup table); the network stops at ``model.grid_block``, the
+attention stage's heads (and its OIM lookup table: under ``schedule: across_sets`` this set's rows
+of the union's, ``pipeline.union.set_rows``); the network stops at ``model.grid_block``, the
 block whose grids the heads read (the fine-tuned backbone's later blocks are not part of it).
 
     python -m pipeline.stages.joint --params params.yaml --index data/index/<set>/split_<k>.json \
@@ -35,6 +36,7 @@ from pipeline.train import (
     start,
     warn_if_saturated,
 )
+from pipeline.union import set_rows
 
 log = logging.getLogger("joint")
 
@@ -78,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = heads.cfg
     criterion = build_identity_loss(p.loss, cfg.embedding_size, len(labels))
     if "criterion" in payload:  # continue with the attention stage's lookup table
-        criterion.load_state_dict(payload["criterion"])
+        state = payload["criterion"]
+        if "union_classes" in payload:  # heads of the union: this set's rows of its table
+            state = set_rows(state, payload["union_classes"], table.attrs.get("dataset", ""),
+                             len(labels), args.heads)
+        criterion.load_state_dict(state)
     log.info("%d training tracklets of %d identities; K=%d heads", len(train), len(labels), cfg.K)
     key = fingerprint("joint", p.heads_seed, to_dict(p.joint), to_dict(p.loss), p.data.height,
                       p.data.width, p.model.N, sha256_file(args.index), sha256_file(args.backbone),

@@ -14,9 +14,10 @@ from pipeline.stages.common import TIMINGS, timing_path
 from tools.docs.common import NotProduced, field_of, read_json
 
 LOCK = "dvc.lock"
-ORDER = ("check", "download", "index", "pretrain", "finetune", "cache", "baseline", "attention",
-         "joint", "evaluate", "summary")  # dvc.yaml's stages, in the order they run
-HEADS_ONLY = ("check", "attention", "joint", "evaluate", "summary")  # what model.K re-runs
+ORDER = ("check", "download", "index", "pretrain", "union_cnn", "finetune", "cache", "baseline",
+         "union_heads", "attention", "joint", "evaluate", "summary")  # dvc.yaml's, as they run
+# what model.K re-runs (union_heads: under per_set, in a second)
+HEADS_ONLY = ("check", "union_heads", "attention", "joint", "evaluate", "summary")
 
 
 def minutes(seconds: float) -> str:

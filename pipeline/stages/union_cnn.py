@@ -1,0 +1,65 @@
+"""Stage ``union_cnn``: under ``schedule: across_sets``, the pretrained backbone fine-tuned on the
+union of the training tracklets of every set of ``data.video`` at split ``--split`` (paper §4.3:
+the Baseline "jointly fine-tuned on video datasets: PRID2011, iLIDS-VID, and MARS"), as
+``finetune`` trains it on one set: the labels keep the sets' people apart, batches are drawn as
+``data.union_sampling`` says. Under ``per_set`` it trains nothing and writes its folder's
+``schedule.json`` alone (``pipeline.union``).
+
+Writes ``--out`` (a folder): ``finetune.pt`` (the CNN, with each set's classes of the union in
+its payload), ``live/`` (its DVCLive curves) and ``schedule.json``. Every set's ``finetune`` stage
+then takes the CNN as its own.
+
+    python -m pipeline.launch pipeline.stages.union_cnn --params params.yaml --split <k> \
+        --index data/index --init data/models/pretrain.pt --out data/models/union-<k>/cnn \
+        --scratch scratch/union_cnn/<k>
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline import distributed
+from pipeline.files import check_writable, sha256_file
+from pipeline.params import load_params
+from pipeline.stages.common import run
+from pipeline.stages.finetune import train_cnn
+from pipeline.union import CNN_FILES, LIVE, index_files, pooled_training, union_classes, write_union
+
+log = logging.getLogger("union_cnn")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split", type=int, required=True, help="the split index")
+    parser.add_argument("--index", type=Path, required=True,
+                        help="the index folder (<set>/split_<k>.json of every set)")
+    parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
+    parser.add_argument("--out", type=Path, required=True, help="the union's folder")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.scratch)
+    p = load_params(args.params)
+    if p.schedule != "across_sets":
+        write_union(args.out, p, args.split)
+        log.info("schedule %s: every set's CNN is trained by its own finetune stage", p.schedule)
+        return
+    files = index_files(args.index, p, args.split)
+    pooled = pooled_training(files)
+    classes = union_classes(pooled)
+    log.info("the union of %s", ", ".join(f"{s} ({n} identities)" for s, (_, n) in classes.items()))
+    made = args.scratch / "made"  # beside the resume checkpoint
+    model, live = made / CNN_FILES[0], made / LIVE
+    train_cnn(p, pooled, args.init, model, live, args.scratch,
+              [sha256_file(f) for f in files.values()], sets=pooled["dataset"].tolist(),
+              extra={"union_classes": classes})
+    if distributed.world().is_main:
+        write_union(args.out, p, args.split, lambda folder: (
+            model.replace(folder / CNN_FILES[0]), live.replace(folder / LIVE)),
+            {"classes": classes})
+
+
+if __name__ == "__main__":
+    run(main)
