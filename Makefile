@@ -35,7 +35,7 @@ exp: setup ## The experiments table: changed params and the headline (rank-1, mA
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.paired --experiments
 
 DATASET ?= mars
-paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET as a DVC experiment; ARGS: more options, after the paper's (they win)
+paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET (one set, or several: "prid2011 ilidsvid" trains across them) as a DVC experiment; ARGS: more options, after the paper's (they win)
 	@overrides="$$($(BIN)/python -m pipeline.params --dataset $(DATASET))" || exit 1; \
 	echo "dvc exp run $$overrides $(ARGS)"; \
 	eval "PATH=\"$(CURDIR)/$(BIN):$$PATH\" $(BIN)/dvc exp run $$overrides $(ARGS)"

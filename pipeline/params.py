@@ -670,18 +670,29 @@ _NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "d
                "synthetic.", "synthetic2.", "runtime.", "cache.", "evaluate.batch_size")
 
 
-def paper_overrides(current: Params, dataset: str) -> list[str]:
+def paper_overrides(current: Params, datasets: str | list[str]) -> list[str]:
     """``key=value`` overrides turning ``current`` into the paper's setting (the dataclass
-    defaults) on video set ``dataset``, with every standard split and the paper's image sets."""
-    if dataset not in VIDEO_SPLITS:
-        raise ParamsError(f"unknown video dataset {dataset!r}; expected one of: "
-                          f"{', '.join(VIDEO_SPLITS)}")
+    defaults: the schedule across sets among them) on the video set(s) ``datasets``, with every
+    standard split and the paper's image sets. Several sets must have the same splits: MARS's one
+    split in every split index of PRID2011 and iLIDS-VID is not built."""
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets)
+    for dataset in datasets:
+        if dataset not in VIDEO_SPLITS:
+            raise ParamsError(f"unknown video dataset {dataset!r}; expected one of: "
+                              f"{', '.join(VIDEO_SPLITS)}")
+    counts = {VIDEO_SPLITS[d] for d in datasets}
+    if len(counts) > 1:
+        raise ParamsError(
+            f"{' '.join(datasets)}: sets with {' and '.join(map(str, sorted(counts)))} standard "
+            "splits: the union of a set of one split (MARS) with every split of the sets of ten is "
+            "not built; run the sets of ten together (DATASET=\"prid2011 ilidsvid\") and the "
+            "others on their own")
     paper, mine = flatten(to_dict(Params())), flatten(to_dict(current))
     overrides = [f"{key}={_yaml_value(value)}" for key, value in paper.items()
                  if mine[key] != value and not key.startswith(_NOT_METHOD)]
-    return [*overrides, f"data.video={_yaml_value([dataset])}",
+    return [*overrides, f"data.video={_yaml_value(datasets)}",
             f"data.image={_yaml_value(PAPER_IMAGE_SETS)}",
-            f"data.splits={_yaml_value(list(range(VIDEO_SPLITS[dataset])))}"]
+            f"data.splits={_yaml_value(list(range(counts.pop())))}"]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -744,10 +755,11 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     parser = argparse.ArgumentParser(description="Check the params file, or print the `dvc exp "
-                                     "run` options of the paper's setting on one video set.")
+                                     "run` options of the paper's setting on its video set(s).")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--check", action="store_true", help="only check the params file")
-    parser.add_argument("--dataset", default="mars")
+    parser.add_argument("--dataset", nargs="+", default=["mars"],
+                        help="one video set, or several (trained across sets, as the paper)")
     args = parser.parse_args(argv)
     try:
         p = load_params(args.params)

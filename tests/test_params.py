@@ -528,3 +528,16 @@ def test_the_paper_command_refuses_an_unknown_set_in_one_line(capsys):
         params_main(["--params", str(ROOT / "params.yaml"), "--dataset", "nope"])
     assert stop.value.code == 1
     assert capsys.readouterr().err.startswith("error: unknown video dataset 'nope'")
+
+
+def test_paper_overrides_on_several_sets_train_across_them():
+    """`make paper DATASET="prid2011 ilidsvid"`: the paper's schedule across both sets, on their
+    ten splits; a set of one split beside sets of ten is refused in one line naming the sets."""
+    mine = load_params(ROOT / "params.yaml")
+    assert mine.schedule == "per_set"
+    paper = load_params(ROOT / "params.yaml", paper_overrides(mine, ["prid2011", "ilidsvid"]))
+    assert paper.schedule == "across_sets"
+    assert paper.data.video == ["prid2011", "ilidsvid"] and paper.data.splits == list(range(10))
+    with pytest.raises(ParamsError, match=r"^prid2011 mars: sets with 1 and 10 standard splits: "
+                                          r"the union of a set of one split \(MARS\)"):
+        paper_overrides(mine, ["prid2011", "mars"])
