@@ -406,7 +406,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
     """`dvc repro` of the tiny pipeline: every stage runs once; the per-split results, the
     headline (`dvc metrics show`), the Fig. 3 pictures, the CMC and loss curves and the summary
     pictures are where dvc.yaml says, and `dvc plots show` renders them offline."""
-    assert ran(reproduced.output) == {CHECK, "download", "index", "pretrain", "summary",
+    assert ran(reproduced.output) == {CHECK, "download", "index", "pretrain", "union_cnn@0",
+                                      "union_heads@0", "summary",
                                       *(f"{s}@{RUN}" for s in PER_SPLIT)}
     assert "Results (percent" in reproduced.output  # the summary table is printed
     data, model, synthetic = TINY["data"], TINY["model"], TINY["synthetic"]

@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     try:
         if args.show_json is not None:
             show, head = load_show_json(args.show_json), args.rev
-        else:
-            show, head = run_exp_show(), args.rev or git_head()
+        else:  # the experiments of --rev, as the report reads them
+            head = git_head(args.rev or "HEAD")
+            if args.rev and head is None:
+                raise ReportError(f"--rev {args.rev}: not a commit of this repository")
+            show = run_exp_show(head if args.rev else None)
         sweep = collect(show, head, read)
     except ReportError as err:
         raise SystemExit(f"error: {err}") from None
