@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro exp paper ablations cnnseeds ksweep sweep references report docs bench test test-fast lint format lock clean
+.PHONY: help setup repro exp paper ablations schedule cnnseeds ksweep sweep references report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS w
 	$(MAKE) --no-print-directory report
 
 CNN_SEEDS ?= 0 1 2
+schedule: setup ## The paper's schedule on the two generated sets (CNN and heads on their union, +Ind per set) as the DVC experiment `two-sets-across`
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n two-sets-across -S schedule=across_sets -S 'data.video=[synthetic,synthetic2]'
+
 cnnseeds: setup ## The default pipeline trained again at each seed of CNN_SEEDS (every stage after index), then report
 	$(BIN)/python -m tools.experiments run cnnseeds --seeds $(CNN_SEEDS) --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
