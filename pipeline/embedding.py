@@ -68,7 +68,6 @@ def clip_rows(offsets: np.ndarray, frame_index: np.ndarray, frame_counts: list[i
     return cached_rows(offsets, frame_index, np.array(positions, dtype=np.int64))
 
 
-
 @dataclasses.dataclass
 class TestSet:
     """One split's test tracklets as the models see them: the index's rows, the cache's
@@ -82,6 +81,17 @@ class TestSet:
     frame_index: np.ndarray
     truth: tuple | None
     loaders: dict[str, DataLoader]
+
+
+def add_test_set_args(parser: argparse.ArgumentParser, backbone_help: str) -> None:
+    """The arguments ``load_test_set`` reads: ``--params``, ``--dataset``, ``--split``,
+    ``--index``, ``--cache`` and ``--backbone`` (the fine-tuned model that made the cache)."""
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dataset", required=True, help="the video set's name")
+    parser.add_argument("--split", type=int, required=True, help="the split id")
+    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--backbone", type=Path, required=True, help=backbone_help)
 
 
 def load_test_set(args: argparse.Namespace, p: Params, device: torch.device) -> TestSet:
@@ -152,7 +162,8 @@ def embed_model(path: Path, name: str, test: TestSet, p: Params, device: torch.d
 # --- embeddings saved by one stage, read by another ----------------------------------------------
 # An .npz of plain arrays (np.load without pickles): "embedding" (T, E) float32, and what they
 # were computed on, checked when read: the test tracklets' pids, cameras and frame counts, the
-# clip length N, the input size, and the sha256 of the model file.
+# clip length N, the input size; the sha256 of the model file is recorded, not checked (the
+# reader does not know which model file stands behind it).
 
 def tracklets_fingerprint(test: TestSet, p: Params) -> dict[str, np.ndarray]:
     """What a saved embedding must have been computed on to stand for a model on ``test``."""
@@ -181,9 +192,9 @@ def load_embeddings(path: Path, test: TestSet, p: Params) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as saved:
             arrays = {key: saved[key] for key in saved.files}
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
         raise CacheError(f"{path}: not a saved embedding file ({err}): re-run the stage that "
                          "writes it") from None
     expected = tracklets_fingerprint(test, p)

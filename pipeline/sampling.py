@@ -118,13 +118,15 @@ class IdentityBatchSampler:
 
     def _sets(self, pids: np.ndarray, sets: Sequence[str] | None,
               balance: str) -> dict[str, np.ndarray] | None:
-        """Each set's identities when batches balance the sets, else None."""
+        """Each set's identities when batches balance the sets, else None (``sets`` None: one
+        set, nothing to balance)."""
         if balance not in BALANCES:
             raise ValueError(f"balance: expected one of {BALANCES}, got {balance!r}")
-        if balance == "identity":
+        if balance == "identity" or sets is None:
             return None
-        if sets is None or len(sets) != len(pids):
-            raise ValueError("balance='set' needs the set of every sample")
+        if len(sets) != len(pids):
+            raise ValueError(f"balance='set' needs the set of every sample: {len(sets)} sets "
+                             f"for {len(pids)} samples")
         sets = np.asarray(sets)
         by_set = {str(name): np.unique(pids[sets == name]) for name in np.unique(sets)}
         for pid in self.identities:
@@ -155,7 +157,7 @@ class IdentityBatchSampler:
             for name, count in zip(names, share, strict=True):
                 members = self.by_set[name]
                 taken = []
-                while len(taken) < min(count, len(members)):
+                while len(taken) < count:  # (every set holds at least its share: _sets)
                     if not queues[name]:
                         queues[name] = list(rng.permutation(members))
                     pid = queues[name].pop()

@@ -17,7 +17,9 @@ loss from that set's rows of the union's (``set_rows``).
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -33,6 +35,30 @@ MARKER = "schedule.json"
 LIVE = "live"
 CNN_FILES = ("finetune.pt",)
 HEADS_FILES = ("spatial.pt", "temporal.pt")
+
+log = logging.getLogger("union")
+
+
+def add_union_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments both union stages take: ``--params``, ``--split``, ``--index`` (the index
+    folder), ``--out`` (the union's folder) and ``--scratch``."""
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split", type=int, required=True, help="the split index")
+    parser.add_argument("--index", type=Path, required=True,
+                        help="the index folder (<set>/split_<k>.json of every set)")
+    parser.add_argument("--out", type=Path, required=True, help="the union's folder")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+
+
+def nothing_to_train(out: Path, p: Params, split: int, per_set_stage: str) -> bool:
+    """Under ``per_set``: write the union stage's folder with its ``schedule.json`` alone, say
+    which per-set stage trains instead, and return True; under ``across_sets`` False."""
+    if p.schedule == "across_sets":
+        return False
+    write_union(out, p, split)
+    log.info("schedule %s: every set's %s stage trains on that set alone", p.schedule,
+             per_set_stage)
+    return True
 
 
 def index_files(root: Path, p: Params, split: int) -> dict[str, Path]:
@@ -53,13 +79,8 @@ def pooled_training(files: dict[str, Path]) -> pd.DataFrame:
 def union_classes(pooled: pd.DataFrame) -> dict[str, list[int]]:
     """Each set's first label in the union and its number of identities, ``{set: [start,
     count]}``: what a set's own training (+Ind) reads of the union's identity loss."""
-    classes = {}
-    for name, part in pooled.groupby("dataset", sort=False):
-        labels = sorted(set(part["pid"]))
-        if labels != list(range(labels[0], labels[0] + len(labels))):
-            raise ValueError(f"{name}: its union labels are not contiguous")
-        classes[str(name)] = [int(labels[0]), len(labels)]
-    return classes
+    return {str(name): [int(part["pid"].min()), int(part["pid"].nunique())]  # contiguous
+            for name, part in pooled.groupby("dataset", sort=False)}  # (pool_sets sorts by set)
 
 
 def write_union(out: Path, p: Params, split: int, build=None, extra: dict | None = None) -> None:

@@ -152,7 +152,7 @@ def train_phase(heads: nn.Module, criterion: nn.Module, dataset: Dataset,
     section = getattr(p.attention, phase)
     loader = train_loader(dataset, targets, section, seed, p.data.num_workers,
                           section=f"attention.{phase}", sets=sets,
-                          balance=p.data.union_sampling if sets is not None else "identity")
+                          balance=p.data.union_sampling)
     history = fit(heads, criterion, loader, section, step, device, scratch / f"{phase}.pt", key,
                   desc=f"attention {phase}", curves=live / phase,
                   **fit_options(p.runtime, device, backbone=False))

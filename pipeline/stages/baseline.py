@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 from pipeline import distributed
-from pipeline.embedding import embed_model, load_test_set, save_embeddings
+from pipeline.embedding import add_test_set_args, embed_model, load_test_set, save_embeddings
 from pipeline.errors import CheckpointError
 from pipeline.files import check_writable
 from pipeline.params import load_params
@@ -32,13 +32,7 @@ from pipeline.train import start, use_autocast
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--dataset", required=True, help="the video set's name")
-    parser.add_argument("--split", type=int, required=True, help="the split id")
-    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
-    parser.add_argument("--cache", type=Path, required=True)
-    parser.add_argument("--backbone", type=Path, required=True,
-                        help="the fine-tuned model: the Baseline, and the maker of the cache")
+    add_test_set_args(parser, "the fine-tuned model: the Baseline, and the maker of the cache")
     parser.add_argument("--out", type=Path, required=True, help="the embeddings (.npz)")
     return parser.parse_args(argv)
 

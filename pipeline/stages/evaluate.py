@@ -47,7 +47,7 @@ from torch import nn
 
 from pipeline.attention_stats import head_count
 from pipeline.data import ClipDataset, to_pixels
-from pipeline.embedding import embed_model, load_embeddings, load_test_set
+from pipeline.embedding import add_test_set_args, embed_model, load_embeddings, load_test_set
 from pipeline.figures import attention_figure, save_figure
 from pipeline.files import check_writable, write_csv, write_text
 from pipeline.formatting import corr, num, text_table
@@ -158,13 +158,7 @@ def results_json(results: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--dataset", required=True, help="the video set's name")
-    parser.add_argument("--split", type=int, required=True, help="the split id")
-    parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
-    parser.add_argument("--cache", type=Path, required=True)
-    parser.add_argument("--backbone", type=Path, required=True,
-                        help="the fine-tuned model the cache was made with (checked)")
+    add_test_set_args(parser, "the fine-tuned model the cache was made with (checked)")
     parser.add_argument("--model", type=named_path, action="append", required=True,
                         metavar="NAME=PATH", help="a model to score (repeat, in table order): an "
                         f"exported model, or its test embeddings saved by the baseline stage "

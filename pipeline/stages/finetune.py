@@ -84,7 +84,7 @@ def train_cnn(p: Params, train: pd.DataFrame, init: Path, out: Path, live: Path,
                           (p.data.height, p.data.width), augment=p.data.augment)
     loader = train_loader(dataset, targets, p.finetune, p.seed, p.data.num_workers,
                           pin_memory=device.type == "cuda", section="finetune", sets=sets,
-                          balance=p.data.union_sampling if sets is not None else "identity")
+                          balance=p.data.union_sampling)
 
     model = build_model(p.model, head="baseline", init=str(init))
     criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))

@@ -25,26 +25,28 @@ from pipeline.files import check_writable, sha256_file
 from pipeline.params import load_params
 from pipeline.stages.common import run
 from pipeline.stages.finetune import train_cnn
-from pipeline.union import CNN_FILES, LIVE, index_files, pooled_training, union_classes, write_union
+from pipeline.union import (
+    CNN_FILES,
+    LIVE,
+    add_union_args,
+    index_files,
+    nothing_to_train,
+    pooled_training,
+    union_classes,
+    write_union,
+)
 
 log = logging.getLogger("union_cnn")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--split", type=int, required=True, help="the split index")
-    parser.add_argument("--index", type=Path, required=True,
-                        help="the index folder (<set>/split_<k>.json of every set)")
+    add_union_args(parser)
     parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
-    parser.add_argument("--out", type=Path, required=True, help="the union's folder")
-    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
     check_writable(args.out.parent, args.scratch)
     p = load_params(args.params)
-    if p.schedule != "across_sets":
-        write_union(args.out, p, args.split)
-        log.info("schedule %s: every set's CNN is trained by its own finetune stage", p.schedule)
+    if nothing_to_train(args.out, p, args.split, "finetune"):
         return
     files = index_files(args.index, p, args.split)
     pooled = pooled_training(files)

@@ -32,7 +32,9 @@ from pipeline.union import (
     CNN_FILES,
     HEADS_FILES,
     LIVE,
+    add_union_args,
     index_files,
+    nothing_to_train,
     pooled_training,
     union_classes,
     union_models,
@@ -44,23 +46,15 @@ log = logging.getLogger("union_heads")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--split", type=int, required=True, help="the split index")
-    parser.add_argument("--index", type=Path, required=True,
-                        help="the index folder (<set>/split_<k>.json of every set)")
+    add_union_args(parser)
     parser.add_argument("--cache", type=Path, required=True,
                         help="the cache folder (<set>-<k>.h5 of every set)")
     parser.add_argument("--cnn", type=Path, required=True,
                         help="the union_cnn stage's folder (its CNN made the caches)")
-    parser.add_argument("--out", type=Path, required=True, help="the union's folder")
-    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
     args = parser.parse_args(argv)
     check_writable(args.out.parent, args.scratch)
     p = load_params(args.params)
-    if p.schedule != "across_sets":
-        write_union(args.out, p, args.split)
-        log.info("schedule %s: every set's heads are trained by its own attention stage",
-                 p.schedule)
+    if nothing_to_train(args.out, p, args.split, "attention"):
         return
     cnn = union_models(args.cnn, p, CNN_FILES, "union_cnn") / CNN_FILES[0]
     pooled = pooled_training(index_files(args.index, p, args.split))
