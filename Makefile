@@ -47,8 +47,9 @@ ablations: setup ## Table 1: queue and run its experiments for SEEDS with JOBS w
 	$(MAKE) --no-print-directory report
 
 CNN_SEEDS ?= 0 1 2
-schedule: setup ## The paper's schedule on the two generated sets (CNN and heads on their union, +Ind per set) as the DVC experiment `two-sets-across`
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n two-sets-across -S schedule=across_sets -S 'data.video=[synthetic,synthetic2]'
+schedule: setup ## Table 1 under both schedules on the two generated sets (per set; across sets: CNN and heads on their union, +Ind per set) for SEEDS, then report
+	$(BIN)/python -m tools.experiments run schedules --seeds $(SEEDS) --jobs $(JOBS)
+	$(MAKE) --no-print-directory report
 
 cnnseeds: setup ## The default pipeline trained again at each seed of CNN_SEEDS (every stage after index), then report
 	$(BIN)/python -m tools.experiments run cnnseeds --seeds $(CNN_SEEDS) --jobs $(JOBS)

@@ -23,6 +23,7 @@ joint, evaluate and summary stages only.
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1
     python -m tools.experiments run cnnseeds --seeds 0 1 2 --jobs 1
+    python -m tools.experiments run schedules --seeds 0 1 2 --jobs 1
     python -m tools.experiments list table1 --seeds 0 1 2
 """
 
@@ -104,6 +105,11 @@ SEED_KEY = "attention.seed"  # what Table 1's seeds vary (the heads' training, n
 # so each seed re-runs the whole pipeline after index (the synthetic set keeps synthetic.seed)
 CNN_SEED_KEY = "seed"
 CNN_SEEDS = (0, 1, 2)
+# Table 1 under both schedules (docs/method.md, "Ind, and the two schedules"): the default
+# pipeline's rows on the two generated sets, per set and across sets, at each heads' seed, as
+# experiments ``sc-<schedule>-s<seed>`` (none from the baseline commit, which trains one set)
+SCHEDULE_SETS = ("synthetic", "synthetic2")
+SCHEDULES = {"per_set": "per", "across_sets": "across"}  # params value -> its name's part
 # written by tools.report
 REPORT_OUTPUTS = ("metrics/report.json", "metrics/report.md", "metrics/plots/table1.png")
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
@@ -163,6 +169,22 @@ def cnn_seed_cells(seeds: Sequence[int], base_seed: int, heads_seed: int) -> lis
             for seed in seeds for row in TABLE1 if not row.overrides]
 
 
+def schedule_cells(seeds: Sequence[int]) -> list[Cell]:
+    """The default pipeline's rows (Baseline, SpaAtn+Q, +TemAtn, +Ind) on SCHEDULE_SETS under
+    each schedule at each heads' seed: per seed, one experiment per schedule; the per-set one
+    first (its synthetic stages are the baseline commit's, restored from the run-cache)."""
+    sets = "[" + ",".join(SCHEDULE_SETS) + "]"
+    return [Cell(row.label, row.model, seed, f"sc-{short}-s{seed}",
+                 (("schedule", schedule), ("data.video", sets), (SEED_KEY, str(seed))))
+            for seed in seeds for schedule, short in SCHEDULES.items()
+            for row in TABLE1 if not row.overrides]
+
+
+def schedule_of(cell: Cell) -> str | None:
+    """The schedule a cell's overrides set (None: the params' own)."""
+    return dict(cell.overrides).get("schedule")
+
+
 def table2_cells(base_k: int, seed: int) -> list[Cell]:
     return [Cell(f"K = {k}", TABLE2_MODEL, seed, None if k == base_k else f"t2-k{k}",
                  () if k == base_k else (("model.K", str(k)),)) for k in TABLE2_K]
@@ -214,6 +236,8 @@ def cells_for(table: str, params_path: str, seeds: Sequence[int | str] | None) -
                               p.attention.seed)
     if table == "sweep":
         return sweep_cells(p.attention.seed)
+    if table == "schedules":
+        return schedule_cells(checked_seeds(seeds, SEED_KEY, p) or [p.attention.seed])
     if table == "table1":
         return table1_cells(checked_seeds(seeds, SEED_KEY, p) or [p.attention.seed],
                             p.attention.seed)
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("run", "list"))
-    parser.add_argument("table", choices=("table1", "table2", "sweep", "cnnseeds"))
+    parser.add_argument("table", choices=("table1", "table2", "sweep", "cnnseeds", "schedules"))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--seeds", nargs="+", help=f"Table 1 seeds: values of {SEED_KEY} "
                         f"(default: the params' own); CNN seeds: values of {CNN_SEED_KEY} "
