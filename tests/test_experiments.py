@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.params import parse_params
 from tools import experiments
 from tools.experiments import (
     PAPER_TABLE1,
@@ -23,6 +24,7 @@ from tools.experiments import (
     dvc,
     existing_experiments,
     main,
+    schedule_cells,
     table1_cells,
     table2_cells,
     to_queue,
@@ -274,6 +276,33 @@ def test_cnn_seeds_queue_the_whole_default_pipeline_at_every_other_seed():
                                         "SpaAtn+Q+TemAtn+Ind"}
     assert {c.seed for c in cells} == {0}
     assert {c.experiment for c in cells if c.label == "Baseline"} == {None, "cs-s1", "cs-s2"}
+
+
+def test_schedules_queue_both_schedules_on_the_generated_sets_at_every_seed():
+    """Table 1 under both schedules: per seed the per-set experiment first (its first set's
+    stages come back from the run-cache), then the one across sets; none is the baseline commit
+    (it trains one set); each sets the generated sets, its schedule and the heads' seed, which
+    the params check accepts."""
+    cells = schedule_cells([0, 1])
+    sets = "[synthetic,synthetic2]"
+    assert to_queue(cells) == {
+        f"sc-{short}-s{seed}": (("schedule", schedule), ("data.video", sets), (SEED_KEY, str(seed)))
+        for seed in (0, 1) for short, schedule in (("per", "per_set"), ("across", "across_sets"))}
+    assert list(to_queue(cells)) == ["sc-per-s0", "sc-across-s0", "sc-per-s1", "sc-across-s1"]
+    assert {c.label for c in cells} == {"Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn",
+                                        "SpaAtn+Q+TemAtn+Ind"}
+    assert all(c.experiment for c in cells)
+    for name, overrides in to_queue(cells).items():
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        for key, value in overrides:
+            *sections, leaf = key.split(".")
+            target = params
+            for section in sections:
+                target = target[section]
+            target[leaf] = yaml.safe_load(value)
+        p = parse_params(yaml.safe_dump(params), name)
+        assert (p.schedule, p.data.video) == (dict(overrides)["schedule"],
+                                              ["synthetic", "synthetic2"])
 
 
 def test_one_job_runs_each_experiment_in_a_temporary_workspace_without_the_queue(monkeypatch):

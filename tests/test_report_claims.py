@@ -298,3 +298,81 @@ def test_gain_claims_need_the_gain_and_an_interval_above_zero(means, lo, verdict
     else:
         assert found[0].figures.endswith(f"], half-width {(10 - 100 * lo) / 2:.1f}")
     assert gain_claims(high, result("low", None, None), 0.04, paired) == []  # not measured
+
+
+def schedule_show(seeds=(0,)) -> tuple[FakeGit, list[dict]]:
+    """A `dvc exp show --json` with Table 1 under both schedules on the two generated sets
+    (experiments sc-per-s<seed>, sc-across-s<seed>): per set, +Ind scores TEMPORAL's very
+    scores; across sets, +Ind scores JOINT and the Baseline Q's; both sets alike."""
+    git = FakeGit()
+    per = {**commit_scores(), "joint": TEMPORAL}
+    across = {**commit_scores(), "baseline": Q}
+    exps = []
+    for seed in seeds:
+        for short, schedule, scores in (("per", "per_set", per), ("across", "across_sets", across)):
+            runs = [dict(evaluation(seed, scores), dataset=name)
+                    for name in ("synthetic", "synthetic2")]
+            exps.append(experiment(git, f"sc-{short}-s{seed}", runs,
+                                   params={"schedule": schedule}))
+    return git, exp_show(git, [evaluation(0, commit_scores())], exps)
+
+
+def test_table1_under_both_schedules_reads_the_sc_experiments_and_pairs_across_with_per_set():
+    git, show = schedule_show()
+    report = report_of(git, show)
+    assert list(report.schedules) == [("synthetic", "official"), ("synthetic", "torchreid"),
+                                      ("synthetic2", "official"), ("synthetic2", "torchreid")]
+    assert report.schedule_seeds == (0,)
+    table = report.schedules["synthetic2", "official"]
+    rows = {schedule: {r.label: r for r in found} for schedule, found in table.rows.items()}
+    assert rows["per_set"]["SpaAtn+Q+TemAtn+Ind"].experiments == ("sc-per-s0",)
+    assert rows["per_set"]["SpaAtn+Q+TemAtn+Ind"].rank1.mean == pytest.approx(np.mean(TEMPORAL[0]))
+    assert rows["across_sets"]["SpaAtn+Q+TemAtn+Ind"].rank1.mean == pytest.approx(
+        np.mean(JOINT[0]))
+    # each row across sets against per set: tools.paired.compare on the same queries
+    between = {b["label"]: b for b in table.between}
+    expected = compare([{0: queries(TEMPORAL)}], [{0: queries(JOINT)}])
+    assert between["SpaAtn+Q+TemAtn+Ind"]["rank1"] == pytest.approx(expected["rank1"])
+    assert between["SpaAtn+Q+TemAtn+Ind"]["mAP"] == pytest.approx(expected["mAP"])
+    assert between["SpaAtn+Q"]["rank1"]["diff"] == 0  # the same scores under both
+    # within each schedule, +Ind against +TemAtn, paired: identical scores per set
+    lines = {c.claim: c for c in table.claims["per_set"]}
+    ind = lines["SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn"]
+    assert ind.verdict == "not resolved" and "+0.0 [+0.0, +0.0]" in ind.figures
+    across = {c.claim: c for c in table.claims["across_sets"]}
+    assert across["SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn"].figures == figures(
+        compare([{0: queries(TEMPORAL)}], [{0: queries(JOINT)}])["rank1"])
+    # no map targets in the schedules' claims; the full model's gain is there
+    assert not any("person mass" in claim for claim in across)
+    assert "SpaAtn+Q+TemAtn+Ind >= Baseline + 3 rank-1" in across
+    # not paired under torchreid (no per-query scores stored for it)
+    assert report.schedules["synthetic", "torchreid"].between[0]["rank1"] is None
+
+
+def test_schedules_render_with_each_claim_naming_its_schedule_and_survive_report_json():
+    from tests.test_report import render
+
+    git, show = schedule_show()
+    report = report_of(git, show)
+    text = render(report)
+    section = text[text.index("## Table 1 under both schedules"):]
+    assert "### synthetic2, official protocol" in section
+    assert "- across sets: SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn:" in section
+    assert "- per set: SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn: not resolved" in section
+    cells = next(line for line in section.splitlines()
+                 if line.startswith("| SpaAtn+Q+TemAtn+Ind |")).split(" | ")
+    diff = compare([{0: queries(TEMPORAL)}], [{0: queries(JOINT)}])["rank1"]
+    assert cells[3].startswith(f"{100 * diff['diff']:+.1f} [")
+    # without sc- experiments the report has no such section
+    git, show = table1()
+    alone = report_of(git, show)
+    assert alone.schedules == {} and "## Table 1 under both schedules" not in render(alone)
+
+
+def test_a_missing_schedule_experiment_is_listed_and_its_rows_say_missing():
+    git, show = schedule_show()
+    report = report_of(git, show, seeds=[0, 1])
+    assert report.problems["sc-per-s1"].startswith("not run")
+    table = report.schedules["synthetic", "official"]
+    base = next(r for r in table.rows["across_sets"] if r.label == "Baseline")
+    assert (base.seeds_found, base.seeds_wanted) == (1, 2)

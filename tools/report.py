@@ -37,6 +37,7 @@ from tools.experiments import (
     Cell,
     checked_seeds,
     cnn_seed_cells,
+    schedule_cells,
     table1_cells,
     table2_cells,
 )
@@ -65,6 +66,7 @@ from tools.report_tables import (
     paired_rows,
     render_markdown,
     render_terminal,
+    schedule_tables,
 )
 
 PROTOCOL_ORDER = ("official", "torchreid")
@@ -84,13 +86,38 @@ def default_cnn_seeds(sources: Sources, base_seed: int) -> list[int]:
     return sorted(found | {base_seed})
 
 
+def schedule_seeds(sources: Sources, seeds: Sequence[int] | None) -> list[int]:
+    """The seeds of Table 1 under both schedules: none when no experiment of it
+    (``sc-<schedule>-s<seed>``) exists, so that the report leaves it out; else ``seeds`` when
+    given, else every seed one exists for."""
+    pattern = re.compile(r"sc-[a-z]+-s(\d+)$")
+    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
+    if not found:
+        return []
+    return list(seeds) if seeds else sorted(found)
+
+
+def found_pairs(results: Sequence[dict | None]) -> list[tuple[str, str]]:
+    """Every (dataset, protocol) some results have, datasets in the order found, protocols in
+    PROTOCOL_ORDER."""
+    datasets, protocols = {}, {}
+    for result in results:
+        for dataset, models in ((result or {}).get("results") or {}).items():
+            datasets.setdefault(dataset, None)
+            for per_protocol in (models or {}).values():
+                for protocol in per_protocol or {}:
+                    protocols.setdefault((dataset, protocol), None)
+    return sorted(protocols, key=lambda dp: (list(datasets).index(dp[0]), _protocol_rank(dp[1])))
+
+
 def build_report(show: list[dict], *, base_seed: int, base_k: int,
                  seeds: Sequence[int] | None = None, head: str | None = None,
                  read: Reader = git_show, cnn_seed: int | None = None) -> Report:
     """Collect Table 1 (``seeds``, default: ``default_seeds``) and Table 2 (``base_seed``, K
     around ``base_k``) from a ``dvc exp show --json`` output, each source's results read with
     ``read`` (default: ``git show`` in the repository here); with ``cnn_seed`` (the params'
-    ``seed``), also the default pipeline over the CNN seeds that have an experiment."""
+    ``seed``), also the default pipeline over the CNN seeds that have an experiment; and Table 1
+    under both schedules where its experiments exist (``schedule_seeds``)."""
     sources = collect_sources(show, head)
     read_once: dict[str | None, tuple[dict | None, str | None]] = {}
 
@@ -102,6 +129,7 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     if results_of(sources.baseline)[0] is None:
         raise ReportError(f"baseline commit {sources.commit}: {results_of(sources.baseline)[1]}; "
                           f"run `make repro` and commit {EVAL_DIR}")
+    cells4 = schedule_cells(schedule_seeds(sources, seeds))
     seeds = list(seeds) if seeds else default_seeds(sources, base_seed)
     cells1 = table1_cells(seeds, base_seed)
     cells2 = table2_cells(base_k, base_seed)
@@ -109,27 +137,24 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     cells3 = cnn_seed_cells(cnn_seeds, cnn_seed, base_seed) if len(cnn_seeds) > 1 else []
     resolved: dict[Cell, dict | None] = {}
     problems: dict[str, str] = {}
-    for cell in cells1 + cells2 + cells3:
+    for cell in cells1 + cells2 + cells3 + cells4:
         resolved[cell], problem = resolve(cell, sources, results_of)
         if problem:
             problems.setdefault(cell.experiment or BASELINE_COMMIT, problem)
-    datasets, protocols = {}, {}
-    for results in resolved.values():
-        for dataset, models in ((results or {}).get("results") or {}).items():
-            datasets.setdefault(dataset, None)
-            for per_protocol in (models or {}).values():
-                for protocol in per_protocol or {}:
-                    protocols.setdefault((dataset, protocol), None)
-    pairs = sorted(protocols, key=lambda dp: (list(datasets).index(dp[0]), _protocol_rank(dp[1])))
+    pairs = found_pairs([resolved[cell] for cell in cells1 + cells2 + cells3])
     table1 = {pair: aggregate(cells1, resolved, *pair) for pair in pairs}
     return Report(
         commit=sources.commit, commit_name=sources.commit_name, seeds=tuple(seeds),
-        base_seed=base_seed, base_k=base_k, datasets=tuple(datasets),
+        base_seed=base_seed, base_k=base_k,
+        datasets=tuple(dict.fromkeys(dataset for dataset, _ in pairs)),
         table1=table1, claims={pair: claims(rows, paired_rows(cells1, resolved, *pair))
                               for pair, rows in table1.items()},
         table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
         problems=problems, cnn_seeds=tuple(cnn_seeds) if cells3 else (),
-        cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {})
+        cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {},
+        schedule_seeds=tuple(sorted({cell.seed for cell in cells4})),
+        schedules=schedule_tables(cells4, resolved,
+                                  found_pairs([resolved[cell] for cell in cells4])))
 
 
 def _protocol_rank(protocol: str) -> tuple[int, str]:

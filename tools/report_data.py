@@ -85,6 +85,19 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ScheduleTable:
+    """Table 1's default rows on one set and protocol under each schedule (``rows`` and
+    ``claims``: schedule -> its rows, its claims), and each row across sets against per set,
+    paired over the same queries (``between``: ``{"label", "rank1", "mAP"}``, each metric
+    ``tools.paired.compare``'s ``{"a", "b", "diff", "lo", "hi"}`` of across minus per set, in
+    fractions, or None where not paired)."""
+
+    rows: dict[str, list[RowResult]]
+    claims: dict[str, list[Claim]]
+    between: list[dict]
+
+
+@dataclass(frozen=True)
 class Report:
     """Both tables on every dataset and protocol found, and what was missing."""
 
@@ -102,6 +115,10 @@ class Report:
     cnn: dict[tuple[str, str], list[RowResult]] = dataclasses.field(default_factory=dict)
     # the claims of each (dataset, protocol)'s Table 1 (tools.report_tables.claims)
     claims: dict[tuple[str, str], list[Claim]] = dataclasses.field(default_factory=dict)
+    # Table 1 under both schedules on the generated sets (tools.experiments.schedule_cells),
+    # where its experiments were run: (dataset, protocol) -> the table
+    schedule_seeds: tuple[int, ...] = ()
+    schedules: dict[tuple[str, str], ScheduleTable] = dataclasses.field(default_factory=dict)
     command: str = ""  # how the report was made
     # the measured files printed beside the tables: {"evaluation", "references", "sweep",
     # "probe"} -> their JSON, or None where not measured
@@ -146,6 +163,14 @@ def to_data(report: Report) -> dict:
                       "table2": rows(report.table2, (d, p)), "cnn": rows(report.cnn, (d, p)),
                       "claims": [dataclasses.asdict(c) for c in report.claims.get((d, p), [])]}
                      for d, p in report.table1],
+        "schedule_seeds": list(report.schedule_seeds),
+        "schedules": [{"dataset": d, "protocol": p,
+                       "rows": {s: [dataclasses.asdict(r) for r in rows]
+                                for s, rows in table.rows.items()},
+                       "claims": {s: [dataclasses.asdict(c) for c in found]
+                                  for s, found in table.claims.items()},
+                       "between": table.between}
+                      for (d, p), table in report.schedules.items()],
         "problems": report.problems, **report.extras}
 
 
@@ -167,11 +192,17 @@ def from_data(data: dict, source: str = "report.json") -> Report:
                 if section.get(name) is not None:
                     table[key] = [row_from_data(r) for r in section[name]]
             claims[key] = [Claim(**c) for c in section["claims"]]
+        schedules = {(section["dataset"], section["protocol"]): ScheduleTable(
+            rows={s: [row_from_data(r) for r in rows] for s, rows in section["rows"].items()},
+            claims={s: [Claim(**c) for c in found] for s, found in section["claims"].items()},
+            between=list(section["between"]))
+            for section in data.get("schedules") or []}
         return Report(
             commit=data["commit"], commit_name=data["commit_name"], seeds=tuple(data["seeds"]),
             base_seed=data["base_seed"], base_k=data["base_k"], datasets=tuple(data["datasets"]),
             table1=tables["table1"], table2=tables["table2"], problems=data["problems"],
             cnn_seeds=tuple(data["cnn_seeds"]), cnn=tables["cnn"], claims=claims,
+            schedule_seeds=tuple(data.get("schedule_seeds") or ()), schedules=schedules,
             command=data["command"], extras={k: data.get(k) for k in EXTRAS})
     except (KeyError, TypeError) as err:
         raise ValueError(f"{source}: a report without {err} (write it again with "

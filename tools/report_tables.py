@@ -3,6 +3,7 @@ and both tables as markdown (``metrics/report.md``) and as plain text for the te
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,16 @@ from pipeline.errors import InputError
 from pipeline.formatting import corr, markdown_table, num_stat, pct_stat, text_table
 from pipeline.names import ROW
 from tools.cell_probe import grid_rows, pooled_rows
-from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_MODEL, Cell
+from tools.experiments import (
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    SCHEDULE_SETS,
+    SCHEDULES,
+    TABLE1,
+    TABLE2_MODEL,
+    Cell,
+    schedule_of,
+)
 from tools.paired import PROTOCOL as PAIRED_PROTOCOL
 from tools.paired import Queries, compare, queries_of
 from tools.paired import verdict as paired_verdict
@@ -26,6 +36,7 @@ from tools.report_data import (
     Interval,
     Report,
     RowResult,
+    ScheduleTable,
     Stat,
     Value,
 )
@@ -385,12 +396,12 @@ def gain_claims(high: RowResult, low: RowResult, gain: float, paired: Paired) ->
     return out
 
 
-def claims(rows: list[RowResult], paired: Paired = no_pairs) -> list[Claim]:
+def claims(rows: list[RowResult], paired: Paired = no_pairs, maps: bool = True) -> list[Claim]:
     """The claims as measured on one Table 1: the paper's orderings (rank-1; verdicts from the
     paired intervals of ``paired`` where it has them), then this project's targets: SpaAtn+Q
     against its two controls (the width control, uniform maps), the full model's gain over
-    Baseline, the attention figures of SpaAtn+Q and the temporal weights' correlation with
-    visibility (where the ground truth was measured)."""
+    Baseline and, with ``maps``, the attention figures of SpaAtn+Q and the temporal weights'
+    correlation with visibility (where the ground truth was measured)."""
     by = {r.label: r for r in rows}
     out = []
     for high, low in ORDERINGS:
@@ -405,6 +416,8 @@ def claims(rows: list[RowResult], paired: Paired = no_pairs) -> list[Claim]:
     full, base = by.get(ROW["joint"]), by.get(ROW["baseline"])
     if full and base:
         out += gain_claims(full, base, FULL_MODEL_GAIN, paired)
+    if not maps:
+        return out
     q = by.get(ROW["spatial"])
     if q is not None and isinstance(q.person, Stat):
         checks = (("map entropy", q.entropy, ">=", MAP_TARGETS["entropy"], "{:.3f} nats"),
@@ -429,6 +442,92 @@ def claims(rows: list[RowResult], paired: Paired = no_pairs) -> list[Claim]:
         out.append(Claim("temporal weights follow the visibility of the heads' parts (r > 0 "
                          "beyond its interval)", TARGET, _holds(ok), _corr(tem)))
     return out
+
+
+def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
+                    pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ScheduleTable]:
+    """Table 1 under both schedules (``cells``: tools.experiments.schedule_cells) on each
+    (dataset, protocol) of ``pairs``: each schedule's rows and claims (the paper's orderings and
+    the full model's gain, paired within the schedule), and each row across sets against per
+    set, paired over the same queries and every seed found of both."""
+    out = {}
+    tagged = {dataclasses.replace(cell, label=f"{cell.label} ({schedule_of(cell)})"):
+              resolved.get(cell) for cell in cells}
+    for dataset, protocol in pairs:
+        groups = {schedule: [c for c in cells if schedule_of(c) == schedule]
+                  for schedule in SCHEDULES}
+        rows = {schedule: aggregate(group, resolved, dataset, protocol)
+                for schedule, group in groups.items()}
+        found = {schedule: claims(rows[schedule], paired_rows(group, resolved, dataset, protocol),
+                                  maps=False) for schedule, group in groups.items()}
+        paired = paired_rows(list(tagged), tagged, dataset, protocol)
+        between = []
+        for row in rows["across_sets"]:
+            result = paired(f"{row.label} (across_sets)", f"{row.label} (per_set)")
+            between.append({"label": row.label, **{
+                metric: None if result is None else result[metric] for metric in ("rank1", "mAP")}})
+        out[dataset, protocol] = ScheduleTable(rows, found, between)
+    return out
+
+
+SCHEDULE_NAMES = {"per_set": "per set", "across_sets": "across sets"}
+
+
+def _difference(result: dict | None) -> tuple[str, str]:
+    """A paired difference (across minus per set) in points with its interval, and its
+    verdict; "not paired" without per-query scores."""
+    if result is None:
+        return "not paired", NOT_APPLICABLE
+    lo, hi = 100 * result["lo"], 100 * result["hi"]
+    return (f"{100 * result['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]",
+            paired_verdict(result["lo"], result["hi"]))
+
+
+def schedule_rows(table: ScheduleTable) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: each row per set and across sets, rank-1 then mAP, and across minus per
+    set with its paired interval and whether across sets is ahead."""
+    per = {r.label: r for r in table.rows["per_set"]}
+    header = ["row", "rank-1 per set (%)", "rank-1 across sets (%)", "across - per set [95%]",
+              "across ahead", "mAP per set (%)", "mAP across sets (%)", "across - per set [95%]",
+              "across ahead", "seeds found"]
+    cells = []
+    for row, between in zip(table.rows["across_sets"], table.between, strict=True):
+        other = per.get(row.label)
+        cells.append([
+            row.label, percent(other.rank1) if other else MISSING, percent(row.rank1),
+            *_difference(between["rank1"]),
+            percent(other.mean_ap) if other else MISSING, percent(row.mean_ap),
+            *_difference(between["mAP"]),
+            f"{other.seeds_found if other else 0}/{row.seeds_found} of {row.seeds_wanted}"])
+    return header, cells
+
+
+def schedule_claims(table: ScheduleTable) -> list[str]:
+    """The claims of each schedule's table, each line naming its schedule."""
+    return [f"- {SCHEDULE_NAMES[schedule]}: {claim.line()[2:]}"
+            for schedule, found in table.claims.items() for claim in found]
+
+
+def schedule_section(report: Report) -> list[str]:
+    """Markdown: Table 1 under both schedules, per set and protocol, with the claims of each."""
+    sets = ", ".join(f"`{name}`" for name in SCHEDULE_SETS)
+    parts = ["## Table 1 under both schedules",
+             f"The default pipeline's rows on the generated sets {sets} (the PRID-like "
+             "`synthetic2`: two cameras, one query each), heads' seed(s) "
+             f"{', '.join(map(str, report.schedule_seeds))} (experiments "
+             "`sc-per-s<seed>`, `sc-across-s<seed>`; `make schedule`). Per set: every set "
+             "fine-tuned on its own from the pretrained CNN, and its heads trained on it, so "
+             "+Ind is a second joint pass on the same set. Across sets, the paper's schedule "
+             "(§4.2, §4.3): the CNN and the heads trained once on the union of both training "
+             "sets, +Ind alone fine-tuning the whole network to each set (docs/method.md, "
+             "\"Ind, and the two schedules\"). Values: mean ± std over the seeds found. "
+             "Across minus per set: the paired difference over the same queries and every seed "
+             "of both (tools.paired); \"across ahead\" holds when its 95 percent interval lies "
+             "above 0, does not hold below, else not resolved."]
+    for (dataset, protocol), table in report.schedules.items():
+        parts += [f"### {dataset}, {protocol} protocol",
+                  markdown_table(*schedule_rows(table)), "\n".join(schedule_claims(table))]
+    return [part for part in parts if part]
 
 
 def _holds(ok: bool) -> str:
@@ -526,6 +625,8 @@ def render_markdown(report: Report) -> str:
                       markdown_table(*table1_rows(dataset, report.cnn[dataset, protocol]))]
         parts += ["### Table 2",
                   markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
+    if report.schedules:
+        parts += schedule_section(report)
     if extras.get("evaluation") is not None:
         parts += standing_section(extras["evaluation"], extras.get("references"),
                                   extras.get("probe"))
@@ -536,8 +637,9 @@ def render_markdown(report: Report) -> str:
     parts.append("## Missing results")
     if report.problems:
         parts.append("\n".join(f"- `{name}`: {why}" for name, why in report.problems.items()))
-        parts.append("Run the missing experiments with `make ablations` (Table 1, `SEEDS=...`) "
-                     "or `make ksweep` (Table 2); each ends by writing this report again.")
+        parts.append("Run the missing experiments with `make ablations` (Table 1, `SEEDS=...`), "
+                     "`make ksweep` (Table 2) or `make schedule` (Table 1 under both "
+                     "schedules); each ends by writing this report again.")
     else:
         parts.append("None: every row was found.")
     return "\n\n".join(parts) + "\n"
@@ -608,6 +710,10 @@ def render_terminal(report: Report) -> str:
                          + "\n".join(lines))
         parts.append(f"Table 2, {dataset}, {protocol} protocol (percent)\n"
                      + text_table(*table2_rows(dataset, report.table2[dataset, protocol])))
+    for (dataset, protocol), table in report.schedules.items():
+        parts.append(f"Table 1 under both schedules, {dataset}, {protocol} protocol (percent)\n"
+                     + text_table(*schedule_rows(table)) + "\n" + "\n".join(
+                         schedule_claims(table)))
     if report.problems:
         parts.append("missing:\n" + "\n".join(f"  {name}: {why}"
                                              for name, why in report.problems.items()))
