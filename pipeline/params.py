@@ -20,7 +20,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +149,24 @@ class DataParams:
     union_sampling: str = choice("set", UNION_SAMPLING)
 
     def __post_init__(self) -> None:
+        top = max(self.splits)
         for name in self.video:
-            if name in VIDEO_SPLITS and max(self.splits) >= VIDEO_SPLITS[name]:
-                raise ParamsError(
-                    f"data.splits: {name} has {VIDEO_SPLITS[name]} split(s), so split ids must be "
-                    f"< {VIDEO_SPLITS[name]}, got {self.splits} (run sets with 10 splits, "
-                    "prid2011 and ilidsvid, in an experiment of their own)")
+            if top < VIDEO_SPLITS[name] or one_split_joins(name, self.video, self.splits):
+                continue
+            raise ParamsError(
+                f"data.splits: {name} has {VIDEO_SPLITS[name]} split(s), so split ids must be "
+                f"< {VIDEO_SPLITS[name]}, got {self.splits} (run sets with 10 splits, "
+                "prid2011 and ilidsvid, in an experiment of their own, or beside a set of one "
+                "split under schedule across_sets)")
+
+
+def one_split_joins(name: str, video: Sequence[str], splits: Sequence[int]) -> bool:
+    """Whether set ``name`` has one standard split (MARS, the generated sets) and ``splits``
+    reach beyond it only as far as another set of ``video`` has splits: the paper's schedule
+    trains on PRID2011's and iLIDS-VID's split k with MARS's one split beside them, so that set
+    takes part in every split index (the index stage writes its one split as each of them)."""
+    top = max(splits)
+    return VIDEO_SPLITS[name] == 1 <= top and any(top < VIDEO_SPLITS[other] for other in video)
 
 
 # Why a synthetic set needs 2 training identities: the identity losses classify them.
@@ -385,6 +397,15 @@ class Params:
                 f"{h * w} cells (data.height x data.width = {self.data.height} x "
                 f"{self.data.width}, model.last_stride {m.last_stride}, model.grid_block "
                 f"{m.grid_block}): expected K <= {h * w}")
+        joined = [name for name in self.data.video
+                  if one_split_joins(name, self.data.video, self.data.splits)]
+        if joined and self.schedule != "across_sets":
+            raise ParamsError(
+                f"data.splits: {', '.join(joined)} has one split, which joins split ids > 0 "
+                f"(here {self.data.splits}) only under schedule across_sets (its training "
+                f"tracklets in the union of every split index); under {self.schedule} it would "
+                "train the same model at every index: run it in an experiment of its own "
+                "(data.splits=[0])")
         for dataset in self.data.video:
             available = (self.generated(dataset).train_identities if dataset in SYNTHETIC_SETS
                          else VIDEO_TRAIN_IDENTITIES[dataset])
@@ -673,26 +694,20 @@ _NOT_METHOD = ("data.video", "data.image", "data.splits", "data.num_workers", "d
 def paper_overrides(current: Params, datasets: str | list[str]) -> list[str]:
     """``key=value`` overrides turning ``current`` into the paper's setting (the dataclass
     defaults: the schedule across sets among them) on the video set(s) ``datasets``, with every
-    standard split and the paper's image sets. Several sets must have the same splits: MARS's one
-    split in every split index of PRID2011 and iLIDS-VID is not built."""
+    standard split of the set that has most and the paper's image sets (MARS's one split joins
+    every split index of PRID2011 and iLIDS-VID: ``one_split_joins``)."""
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     for dataset in datasets:
         if dataset not in VIDEO_SPLITS:
             raise ParamsError(f"unknown video dataset {dataset!r}; expected one of: "
                               f"{', '.join(VIDEO_SPLITS)}")
-    counts = {VIDEO_SPLITS[d] for d in datasets}
-    if len(counts) > 1:
-        raise ParamsError(
-            f"{' '.join(datasets)}: sets with {' and '.join(map(str, sorted(counts)))} standard "
-            "splits: the union of a set of one split (MARS) with every split of the sets of ten is "
-            "not built; run the sets of ten together (DATASET=\"prid2011 ilidsvid\") and the "
-            "others on their own")
+    splits = max(VIDEO_SPLITS[d] for d in datasets)  # DataParams checks the sets can share them
     paper, mine = flatten(to_dict(Params())), flatten(to_dict(current))
     overrides = [f"{key}={_yaml_value(value)}" for key, value in paper.items()
                  if mine[key] != value and not key.startswith(_NOT_METHOD)]
     return [*overrides, f"data.video={_yaml_value(datasets)}",
             f"data.image={_yaml_value(PAPER_IMAGE_SETS)}",
-            f"data.splits={_yaml_value(list(range(counts.pop())))}"]
+            f"data.splits={_yaml_value(list(range(splits)))}"]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -464,6 +464,12 @@ def test_make_paper_stops_on_a_bad_dataset_and_appends_args(tmp_path):
     args = (tmp_path / "dvc-args").read_text().splitlines()
     assert args[:2] == ["exp", "run"] and args[-2:] == ["-S", "data.image=[]"]
     assert "data.video=[prid2011]" in args and "data.splits=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in args
+    three = subprocess.run([*make, "DATASET=prid2011 ilidsvid mars"], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    assert three.returncode == 0, three.stderr
+    args = (tmp_path / "dvc-args").read_text().splitlines()
+    assert "data.video=[prid2011, ilidsvid, mars]" in args and "schedule=across_sets" in args
+    assert "data.splits=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in args
 
 
 # --- what the index records of the frames' content (no stale results) ----------------------------
@@ -540,3 +546,98 @@ def test_content_fingerprint_hashes_relative_paths_and_md5s_in_order(tmp_path):
     # each file is read once across calls: a known md5 is taken as it is
     assert content_fingerprint([a, b], tmp_path, {**known, str(a): "0" * 32}) != {
         "files": 2, "sha256": expected}
+
+
+# --- the paper's schedule on the three real sets (make paper DATASET="prid2011 ilidsvid mars") ---
+
+
+def fabricate_mars(root: Path) -> None:
+    """A miniature MARS in its real layout (bbox_train/, bbox_test/, info/): people 1 and 2 to
+    train on, 3 and 4 to test, each seen by cameras 1 and 2 (two frames a tracklet), the
+    camera 1 tracklet of each test person a query."""
+    from tests.test_datasets import mars_name, save_mat, touch
+
+    for subset, people in (("train", (1, 2)), ("test", (3, 4))):
+        names, info = [], []
+        for t, (pid, cam) in enumerate([(p, c) for p in people for c in (1, 2)], start=1):
+            track = [mars_name(pid, cam, t, f) for f in (1, 2)]
+            info.append([len(names) + 1, len(names) + len(track), pid, cam])
+            names += track
+            for name in track:
+                touch(root / f"bbox_{subset}" / name[:4] / name)
+        (root / "info").mkdir(parents=True, exist_ok=True)
+        (root / "info" / f"{subset}_name.txt").write_text("\n".join(names) + "\n")
+        save_mat(root / "info" / f"tracks_{subset}_info.mat", f"track_{subset}_info", info)
+    save_mat(root / "info" / "query_IDX.mat", "query_IDX", [[1, 3]])
+
+
+def three_sets(tmp_path: Path, missing: str | None = None) -> Path:
+    """Miniature extracted PRID2011, iLIDS-VID and MARS trees under raw/ (but ``missing``), and
+    the params `make paper DATASET="prid2011 ilidsvid mars" ARGS="-S data.image=[]"` sets on
+    the tiny params (no image set fabricated here)."""
+    from pipeline.params import load_params, paper_overrides
+
+    makers = {"prid2011": lambda root: fabricate_prid(root / "prid_2011"),
+              "ilidsvid": fabricate_ilidsvid, "mars": fabricate_mars}
+    for name, make in makers.items():
+        if name != missing:
+            make(tmp_path / "raw" / name)
+    params = write_params(tmp_path)
+    overrides = [*paper_overrides(load_params(params), ["prid2011", "ilidsvid", "mars"]),
+                 "data.image=[]"]
+    data = yaml.safe_load(params.read_text())
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *sections, leaf = key.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = yaml.safe_load(value)
+    params.write_text(yaml.safe_dump(data))
+    return params
+
+
+def test_the_paper_s_three_sets_index_with_mars_s_one_split_at_every_split_index(tmp_path,
+                                                                                  no_fetch):
+    """The three sets across sets on fabricated trees in their real layouts, offline: PRID2011
+    and iLIDS-VID indexed at their ten standard splits, MARS's one split written as each of the
+    ten split indexes (same tracklets, each file naming its index), so the union of split k
+    holds the three sets' training people, kept apart."""
+    from pipeline.params import load_params
+    from pipeline.union import index_files, pooled_training, union_classes
+
+    params = three_sets(tmp_path)
+    p = load_params(params)
+    assert (p.schedule, p.data.video, p.data.splits) == (
+        "across_sets", ["prid2011", "ilidsvid", "mars"], list(range(10)))
+    stats = run_stages(tmp_path, params)
+    index_dir = tmp_path / "index"
+    mars = [load_video_index(index_dir / "mars" / f"split_{k}.json") for k in range(10)]
+    assert [t.attrs["split"] for t in mars] == list(range(10))
+    assert all(t.equals(mars[0]) for t in mars[1:])
+    assert len({json.dumps(t.attrs["content"]) for t in mars}) == 1
+    assert sorted(stats["video"]["mars"]) == ["split_0"]  # counted once
+    ilids = [load_video_index(index_dir / "ilidsvid" / f"split_{k}.json") for k in (0, 1)]
+    assert not ilids[0]["subset"].equals(ilids[1]["subset"])  # the sets of ten: their own splits
+    pooled = pooled_training(index_files(index_dir, p, 3))
+    classes = union_classes(pooled)
+    assert set(classes) == {"prid2011", "ilidsvid", "mars"}
+    assert classes["mars"][1] == 2 and pooled["pid"].nunique() == sum(n for _, n in
+                                                                       classes.values())
+
+
+def test_a_set_missing_from_the_union_is_one_line_naming_it_and_nothing_is_deleted(tmp_path,
+                                                                                    no_fetch):
+    """MARS absent beside extracted PRID2011 and iLIDS-VID: the download stage names MARS, its
+    archives and where they go; the other trees are left as they were, no manifest written."""
+    params = three_sets(tmp_path, missing="mars")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "raw").rglob("*"))
+    with pytest.raises(DatasetError) as err:
+        download.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--archives",
+                       str(tmp_path / "archives"), "--manifest", str(tmp_path / "download.json")])
+    message = str(err.value)
+    assert "mars" in message and "bbox_train.zip, bbox_test.zip" in message
+    assert str(tmp_path / "archives" / "mars") in message and "\n" not in message
+    assert sorted(p.relative_to(tmp_path).as_posix()
+                  for p in (tmp_path / "raw").rglob("*")) == before
+    assert not (tmp_path / "download.json").exists()

@@ -660,12 +660,14 @@ def test_claims_block_reads_the_claims_of_the_first_protocol(tmp_path):
                       [report_row("Baseline", "baseline", 0.70, 0.70),
                        report_row("SpaAtn+Q", "spatial", 0.60, 0.60, person=0.5)])
     out = render("claims", tmp_path)
-    paper, target = out.split("**This project's targets (thresholds set here, not numbers of the "
-                              "paper)**, synthetic, official protocol:")
+    # each heading names the schedule the claims were measured under (the params' per_set)
+    paper, target = re.split(r"\*\*This project's targets \(thresholds set here, not numbers of "
+                             r"the\s+paper\)\*\*, synthetic, official\s+protocol,\s+schedule\s+"
+                             r"per_set:", out)
     assert paper.startswith("From `metrics/report.json`, baseline commit `0123456`; Table 1's "
                             "seeds 0, 1; rank-1 unless said;")
-    assert "**The paper's orderings (its Table 1: each row above the one it builds on)**, " \
-        "synthetic, official protocol:" in paper
+    assert re.search(r"\*\*The paper's orderings \(its Table 1: each row above the one it builds "
+                     r"on\)\*\*,\s+synthetic,\s+official\s+protocol,\s+schedule\s+per_set:", paper)
     assert ("- SpaAtn+Q+TemAtn > SpaAtn+Q: holds (45.0 vs 40.0, +5.0; noise ±2.0)"
             in paper)
     assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in target

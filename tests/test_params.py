@@ -20,6 +20,7 @@ from pipeline.params import (
     from_dict,
     grid_size,
     load_params,
+    one_split_joins,
     paper_overrides,
     parse_params,
     to_dict,
@@ -531,13 +532,38 @@ def test_the_paper_command_refuses_an_unknown_set_in_one_line(capsys):
 
 
 def test_paper_overrides_on_several_sets_train_across_them():
-    """`make paper DATASET="prid2011 ilidsvid"`: the paper's schedule across both sets, on their
-    ten splits; a set of one split beside sets of ten is refused in one line naming the sets."""
+    """`make paper DATASET="prid2011 ilidsvid mars"`: the paper's schedule across the three sets,
+    on the ten split indexes of PRID2011 and iLIDS-VID, MARS's one split joining each."""
     mine = load_params(ROOT / "params.yaml")
     assert mine.schedule == "per_set"
-    paper = load_params(ROOT / "params.yaml", paper_overrides(mine, ["prid2011", "ilidsvid"]))
-    assert paper.schedule == "across_sets"
-    assert paper.data.video == ["prid2011", "ilidsvid"] and paper.data.splits == list(range(10))
-    with pytest.raises(ParamsError, match=r"^prid2011 mars: sets with 1 and 10 standard splits: "
-                                          r"the union of a set of one split \(MARS\)"):
-        paper_overrides(mine, ["prid2011", "mars"])
+    for sets in (["prid2011", "ilidsvid"], ["prid2011", "ilidsvid", "mars"], ["mars", "prid2011"]):
+        paper = load_params(ROOT / "params.yaml", paper_overrides(mine, sets))
+        assert paper.schedule == "across_sets"
+        assert paper.data.video == sets and paper.data.splits == list(range(10))
+    assert load_params(ROOT / "params.yaml", paper_overrides(mine, "mars")).data.splits == [0]
+
+
+@pytest.mark.parametrize(("video", "splits", "joins"), [
+    (["mars", "prid2011"], [0, 9], {"mars": True, "prid2011": False}),
+    (["mars", "prid2011"], [0], {"mars": False, "prid2011": False}),  # its own split: no joining
+    (["mars"], [1], {"mars": False}),  # no set of more splits beside it
+    (["mars", "synthetic", "ilidsvid"], [3], {"mars": True, "synthetic": True, "ilidsvid": False}),
+])
+def test_a_set_of_one_split_joins_the_split_indexes_of_sets_of_more(video, splits, joins):
+    assert {name: one_split_joins(name, video, splits) for name in video} == joins
+
+
+def test_a_set_of_one_split_beyond_its_split_is_refused_unless_it_joins_the_union():
+    """MARS at split index 3: alone, a split it does not have; beside PRID2011 under per_set, the
+    same model trained at every index; across sets, its split joins the union of each index."""
+    with pytest.raises(ParamsError, match=r"data.splits: mars has 1 split\(s\), so split ids "
+                                          r"must be < 1, got \[3\]"):
+        load_params(ROOT / "params.yaml", ["data.video=[mars]", "data.splits=[3]"])
+    with pytest.raises(ParamsError, match=r"^.*data.splits: mars has one split, which joins split "
+                                          r"ids > 0 \(here \[0, 3\]\) only under schedule "
+                                          r"across_sets.*under per_set it would train the same"):
+        load_params(ROOT / "params.yaml", ["data.video=[mars, prid2011]", "data.splits=[0, 3]",
+                                           "data.image=[]"])
+    p = load_params(ROOT / "params.yaml", ["data.video=[mars, prid2011]", "data.splits=[0, 3]",
+                                           "data.image=[]", "schedule=across_sets"])
+    assert p.data.splits == [0, 3]

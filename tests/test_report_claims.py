@@ -376,3 +376,18 @@ def test_a_missing_schedule_experiment_is_listed_and_its_rows_say_missing():
     table = report.schedules["synthetic", "official"]
     base = next(r for r in table.rows["across_sets"] if r.label == "Baseline")
     assert (base.seeds_found, base.seeds_wanted) == (1, 2)
+
+
+def test_the_docs_block_shows_both_schedules_on_the_first_protocol_of_each_set(tmp_path):
+    from tools.docs.report import REPORT, schedules_block
+    from tools.report_data import write_report
+
+    git, show = schedule_show()
+    write_report(tmp_path / REPORT, report_of(git, show))
+    block = schedules_block(tmp_path)
+    assert "**synthetic, official protocol**" in block
+    assert "**synthetic2, official protocol**" in block and "torchreid" not in block
+    assert block.count("- across sets: SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn:") == 2
+    git, show = table1()
+    write_report(tmp_path / REPORT, report_of(git, show))
+    assert schedules_block(tmp_path).endswith("run `make schedule`, then `make report`.")

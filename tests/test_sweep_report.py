@@ -342,8 +342,10 @@ def test_render_markdown_has_the_sections_beside_the_paper_and_the_sweep():
     sweep = {"commit": HEAD, "dataset": "synthetic", "split": 0,
              "rows": [rendered_row()], "matched": []}
     text = render(report_of(claim_rows(0.1)), "cmd", sweep=sweep)
-    titles = ["### Table 1", "### Table 1 beside the paper", "### Where the heads look",
-              "### The paper's orderings, as measured", "### This project's targets, as measured",
+    titles = ["### Table 1, schedule per_set", "### Table 1 beside the paper",
+              "### Where the heads look",
+              "### The paper's orderings, as measured, schedule per_set",
+              "### This project's targets, as measured, schedule per_set",
               "### Table 2", "## The attention sweep",
               "## Missing results"]
     assert [t for t in text.split("\n\n") if t.startswith("#")][1:] == [

@@ -52,6 +52,7 @@ from tools.report_sources import (
     Source,
     Sources,
     collect_sources,
+    dotted,
     git_head,
     git_show,
     load_show_json,
@@ -152,6 +153,8 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
         table2={pair: aggregate(cells2, resolved, *pair) for pair in pairs},
         problems=problems, cnn_seeds=tuple(cnn_seeds) if cells3 else (),
         cnn={pair: aggregate(cells3, resolved, *pair) for pair in pairs} if cells3 else {},
+        # a commit from before the key trained every set on its own
+        schedule=dotted(sources.baseline.params, "schedule") or "per_set",
         schedule_seeds=tuple(sorted({cell.seed for cell in cells4})),
         schedules=schedule_tables(cells4, resolved,
                                   found_pairs([resolved[cell] for cell in cells4])))

@@ -115,6 +115,8 @@ class Report:
     cnn: dict[tuple[str, str], list[RowResult]] = dataclasses.field(default_factory=dict)
     # the claims of each (dataset, protocol)'s Table 1 (tools.report_tables.claims)
     claims: dict[tuple[str, str], list[Claim]] = dataclasses.field(default_factory=dict)
+    # the schedule the baseline commit trained Tables 1 and 2 under (its params' ``schedule``)
+    schedule: str = "per_set"
     # Table 1 under both schedules on the generated sets (tools.experiments.schedule_cells),
     # where its experiments were run: (dataset, protocol) -> the table
     schedule_seeds: tuple[int, ...] = ()
@@ -163,7 +165,7 @@ def to_data(report: Report) -> dict:
                       "table2": rows(report.table2, (d, p)), "cnn": rows(report.cnn, (d, p)),
                       "claims": [dataclasses.asdict(c) for c in report.claims.get((d, p), [])]}
                      for d, p in report.table1],
-        "schedule_seeds": list(report.schedule_seeds),
+        "schedule": report.schedule, "schedule_seeds": list(report.schedule_seeds),
         "schedules": [{"dataset": d, "protocol": p,
                        "rows": {s: [dataclasses.asdict(r) for r in rows]
                                 for s, rows in table.rows.items()},
@@ -202,6 +204,7 @@ def from_data(data: dict, source: str = "report.json") -> Report:
             base_seed=data["base_seed"], base_k=data["base_k"], datasets=tuple(data["datasets"]),
             table1=tables["table1"], table2=tables["table2"], problems=data["problems"],
             cnn_seeds=tuple(data["cnn_seeds"]), cnn=tables["cnn"], claims=claims,
+            schedule=data.get("schedule", "per_set"),
             schedule_seeds=tuple(data.get("schedule_seeds") or ()), schedules=schedules,
             command=data["command"], extras={k: data.get(k) for k in EXTRAS})
     except (KeyError, TypeError) as err:

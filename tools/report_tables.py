@@ -471,6 +471,13 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
 
 
 SCHEDULE_NAMES = {"per_set": "per set", "across_sets": "across sets"}
+SCHEDULE_NOTES = {  # what each schedule trains (docs/method.md, "Ind, and the two schedules")
+    "per_set": "Every set fine-tuned on its own from the pretrained CNN and its heads trained on "
+               "it (`schedule: per_set`), so +Ind is a second joint pass on the same set; the "
+               "paper trains every row before +Ind on its three sets together.",
+    "across_sets": "The paper's schedule (`schedule: across_sets`): the CNN and the heads "
+                   "trained once on the union of the sets, +Ind alone per set.",
+}
 
 
 def _difference(result: dict | None) -> tuple[str, str]:
@@ -560,12 +567,13 @@ def claim_groups(found: list[Claim]) -> list[tuple[str, list[str]]]:
     return [(origin, lines) for origin, lines in groups if lines]
 
 
-def claim_sections(found: list[Claim]) -> list[str]:
-    """Markdown: the claims under two headings, the paper's and this project's."""
+def claim_sections(found: list[Claim], schedule: str) -> list[str]:
+    """Markdown: the claims under two headings, the paper's and this project's, each naming
+    the ``schedule`` they were measured under."""
     parts = []
     for origin, lines in claim_groups(found):
         title, note = CLAIM_HEADINGS[origin]
-        parts += [f"### {title}", note, "\n".join(lines)]
+        parts += [f"### {title}, schedule {schedule}", note, "\n".join(lines)]
     return parts
 
 
@@ -598,7 +606,8 @@ def render_markdown(report: Report) -> str:
         rows = report.table1[dataset, protocol]
         parts += [f"## {dataset}, {protocol} protocol",
                   PROTOCOL_NOTES.get(protocol, f"Protocol {protocol}."),
-                  "### Table 1",
+                  f"### Table 1, schedule {report.schedule}",
+                  SCHEDULE_NOTES[report.schedule],
                   markdown_table(*table1_rows(dataset, rows)),
                   "### Table 1 beside the paper",
                   "Each row's gain over Baseline in this run and in the paper (rank-1 on each of "
@@ -615,7 +624,7 @@ def render_markdown(report: Report) -> str:
                       "each head's temporal weight with the visibility of its part, mean over "
                       "heads (0 by construction under average pooling).",
                       markdown_table(*mechanism_rows(rows))]
-        parts += claim_sections(report.claims.get((dataset, protocol), []))
+        parts += claim_sections(report.claims.get((dataset, protocol), []), report.schedule)
         if (dataset, protocol) in report.cnn:
             parts += ["### Over CNN seeds",
                       f"The default pipeline trained again from pretraining on at `seed` "
@@ -703,10 +712,12 @@ def render_terminal(report: Report) -> str:
     """Both tables per dataset and protocol, as plain-text tables."""
     parts = []
     for dataset, protocol in report.table1:
-        parts.append(f"Table 1, {dataset}, {protocol} protocol (percent)\n"
+        parts.append(f"Table 1, {dataset}, {protocol} protocol, schedule {report.schedule} "
+                     "(percent)\n"
                      + text_table(*table1_rows(dataset, report.table1[dataset, protocol])))
         for origin, lines in claim_groups(report.claims.get((dataset, protocol), [])):
-            parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol\n"
+            parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol, "
+                         f"schedule {report.schedule}\n"
                          + "\n".join(lines))
         parts.append(f"Table 2, {dataset}, {protocol} protocol (percent)\n"
                      + text_table(*table2_rows(dataset, report.table2[dataset, protocol])))

@@ -1,7 +1,9 @@
 """Stage ``index``: rewrite every dataset into the canonical tables, check the invariants the
 protocols rely on, and record the statistics.
 
-Writes ``<out>/<name>/split_<k>.json`` for each video set and each of its standard splits,
+Writes ``<out>/<name>/split_<k>.json`` for each video set and each of its standard splits (a set
+of one split run beside sets of more, MARS beside PRID2011 under the paper's schedule: that split
+again as every split index of ``data.splits``, ``pipeline.params.one_split_joins``),
 ``<out>/<name>/images.json`` for each image set, and ``--stats`` (a DVC metrics file): identities,
 tracklets and frames per subset, queries, junk and distractors. Prints the same as a table.
 
@@ -21,7 +23,7 @@ from pipeline.datasets import index_images, index_video, num_splits
 from pipeline.datasets.common import check_video_invariants, screen_frames
 from pipeline.files import atomic_dir, content_fingerprint, write_json
 from pipeline.formatting import text_table
-from pipeline.params import load_params
+from pipeline.params import load_params, one_split_joins
 from pipeline.stages.common import run
 from pipeline.tables import resolve_data_path, save_image_index, save_video_index
 
@@ -83,9 +85,15 @@ def main(argv: list[str] | None = None) -> None:
                 content = content_fingerprint(
                     [*table["frames"].explode().dropna(), *table["labels"].explode().dropna()],
                     root, digests)
-                save_video_index(table, root, tmp / name / f"split_{split}.json",
-                                 recorded_root=args.raw / name,
-                                 meta={"dataset": name, "split": split, "content": content})
+                joins = [k for k in params.data.splits if k != split
+                         and one_split_joins(name, params.data.video, params.data.splits)]
+                if joins:
+                    log.info("%s: its one split written as split index %s too", name,
+                             ", ".join(map(str, joins)))
+                for k in (split, *joins):
+                    save_video_index(table, root, tmp / name / f"split_{k}.json",
+                                     recorded_root=args.raw / name,
+                                     meta={"dataset": name, "split": k, "content": content})
                 s = stats["video"][name][f"split_{split}"] = video_stats(table)
                 s["skipped"] = skipped
                 rows.append([name, split, s["train"]["ids"], s["train"]["tracklets"],

@@ -16,6 +16,8 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
   Table 1;
 - ``claims``: the paper's orderings and this project's targets as ``metrics/report.json``
   measured them;
+- ``schedules``: Table 1 under both schedules on the generated sets, as ``metrics/report.json``
+  measured it (``make schedule``);
 - ``paper``, ``rows``: the paper's numbers and the experiment of each table row
   (``tools.experiments``);
 - ``figure``: the README's Fig. 3 picture: the default run's first query
@@ -49,7 +51,13 @@ from tools.docs.cache_disk import cache_disk_block
 from tools.docs.common import DocsError, NotProduced, wrap
 from tools.docs.figure import figure_block
 from tools.docs.params_reference import params_block
-from tools.docs.report import claims_block, paper_block, report_block, rows_block
+from tools.docs.report import (
+    claims_block,
+    paper_block,
+    report_block,
+    rows_block,
+    schedules_block,
+)
 from tools.docs.results import datasets_block, headline_block, results_block
 from tools.docs.standing import locality_block, standing_block
 from tools.docs.timings import timings_block
@@ -64,7 +72,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "bench": bench_block, "bench-notes": bench_notes_block, "report": report_block,
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
     "timings": timings_block, "figure": figure_block, "claims": claims_block,
-    "standing": standing_block, "locality": locality_block,
+    "standing": standing_block, "locality": locality_block, "schedules": schedules_block,
 }
 
 

@@ -51,8 +51,11 @@ def caching_rate(root: Path) -> tuple[float, str] | None:
 def cache_disk_block(root: Path) -> str:
     per_frame = math.prod(PAPER_GRID) * BYTES_PER_VALUE
     rate = caching_rate(root)
-    rows = []
+    rows, joined = [], []
+    most = max(VIDEO_SPLITS[name] for name, *_ in video_sets())
     for name, label, frames, counted in video_sets():
+        if VIDEO_SPLITS[name] == 1:  # it joins every split index of the sets of ten across sets
+            joined.append(f"{label} {frames * most * per_frame / 1e12:.2f} TB")
         splits = VIDEO_SPLITS[name]
         time = ("not measured" if rate is None
                 else f"{frames * splits / rate[0] / 3600:.1f} h")
@@ -70,4 +73,8 @@ def cache_disk_block(root: Path) -> str:
             f"cache (grids only; HDF5 adds about 2%). Frame counts from `pipeline/datasets/`; "
             f"{measured}.\n\n"
             + markdown_table(["set", "frames per cache", "counted", "splits", "one cache",
-                     "whole split matrix", "caching the matrix"], rows))
+                     "whole split matrix", "caching the matrix"], rows)
+            + f"\n\nAcross sets (`make paper DATASET=\"prid2011 ilidsvid mars\"`) a set of one "
+            f"split joins each of the {most} split indexes, one cache per index through that "
+            f"index's union CNN: {', '.join(joined)} uncapped; cap the frames or run a few "
+            "indexes at a time.")

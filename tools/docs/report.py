@@ -12,7 +12,13 @@ from pipeline.params import load_params
 from tools.docs.common import DocsError, NotProduced
 from tools.experiments import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_K, TABLE2_MODEL
 from tools.report_data import PAPER, TARGET, Report, RowResult, Stat, read_report
-from tools.report_tables import claim_groups, table1_rows, table2_rows
+from tools.report_tables import (
+    claim_groups,
+    schedule_claims,
+    schedule_rows,
+    table1_rows,
+    table2_rows,
+)
 
 STEPS = (("the diversity term Q", "SpaAtn+Q", "SpaAtn"),
          ("Q rather than Q'", "SpaAtn+Q", "SpaAtn+Q'"),
@@ -93,7 +99,8 @@ def claims_block(root: Path) -> str:
     parts = []
     for dataset, protocol in first_protocols(report):
         for kind, lines in claim_groups(report.claims.get((dataset, protocol), [])):
-            parts.append(f"**{heads[kind]}**, {dataset}, {protocol} protocol:\n\n"
+            parts.append(f"**{heads[kind]}**, {dataset}, {protocol} protocol, schedule "
+                         f"{report.schedule}:\n\n"
                          + "\n".join(lines))
     if not parts:
         return f"`{REPORT}` measures no claim yet: run `make ablations`."
@@ -102,6 +109,26 @@ def claims_block(root: Path) -> str:
             "same query identities and seeds (tools.paired): a claim that needs more than a "
             "difference (`>`, `+ N`) holds only with it above 0.\n\n"
             + "\n\n".join(parts))
+
+
+def schedules_block(root: Path) -> str:
+    """Table 1 under both schedules (``make schedule``) on the first protocol of each set: each
+    row per set and across sets, their paired difference, and each schedule's claims."""
+    report = load_report(root)
+    if not report.schedules:
+        return (f"{origin(report)} has no Table 1 under both schedules: run `make schedule`, "
+                "then `make report`.")
+    firsts = [(d, p) for d, p in report.schedules
+              if p == next(q for e, q in report.schedules if e == d)]
+    parts = [f"From {origin(report)}; heads' seeds "
+             f"{', '.join(map(str, report.schedule_seeds))}; percent, mean ± std over the seeds; "
+             "[lo, hi]: the 95 percent interval of the paired difference (tools.paired)."]
+    for dataset, protocol in firsts:
+        table = report.schedules[dataset, protocol]
+        parts.append(f"**{dataset}, {protocol} protocol**\n\n"
+                     + markdown_table(*schedule_rows(table)) + "\n\n"
+                     + "\n".join(schedule_claims(table)))
+    return "\n\n".join(parts)
 
 
 def paper_block(root: Path) -> str:
