@@ -25,11 +25,8 @@ to rank 0 in round-robin order (``interleave``), which is the single-process ord
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pipeline.errors import InputError, ParamsError
+from pipeline.signals import requested
 
 log = logging.getLogger(__name__)
 NO_CUDA = ("runtime.device: cuda, but torch sees no CUDA device (no GPU, no driver, or a CPU "
@@ -212,59 +210,7 @@ def all_gather_(tensor: Tensor) -> list[Tensor]:
     return [block[: int(s.item())] for block, s in zip(out, sizes, strict=True)]
 
 
-# --- stopping on a signal ------------------------------------------------------------------------
-#
-# SIGINT (Ctrl-C) and SIGTERM (what schedulers and torchrun send before killing) stop a stage
-# cleanly: inside a training loop (``graceful``) the first signal lets the current step finish,
-# then ``train.fit`` writes a resume checkpoint and raises ``Stopped``; elsewhere, or at a second
-# SIGINT, ``Stopped`` is raised at once (a repeated SIGTERM is the same request: ignored). Either
-# way ``finally`` blocks run, so temporary files are removed and nothing half-written is left; the
-# stage exits with 128 + the signal's number. Under torchrun, which kills its workers 30 s after
-# forwarding a signal (--shutdown-timeout), a step plus the checkpoint must fit in that time.
-
-
-class Stopped(KeyboardInterrupt):
-    """The stage was stopped by ``signum``; ``str()`` says where and how to resume."""
-
-    def __init__(self, signum: int, message: str = "") -> None:
-        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-_stop_signal: int | None = None  # the signal that asked the training loop to stop
-_graceful = 0  # > 0 while a training loop checks stop_requested() after each step
-
-
-def _on_signal(signum: int, frame) -> None:
-    global _stop_signal
-    if _graceful:
-        if _stop_signal is None:
-            _stop_signal = signum
-            log.warning("%s: stopping after this step with a resume checkpoint (Ctrl-C again to "
-                        "stop at once)", signal.Signals(signum).name)
-            return
-        if signum == signal.SIGTERM:  # the same request again (a scheduler and torchrun both
-            return  # forward it): keep stopping cleanly
-    raise Stopped(signum)
-
-
-def install_signal_handlers() -> None:
-    """Route SIGINT and SIGTERM to ``_on_signal`` (called by ``stages.common.run``)."""
-    global _stop_signal
-    _stop_signal = None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
-
-
-@contextlib.contextmanager
-def graceful() -> Iterator[None]:
-    """While inside, a first SIGINT/SIGTERM only asks ``stop_requested`` to say yes."""
-    global _graceful
-    _graceful += 1
-    try:
-        yield
-    finally:
-        _graceful -= 1
+# --- stopping on a signal (pipeline.signals, re-exported here for the training loop) ------------
 
 
 def stop_requested() -> int | None:
@@ -272,8 +218,8 @@ def stop_requested() -> int | None:
     (a signal seen by any rank stops them all at the same step)."""
     w = world()
     if not w.distributed:
-        return _stop_signal
-    flag = torch.tensor([_stop_signal or 0], dtype=torch.int64,
+        return requested()
+    flag = torch.tensor([requested() or 0], dtype=torch.int64,
                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) or None

@@ -6,7 +6,7 @@ loader of P x M identity batches. After every epoch it writes a resume checkpoin
 state including the OIM lookup table, optimizer, scheduler, RNG state, epoch, loss history) to a
 scratch file; a stage started again with the same inputs resumes from it and ends with the same
 weights as an uninterrupted run. Killed (SIGKILL), a stage loses at most the epoch it was in;
-stopped by SIGINT or SIGTERM (``distributed.graceful``), it finishes its step, writes the
+stopped by SIGINT or SIGTERM (``signals.graceful``), it finishes its step, writes the
 checkpoint with its place in the epoch, and resumes at the next step.
 
 Exported models (the DVC outputs) store their configuration, so later stages rebuild them without
@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import distributed
+from pipeline import distributed, signals
 from pipeline.curves import Curves
 from pipeline.errors import CheckpointError, DivergedError, InputError, ParamsError
 from pipeline.files import check_room, nearest_folder, write_with
@@ -414,7 +414,7 @@ def fit(
     resume_path = Path(resume_path)
     first_epoch, skip = trainer.resume(resume_path, key)
     main = distributed.world().is_main
-    with distributed.graceful(), Curves(curves if main else None) as live:
+    with signals.graceful(), Curves(curves if main else None) as live:
         live.replay(trainer.history, first_epoch)
         for epoch in range(first_epoch, cfg.epochs):
             first = skip if epoch == first_epoch else 0
@@ -430,7 +430,7 @@ def fit(
                 signum = distributed.stop_requested()
                 if signum and i + 1 < len(loader.batch_sampler.sampler):
                     trainer.checkpoint(resume_path, key, epoch - 1, (epoch, i + 1))
-                    raise distributed.Stopped(signum, (
+                    raise signals.Stopped(signum, (
                         f"{desc}: stopped in epoch {epoch + 1}/{cfg.epochs} after step {i + 1}; "
                         f"{resume_path} holds the state: run the stage again to resume"))
             trainer.scheduler.step()
@@ -442,7 +442,7 @@ def fit(
             trainer.checkpoint(resume_path, key, epoch)
             signum = distributed.stop_requested()
             if signum and epoch + 1 < cfg.epochs:
-                raise distributed.Stopped(signum, (
+                raise signals.Stopped(signum, (
                     f"{desc}: stopped after epoch {epoch + 1}/{cfg.epochs}; {resume_path} holds "
                     "the state: run the stage again to resume"))
     warn_if_diverged(trainer.history, desc)

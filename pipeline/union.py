@@ -22,14 +22,14 @@ import json
 import logging
 import shutil
 from pathlib import Path
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.errors import CheckpointError
 from pipeline.files import atomic_dir, write_json, write_with
 from pipeline.params import Params
-from pipeline.tables import load_video_index, pool_sets
+
+if TYPE_CHECKING:  # imported where used: under per_set a union stage needs neither (nor torch)
+    import pandas as pd
 
 MARKER = "schedule.json"
 LIVE = "live"
@@ -69,6 +69,8 @@ def index_files(root: Path, p: Params, split: int) -> dict[str, Path]:
 def pooled_training(files: dict[str, Path]) -> pd.DataFrame:
     """The training tracklets of every set's index file, pooled: ``pid`` the union's label (one
     per set and person), ``dataset`` and ``local_pid`` the set's own."""
+    from pipeline.tables import load_video_index, pool_sets
+
     tables = {}
     for name, path in files.items():
         table = load_video_index(path)
@@ -128,6 +130,8 @@ def set_rows(state: dict, classes: dict[str, list[int]], dataset: str, count: in
     """The identity loss state of ``dataset``'s ``count`` identities, taken from the union's
     (``state``: every tensor with one row per union class, e.g. OIM's lookup table, keeps the
     rows of this set's classes, in its own label order)."""
+    import torch
+
     if dataset not in classes or classes[dataset][1] != count:
         raise CheckpointError(f"{source}: trained on the union of {sorted(classes)}, whose "
                               f"classes of {dataset!r} are {classes.get(dataset, [0, 0])[1]}, "

@@ -17,10 +17,11 @@ import yaml
 from pipeline.errors import CacheError, DatasetError, MissingWeightsError, ParamsError
 from pipeline.files import tree_fingerprint
 from pipeline.launch import torchrun_args
-from pipeline.model import MOBILENET_WEIGHTS, MOBILENET_WEIGHTS_SHA256, REINSTALL_WEIGHTS, Backbone
+from pipeline.model import Backbone
 from pipeline.params import load_params
 from pipeline.stages import check
 from pipeline.stages.common import run
+from pipeline.weights import MOBILENET_WEIGHTS, MOBILENET_WEIGHTS_SHA256, REINSTALL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -410,7 +411,7 @@ def test_a_weights_file_deleted_or_cut_in_the_installed_package_gets_the_real_re
     (tmp_path / "site" / "installed").mkdir(parents=True)  # a package without its weights file
     (tmp_path / "site" / "installed" / "__init__.py").touch()
     monkeypatch.syspath_prepend(tmp_path / "site")
-    monkeypatch.setattr("pipeline.model.MOBILENET_WEIGHTS", ("installed", MOBILENET_WEIGHTS[1]))
+    monkeypatch.setattr("pipeline.weights.MOBILENET_WEIGHTS", ("installed", MOBILENET_WEIGHTS[1]))
     weights = tmp_path / "site" / "installed" / MOBILENET_WEIGHTS[1]
     err = refused_by_the_stage(tmp_path, capsys, path)
     assert err == (f"error: model.init=imagenet: {weights} is missing: the package "

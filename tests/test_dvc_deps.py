@@ -106,12 +106,14 @@ INVALIDATES = {
     "pipeline/errors.py": ALL,
     "pipeline/files.py": ALL,
     "pipeline/params.py": ALL,
-    "pipeline/distributed.py": ALL,
+    "pipeline/distributed.py": MODELS | UNION,  # (stages.common leaves it to who trains)
     "pipeline/stages/common.py": ALL,
+    "pipeline/signals.py": ALL,
     "pipeline/launch.py": MODELS | {"check"},
     "pipeline/train.py": MODELS,
     "pipeline/curves.py": MODELS | {"summary"},  # summary: the loss pictures
     "pipeline/model.py": MODELS | {"check"},  # check: the ImageNet weights file of init
+    "pipeline/weights.py": MODELS | {"check"},  # (MobileNetV2's, found and checked without torch)
     "pipeline/losses.py": MODELS,
     "pipeline/data.py": MODELS,
     "pipeline/sampling.py": MODELS,

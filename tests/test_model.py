@@ -22,7 +22,6 @@ from torch.testing import assert_close
 from pipeline.errors import CheckpointError, MissingWeightsError, ParamsError
 from pipeline.model import (
     DRSA,
-    MOBILENET_WEIGHTS_SHA256,
     Backbone,
     BaselineHead,
     Enhancement,
@@ -36,6 +35,7 @@ from pipeline.model import (
     grid_backbone,
 )
 from pipeline.params import GRID_BLOCKS, ModelParams, grid_size
+from pipeline.weights import MOBILENET_WEIGHTS_SHA256
 
 ENHANCEMENTS = ["identity", "second_order"]
 POOLINGS = ["attention", "avg", "max"]
@@ -753,7 +753,7 @@ def test_a_weights_file_deleted_from_the_installed_package_names_the_reinstall(m
     gives pip's --force-reinstall command."""
     import json
 
-    monkeypatch.setattr("pipeline.model.MOBILENET_WEIGHTS", ("json", "weights/wts.pt"))
+    monkeypatch.setattr("pipeline.weights.MOBILENET_WEIGHTS", ("json", "weights/wts.pt"))
     with pytest.raises(MissingWeightsError) as caught:
         build_backbone("mobilenet_v2", "imagenet")
     path = Path(json.__file__).parent / "weights" / "wts.pt"

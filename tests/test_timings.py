@@ -61,7 +61,7 @@ def test_only_rank_0_records(dvc_env, monkeypatch):
     monkeypatch.setenv("DVC_STAGE", "cache@synthetic-0")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(common.distributed, "shutdown", lambda failed=False: None)
+    monkeypatch.setattr("pipeline.distributed.shutdown", lambda failed=False: None)
     common.run(quick, [])
     assert not (dvc_env / "metrics").exists()
 

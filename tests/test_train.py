@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import distributed
+from pipeline import distributed, signals
 from pipeline.curves import MEAN, Curves, read_means
 from pipeline.data import train_loader
 from pipeline.errors import DivergedError, InputError, ParamsError
@@ -311,9 +311,9 @@ def stop_handlers():
     """The stages' SIGINT/SIGTERM handlers (``stages.common.run`` installs them), then the
     previous ones back."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    distributed.install_signal_handlers()
+    signals.install_signal_handlers()
     yield
-    distributed.install_signal_handlers()  # forgets a stop request left by the test
+    signals.install_signal_handlers()  # forgets a stop request left by the test
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 
@@ -329,7 +329,7 @@ def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, str
     epoch, ``Stopped`` says where and how to resume; the next run takes only the remaining steps
     and ends bit for bit as the uninterrupted run."""
     resume, live = tmp_path / "resume.pt", tmp_path / "live"
-    with pytest.raises(distributed.Stopped, match=re.escape(where)) as stopped:
+    with pytest.raises(signals.Stopped, match=re.escape(where)) as stopped:
         train(resume, wrap=lambda f: Signal(f, at, signum), curves=live)
     assert stopped.value.signum == signum
     assert "run the stage again to resume" in str(stopped.value)
@@ -337,7 +337,7 @@ def test_a_signal_stops_after_the_step_and_the_run_resumes_exactly(straight, str
     assert len(state["history"]) == at  # the step that was running when the signal came
     # the curves logged up to the stop (a running experiment's `dvc exp show` reads them)
     assert json.loads((live / "metrics.json").read_text())["step"] == at
-    distributed.install_signal_handlers()  # a new stage process starts without a stop request
+    signals.install_signal_handlers()  # a new stage process starts without a stop request
     calls = []
     resumed = train(resume, seed=123, wrap=lambda f: lambda x: calls.append(1) or f(x),
                     curves=live)
@@ -350,7 +350,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, stop_handlers):
     def twice(forward):  # two SIGINTs inside the first step
         return Signal(Signal(forward, 1, signal.SIGINT), 1, signal.SIGINT)
 
-    with pytest.raises(distributed.Stopped) as stopped:
+    with pytest.raises(signals.Stopped) as stopped:
         train(tmp_path / "resume.pt", wrap=twice)
     assert str(stopped.value) == "stopped by SIGINT"  # raised by the handler, not by fit
     assert not (tmp_path / "resume.pt").exists()  # no step finished: nothing to resume from
@@ -361,7 +361,7 @@ def test_a_repeated_sigterm_still_stops_cleanly(tmp_path, stop_handlers):
     def twice(forward):
         return Signal(Signal(forward, 1), 1)
 
-    with pytest.raises(distributed.Stopped, match=r"after step 1; .* run the stage again"):
+    with pytest.raises(signals.Stopped, match=r"after step 1; .* run the stage again"):
         train(tmp_path / "resume.pt", wrap=twice)
     assert load(tmp_path / "resume.pt")["stopped_at"] == [0, 1]
 

@@ -131,3 +131,40 @@ def test_the_union_dataset_maps_each_item_to_its_part_with_its_seed():
     assert (int(clip), seed, index) == (21, (7, 1), 3)  # the union's index, the part's item
     with pytest.raises(IndexError):
         union[5]
+
+
+def test_under_per_set_the_union_stages_and_the_check_import_no_torch(tmp_path):
+    """A stage that trains nothing starts in a fraction of a second: under per_set both union
+    stages write their schedule.json through stages.common.run (signals, timing record) without
+    importing torch, and so does the check stage's record of the default MobileNetV2 init (the
+    weights file found and hashed by pipeline.weights); a stage that trains imports it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    params = root / "params.yaml"  # the default run's: per_set, MobileNetV2 from ImageNet
+    assert yaml.safe_load(params.read_text())["schedule"] == "per_set"
+    script = f"""
+import sys
+from pathlib import Path
+from pipeline.params import load_params
+from pipeline.stages import check, union_cnn, union_heads
+from pipeline.stages.common import run
+out = Path({str(tmp_path)!r})
+common = ["--params", {str(params)!r}, "--split", "0", "--index", str(out / "index")]
+run(union_cnn.main, [*common, "--init", "x.pt", "--out", str(out / "cnn"), "--scratch",
+                     str(out / "s1")])
+run(union_heads.main, [*common, "--cache", "c", "--cnn", str(out / "cnn"), "--out",
+                       str(out / "heads"), "--scratch", str(out / "s2")])
+record = check.init_record(load_params({str(params)!r}))
+print(sorted(record), "torch" in sys.modules)
+import pipeline.distributed
+print("torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.splitlines() == ["['backbone', 'init', 'sha256'] False", "True"]
+    for part in ("cnn", "heads"):
+        assert json.loads((tmp_path / part / MARKER).read_text()) == {"schedule": "per_set"}

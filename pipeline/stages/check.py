@@ -49,10 +49,10 @@ from pipeline.datasets.sources import unavailable
 from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
-from pipeline.model import build_backbone, check_mobilenet_weights, imagenet_weights_file
 from pipeline.params import BACKBONE_INITS, RESTORE, SYNTHETIC_SETS, Params, load_params
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
+from pipeline.weights import check_mobilenet_weights, mobilenet_weights_file
 
 log = logging.getLogger("check")
 
@@ -114,18 +114,24 @@ def init_record(p: Params) -> dict:
     init, backbone = p.model.init, p.model.backbone
     if init not in BACKBONE_INITS:
         refuse_pipeline_output(init)
+    if init == "imagenet" and backbone == "mobilenet_v2":
+        # a package's file: it can change behind the same path (found and hashed without torch,
+        # which the default run's check never imports)
+        return {"init": init, "backbone": backbone,
+                "sha256": check_mobilenet_weights(mobilenet_weights_file())}
     if init == "imagenet":
-        path = imagenet_weights_file(backbone)  # a ResNet's is downloaded when missing
-        record = {"init": init, "backbone": backbone}
-        if backbone == "mobilenet_v2":  # a package's file: it can change behind the same path
-            record["sha256"] = check_mobilenet_weights(path)
-        return record
+        from pipeline.model import imagenet_weights_file
+
+        imagenet_weights_file(backbone)  # a ResNet's is downloaded when missing
+        return {"init": init, "backbone": backbone}
     if init in BACKBONE_INITS:
         return {"init": init, "backbone": backbone}
     path = resolve_data_path(init)
     if not path.is_file():
         raise ParamsError(f"model.init: {init} is neither {' nor '.join(BACKBONE_INITS)} nor an "
                           "existing checkpoint file")
+    from pipeline.model import build_backbone
+
     build_backbone(backbone, str(path), p.model.last_stride)  # CheckpointError: as pretrain's
     return {"init": init, "sha256": sha256_file(path)}
 

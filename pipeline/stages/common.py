@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import distributed
+from pipeline import signals
 from pipeline.errors import DatasetError, InputError
 from pipeline.files import DISK_ERRORS, disk_error_text, write_json
 
@@ -62,30 +62,39 @@ def setup_logging() -> None:
                         datefmt="%H:%M:%S")
 
 
+def leave_process_group(failed: bool = False) -> None:
+    """``distributed.shutdown`` where this process could have joined a process group: only a
+    stage that imported ``pipeline.distributed`` can (one that trains nothing, such as the union
+    stages under per_set, never imports torch, and starts in a fraction of a second)."""
+    module = sys.modules.get("pipeline.distributed")
+    if module is not None:
+        module.shutdown(failed=failed)
+
+
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's ``main`` with logging set up; bad input ends it with one line ``error: ...``
     on stderr (``error_line``; rank 0 alone under torchrun, ``reports``) and exit status 1,
-    SIGINT/SIGTERM with a message and 128 + the signal's number (``distributed.Stopped``;
+    SIGINT/SIGTERM with a message and 128 + the signal's number (``signals.Stopped``;
     training stages write a resume checkpoint first). Run by DVC, a stage that ends well records
     its time (``record_time``); a record it cannot write is one line ``warning: ...``, never a
     failure of the stage."""
     setup_logging()
-    distributed.install_signal_handlers()
+    signals.install_signal_handlers()
     try:
         main(argv)
-    except distributed.Stopped as err:
-        distributed.shutdown(failed=True)
+    except signals.Stopped as err:
+        leave_process_group(failed=True)
         print(f"stopped: {err}", file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
     except BaseException as err:
-        distributed.shutdown(failed=True)
+        leave_process_group(failed=True)
         line = error_line(err)
         if line is None:
             raise
         if reports(err):
             print(line, file=sys.stderr)
         raise SystemExit(1) from None
-    distributed.shutdown()
+    leave_process_group()
     if os.environ.get(DVC_STAGE) and reports(None):
         path = timing_path(os.environ[DVC_STAGE])
         try:

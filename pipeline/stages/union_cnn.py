@@ -20,11 +20,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import distributed
 from pipeline.files import check_writable, sha256_file
 from pipeline.params import load_params
 from pipeline.stages.common import run
-from pipeline.stages.finetune import train_cnn
 from pipeline.union import (
     CNN_FILES,
     LIVE,
@@ -48,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(args.params)
     if nothing_to_train(args.out, p, args.split, "finetune"):
         return
+    # imported only to train: under per_set the stage never loads torch (a second, not five)
+    from pipeline import distributed
+    from pipeline.stages.finetune import train_cnn
+
     files = index_files(args.index, p, args.split)
     pooled = pooled_training(files)
     classes = union_classes(pooled)

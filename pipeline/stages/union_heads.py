@@ -21,12 +21,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import distributed
-from pipeline.data import UnionDataset
 from pipeline.errors import CacheError
 from pipeline.files import check_writable
 from pipeline.params import load_params, run_name
-from pipeline.stages.attention import cached_training, train_heads
 from pipeline.stages.common import run
 from pipeline.union import (
     CNN_FILES,
@@ -56,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(args.params)
     if nothing_to_train(args.out, p, args.split, "attention"):
         return
+    # imported only to train: under per_set the stage never loads torch (a second, not five)
+    from pipeline import distributed
+    from pipeline.data import UnionDataset
+    from pipeline.stages.attention import cached_training, train_heads
+
     cnn = union_models(args.cnn, p, CNN_FILES, "union_cnn") / CNN_FILES[0]
     pooled = pooled_training(index_files(args.index, p, args.split))
     classes = union_classes(pooled)
