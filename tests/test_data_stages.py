@@ -60,14 +60,15 @@ def run_stages(tmp_path: Path, params: Path) -> dict:
     download.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--archives",
                    str(tmp_path / "archives"), "--manifest", str(tmp_path / "download.json")])
     index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
-                str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+                str(tmp_path / "index"), "--images", str(tmp_path / "image_index"), "--stats",
+                str(tmp_path / "stats.json")])
     return json.loads((tmp_path / "stats.json").read_text())
 
 
 def test_synthetic_download_and_index(tmp_path, capsys):
     stats = run_stages(tmp_path, write_params(tmp_path))
     table = load_video_index(tmp_path / "index" / "synthetic" / "split_0.json")
-    images = load_image_index(tmp_path / "index" / "synthetic" / "images.json")
+    images = load_image_index(tmp_path / "image_index" / "synthetic" / "images.json")
     # the tables on disk point at real files under the dataset root, label maps included
     assert all(Path(f).is_file() for frames in table["frames"] for f in frames)
     assert table["labels"].map(len).equals(table["frames"].map(len))
@@ -195,7 +196,8 @@ def test_index_refuses_a_vanished_frame(tmp_path):
     before = sorted(p.name for p in (tmp_path / "index").iterdir())
     with pytest.raises(DatasetError, match="does not exist"):
         index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
-                    str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+                    str(tmp_path / "index"), "--images", str(tmp_path / "image_index"),
+                    "--stats", str(tmp_path / "stats.json")])
     # the previous index is untouched and no temporary folder is left beside it
     assert sorted(p.name for p in (tmp_path / "index").iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -265,7 +267,8 @@ def test_index_skips_bad_frames_when_asked_and_counts_them(tmp_path):
     victim = sorted((tmp_path / "raw" / "synthetic" / "video" / "bbox_train").rglob("*.jpg"))[0]
     victim.write_bytes(b"")
     index_args = ["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
-                  str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")]
+                  str(tmp_path / "index"), "--images", str(tmp_path / "image_index"),
+                  "--stats", str(tmp_path / "stats.json")]
     expected = rf"{victim.name} is empty \(0 bytes\).*data\.bad_frames"
     with pytest.raises(DatasetError, match=expected):
         index.main(index_args)
@@ -482,7 +485,7 @@ def test_the_index_records_its_set_split_and_the_content_of_its_frames(tmp_path)
     params = write_params(tmp_path)
     run_stages(tmp_path, params)
     split = tmp_path / "index" / "synthetic" / "split_0.json"
-    images = tmp_path / "index" / "synthetic" / "images.json"
+    images = tmp_path / "image_index" / "synthetic" / "images.json"
     content = json.loads(split.read_text())
     table = load_video_index(split)
     listed = [*table["frames"].explode(), *table["labels"].explode()]
@@ -501,7 +504,8 @@ def test_the_index_records_its_set_split_and_the_content_of_its_frames(tmp_path)
     frame.write_bytes(other.read_bytes()[:stat.st_size].ljust(stat.st_size, b"\0"))
     os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
     index.main(["--params", str(params), "--raw", str(tmp_path / "raw"), "--out",
-                str(tmp_path / "index"), "--stats", str(tmp_path / "stats.json")])
+                str(tmp_path / "index"), "--images", str(tmp_path / "image_index"), "--stats",
+                str(tmp_path / "stats.json")])
     changed = json.loads(split.read_text())
     assert changed["content"]["sha256"] != content["content"]["sha256"]
     assert changed["tracklets"] == content["tracklets"]  # the paths and ids alone did not change
@@ -527,7 +531,7 @@ def test_an_experiment_generates_the_synthetic_set_in_its_own_workspace(tmp_path
     assert (workspace / "data" / "raw" / "synthetic" / "identities.json").is_file()
     assert list((project / "data" / "raw" / "synthetic").iterdir()) == []  # left as it was
     index.main(["--params", str(params), "--raw", "data/raw", "--out", "index",
-                "--stats", "stats.json"])
+                "--images", "image_index", "--stats", "stats.json"])
     table = load_video_index(workspace / "index" / "synthetic" / "split_0.json")
     assert Path(table["frames"][0][0]).resolve().is_relative_to(workspace.resolve())
 

@@ -4,11 +4,13 @@ protocols rely on, and record the statistics.
 Writes ``<out>/<name>/split_<k>.json`` for each video set and each of its standard splits (a set
 of one split run beside sets of more, MARS beside PRID2011 under the paper's schedule: that split
 again as every split index of ``data.splits``, ``pipeline.params.one_split_joins``),
-``<out>/<name>/images.json`` for each image set, and ``--stats`` (a DVC metrics file): identities,
-tracklets and frames per subset, queries, junk and distractors. Prints the same as a table.
+``<images>/<name>/images.json`` for each image set (a folder of its own, which pretraining reads
+alone: a video set added or changed re-runs no pretraining), and ``--stats`` (a DVC metrics
+file): identities, tracklets and frames per subset, queries, junk and distractors. Prints the
+same as a table.
 
     python -m pipeline.stages.index --params params.yaml --raw data/raw --out data/index \
-        --stats metrics/datasets.json
+        --images data/image_index --stats metrics/datasets.json
 """
 
 from __future__ import annotations
@@ -63,14 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="the video sets' index folder")
+    parser.add_argument("--images", type=Path, required=True,
+                        help="the image sets' index folder (what pretraining reads)")
     parser.add_argument("--stats", type=Path, required=True)
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
     stats: dict = {"video": {}, "image": {}}
     rows = []
-    with atomic_dir(args.out) as tmp:  # the whole index, swapped in only when complete
+    # the whole index, both folders swapped in only when complete
+    with atomic_dir(args.out) as tmp, atomic_dir(args.images) as images:
         for name in params.data.video:
             stats["video"][name] = {}
             root = resolve_data_path(args.raw / name)  # see download.dataset_root
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             root = resolve_data_path(args.raw / name)
             table = index_images(name, root)
             table, skipped = screen_frames(table, params.data.bad_frames, name, column="path")
-            save_image_index(table, root, tmp / name / "images.json",
+            save_image_index(table, root, images / name / "images.json",
                              recorded_root=args.raw / name,
                              meta={"dataset": name,
                                    "content": content_fingerprint(list(table["path"]), root)})

@@ -3,7 +3,7 @@ each (dataset, pid) a class of its own, one image per sample (N = 1), from ``mod
 image sets (``data.image: []``) pretraining is skipped: the backbone is exported as ``model.init``
 made it (e.g. ImageNet weights), and the loss curve holds its header alone.
 
-    python -m pipeline.stages.pretrain --params params.yaml --index data/index \
+    python -m pipeline.stages.pretrain --params params.yaml --index data/image_index \
         --out data/models/pretrain.pt --live metrics/live/pretrain \
         --scratch scratch/pretrain
 """
@@ -51,7 +51,8 @@ def export_untrained(p: Params, out: Path, live: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--index", type=Path, required=True, help="the index stage's folder")
+    parser.add_argument("--index", type=Path, required=True, help="the index stage's folder of "
+                        "the image sets (<name>/images.json)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
