@@ -72,10 +72,10 @@ references: setup ## Floor and ceilings of the default run's test set (chance, c
 	$(BIN)/python -m tools.locality --subset train --out metrics/locality_train.json
 	$(MAKE) --no-print-directory docs
 
-report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it (REV=<commit>: the commit the experiments were run from; default HEAD)
+report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it (REV=<commit>: the commit the experiments were run from, default HEAD; SCHEDULE_REV=<commit>: make schedule's, when another)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.report --params params.yaml --seeds $(SEEDS) \
 		--json metrics/report.json --out metrics/report.md --chart metrics/plots/table1.png \
-		$(if $(REV),--rev $(REV),)
+		$(if $(REV),--rev $(REV),) $(if $(SCHEDULE_REV),--schedule-rev $(SCHEDULE_REV),)
 	$(MAKE) --no-print-directory docs
 
 docs: setup ## Regenerate the figures in README.md and docs/ from the files they come from

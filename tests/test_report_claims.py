@@ -300,11 +300,12 @@ def test_gain_claims_need_the_gain_and_an_interval_above_zero(means, lo, verdict
     assert gain_claims(high, result("low", None, None), 0.04, paired) == []  # not measured
 
 
-def schedule_show(seeds=(0,)) -> tuple[FakeGit, list[dict]]:
+def schedule_show(seeds=(0,), git: FakeGit | None = None,
+                  sha: str = "a" * 40) -> tuple[FakeGit, list[dict]]:
     """A `dvc exp show --json` with Table 1 under both schedules on the two generated sets
     (experiments sc-per-s<seed>, sc-across-s<seed>): per set, +Ind scores TEMPORAL's very
     scores; across sets, +Ind scores JOINT and the Baseline Q's; both sets alike."""
-    git = FakeGit()
+    git = git or FakeGit()
     per = {**commit_scores(), "joint": TEMPORAL}
     across = {**commit_scores(), "baseline": Q}
     exps = []
@@ -314,7 +315,7 @@ def schedule_show(seeds=(0,)) -> tuple[FakeGit, list[dict]]:
                     for name in ("synthetic", "synthetic2")]
             exps.append(experiment(git, f"sc-{short}-s{seed}", runs,
                                    params={"schedule": schedule}))
-    return git, exp_show(git, [evaluation(0, commit_scores())], exps)
+    return git, exp_show(git, [evaluation(0, commit_scores())], exps, sha)
 
 
 def test_table1_under_both_schedules_reads_the_sc_experiments_and_pairs_across_with_per_set():
@@ -391,3 +392,25 @@ def test_the_docs_block_shows_both_schedules_on_the_first_protocol_of_each_set(t
     git, show = table1()
     write_report(tmp_path / REPORT, report_of(git, show))
     assert schedules_block(tmp_path).endswith("run `make schedule`, then `make report`.")
+
+
+def test_the_schedules_can_come_from_the_experiments_of_another_commit():
+    """Table 1 of one commit, the schedules of a later one (``--schedule-rev``): each table
+    from its own commit's experiments, and the report says whose they are."""
+    from tests.test_report import render
+
+    git, show = table1()
+    later = "b" * 40
+    _, theirs = schedule_show(git=git, sha=later)
+    report = report_of(git, show, schedule_show=theirs, schedule_head=later)
+    assert report.schedule_commit == later and report.commit == "a" * 40
+    assert row_of(report.table1["synthetic", "official"], "Width control").experiments == (
+        "t1-s0-width",)
+    across = report.schedules["synthetic2", "official"].rows["across_sets"]
+    assert row_of(across, "Baseline").experiments == ("sc-across-s0",)
+    assert "of commit `bbbbbbb`" in render(report)
+    assert report_of(git, show).schedules == {}  # the first commit has none
+
+
+def row_of(rows, label):
+    return next(r for r in rows if r.label == label)

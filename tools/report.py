@@ -113,24 +113,29 @@ def found_pairs(results: Sequence[dict | None]) -> list[tuple[str, str]]:
 
 def build_report(show: list[dict], *, base_seed: int, base_k: int,
                  seeds: Sequence[int] | None = None, head: str | None = None,
-                 read: Reader = git_show, cnn_seed: int | None = None) -> Report:
+                 read: Reader = git_show, cnn_seed: int | None = None,
+                 schedule_show: list[dict] | None = None,
+                 schedule_head: str | None = None) -> Report:
     """Collect Table 1 (``seeds``, default: ``default_seeds``) and Table 2 (``base_seed``, K
     around ``base_k``) from a ``dvc exp show --json`` output, each source's results read with
     ``read`` (default: ``git show`` in the repository here); with ``cnn_seed`` (the params'
     ``seed``), also the default pipeline over the CNN seeds that have an experiment; and Table 1
-    under both schedules where its experiments exist (``schedule_seeds``)."""
+    under both schedules where its experiments exist (``schedule_seeds``): those of the same
+    commit, or with ``schedule_show`` those of commit ``schedule_head`` in that output (a later
+    commit whose default run has the same outputs: the schedules came after Table 1 was run)."""
     sources = collect_sources(show, head)
-    read_once: dict[str | None, tuple[dict | None, str | None]] = {}
+    theirs = sources if schedule_show is None else collect_sources(schedule_show, schedule_head)
+    read_once: dict[tuple[str | None, str | None], tuple[dict | None, str | None]] = {}
 
     def results_of(source: Source) -> tuple[dict | None, str | None]:
-        if source.name not in read_once:
-            read_once[source.name] = read_results(source, read)
-        return read_once[source.name]
+        if (source.name, source.rev) not in read_once:
+            read_once[source.name, source.rev] = read_results(source, read)
+        return read_once[source.name, source.rev]
 
     if results_of(sources.baseline)[0] is None:
         raise ReportError(f"baseline commit {sources.commit}: {results_of(sources.baseline)[1]}; "
                           f"run `make repro` and commit {EVAL_DIR}")
-    cells4 = schedule_cells(schedule_seeds(sources, seeds))
+    cells4 = schedule_cells(schedule_seeds(theirs, seeds))
     seeds = list(seeds) if seeds else default_seeds(sources, base_seed)
     cells1 = table1_cells(seeds, base_seed)
     cells2 = table2_cells(base_k, base_seed)
@@ -139,7 +144,7 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     resolved: dict[Cell, dict | None] = {}
     problems: dict[str, str] = {}
     for cell in cells1 + cells2 + cells3 + cells4:
-        resolved[cell], problem = resolve(cell, sources, results_of)
+        resolved[cell], problem = resolve(cell, theirs if cell in cells4 else sources, results_of)
         if problem:
             problems.setdefault(cell.experiment or BASELINE_COMMIT, problem)
     pairs = found_pairs([resolved[cell] for cell in cells1 + cells2 + cells3])
@@ -156,6 +161,7 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
         # a commit from before the key trained every set on its own
         schedule=dotted(sources.baseline.params, "schedule") or "per_set",
         schedule_seeds=tuple(sorted({cell.seed for cell in cells4})),
+        schedule_commit=None if theirs is sources else theirs.commit,
         schedules=schedule_tables(cells4, resolved,
                                   found_pairs([resolved[cell] for cell in cells4])))
 
@@ -207,6 +213,9 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser.add_argument("--seeds", nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
+    parser.add_argument("--schedule-rev",
+                        help="the commit whose experiments give Table 1 under both schedules "
+                             "(make schedule), when not --rev's")
     parser.add_argument("--rev", help="the baseline commit to report: experiments belong to the "
                                       "commit they were run from, and so do the params read "
                                       "(its params.yaml, not --params; default: the git HEAD "
@@ -221,8 +230,16 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
         seeds = checked_seeds(args.seeds, SEED_KEY, p)  # before dvc runs
         show = (load_show_json(args.show_json) if args.show_json is not None
                 else run_exp_show(head if args.rev else None))
-        report = build_report(show, base_seed=p.attention.seed, base_k=p.model.K, seeds=seeds,
-                              head=head, read=read, cnn_seed=p.seed)
+        schedule_head = None
+        if args.schedule_rev:
+            schedule_head = git_head(args.schedule_rev)
+            if schedule_head is None:
+                raise ReportError(f"--schedule-rev {args.schedule_rev}: not a commit of this "
+                                  "repository")
+        report = build_report(
+            show, base_seed=p.attention.seed, base_k=p.model.K, seeds=seeds, head=head,
+            read=read, cnn_seed=p.seed, schedule_head=schedule_head,
+            schedule_show=run_exp_show(schedule_head) if schedule_head else None)
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.report", *argv])

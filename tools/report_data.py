@@ -120,6 +120,7 @@ class Report:
     # Table 1 under both schedules on the generated sets (tools.experiments.schedule_cells),
     # where its experiments were run: (dataset, protocol) -> the table
     schedule_seeds: tuple[int, ...] = ()
+    schedule_commit: str | None = None  # whose experiments they are (None: ``commit``'s)
     schedules: dict[tuple[str, str], ScheduleTable] = dataclasses.field(default_factory=dict)
     command: str = ""  # how the report was made
     # the measured files printed beside the tables: {"evaluation", "references", "sweep",
@@ -166,6 +167,7 @@ def to_data(report: Report) -> dict:
                       "claims": [dataclasses.asdict(c) for c in report.claims.get((d, p), [])]}
                      for d, p in report.table1],
         "schedule": report.schedule, "schedule_seeds": list(report.schedule_seeds),
+        "schedule_commit": report.schedule_commit,
         "schedules": [{"dataset": d, "protocol": p,
                        "rows": {s: [dataclasses.asdict(r) for r in rows]
                                 for s, rows in table.rows.items()},
@@ -204,7 +206,7 @@ def from_data(data: dict, source: str = "report.json") -> Report:
             base_seed=data["base_seed"], base_k=data["base_k"], datasets=tuple(data["datasets"]),
             table1=tables["table1"], table2=tables["table2"], problems=data["problems"],
             cnn_seeds=tuple(data["cnn_seeds"]), cnn=tables["cnn"], claims=claims,
-            schedule=data.get("schedule", "per_set"),
+            schedule=data.get("schedule", "per_set"), schedule_commit=data.get("schedule_commit"),
             schedule_seeds=tuple(data.get("schedule_seeds") or ()), schedules=schedules,
             command=data["command"], extras={k: data.get(k) for k in EXTRAS})
     except (KeyError, TypeError) as err:

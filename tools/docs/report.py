@@ -120,7 +120,8 @@ def schedules_block(root: Path) -> str:
                 "then `make report`.")
     firsts = [(d, p) for d, p in report.schedules
               if p == next(q for e, q in report.schedules if e == d)]
-    parts = [f"From {origin(report)}; heads' seeds "
+    commit = (report.schedule_commit or report.commit)[:7]
+    parts = [f"From `{REPORT}`, the experiments of commit `{commit}`; heads' seeds "
              f"{', '.join(map(str, report.schedule_seeds))}; percent, mean ± std over the seeds; "
              "[lo, hi]: the 95 percent interval of the paired difference (tools.paired)."]
     for dataset, protocol in firsts:
