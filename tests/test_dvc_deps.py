@@ -208,3 +208,49 @@ def test_every_stage_but_check_declares_its_time_record_as_its_first_uncached_ou
         item = "-".join(f"${{item.{key}}}" for key in spec.get("matrix", {}))  # DVC's name
         expected = timing_path(f"{stage}@{item}" if item else stage).as_posix()
         assert (path, options) == (expected, {"cache": False}), stage
+
+
+def test_the_matrix_for_two_sets_and_two_splits_has_the_stages_and_deps_of_the_design(tmp_path):
+    """dvc.yaml as DVC resolves it for data.video [synthetic, synthetic2] x data.splits [0, 1]:
+    the union stages once per split index, the per-set stages once per (set, split); each
+    per-set finetune and attention stage reads its index's union folder, union_heads reads its
+    index's union CNN, and pretrain reads the image sets' index alone."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(video=["synthetic", "synthetic2"], splits=[0, 1])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = Path(sys.executable).with_name("dvc")
+    subprocess.run([str(dvc) if dvc.exists() else "dvc", "init", "--no-scm", "-q"],
+                   cwd=tmp_path, check=True)
+    stages = {stage.name: stage for stage in Repo(str(tmp_path)).index.stages}
+    runs = [f"{s}-{k}" for s in ("synthetic", "synthetic2") for k in (0, 1)]
+    per_set = ("finetune", "cache", "baseline", "attention", "joint", "evaluate")
+    assert set(stages) == {"check", "download", "index", "pretrain", "summary",
+                           *(f"{u}@{k}" for u in ("union_cnn", "union_heads") for k in (0, 1)),
+                           *(f"{stage}@{run}" for stage in per_set for run in runs)}
+
+    def deps(name: str) -> set[str]:
+        return {str(d.def_path) for d in stages[name].deps}
+
+    def outs(name: str) -> set[str]:
+        return {str(o.def_path) for o in stages[name].outs}
+
+    assert "data/image_index" in deps("pretrain") and "data/index" not in deps("pretrain")
+    for k in (0, 1):
+        assert f"data/models/union-{k}/cnn" in outs(f"union_cnn@{k}")
+        assert f"data/models/union-{k}/heads" in outs(f"union_heads@{k}")
+        assert f"data/models/union-{k}/cnn" in deps(f"union_heads@{k}")
+        for s in ("synthetic", "synthetic2"):
+            assert f"data/models/union-{k}/cnn" in deps(f"finetune@{s}-{k}")
+            assert f"data/models/union-{k}/heads" in deps(f"attention@{s}-{k}")
+            assert f"data/index/{s}/split_{k}.json" in deps(f"joint@{s}-{k}")
+            assert f"data/models/{s}-{k}/temporal.pt" in deps(f"joint@{s}-{k}")
+            other = 1 - k
+            assert not any(f"union-{other}" in d for d in deps(f"finetune@{s}-{k}")
+                           | deps(f"attention@{s}-{k}"))
