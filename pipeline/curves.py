@@ -8,7 +8,7 @@ What a folder holds (DVCLive's layout; ``step`` is the global SGD step, from 1):
 
 - ``plots/metrics/batch/<name>.tsv``: one row per step (the global batch's values under torchrun):
   ``lr``, ``loss``, ``id_loss``, ``diversity``, and for a model with spatial attention the
-  training maps' ``map_entropy`` and ``map_saturated`` (``train.map_statistics``);
+  training maps' ``map_entropy`` and ``map_saturated`` (``map_statistics``, below);
 - ``plots/metrics/mean/<name>.tsv``: one row per epoch, at its last step: the mean over the
   epoch's steps of ``loss``, ``id_loss``, ``diversity`` (and the two map statistics);
 - ``metrics.json``: ``epoch`` and ``step`` reached and ``mean``, the last complete epoch's means
@@ -20,15 +20,21 @@ checkpoint holds before it goes on, so that its files equal an uninterrupted run
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:  # the maps' statistics take tensors; this module needs no torch
+    from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 # fit's history columns logged per step, and those averaged over each epoch
 BATCH = ("lr", "loss", "id_loss", "diversity", "map_entropy", "map_saturated")
@@ -151,3 +157,40 @@ def _plot_problem(table: pd.DataFrame, name: str) -> str:
     if not table["step"].is_unique:
         return "a step written twice"
     return ""
+
+
+# --- the spatial maps during training: what fit records of them -----------------------------------
+
+# An attention weight below this passes almost no gradient back through its softmax: a map whose
+# entries are mostly below it is frozen wherever it is (``map_statistics``, ``warn_if_saturated``).
+SATURATED = 1e-6
+# The share of saturated entries at the end of a stage above which it warns.
+SATURATION_WARNING = 0.5
+
+
+def map_statistics(S: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean entropy in nats of the spatial maps S (..., K, L), each a distribution over the L
+    cells (0: one cell, log L: uniform), and the share of their entries below ``SATURATED``; two
+    scalar tensors, no gradient."""
+    S = S.detach().float()
+    entropy = -(S * S.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    return entropy, (S < SATURATED).float().mean()
+
+
+def warn_if_saturated(history: list[dict], desc: str, params: str) -> bool:
+    """Log a warning naming ``params`` when the last epoch of ``history`` (``fit``'s, with the
+    ``map_entropy`` and ``map_saturated`` of each step) ended with more than
+    ``SATURATION_WARNING`` of the spatial maps' entries saturated; whether it warned."""
+    last = [h for h in history if h["epoch"] == history[-1]["epoch"] and "map_saturated" in h] \
+        if history else []
+    if not last:
+        return False
+    share = float(np.mean([h["map_saturated"] for h in last]))
+    if share <= SATURATION_WARNING:
+        return False
+    entropy = float(np.mean([h["map_entropy"] for h in last]))
+    log.warning("%s: the spatial attention maps ended saturated: %.0f%% of their entries below "
+                "%g (mean entropy %.3f nats): their softmax passes almost no gradient, so the "
+                "maps stay wherever they are; look at %s", desc, 100 * share, SATURATED, entropy,
+                params)
+    return True

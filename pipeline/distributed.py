@@ -97,8 +97,8 @@ def init(device: str = "auto") -> World:
     world (a single process without torchrun).
 
     ``device`` is ``runtime.device``: ``auto`` and ``cuda`` make ``cuda:<LOCAL_RANK>`` the current
-    device and use NCCL when CUDA is present, ``cpu`` (or no CUDA) uses gloo; ``train.pick_device``
-    then returns the current device.
+    device and use NCCL when CUDA is present, ``cpu`` (or no CUDA) uses gloo;
+    ``runtime.pick_device`` then returns the current device.
     """
     env = _env_world()
     if not env.distributed:

@@ -30,15 +30,16 @@ from pipeline.attention_stats import (
     cached_rows,
     clip_ground_truth,
 )
+from pipeline.checkpoints import load, load_exported
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader
 from pipeline.errors import CacheError, DatasetError
 from pipeline.features import cache_attrs, embed, open_cache, read_parts
 from pipeline.files import sha256_file, write_with
 from pipeline.model import HeadOutput
 from pipeline.params import Params
+from pipeline.runtime import compiled
 from pipeline.sampling import restricted_random_sample
 from pipeline.tables import load_video_index
-from pipeline.train import compiled, load, load_exported
 
 log = logging.getLogger("embedding")
 

@@ -151,7 +151,7 @@ def loss_figure(means: Mapping[str, pd.DataFrame]) -> Figure:
     """Training loss per epoch (mean over its steps; ``curves.read_means``) of each stage, one
     panel per stage; the identity and diversity parts too where they were logged, and, on a
     second axis, the training maps' mean entropy and share of saturated entries where the stage
-    trained spatial attention (``train.map_statistics``)."""
+    trained spatial attention (``curves.map_statistics``)."""
     fig = Figure(figsize=(3.5 * len(means), 3.0))
     axes = fig.subplots(1, len(means), squeeze=False)
     for ax, (name, per_epoch) in zip(axes[0], means.items(), strict=True):

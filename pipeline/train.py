@@ -1,4 +1,4 @@
-"""The one training loop, its checkpoints, and exported models.
+"""The one training loop.
 
 ``fit`` trains with SGD (momentum, weight decay), the learning rate multiplied by ``lr_gamma`` at
 ``lr_step_epoch`` (paper: 0.1 then 0.01), an identity loss plus the optional diversity term, on a
@@ -9,20 +9,14 @@ weights as an uninterrupted run. Killed (SIGKILL), a stage loses at most the epo
 stopped by SIGINT or SIGTERM (``signals.graceful``), it finishes its step, writes the
 checkpoint with its place in the epoch, and resumes at the next step.
 
-Exported models (the DVC outputs) store their configuration, so later stages rebuild them without
-being told: ``export_model`` / ``load_exported``. Every file is loaded with ``weights_only=True``.
+Its resume checkpoints and the exported models: ``pipeline.checkpoints``; the process's device and
+seed: ``pipeline.runtime``; the spatial maps' statistics it records: ``pipeline.attention_stats``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import hashlib
-import json
 import logging
-import os
-import random
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,110 +29,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import distributed, signals
-from pipeline.curves import Curves
-from pipeline.errors import CheckpointError, DivergedError, InputError, ParamsError
-from pipeline.files import check_room, nearest_folder, write_with
+from pipeline.checkpoints import load, save, tensor_bytes
+from pipeline.curves import Curves, map_statistics
+from pipeline.errors import DivergedError, ParamsError
+from pipeline.files import check_room
 from pipeline.losses import diversity_penalty
-from pipeline.model import HEADS, Backbone, HeadOutput, VideoReIDNet, unloadable
+from pipeline.model import HeadOutput
 from pipeline.params import (
-    ModelParams,
-    RuntimeParams,
     TrainParams,
-    canonical_grid_block,
-    from_dict,
 )
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(cfg: RuntimeParams) -> torch.device:
-    """``runtime.device``: auto picks CUDA when present."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ParamsError(distributed.NO_CUDA)
-    cuda = torch.cuda.is_available() if cfg.device == "auto" else cfg.device == "cuda"
-    if not cuda:
-        return torch.device("cpu")
-    # fixed input sizes: let cuDNN time its convolution algorithms once and keep the fastest
-    torch.backends.cudnn.benchmark = True
-    # cuda:<LOCAL_RANK> under torchrun (distributed.init set it current), else the current GPU
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def start(cfg: RuntimeParams) -> tuple[distributed.World, torch.device]:
-    """A training stage's world and device: under torchrun, join the process group and use this
-    rank's device (``distributed.init``); otherwise one process on ``pick_device``."""
-    world = distributed.init(cfg.device)  # under torchrun: makes cuda:<LOCAL_RANK> current
-    return world, pick_device(cfg)
-
-
-def use_autocast(cfg: RuntimeParams, device: torch.device) -> bool:
-    """bf16 autocast only on CUDA (on CPU it is slower and changes results)."""
-    return cfg.amp and device.type == "cuda"
-
-
-def fit_options(cfg: RuntimeParams, device: torch.device, backbone: bool = True) -> dict:
-    """``fit``'s keyword arguments from ``runtime``: bf16 autocast (models with a backbone, on
-    CUDA), torch.compile, SyncBatchNorm."""
-    return {"autocast": backbone and use_autocast(cfg, device), "compile": cfg.compile,
-            "sync_bn": cfg.sync_bn}
-
-
-def compiled(module: nn.Module, enabled: bool) -> nn.Module:
-    """``module`` compiled in place by torch.compile (``runtime.compile``); its state_dict keys
-    do not change. Compilation happens at the first call."""
-    if enabled:
-        log.info("torch.compile: %s", type(module).__name__)
-        module.compile()
-    return module
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's and torch's global RNGs (weight init). Data sampling has its own seeds."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short hash of JSON-able inputs: a resume checkpoint is only used for the same inputs."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-
-def save(path: str | Path, payload: dict) -> None:
-    """torch.save, atomically: never a half-written checkpoint, nothing left of a failed save.
-    A full disk is an OSError (ENOSPC) naming ``path``: torch reports a failed write as a
-    RuntimeError without its reason, so the free space is compared with the tensors' size."""
-    try:
-        write_with(path, lambda tmp: torch.save(payload, tmp))
-    except RuntimeError as err:
-        if shutil.disk_usage(nearest_folder(Path(path).parent)).free >= tensor_bytes(payload):
-            raise
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
-
-
-def tensor_bytes(tree: Any) -> int:
-    """Bytes of the tensors in a checkpoint payload (nested dicts, lists and tuples)."""
-    if isinstance(tree, Tensor):
-        return tree.nbytes
-    if isinstance(tree, dict):
-        return sum(tensor_bytes(v) for v in tree.values())
-    if isinstance(tree, list | tuple):
-        return sum(tensor_bytes(v) for v in tree)
-    return 0
-
-
-def load(path: str | Path) -> dict:
-    """A checkpoint of plain tensors and containers; anything else is refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # unpickling refused, truncated file, not a torch file
-        raise CheckpointError(f"{path}: not a loadable checkpoint of plain tensors "
-                              f"({unloadable(err)})") from err
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -160,41 +61,6 @@ def call_model(model: nn.Module, inputs: Tensor) -> HeadOutput:
     return model(inputs)
 
 
-
-
-# An attention weight below this passes almost no gradient back through its softmax: a map whose
-# entries are mostly below it is frozen wherever it is (``map_statistics``, ``warn_if_saturated``).
-SATURATED = 1e-6
-# The share of saturated entries at the end of a stage above which it warns.
-SATURATION_WARNING = 0.5
-
-
-def map_statistics(S: Tensor) -> tuple[Tensor, Tensor]:
-    """The mean entropy in nats of the spatial maps S (..., K, L), each a distribution over the L
-    cells (0: one cell, log L: uniform), and the share of their entries below ``SATURATED``; two
-    scalar tensors, no gradient."""
-    S = S.detach().float()
-    entropy = -(S * S.clamp_min(1e-30).log()).sum(dim=-1).mean()
-    return entropy, (S < SATURATED).float().mean()
-
-
-def warn_if_saturated(history: list[dict], desc: str, params: str) -> bool:
-    """Log a warning naming ``params`` when the last epoch of ``history`` (``fit``'s, with the
-    ``map_entropy`` and ``map_saturated`` of each step) ended with more than
-    ``SATURATION_WARNING`` of the spatial maps' entries saturated; whether it warned."""
-    last = [h for h in history if h["epoch"] == history[-1]["epoch"] and "map_saturated" in h] \
-        if history else []
-    if not last:
-        return False
-    share = float(np.mean([h["map_saturated"] for h in last]))
-    if share <= SATURATION_WARNING:
-        return False
-    entropy = float(np.mean([h["map_entropy"] for h in last]))
-    log.warning("%s: the spatial attention maps ended saturated: %.0f%% of their entries below "
-                "%g (mean entropy %.3f nats): their softmax passes almost no gradient, so the "
-                "maps stay wherever they are; look at %s", desc, 100 * share, SATURATED, entropy,
-                params)
-    return True
 
 
 def warn_if_diverged(history: list[dict], desc: str) -> bool:
@@ -447,71 +313,3 @@ def fit(
                     "the state: run the stage again to resume"))
     warn_if_diverged(trainer.history, desc)
     return trainer.history
-
-
-def drop_checkpoint(resume_path: str | Path) -> None:
-    """Delete the scratch resume checkpoint, once the stage's outputs are written."""
-    Path(resume_path).unlink(missing_ok=True)
-
-
-# --- exported models -----------------------------------------------------------------------------
-
-
-def config_of(cfg: ModelParams, *fields: str) -> ModelParams:
-    """``cfg`` with only ``fields`` kept, the rest at their defaults: the model params an exported
-    model records, limited to the keys its stage depends on in dvc.yaml, so that its bytes do not
-    change with params its stage does not read (and does not re-run for)."""
-    return ModelParams(**{name: getattr(cfg, name) for name in fields})
-
-
-# Model params added after models were first exported: recorded only when not at their default,
-# so that a model whose params leave them alone keeps its bytes (and DVC its hash); the loader
-# fills in the default (``from_dict``).
-LATER_FIELDS = ("part_embedding", "grid_block", "scorer", "maps")
-
-
-def stored_params(cfg: ModelParams) -> dict:
-    """The model params an exported model records (``LATER_FIELDS`` only where set)."""
-    default = ModelParams()
-    return {name: value for name, value in dataclasses.asdict(cfg).items()
-            if name not in LATER_FIELDS or value != getattr(default, name)}
-
-
-def export_model(path: str | Path, model: nn.Module, cfg: ModelParams, head: str,
-                 extra: dict | None = None) -> None:
-    """Save a ``VideoReIDNet`` or heads alone (``DRSA``/``BaselineHead``) with what rebuilds it."""
-    kind = "net" if isinstance(model, VideoReIDNet) else "head"
-    in_channels = (model.head if kind == "net" else model).in_channels
-    if kind == "net" and model.backbone.grid_block != _grid_block(cfg, head):
-        raise ValueError(f"a {head} net whose backbone ends at {model.backbone.grid_block}, but "
-                         f"its model params say {_grid_block(cfg, head)}: it would not rebuild")
-    save(path, {"kind": kind, "head": head, "model_params": stored_params(cfg),
-                "in_channels": in_channels, "state": model.state_dict(), **(extra or {})})
-
-
-def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by ``export_model``; returns (model in eval mode, the payload)."""
-    payload = load(path)
-    try:
-        if not isinstance(payload, dict):
-            raise TypeError(f"it holds a {type(payload).__name__}, not a dict")
-        cfg = from_dict(ModelParams, payload["model_params"], "model.")
-        head_cls = HEADS[payload["head"]]
-        head = head_cls(cfg, payload["in_channels"])
-        if payload["kind"] == "net":
-            backbone = Backbone(cfg.backbone, cfg.last_stride, _grid_block(cfg, payload["head"]))
-            model: nn.Module = VideoReIDNet(backbone, head)
-        else:
-            model = head
-        model.load_state_dict(payload["state"])
-    except (KeyError, RuntimeError, TypeError, IndexError, AttributeError, InputError) as err:
-        raise CheckpointError(f"{path}: not a model exported by this pipeline, or its weights do "
-                              f"not fit its stored configuration ({err})") from err
-    return model.eval(), payload
-
-
-def _grid_block(cfg: ModelParams, head: str) -> str:
-    """Where the backbone of an exported net of ``head`` ends, as ``model.build_model`` builds it:
-    at ``cfg.grid_block`` under the DRSA heads, whole under the baseline (the paper's Baseline);
-    ``last`` for the backbone's last block."""
-    return canonical_grid_block(cfg.backbone, cfg.grid_block) if head == "drsa" else "last"

@@ -27,6 +27,7 @@ import yaml
 from PIL import Image
 
 from pipeline import distributed
+from pipeline.checkpoints import export_model, load, load_exported, save
 from pipeline.data import ClipDataset, eval_loader, load_frame
 from pipeline.datasets import dukev, ilidsvid
 from pipeline.datasets.common import screen_frames
@@ -47,7 +48,6 @@ from pipeline.params import ModelParams
 from pipeline.stages import attention, common, evaluate, finetune, joint, pretrain, summary
 from pipeline.stages.common import one_line, run
 from pipeline.tables import image_table, load_image_index, load_video_index, save_image_index
-from pipeline.train import export_model, load, load_exported, save
 
 ROOT = Path(__file__).resolve().parents[1]
 DiskUsage = type(shutil.disk_usage("/"))

@@ -418,10 +418,11 @@ def test_a_dangling_symlink_is_named(tmp_path, no_fetch):
 def test_pretrain_without_image_sets_exports_the_initial_backbone(tmp_path):
     """data.image: [] skips pretraining: the stage exports the model.init backbone untouched (a
     seeded init: twice the same weights) and a loss curve of the header alone."""
+    from pipeline.checkpoints import load_exported
     from pipeline.model import build_model
     from pipeline.params import load_params
+    from pipeline.runtime import seed_everything
     from pipeline.stages import pretrain
-    from pipeline.train import load_exported, seed_everything
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({

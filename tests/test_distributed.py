@@ -33,7 +33,8 @@ from pipeline.features import embed, write_cache
 from pipeline.losses import OIMLoss, SoftmaxLoss
 from pipeline.model import DRSA
 from pipeline.params import ModelParams, TrainParams
-from pipeline.train import Step, fit, seed_everything
+from pipeline.runtime import seed_everything
+from pipeline.train import Step, fit
 from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
 from tests.test_features import ATTRS, SIZE, TRACKLETS, TinyBackbone, split, write_frames
 

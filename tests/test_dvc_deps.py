@@ -110,11 +110,13 @@ INVALIDATES = {
     "pipeline/stages/common.py": ALL,
     "pipeline/signals.py": ALL,
     "pipeline/launch.py": MODELS | {"check"},
-    "pipeline/train.py": MODELS,
-    "pipeline/curves.py": MODELS | {"summary"},  # summary: the loss pictures
+    "pipeline/train.py": MODELS - {"cache", "baseline", "evaluate"},  # the loop: who trains
+    "pipeline/checkpoints.py": MODELS,  # resume checkpoints, exported models
+    "pipeline/runtime.py": MODELS,  # device, autocast, compile, seed
+    "pipeline/curves.py": MODELS - {"cache", "baseline", "evaluate"} | {"summary"},  # (pictures)
     "pipeline/model.py": MODELS | {"check"},  # check: the ImageNet weights file of init
     "pipeline/weights.py": MODELS | {"check"},  # (MobileNetV2's, found and checked without torch)
-    "pipeline/losses.py": MODELS,
+    "pipeline/losses.py": MODELS - {"cache", "baseline", "evaluate"},
     "pipeline/data.py": MODELS,
     "pipeline/sampling.py": MODELS,
     "pipeline/features.py": {"cache", "baseline", "attention", "union_heads", "evaluate"},

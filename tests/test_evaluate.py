@@ -17,6 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.checkpoints import export_model, load
 from pipeline.errors import CacheError
 from pipeline.features import cache_attrs, write_cache
 from pipeline.figures import DPI, INCHES_PER_COLUMN
@@ -27,7 +28,6 @@ from pipeline.stages import baseline as baseline_stage
 from pipeline.stages import evaluate as stage
 from pipeline.stages import summary
 from pipeline.tables import LABELS, load_video_index, save_video_index
-from pipeline.train import export_model, load
 from tools.paired import compare_files
 
 # The test set: (pid, camid, is_query, angle in degrees of the 2-D unit feature). Squared

@@ -483,10 +483,10 @@ def test_the_cache_stage_stores_the_grids_of_the_grid_block(table, tmp_path):
     the grids those of the whole backbone's layer3 (fp16)."""
     import yaml
 
+    from pipeline.checkpoints import export_model, load_exported
     from pipeline.model import build_model
     from pipeline.stages import cache as stage
     from pipeline.tables import save_video_index
-    from pipeline.train import export_model, load_exported
 
     root = Path(table["frames"].iloc[0][0]).parents[1]
     index = tmp_path / "split_0.json"
@@ -804,9 +804,9 @@ def test_the_cache_stage_fails_on_a_matrix_too_large_before_reading_a_frame(tmp_
     512 x 2 x 1 at 32x16), the splits from data.splits; nothing is written."""
     import yaml
 
+    from pipeline.checkpoints import export_model
     from pipeline.model import build_model
     from pipeline.stages import cache as stage
-    from pipeline.train import export_model
 
     index, out = fabricate_matrix(tmp_path, splits=4)
     cfg = ModelParams(backbone="resnet18", init="scratch", last_stride=1, K=2, embed_dim=16)

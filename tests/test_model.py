@@ -1063,7 +1063,7 @@ def test_build_model_puts_the_width_control_on_the_grid_block():
 def test_an_exported_width_control_rebuilds_with_equal_outputs(tmp_path):
     """export_model / load_exported: the heads alone and a net on layer1 come back as a width
     control (maps average recorded) with the same weights, so the same outputs."""
-    from pipeline.train import export_model, load_exported
+    from pipeline.checkpoints import export_model, load_exported
 
     head = width_control(part_embedding="per_part")
     export_model(tmp_path / "heads.pt", head, head.cfg, "drsa")

@@ -109,7 +109,7 @@ def test_concat_stays_the_default_and_per_part_trains_every_parameter():
 def test_a_per_part_model_records_its_embedding_and_rebuilds(tmp_path):
     """An exported per_part head records part_embedding (a concat one does not: its bytes stay
     those of the models made before the key existed) and loads back to the same outputs."""
-    from pipeline.train import export_model, load_exported
+    from pipeline.checkpoints import export_model, load_exported
 
     torch.manual_seed(0)
     head = with_running_stats(open_gates(DRSA(per_part(), in_channels=16)))

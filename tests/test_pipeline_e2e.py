@@ -30,13 +30,13 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.checkpoints import load_exported
 from pipeline.figures import DPI, INCHES_PER_COLUMN, LEGEND_INCHES
 from pipeline.names import SHORT
 from pipeline.params import grid_size
 from pipeline.stages.check import WORKSPACE_HINT
 from pipeline.stages.summary import LIVE_FOLDERS
 from pipeline.tables import load_video_index
-from pipeline.train import load_exported
 from tools.experiments import out_of_date
 from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH
 from tools.shell import BIN, clean_env, run

@@ -128,9 +128,9 @@ def test_locality_of_the_training_tracklets_ranks_each_against_the_others(tmp_pa
     training tracklets, each a query against the others; the output says which subset."""
     import pandas as pd
 
+    from pipeline.checkpoints import export_model
     from pipeline.model import build_model
     from pipeline.params import ModelParams
-    from pipeline.train import export_model
     from tools import locality
 
     seen: list[pd.DataFrame] = []

@@ -23,35 +23,32 @@ import pytest
 import torch
 
 from pipeline import distributed, signals
-from pipeline.curves import MEAN, Curves, read_means
+from pipeline.checkpoints import (
+    LATER_FIELDS,
+    config_of,
+    drop_checkpoint,
+    export_model,
+    fingerprint,
+    load,
+    load_exported,
+    save,
+)
+from pipeline.curves import (
+    MEAN,
+    SATURATED,
+    SATURATION_WARNING,
+    Curves,
+    map_statistics,
+    read_means,
+    warn_if_saturated,
+)
 from pipeline.data import train_loader
 from pipeline.errors import DivergedError, InputError, ParamsError
 from pipeline.losses import OIMLoss
 from pipeline.model import DRSA, Backbone, BaselineHead, VideoReIDNet, build_model
 from pipeline.params import ModelParams, RuntimeParams, TrainParams
-from pipeline.train import (
-    LATER_FIELDS,
-    SATURATED,
-    SATURATION_WARNING,
-    Step,
-    Trainer,
-    compiled,
-    config_of,
-    drop_checkpoint,
-    export_model,
-    fingerprint,
-    fit,
-    fit_options,
-    load,
-    load_exported,
-    map_statistics,
-    pick_device,
-    save,
-    seed_everything,
-    use_autocast,
-    warn_if_diverged,
-    warn_if_saturated,
-)
+from pipeline.runtime import compiled, fit_options, pick_device, seed_everything, use_autocast
+from pipeline.train import Step, Trainer, fit, warn_if_diverged
 from tests.seeded_grids import MODEL, PIDS, D, SeededGrids
 
 # lr 0.1, then 0.01 in epoch 3: a resume from epoch 1 needs the scheduler's state to get it right

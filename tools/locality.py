@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.attention_stats import BACKGROUND, person_labels
+from pipeline.checkpoints import load_exported
 from pipeline.data import ClipDataset
 from pipeline.errors import MissingWeightsError
 from pipeline.features import read_label_map
@@ -40,7 +41,6 @@ from pipeline.params import GRID_BLOCKS, load_params, run_name
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
-from pipeline.train import load_exported
 from tools.cell_probe import scores
 
 MAPS = ("uniform", "person", "background")  # the pooling maps, in the order they are printed

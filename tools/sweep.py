@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.curves import SATURATION_WARNING
 from pipeline.files import write_json
 from pipeline.formatting import corr, num, pct_of, text_table
 from pipeline.params import DataParams, Params, run_name, to_dict
-from pipeline.train import SATURATION_WARNING
 from tools.experiments import SWEEP, sweep_cells
 from tools.report_sources import (
     EVAL_FILE,

@@ -29,25 +29,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline import distributed
+from pipeline.checkpoints import drop_checkpoint, export_model, fingerprint, load
+from pipeline.curves import warn_if_saturated
 from pipeline.data import CachedClipDataset, train_labels, train_loader
 from pipeline.features import cache_attrs, open_cache
 from pipeline.files import check_writable
 from pipeline.losses import build_identity_loss
 from pipeline.model import drsa_heads
 from pipeline.params import Params, load_params, to_dict
+from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stages.common import run
-from pipeline.train import (
-    Step,
-    drop_checkpoint,
-    export_model,
-    fingerprint,
-    fit,
-    fit_options,
-    load,
-    seed_everything,
-    start,
-    warn_if_saturated,
-)
+from pipeline.train import Step, fit
 from pipeline.union import HEADS_FILES, pass_through, union_models
 
 log = logging.getLogger("attention")

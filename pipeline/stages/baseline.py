@@ -26,8 +26,8 @@ from pipeline.embedding import add_test_set_args, embed_model, load_test_set, sa
 from pipeline.errors import CheckpointError
 from pipeline.files import check_writable
 from pipeline.params import load_params
+from pipeline.runtime import start, use_autocast
 from pipeline.stages.common import run
-from pipeline.train import start, use_autocast
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.checkpoints import load_exported
 from pipeline.features import (
     cache_attrs,
     cache_bytes,
@@ -35,9 +36,9 @@ from pipeline.features import (
 )
 from pipeline.model import grid_backbone
 from pipeline.params import load_params
+from pipeline.runtime import compiled, start, use_autocast
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
-from pipeline.train import compiled, load_exported, start, use_autocast
 
 log = logging.getLogger("cache")
 SUBSETS = ("train", "test")  # the tracklets a cache holds

@@ -53,10 +53,10 @@ from pipeline.files import check_writable, write_csv, write_text
 from pipeline.formatting import corr, num, text_table
 from pipeline.metrics import RANKS, same_camera, score
 from pipeline.params import Params, grid_size, load_params
+from pipeline.runtime import start, use_autocast
 from pipeline.sampling import restricted_random_sample
 from pipeline.stages.common import run
 from pipeline.tables import LABELS
-from pipeline.train import start, use_autocast
 
 log = logging.getLogger("evaluate")
 

@@ -20,24 +20,16 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import distributed
+from pipeline.checkpoints import config_of, drop_checkpoint, export_model, fingerprint
 from pipeline.data import ClipDataset, train_labels, train_loader
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import Params, load_params, to_dict
+from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
-from pipeline.train import (
-    Step,
-    config_of,
-    drop_checkpoint,
-    export_model,
-    fingerprint,
-    fit,
-    fit_options,
-    seed_everything,
-    start,
-)
+from pipeline.train import Step, fit
 from pipeline.union import CNN_FILES, pass_through, union_models
 
 log = logging.getLogger("finetune")

@@ -16,26 +16,18 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.checkpoints import drop_checkpoint, export_model, fingerprint, load_exported
+from pipeline.curves import warn_if_saturated
 from pipeline.data import ClipDataset, train_labels, train_loader
 from pipeline.errors import CheckpointError
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet, grid_backbone
 from pipeline.params import canonical_grid_block, load_params, to_dict
+from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
-from pipeline.train import (
-    Step,
-    drop_checkpoint,
-    export_model,
-    fingerprint,
-    fit,
-    fit_options,
-    load_exported,
-    seed_everything,
-    start,
-    warn_if_saturated,
-)
+from pipeline.train import Step, fit
 from pipeline.union import set_rows
 
 log = logging.getLogger("joint")

@@ -14,25 +14,17 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.checkpoints import config_of, drop_checkpoint, export_model, fingerprint
 from pipeline.curves import Curves
 from pipeline.data import ClipDataset, train_loader
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
 from pipeline.params import Params, load_params, to_dict
+from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stages.common import run
 from pipeline.tables import load_image_index, pool_sets
-from pipeline.train import (
-    Step,
-    config_of,
-    drop_checkpoint,
-    export_model,
-    fingerprint,
-    fit,
-    fit_options,
-    seed_everything,
-    start,
-)
+from pipeline.train import Step, fit
 
 log = logging.getLogger("pretrain")
 def export_untrained(p: Params, out: Path, live: Path) -> None:
