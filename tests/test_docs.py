@@ -673,3 +673,22 @@ def test_claims_block_reads_the_claims_of_the_first_protocol(tmp_path):
     assert "- SpaAtn+Q person mass >= 0.6: does not hold (0.500)" in target
     assert "- SpaAtn+Q map entropy >= 0.02: " not in target
     assert "60.0 vs" not in out and "torchreid" not in out  # the second protocol stays out
+
+
+def test_the_architecture_block_lists_every_stage_its_entry_point_and_its_modules(tmp_path):
+    from tools.docs.architecture import EVERY_STAGE, architecture_block
+    from tools.docs.common import DocsError
+
+    text = architecture_block(ROOT)
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ")
+            for line in text.splitlines() if line.startswith("| `")}
+    assert list(rows) == list(stages)
+    assert rows["cache"][1] == "`pipeline/stages/cache.py`"
+    assert "train" not in rows["cache"][2].split(", ")  # no training loop behind the cache
+    assert "train" in rows["joint"][2].split(", ") and "union" in rows["joint"][2].split(", ")
+    assert not any(every.removeprefix("pipeline/").removesuffix(".py") in row[2].split(", ")
+                   for row in rows.values() for every in EVERY_STAGE)
+    (tmp_path / "dvc.yaml").write_text("stages: [")
+    with pytest.raises(DocsError, match=r"^dvc.yaml: not readable"):
+        architecture_block(tmp_path)

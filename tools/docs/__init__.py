@@ -25,6 +25,7 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``standing``: the default run's models between the floor and the ceilings of the same test set
   (``metrics/references.json``, ``metrics/eval/<set>-<split>.json``, ``metrics/cell_probe.json``);
 - ``locality``: the candidate grids' locality (``metrics/locality.json``, ``tools.locality``);
+- ``architecture``: each DVC stage's entry point and the library modules it reads (``dvc.yaml``);
 - ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
   time caching takes (the sets' published frame counts, ``metrics/bench.json``).
 
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.files import write_text
+from tools.docs.architecture import architecture_block
 from tools.docs.bench import bench_block, bench_notes_block
 from tools.docs.cache_disk import cache_disk_block
 from tools.docs.common import DocsError, NotProduced, wrap
@@ -73,6 +75,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "paper": paper_block, "rows": rows_block, "cache-disk": cache_disk_block,
     "timings": timings_block, "figure": figure_block, "claims": claims_block,
     "standing": standing_block, "locality": locality_block, "schedules": schedules_block,
+    "architecture": architecture_block,
 }
 
 
