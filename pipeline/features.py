@@ -167,22 +167,34 @@ def label_visibility(visible: np.ndarray, unoccluded: np.ndarray, num_labels: in
     return fraction
 
 
-def read_label_map(path: str | Path, size: tuple[int, int], grid: tuple[int, int],
-                   num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """A label map file (a 2-channel "LA" PNG: visible labels, labels without the occluder) as
-    (``label_fractions`` of its visible labels resized to ``size`` = (H, W) by nearest neighbour,
-    ``label_visibility``). A file that is not such a map, or has a label >= ``num_labels``, is a
-    CacheError."""
+def label_channels(path: str | Path) -> tuple[Image.Image, Image.Image]:
+    """The two channels of a label map file (a 2-channel "LA" PNG, ``pipeline.tables.LABELS``):
+    the visible labels and the labels without the occluder; anything else is a CacheError."""
     try:
         with Image.open(path) as image:
             if image.mode != "LA":
                 raise CacheError(f"{path}: a label map must be a 2-channel (LA) image, this one "
                                  f"is {image.mode}")
             image.load()
-            visible, unoccluded = image.getchannel("L"), image.getchannel("A")
+            return image.getchannel("L"), image.getchannel("A")
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise CacheError(f"{path}: cannot read the label map ({err})") from err
-    resized = np.asarray(visible.resize((size[1], size[0]), Image.NEAREST))
+
+
+def at_input_size(labels: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A label channel at the network's input ``size`` = (H, W), nearest neighbour (as the frames
+    are resized), as an array."""
+    return np.asarray(labels.resize((size[1], size[0]), Image.NEAREST))
+
+
+def read_label_map(path: str | Path, size: tuple[int, int], grid: tuple[int, int],
+                   num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A label map file (a 2-channel "LA" PNG: visible labels, labels without the occluder) as
+    (``label_fractions`` of its visible labels resized to ``size`` = (H, W) by nearest neighbour,
+    ``label_visibility``). A file that is not such a map, or has a label >= ``num_labels``, is a
+    CacheError."""
+    visible, unoccluded = label_channels(path)
+    resized = at_input_size(visible, size)
     visible, unoccluded = np.asarray(visible), np.asarray(unoccluded)
     top = max(int(visible.max()), int(unoccluded.max()))
     if top >= num_labels:

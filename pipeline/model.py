@@ -23,7 +23,7 @@ import torchvision
 from torch import Tensor, nn
 
 from pipeline.errors import CheckpointError, InputError, MissingWeightsError
-from pipeline.params import GRID_BLOCKS, ModelParams, canonical_grid_block
+from pipeline.params import BACKBONES, GRID_BLOCKS, ModelParams, canonical_grid_block
 from pipeline.weights import check_mobilenet_weights, mobilenet_weights_file
 
 # Inputs are normalised with the ImageNet statistics the torchvision weights were trained with.
@@ -38,7 +38,6 @@ _RESNETS = {
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
 }
-BACKBONE_NAMES = (*_RESNETS, "mobilenet_v2")
 
 
 
@@ -59,9 +58,9 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, last_stride: int = 2, grid_block: str = "last") -> None:
         super().__init__()
-        if name not in BACKBONE_NAMES:
+        if name not in BACKBONES:
             raise ValueError(f"model.backbone: unknown backbone {name!r}; expected one of: "
-                             f"{', '.join(BACKBONE_NAMES)}")
+                             f"{', '.join(BACKBONES)}")
         if last_stride not in (1, 2):
             raise ValueError(f"model.last_stride: expected 1 or 2, got {last_stride}")
         blocks = GRID_BLOCKS[name]
@@ -167,7 +166,7 @@ def _mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
 
 
 def _backbone_of(state: dict[str, Tensor]) -> str | None:
-    """Which backbone of ``BACKBONE_NAMES`` a state dict is of, from its layout: MobileNetV2's
+    """Which backbone of ``BACKBONES`` a state dict is of, from its layout: MobileNetV2's
     ``features`` blocks, or the blocks of a ResNet's layer3 and whether they are bottlenecks
     (None: none of them)."""
     if any(k.startswith("features.") for k in state):

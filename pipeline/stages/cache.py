@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.checkpoints import load_exported
 from pipeline.features import (
+    SUBSETS,
     cache_attrs,
     cache_bytes,
     check_free_space,
@@ -41,7 +42,6 @@ from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 
 log = logging.getLogger("cache")
-SUBSETS = ("train", "test")  # the tracklets a cache holds
 
 
 def unwritten_caches(index: Path, out: Path, matrix_index: str | None, matrix_out: str | None,

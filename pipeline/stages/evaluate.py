@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import nn
 
 from pipeline.attention_stats import head_count
 from pipeline.data import ClipDataset, to_pixels
 from pipeline.embedding import add_test_set_args, embed_model, load_embeddings, load_test_set
+from pipeline.features import at_input_size, label_channels
 from pipeline.figures import attention_figure, save_figure
 from pipeline.files import check_writable, write_csv, write_text
 from pipeline.formatting import corr, num, text_table
@@ -71,15 +71,6 @@ def named_path(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def load_label_map(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """The visible labels (H, W) of a label map file (channel L of its "LA" PNG, see
-    ``pipeline.tables.LABELS``) at the network's input ``size``, nearest neighbour (as the cache
-    pools them into cells)."""
-    with Image.open(path) as image:
-        visible = image.getchannel(0)
-        return np.asarray(visible.resize((size[1], size[0]), Image.NEAREST))
-
-
 def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: tuple[int, int],
                  device: torch.device, out_dir: Path, title: str,
                  part_names: tuple[str, ...] = LABELS) -> None:
@@ -98,7 +89,8 @@ def draw_queries(model: nn.Module | None, queries: pd.DataFrame, N: int, size: t
         clip = frames[i][0]  # (N, 3, H, W), the test-time picks
         picks = restricted_random_sample(len(row.frames), N, train=False, rng=None)
         labels = list(getattr(row, "labels", None) or [])
-        parts = np.stack([load_label_map(labels[j], size) for j in picks]) if labels else None
+        parts = np.stack([at_input_size(label_channels(labels[j])[0], size) for j in picks]) \
+            if labels else None
         with torch.no_grad():
             out = model(clip[None].to(device))
         fig = attention_figure(
