@@ -210,7 +210,7 @@ def all_gather_(tensor: Tensor) -> list[Tensor]:
     return [block[: int(s.item())] for block, s in zip(out, sizes, strict=True)]
 
 
-# --- stopping on a signal (pipeline.signals, re-exported here for the training loop) ------------
+# --- stopping on a signal (pipeline.signals); stop_requested syncs it across the ranks ----------
 
 
 def stop_requested() -> int | None:

@@ -401,7 +401,8 @@ class Params:
                   if one_split_joins(name, self.data.video, self.data.splits)]
         if joined and self.schedule != "across_sets":
             raise ParamsError(
-                f"data.splits: {', '.join(joined)} has one split, which joins split ids > 0 "
+                f"data.splits: {', '.join(joined)} {'has' if len(joined) == 1 else 'have'} one "
+                f"split, which joins split ids > 0 "
                 f"(here {self.data.splits}) only under schedule across_sets (its training "
                 f"tracklets in the union of every split index); under {self.schedule} it would "
                 "train the same model at every index: run it in an experiment of its own "

@@ -10,7 +10,7 @@ stopped by SIGINT or SIGTERM (``signals.graceful``), it finishes its step, write
 checkpoint with its place in the epoch, and resumes at the next step.
 
 Its resume checkpoints and the exported models: ``pipeline.checkpoints``; the process's device and
-seed: ``pipeline.runtime``; the spatial maps' statistics it records: ``pipeline.attention_stats``.
+seed: ``pipeline.runtime``; the spatial maps' statistics it records: ``pipeline.curves``.
 """
 
 from __future__ import annotations

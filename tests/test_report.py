@@ -527,10 +527,10 @@ def test_cnn_seed_rows_come_from_the_cs_experiments(git):
     assert [r.label for r in report.cnn["synthetic", "official"]] == [
         "Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"]
     text = render(report, "cmd")
-    assert "### Over CNN seeds" in text and "`seed` 0, 1, 2" in text
-    assert md_row(text[text.index("### Over CNN seeds"):], "Baseline")[1].startswith("70.0 ± 3.3")
+    assert "### Over CNN seeds, schedule per_set" in text and "`seed` 0, 1, 2" in text
+    assert md_row(text[text.index("### Over CNN seeds, schedule per_set"):], "Baseline")[1].startswith("70.0 ± 3.3")
     alone = report_of(git, exp_show(git, base, []), cnn_seed=0)
-    assert alone.cnn == {} and "### Over CNN seeds" not in render(alone, "cmd")
+    assert alone.cnn == {} and "### Over CNN seeds, schedule per_set" not in render(alone, "cmd")
 
 
 def test_rev_that_is_no_commit_is_refused_before_dvc_runs(tmp_path, monkeypatch):

@@ -300,19 +300,24 @@ def test_gain_claims_need_the_gain_and_an_interval_above_zero(means, lo, verdict
     assert gain_claims(high, result("low", None, None), 0.04, paired) == []  # not measured
 
 
-def schedule_show(seeds=(0,), git: FakeGit | None = None,
-                  sha: str = "a" * 40) -> tuple[FakeGit, list[dict]]:
+def schedule_show(seeds=(0,), git: FakeGit | None = None, sha: str = "a" * 40,
+                  skip: tuple[str, ...] = ()) -> tuple[FakeGit, list[dict]]:
     """A `dvc exp show --json` with Table 1 under both schedules on the two generated sets
     (experiments sc-per-s<seed>, sc-across-s<seed>): per set, +Ind scores TEMPORAL's very
-    scores; across sets, +Ind scores JOINT and the Baseline Q's; both sets alike."""
+    scores; across sets, +Ind scores JOINT and the Baseline Q's; both sets alike; the heads'
+    maps measured against the ground truth (person mass 0.5). ``skip``: experiments not run."""
     git = git or FakeGit()
     per = {**commit_scores(), "joint": TEMPORAL}
     across = {**commit_scores(), "baseline": Q}
     exps = []
     for seed in seeds:
         for short, schedule, scores in (("per", "per_set", per), ("across", "across_sets", across)):
-            runs = [dict(evaluation(seed, scores), dataset=name)
-                    for name in ("synthetic", "synthetic2")]
+            if f"sc-{short}-s{seed}" in skip:
+                continue
+            runs = [dict(evaluation(seed, scores), dataset=name, attention={
+                model: {"overlap": 0.3, "entropy": 2.0, "person": 0.5}
+                for model in ("spatial", "temporal", "joint")})
+                for name in ("synthetic", "synthetic2")]
             exps.append(experiment(git, f"sc-{short}-s{seed}", runs,
                                    params={"schedule": schedule}))
     return git, exp_show(git, [evaluation(0, commit_scores())], exps, sha)
@@ -343,7 +348,10 @@ def test_table1_under_both_schedules_reads_the_sc_experiments_and_pairs_across_w
     across = {c.claim: c for c in table.claims["across_sets"]}
     assert across["SpaAtn+Q+TemAtn+Ind > SpaAtn+Q+TemAtn"].figures == figures(
         compare([{0: queries(TEMPORAL)}], [{0: queries(JOINT)}])["rank1"])
-    # no map targets in the schedules' claims; the full model's gain is there
+    # no map targets in the schedules' claims (the same rows would have them in Table 1's); the
+    # full model's gain is there
+    rows = table.rows["across_sets"]
+    assert any("person mass" in c.claim for c in claims(rows))
     assert not any("person mass" in claim for claim in across)
     assert "SpaAtn+Q+TemAtn+Ind >= Baseline + 3 rank-1" in across
     # not paired under torchreid (no per-query scores stored for it)
@@ -371,12 +379,17 @@ def test_schedules_render_with_each_claim_naming_its_schedule_and_survive_report
 
 
 def test_a_missing_schedule_experiment_is_listed_and_its_rows_say_missing():
-    git, show = schedule_show()
-    report = report_of(git, show, seeds=[0, 1])
+    """The schedules' seeds are those of their experiments, whatever Table 1's seeds: seed 1 run
+    across sets only shows per set's as missing."""
+    git, show = schedule_show(seeds=(0, 1), skip=("sc-per-s1",))
+    report = report_of(git, show, seeds=[0, 1, 2])
+    assert report.schedule_seeds == (0, 1)
     assert report.problems["sc-per-s1"].startswith("not run")
+    assert "sc-per-s2" not in report.problems
     table = report.schedules["synthetic", "official"]
-    base = next(r for r in table.rows["across_sets"] if r.label == "Baseline")
-    assert (base.seeds_found, base.seeds_wanted) == (1, 2)
+    per = next(r for r in table.rows["per_set"] if r.label == "Baseline")
+    across = next(r for r in table.rows["across_sets"] if r.label == "Baseline")
+    assert (per.seeds_found, per.seeds_wanted, across.seeds_found) == (1, 2, 2)
 
 
 def test_the_docs_block_shows_both_schedules_on_the_first_protocol_of_each_set(tmp_path):

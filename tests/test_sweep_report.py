@@ -346,7 +346,7 @@ def test_render_markdown_has_the_sections_beside_the_paper_and_the_sweep():
               "### Where the heads look",
               "### The paper's orderings, as measured, schedule per_set",
               "### This project's targets, as measured, schedule per_set",
-              "### Table 2", "## The attention sweep",
+              "### Table 2, schedule per_set", "## The attention sweep",
               "## Missing results"]
     assert [t for t in text.split("\n\n") if t.startswith("#")][1:] == [
         "## synthetic, official protocol", *titles]

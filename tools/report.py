@@ -16,6 +16,7 @@ standard deviation over the dataset's splits. A row without usable results says 
     python -m tools.report --params params.yaml --json metrics/report.json \
         --out metrics/report.md --chart metrics/plots/table1.png [--seeds 0 1 2] \
         [--show-json exp-show.json] [--rev <commit>: its params.yaml, not --params]
+        [--schedule-rev <commit>: whose experiments give Table 1 under both schedules]
 """
 
 from __future__ import annotations
@@ -87,15 +88,13 @@ def default_cnn_seeds(sources: Sources, base_seed: int) -> list[int]:
     return sorted(found | {base_seed})
 
 
-def schedule_seeds(sources: Sources, seeds: Sequence[int] | None) -> list[int]:
-    """The seeds of Table 1 under both schedules: none when no experiment of it
-    (``sc-<schedule>-s<seed>``) exists, so that the report leaves it out; else ``seeds`` when
-    given, else every seed one exists for."""
+def schedule_seeds(sources: Sources) -> list[int]:
+    """The seeds of Table 1 under both schedules: every seed some experiment of it
+    (``sc-<schedule>-s<seed>``) exists for (none: the report leaves the table out). Its own, not
+    Table 1's ``--seeds``: `make schedule` and `make ablations` may run other seeds; a seed run
+    under one schedule and not the other shows the missing one."""
     pattern = re.compile(r"sc-[a-z]+-s(\d+)$")
-    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
-    if not found:
-        return []
-    return list(seeds) if seeds else sorted(found)
+    return sorted({int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))})
 
 
 def found_pairs(results: Sequence[dict | None]) -> list[tuple[str, str]]:
@@ -135,7 +134,7 @@ def build_report(show: list[dict], *, base_seed: int, base_k: int,
     if results_of(sources.baseline)[0] is None:
         raise ReportError(f"baseline commit {sources.commit}: {results_of(sources.baseline)[1]}; "
                           f"run `make repro` and commit {EVAL_DIR}")
-    cells4 = schedule_cells(schedule_seeds(theirs, seeds))
+    cells4 = schedule_cells(schedule_seeds(theirs))
     seeds = list(seeds) if seeds else default_seeds(sources, base_seed)
     cells1 = table1_cells(seeds, base_seed)
     cells2 = table2_cells(base_k, base_seed)

@@ -627,13 +627,13 @@ def render_markdown(report: Report) -> str:
                       markdown_table(*mechanism_rows(rows))]
         parts += claim_sections(report.claims.get((dataset, protocol), []), report.schedule)
         if (dataset, protocol) in report.cnn:
-            parts += ["### Over CNN seeds",
+            parts += [f"### Over CNN seeds, schedule {report.schedule}",
                       f"The default pipeline trained again from pretraining on at `seed` "
                       f"{', '.join(map(str, report.cnn_seeds))} (experiments `cs-s<seed>`, "
                       "`make cnnseeds`): mean ± std over those seeds, the spread of the whole "
                       "pipeline's training, where Table 1's seeds re-train the heads alone.",
                       markdown_table(*table1_rows(dataset, report.cnn[dataset, protocol]))]
-        parts += ["### Table 2",
+        parts += [f"### Table 2, schedule {report.schedule}",
                   markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
     if report.schedules:
         parts += schedule_section(report)
@@ -720,7 +720,8 @@ def render_terminal(report: Report) -> str:
             parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol, "
                          f"schedule {report.schedule}\n"
                          + "\n".join(lines))
-        parts.append(f"Table 2, {dataset}, {protocol} protocol (percent)\n"
+        parts.append(f"Table 2, {dataset}, {protocol} protocol, schedule {report.schedule} "
+                     "(percent)\n"
                      + text_table(*table2_rows(dataset, report.table2[dataset, protocol])))
     for (dataset, protocol), table in report.schedules.items():
         parts.append(f"Table 1 under both schedules, {dataset}, {protocol} protocol (percent)\n"

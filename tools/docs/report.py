@@ -75,7 +75,8 @@ def report_block(root: Path) -> str:
                                      ("Table 2", report.table2, table2_rows)):
             rows = table.get((dataset, protocol)) or []
             if rows:
-                parts.append(f"**{name}, {dataset}, {protocol} protocol**\n\n"
+                parts.append(f"**{name}, {dataset}, {protocol} protocol, schedule "
+                             f"{report.schedule}**\n\n"
                              + markdown_table(*_kept(*rows_of(dataset, rows))))
         by_row = {r.label: r for r in report.table1[dataset, protocol]}
         steps = [f"- {what} ({better} against {base}): {d[0]:+.1f} rank-1, {d[1]:+.1f} mAP"
