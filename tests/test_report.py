@@ -528,7 +528,8 @@ def test_cnn_seed_rows_come_from_the_cs_experiments(git):
         "Baseline", "SpaAtn+Q", "SpaAtn+Q+TemAtn", "SpaAtn+Q+TemAtn+Ind"]
     text = render(report, "cmd")
     assert "### Over CNN seeds, schedule per_set" in text and "`seed` 0, 1, 2" in text
-    assert md_row(text[text.index("### Over CNN seeds, schedule per_set"):], "Baseline")[1].startswith("70.0 ± 3.3")
+    section = text[text.index("### Over CNN seeds, schedule per_set"):]
+    assert md_row(section, "Baseline")[1].startswith("70.0 ± 3.3")
     alone = report_of(git, exp_show(git, base, []), cnn_seed=0)
     assert alone.cnn == {} and "### Over CNN seeds, schedule per_set" not in render(alone, "cmd")
 
