@@ -496,7 +496,7 @@ def schedule_rows(table: ScheduleTable) -> tuple[list[str], list[list[str]]]:
     per = {r.label: r for r in table.rows["per_set"]}
     header = ["row", "rank-1 per set (%)", "rank-1 across sets (%)", "across - per set [95%]",
               "across ahead", "mAP per set (%)", "mAP across sets (%)", "across - per set [95%]",
-              "across ahead", "seeds found"]
+              "across ahead", "seeds found (per set, across sets)"]
     cells = []
     for row, between in zip(table.rows["across_sets"], table.between, strict=True):
         other = per.get(row.label)
@@ -505,7 +505,7 @@ def schedule_rows(table: ScheduleTable) -> tuple[list[str], list[list[str]]]:
             *_difference(between["rank1"]),
             percent(other.mean_ap) if other else MISSING, percent(row.mean_ap),
             *_difference(between["mAP"]),
-            f"{other.seeds_found if other else 0}/{row.seeds_found} of {row.seeds_wanted}"])
+            f"{other.seeds_found if other else 0}, {row.seeds_found} of {row.seeds_wanted}"])
     return header, cells
 
 
