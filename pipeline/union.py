@@ -98,6 +98,18 @@ def write_union(out: Path, p: Params, split: int, build=None, extra: dict | None
         write_json(folder / MARKER, record)
 
 
+def publish(out: Path, p: Params, split: int, made: Path, files: tuple[str, ...],
+            classes: dict[str, list[int]]) -> None:
+    """A union stage's trained ``files`` and curves (``live/``), written in ``made``, moved into
+    its folder ``out`` with its ``schedule.json`` (the union's ``classes`` recorded), whole or
+    not at all."""
+    def build(folder: Path) -> None:
+        for name in (*files, LIVE):
+            (made / name).replace(folder / name)
+
+    write_union(out, p, split, build, {"classes": classes})
+
+
 def union_models(folder: Path, p: Params, files: tuple[str, ...], stage: str) -> Path | None:
     """None under ``per_set``; under ``across_sets`` the union stage's ``folder``, checked to hold
     ``files`` trained for this schedule and these sets."""

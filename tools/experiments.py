@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pipeline.errors import ParamsError
 from pipeline.names import ROW
-from pipeline.params import MAX_SEED, Params, load_params
+from pipeline.params import MAX_SEED, SCHEDULES, Params, load_params
 from tools.shell import BIN, run, user_env
 
 log = logging.getLogger("experiments")
@@ -109,7 +109,8 @@ CNN_SEEDS = (0, 1, 2)
 # pipeline's rows on the two generated sets, per set and across sets, at each heads' seed, as
 # experiments ``sc-<schedule>-s<seed>`` (none from the baseline commit, which trains one set)
 SCHEDULE_SETS = ("synthetic", "synthetic2")
-SCHEDULES = {"per_set": "per", "across_sets": "across"}  # params value -> its name's part
+# params value -> the part of its experiments' names ("per", "across")
+SCHEDULE_SHORT = {schedule: schedule.split("_")[0] for schedule in SCHEDULES}
 # written by tools.report
 REPORT_OUTPUTS = ("metrics/report.json", "metrics/report.md", "metrics/plots/table1.png")
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
@@ -176,7 +177,7 @@ def schedule_cells(seeds: Sequence[int]) -> list[Cell]:
     sets = "[" + ",".join(SCHEDULE_SETS) + "]"
     return [Cell(row.label, row.model, seed, f"sc-{short}-s{seed}",
                  (("schedule", schedule), ("data.video", sets), (SEED_KEY, str(seed))))
-            for seed in seeds for schedule, short in SCHEDULES.items()
+            for seed in seeds for schedule, short in SCHEDULE_SHORT.items()
             for row in TABLE1 if not row.overrides]
 
 

@@ -53,6 +53,7 @@ from tools.report_sources import (
     Source,
     Sources,
     collect_sources,
+    commit_of,
     dotted,
     git_head,
     git_show,
@@ -222,19 +223,13 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        head = args.rev if args.show_json is not None else git_head(args.rev or "HEAD")
-        if args.rev and head is None:
-            raise ReportError(f"--rev {args.rev}: not a commit of this repository")
+        head = (args.rev if args.show_json is not None else
+                commit_of(args.rev, "--rev") if args.rev else git_head("HEAD"))
         p = commit_params(args.params, head if args.rev else None, read)
         seeds = checked_seeds(args.seeds, SEED_KEY, p)  # before dvc runs
         show = (load_show_json(args.show_json) if args.show_json is not None
                 else run_exp_show(head if args.rev else None))
-        schedule_head = None
-        if args.schedule_rev:
-            schedule_head = git_head(args.schedule_rev)
-            if schedule_head is None:
-                raise ReportError(f"--schedule-rev {args.schedule_rev}: not a commit of this "
-                                  "repository")
+        schedule_head = args.schedule_rev and commit_of(args.schedule_rev, "--schedule-rev")
         report = build_report(
             show, base_seed=p.attention.seed, base_k=p.model.K, seeds=seeds, head=head,
             read=read, cnn_seed=p.seed, schedule_head=schedule_head,

@@ -105,6 +105,15 @@ def git_head(rev: str = "HEAD") -> str | None:
         return None
 
 
+def commit_of(rev: str, option: str) -> str:
+    """The full sha of the commit a command-line option (``option``, e.g. ``--rev``) names; one
+    line naming the option when git does not know it."""
+    head = git_head(rev)
+    if head is None:
+        raise ReportError(f"{option} {rev}: not a commit of this repository")
+    return head
+
+
 def git_show(rev: str, path: str) -> str:
     """The text of ``path`` in commit ``rev`` of the git repository here (a ``Reader``)."""
     try:

@@ -12,12 +12,12 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.formatting import corr, markdown_table, num_stat, pct_stat, text_table
 from pipeline.names import ROW
+from pipeline.params import SCHEDULES
 from tools.cell_probe import grid_rows, pooled_rows
 from tools.experiments import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     SCHEDULE_SETS,
-    SCHEDULES,
     TABLE1,
     TABLE2_MODEL,
     Cell,
@@ -453,9 +453,8 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
     out = {}
     tagged = {dataclasses.replace(cell, label=f"{cell.label} ({schedule_of(cell)})"):
               resolved.get(cell) for cell in cells}
+    groups = {schedule: [c for c in cells if schedule_of(c) == schedule] for schedule in SCHEDULES}
     for dataset, protocol in pairs:
-        groups = {schedule: [c for c in cells if schedule_of(c) == schedule]
-                  for schedule in SCHEDULES}
         rows = {schedule: aggregate(group, resolved, dataset, protocol)
                 for schedule, group in groups.items()}
         found = {schedule: claims(rows[schedule], paired_rows(group, resolved, dataset, protocol),
@@ -470,7 +469,6 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
     return out
 
 
-SCHEDULE_NAMES = {"per_set": "per set", "across_sets": "across sets"}
 SCHEDULE_NOTES = {  # what each schedule trains (docs/method.md, "Ind, and the two schedules")
     "per_set": "Every set fine-tuned on its own from the pretrained CNN and its heads trained on "
                "it (`schedule: per_set`), so +Ind is a second joint pass on the same set; the "
@@ -511,7 +509,7 @@ def schedule_rows(table: ScheduleTable) -> tuple[list[str], list[list[str]]]:
 
 def schedule_claims(table: ScheduleTable) -> list[str]:
     """The claims of each schedule's table, each line naming its schedule."""
-    return [f"- {SCHEDULE_NAMES[schedule]}: {claim.line()[2:]}"
+    return [f"- {schedule.replace('_', ' ')}: {claim.line()[2:]}"
             for schedule, found in table.claims.items() for claim in found]
 
 

@@ -37,6 +37,7 @@ from tools.report_sources import (
     Reader,
     ReportError,
     collect_sources,
+    commit_of,
     dotted,
     git_head,
     git_show,
@@ -278,9 +279,7 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
         if args.show_json is not None:
             show, head = load_show_json(args.show_json), args.rev
         else:  # the experiments of --rev, as the report reads them
-            head = git_head(args.rev or "HEAD")
-            if args.rev and head is None:
-                raise ReportError(f"--rev {args.rev}: not a commit of this repository")
+            head = commit_of(args.rev, "--rev") if args.rev else git_head("HEAD")
             show = run_exp_show(head if args.rev else None)
         sweep = collect(show, head, read)
     except ReportError as err:

@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                 content = content_fingerprint(
                     [*table["frames"].explode().dropna(), *table["labels"].explode().dropna()],
                     root, digests)
-                joins = [k for k in params.data.splits if k != split
-                         and one_split_joins(name, params.data.video, params.data.splits)]
+                joins = [k for k in params.data.splits if k != split] if one_split_joins(
+                    name, params.data.video, params.data.splits) else []
                 if joins:
                     log.info("%s: its one split written as split index %s too", name,
                              ", ".join(map(str, joins)))

@@ -30,8 +30,8 @@ from pipeline.union import (
     index_files,
     nothing_to_train,
     pooled_training,
+    publish,
     union_classes,
-    write_union,
 )
 
 log = logging.getLogger("union_cnn")
@@ -55,14 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     classes = union_classes(pooled)
     log.info("the union of %s", ", ".join(f"{s} ({n} identities)" for s, (_, n) in classes.items()))
     made = args.scratch / "made"  # beside the resume checkpoint
-    model, live = made / CNN_FILES[0], made / LIVE
-    train_cnn(p, pooled, args.init, model, live, args.scratch,
+    train_cnn(p, pooled, args.init, made / CNN_FILES[0], made / LIVE, args.scratch,
               [sha256_file(f) for f in files.values()], sets=pooled["dataset"].tolist(),
               extra={"union_classes": classes})
     if distributed.world().is_main:
-        write_union(args.out, p, args.split, lambda folder: (
-            model.replace(folder / CNN_FILES[0]), live.replace(folder / LIVE)),
-            {"classes": classes})
+        publish(args.out, p, args.split, made, CNN_FILES, classes)
 
 
 if __name__ == "__main__":

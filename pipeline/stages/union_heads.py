@@ -33,9 +33,9 @@ from pipeline.union import (
     index_files,
     nothing_to_train,
     pooled_training,
+    publish,
     union_classes,
     union_models,
-    write_union,
 )
 
 log = logging.getLogger("union_heads")
@@ -79,13 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         raise CacheError(f"{args.cache}: the caches of {list(classes)} hold grids of "
                          f"{sorted(channels)} channels: re-run their cache stages")
     made = args.scratch / "made"  # beside the resume checkpoints (spatial.pt, temporal.pt)
-    spatial, temporal, live = made / HEADS_FILES[0], made / HEADS_FILES[1], made / LIVE
-    train_heads(p, UnionDataset(parts), targets, channels.pop(), spatial, temporal, live,
-                args.scratch, [cache_hash], sets=sets, extra={"union_classes": classes})
+    train_heads(p, UnionDataset(parts), targets, channels.pop(), *(made / f for f in HEADS_FILES),
+                made / LIVE, args.scratch, [cache_hash], sets=sets,
+                extra={"union_classes": classes})
     if distributed.world().is_main:
-        write_union(args.out, p, args.split, lambda folder: (
-            spatial.replace(folder / HEADS_FILES[0]), temporal.replace(folder / HEADS_FILES[1]),
-            live.replace(folder / LIVE)), {"classes": classes})
+        publish(args.out, p, args.split, made, HEADS_FILES, classes)
 
 
 if __name__ == "__main__":

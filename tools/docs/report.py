@@ -5,6 +5,7 @@ row's experiment, from ``tools.experiments``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.formatting import markdown_table
@@ -41,9 +42,11 @@ def load_report(root: Path) -> Report:
         raise DocsError(str(err).replace(str(root / REPORT), REPORT)) from None
 
 
-def first_protocols(report: Report) -> list[tuple[str, str]]:
-    """The (dataset, protocol) of the first protocol of each set (official unless left out)."""
-    return [(d, p) for d, p in report.table1 if p == next(q for e, q in report.table1 if e == d)]
+def first_protocols(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of the (dataset, protocol) ``pairs`` of a table, the first protocol of each set (official
+    unless left out)."""
+    pairs = list(pairs)
+    return [(d, p) for d, p in pairs if p == next(q for e, q in pairs if e == d)]
 
 
 def origin(report: Report) -> str:
@@ -70,7 +73,7 @@ def report_block(root: Path) -> str:
     parts = [f"From {origin(report)}; Table 1 over seeds {', '.join(map(str, report.seeds))}. "
              "Rank-1 and mAP in percent, mean ± std; the other protocol, the experiments behind "
              "each cell and the valid queries are in `metrics/report.md`."]
-    for dataset, protocol in first_protocols(report):
+    for dataset, protocol in first_protocols(report.table1):
         for name, table, rows_of in (("Table 1", report.table1, table1_rows),
                                      ("Table 2", report.table2, table2_rows)):
             rows = table.get((dataset, protocol)) or []
@@ -98,7 +101,7 @@ def claims_block(root: Path) -> str:
     heads = {PAPER: "The paper's orderings (its Table 1: each row above the one it builds on)",
              TARGET: "This project's targets (thresholds set here, not numbers of the paper)"}
     parts = []
-    for dataset, protocol in first_protocols(report):
+    for dataset, protocol in first_protocols(report.table1):
         for kind, lines in claim_groups(report.claims.get((dataset, protocol), [])):
             parts.append(f"**{heads[kind]}**, {dataset}, {protocol} protocol, schedule "
                          f"{report.schedule}:\n\n"
@@ -119,13 +122,11 @@ def schedules_block(root: Path) -> str:
     if not report.schedules:
         return (f"{origin(report)} has no Table 1 under both schedules: run `make schedule`, "
                 "then `make report`.")
-    firsts = [(d, p) for d, p in report.schedules
-              if p == next(q for e, q in report.schedules if e == d)]
     commit = (report.schedule_commit or report.commit)[:7]
     parts = [f"From `{REPORT}`, the experiments of commit `{commit}`; heads' seeds "
              f"{', '.join(map(str, report.schedule_seeds))}; percent, mean ± std over the seeds; "
              "[lo, hi]: the 95 percent interval of the paired difference (tools.paired)."]
-    for dataset, protocol in firsts:
+    for dataset, protocol in first_protocols(report.schedules):
         table = report.schedules[dataset, protocol]
         parts.append(f"**{dataset}, {protocol} protocol**\n\n"
                      + markdown_table(*schedule_rows(table)) + "\n\n"
