@@ -722,6 +722,15 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def dotted(tree: Any, key: str, default: Any = None) -> Any:
+    """``tree["a"]["b"]`` for the key ``"a.b"``, or ``default`` where a level is absent."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return default
+        tree = tree[part]
+    return tree
+
+
 def _yaml_value(value: Any) -> str:
     """A value as YAML flow text that reads back as the same type (floats keep a dot)."""
     if isinstance(value, list):
@@ -761,7 +770,7 @@ def check_dvc_keys(path: str | Path = "params.yaml") -> None:
 
 def dotted_default(key: str) -> Any:
     """The default of a dotted params key (``data.splits`` -> [0])."""
-    return flatten(to_dict(Params()))[key]
+    return dotted(to_dict(Params()), key)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -128,6 +128,9 @@ INVALIDATES = {
     "pipeline/figures.py": {"evaluate", "summary"},
     "pipeline/formatting.py": {"index", "evaluate", "summary"},  # the tables they print
     "pipeline/names.py": {"baseline", "evaluate", "summary"},
+    # dvc.yaml read: the resume keys and exports of who trains, the check's models folder, the
+    # summary's DVCLive folders
+    "pipeline/stage_inputs.py": MODELS - {"cache", "baseline", "evaluate"} | {"check", "summary"},
 }
 
 

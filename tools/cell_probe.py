@@ -33,6 +33,8 @@ from pipeline.features import read_parts
 from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import same_camera, score
+from pipeline.params import run_name
+from pipeline.stage_inputs import output
 from pipeline.stages.common import run
 
 
@@ -121,7 +123,8 @@ def render(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path("data/cache/synthetic-0.h5"))
+    cache = output("cache", "data/cache/").format(run=run_name("synthetic", 0))
+    parser.add_argument("--cache", type=Path, default=Path(cache))
     parser.add_argument("--out", type=Path, default=Path("metrics/cell_probe.json"))
     args = parser.parse_args(argv)
     if not args.cache.exists():

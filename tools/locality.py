@@ -39,6 +39,7 @@ from pipeline.formatting import pct_of, text_table
 from pipeline.model import Backbone, build_backbone, grid_backbone
 from pipeline.params import GRID_BLOCKS, load_params, run_name
 from pipeline.sampling import restricted_random_sample
+from pipeline.stage_inputs import output, split_file
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 from tools.cell_probe import scores
@@ -57,7 +58,8 @@ def default_candidates(params_path: Path) -> list[tuple[str, str, str]]:
     """The fine-tuned model of the params' first video set and split at each of ``BLOCKS``, and
     the ImageNet weights at the last one."""
     p = load_params(params_path)
-    model = f"data/models/{run_name(p.data.video[0], p.data.splits[0])}/finetune.pt"
+    model = output("finetune", "data/models/").format(run=run_name(p.data.video[0],
+                                                                   p.data.splits[0]))
     blocks = BLOCKS[p.model.backbone]
     return [*((f"fine-tuned, {b}", model, b) for b in blocks),
             (f"ImageNet, {blocks[0]}", "imagenet", blocks[0])]
@@ -185,7 +187,8 @@ def rows(result: dict) -> tuple[list[str], list[list[str]]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--index", type=Path, default=Path("data/index/synthetic/split_0.json"))
+    parser.add_argument("--index", type=Path,
+                        default=Path(split_file().format(dataset="synthetic", split=0)))
     parser.add_argument("--candidate", type=parse_candidate, action="append",
                         metavar="NAME=SOURCE:MODULE",
                         help="a grid to measure (repeat); default: default_candidates")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.metrics import HEADLINE_CI
+from pipeline.stage_inputs import output
 
 METRICS = {"R1": "rank-1", "mAP": "mAP"}  # the headline's keys, as the line names them
 # what restores a headline file: the summary stage writes it, git keeps it (cache: false)
@@ -65,7 +66,7 @@ def _is_width(value: object) -> bool:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        lines = noise_lines(Path(argv[0] if argv else "metrics/results"))
+        lines = noise_lines(Path(argv[0] if argv else output("summary", "metrics/results")))
     except InputError as err:
         raise SystemExit(f"error: {err}") from None
     for line in lines:

@@ -36,6 +36,7 @@ from pipeline.files import write_json
 from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import evaluate_rank, protocol_gallery, same_camera, score
 from pipeline.sampling import restricted_random_sample
+from pipeline.stage_inputs import split_file
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 
@@ -182,7 +183,8 @@ def standing_rows(references: dict | None, evaluation: dict, probe: dict | None,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", type=Path, default=Path("data/index/synthetic/split_0.json"))
+    parser.add_argument("--index", type=Path,
+                        default=Path(split_file().format(dataset="synthetic", split=0)))
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--out", type=Path, default=Path("metrics/references.json"))
     args = parser.parse_args(argv)

@@ -16,13 +16,15 @@ import yaml
 
 from pipeline.attention_stats import COVER_MIN_PERSON, head_count, summarize_attention
 from pipeline.metrics import summarize
-from pipeline.params import AttentionParams, DataParams, Params, run_name
+from pipeline.params import AttentionParams, DataParams, Params, dotted, run_name
+from pipeline.stage_inputs import output
 from tools.experiments import SEED_KEY, Cell, dvc
 from tools.shell import run, user_env
 
-# One (set, split)'s results, as dvc.yaml's evaluate stage writes them (a test checks dvc.yaml).
-EVAL_DIR = "metrics/eval"
-EVAL_FILE = EVAL_DIR + "/{run}.json"  # run: pipeline.params.run_name(dataset, split)
+# One (set, split)'s results, as dvc.yaml's evaluate stage writes them; run:
+# pipeline.params.run_name(dataset, split)
+EVAL_FILE = output("evaluate", "metrics/eval/")
+EVAL_DIR = str(Path(EVAL_FILE).parent)
 PARAMS_FILE = "params.yaml"
 # a head with less of its attention mass on the person looks elsewhere: the threshold under which
 # the evaluate stage counts no part for it (parts_covered)
@@ -286,12 +288,3 @@ def resolve(cell: Cell, sources: Sources,
     if results is not None and results["seed"] != cell.seed:
         return None, f"its results are for seed {results['seed']}, not {cell.seed}"
     return results, problem
-
-
-def dotted(tree: Any, key: str) -> Any:
-    """``tree["a"]["b"]`` for the key ``"a.b"``, or None where a level is absent."""
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree

@@ -31,6 +31,7 @@ from pipeline.curves import SATURATION_WARNING
 from pipeline.files import write_json
 from pipeline.formatting import corr, num, pct_of, text_table
 from pipeline.params import DataParams, Params, run_name, to_dict
+from pipeline.stage_inputs import live_folders
 from tools.experiments import SWEEP, sweep_cells
 from tools.report_sources import (
     EVAL_FILE,
@@ -45,7 +46,7 @@ from tools.report_sources import (
     run_exp_show,
 )
 
-LIVE_SUMMARY = "metrics/live/attention/{run}/spatial/metrics.json"
+LIVE_SUMMARY = f"metrics/live/{live_folders()['attention spatial']}/metrics.json"
 # experiments made before the curves moved to DVCLive (the sweep of commit 212483c) kept them as
 # a CSV of the steps, read when their revision has no DVCLive summary
 LEGACY_CURVE = "metrics/plots/loss/attention/{run}/spatial.csv"

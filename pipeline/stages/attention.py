@@ -36,8 +36,9 @@ from pipeline.features import cache_attrs, open_cache
 from pipeline.files import check_writable
 from pipeline.losses import build_identity_loss
 from pipeline.model import drsa_heads
-from pipeline.params import Params, load_params, to_dict
+from pipeline.params import Params, load_params
 from pipeline.runtime import fit_options, seed_everything, start
+from pipeline.stage_inputs import settings
 from pipeline.stages.common import run
 from pipeline.train import Step, fit
 from pipeline.union import HEADS_FILES, pass_through, union_models
@@ -104,9 +105,8 @@ def train_heads(p: Params, dataset: Dataset, targets: list[int], D: int, spatial
     log.info("%d training tracklets of %d identities, %d channels", len(targets), classes, D)
     heads = drsa_heads(p.model, D)  # the width control for model.maps: average
     criterion = build_identity_loss(p.loss, p.model.embedding_size, classes)
-    union = [p.data.union_sampling] if sets is not None else []  # a per-set key stays as it was
-    key = fingerprint("attention", p.heads_seed, to_dict(p.model), to_dict(p.loss),
-                      to_dict(p.attention), p.data.num_workers, *inputs, *union)
+    stage = "attention" if sets is None else "union_heads"
+    key = fingerprint(stage, settings(p, stage), *inputs)
 
     # Phase 1: spatial heads, average temporal pooling; the temporal attention stays at its
     # zero initialisation (= average pooling) and out of the optimizer.

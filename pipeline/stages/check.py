@@ -50,6 +50,7 @@ from pipeline.errors import CacheError, DatasetError, ParamsError
 from pipeline.files import md5_file, sha256_file, tree_fingerprint, write_json
 from pipeline.launch import processes
 from pipeline.params import BACKBONE_INITS, RESTORE, SYNTHETIC_SETS, Params, load_params
+from pipeline.stage_inputs import models_folder
 from pipeline.stages.common import run
 from pipeline.tables import experiment_origin, resolve_data_path
 from pipeline.weights import check_mobilenet_weights, mobilenet_weights_file
@@ -136,7 +137,7 @@ def init_record(p: Params) -> dict:
     return {"init": init, "sha256": sha256_file(path)}
 
 
-MODELS = Path("data") / "models"  # where every model of the pipeline is written (dvc.yaml)
+MODELS = models_folder()  # where every model of the pipeline is written (dvc.yaml)
 
 
 def refuse_pipeline_output(init: str) -> None:

@@ -25,8 +25,9 @@ from pipeline.data import ClipDataset, train_labels, train_loader
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import Params, load_params, to_dict
+from pipeline.params import Params, load_params
 from pipeline.runtime import fit_options, seed_everything, start
+from pipeline.stage_inputs import model_fields, settings
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
 from pipeline.train import Step, fit
@@ -80,16 +81,14 @@ def train_cnn(p: Params, train: pd.DataFrame, init: Path, out: Path, live: Path,
 
     model = build_model(p.model, head="baseline", init=str(init))
     criterion = build_identity_loss(p.loss, p.model.embed_dim, len(labels))
-    union = [p.data.union_sampling] if sets is not None else []  # a per-set key stays as it was
-    key = fingerprint("finetune", p.seed, to_dict(p.finetune), to_dict(p.loss), to_dict(p.data),
-                      p.model.N, *inputs, sha256_file(init), *union)
+    stage = "finetune" if sets is None else "union_cnn"
+    key = fingerprint(stage, settings(p, stage), *inputs, sha256_file(init))
     resume = scratch / "last.pt"
     fit(model, criterion, loader, p.finetune, Step(), device, resume, key,
         desc="finetune", curves=live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(out, model.cpu(),
-                     config_of(p.model, "backbone", "init", "last_stride", "N", "embed_dim"),
-                     "baseline",
+                     config_of(p.model, *model_fields(stage)), "baseline",
                      {"stage": "finetune", "num_classes": len(labels),
                       "criterion": criterion.cpu().state_dict(), **(extra or {})})
         drop_checkpoint(resume)

@@ -23,8 +23,9 @@ from pipeline.errors import CheckpointError
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet, grid_backbone
-from pipeline.params import canonical_grid_block, load_params, to_dict
+from pipeline.params import canonical_grid_block, load_params
 from pipeline.runtime import fit_options, seed_everything, start
+from pipeline.stage_inputs import settings
 from pipeline.stages.common import run
 from pipeline.tables import load_video_index
 from pipeline.train import Step, fit
@@ -78,9 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                              len(labels), args.heads)
         criterion.load_state_dict(state)
     log.info("%d training tracklets of %d identities; K=%d heads", len(train), len(labels), cfg.K)
-    key = fingerprint("joint", p.heads_seed, to_dict(p.joint), to_dict(p.loss), p.data.height,
-                      p.data.width, p.model.N, sha256_file(args.index), sha256_file(args.backbone),
-                      sha256_file(args.heads))
+    key = fingerprint("joint", settings(p, "joint"), sha256_file(args.index),
+                      sha256_file(args.backbone), sha256_file(args.heads))
     resume = args.scratch / "last.pt"
     step = Step.of(p.loss)
     # BatchNorm statistics frozen: fine-tuning starts from exactly the features the heads were

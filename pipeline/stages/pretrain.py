@@ -20,8 +20,9 @@ from pipeline.data import ClipDataset, train_loader
 from pipeline.files import check_writable, sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import Params, load_params, to_dict
+from pipeline.params import Params, load_params
 from pipeline.runtime import fit_options, seed_everything, start
+from pipeline.stage_inputs import model_fields, settings
 from pipeline.stages.common import run
 from pipeline.tables import load_image_index, pool_sets
 from pipeline.train import Step, fit
@@ -34,8 +35,8 @@ def export_untrained(p: Params, out: Path, live: Path) -> None:
     log.info("data.image is empty: pretraining skipped; exporting the %s backbone as model.init "
              "(%s) made it", p.model.backbone, p.model.init)
     model = build_model(p.model, head="baseline")
-    export_model(out, model, config_of(p.model, "backbone", "init", "last_stride", "embed_dim"),
-                 "baseline", {"stage": "pretrain", "num_classes": 0, "pretrained": False})
+    export_model(out, model, config_of(p.model, *model_fields("pretrain")), "baseline",
+                 {"stage": "pretrain", "num_classes": 0, "pretrained": False})
     with Curves(live):
         pass  # an empty summary and no curves: nothing was trained
 
@@ -72,15 +73,14 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(p.model, head="baseline")
     criterion = build_identity_loss(p.loss, p.model.embed_dim, num_classes)
-    key = fingerprint("pretrain", p.seed, to_dict(p.pretrain), to_dict(p.loss), to_dict(p.data),
-                      [p.model.backbone, p.model.init, p.model.last_stride, p.model.embed_dim],
+    key = fingerprint("pretrain", settings(p, "pretrain"),
                       {n: sha256_file(f) for n, f in files.items()})
     resume = args.scratch / "last.pt"
     fit(model, criterion, loader, p.pretrain, Step(), device, resume, key,
         desc="pretrain", curves=args.live, **fit_options(p.runtime, device))
     if world.is_main:
         export_model(args.out, model.cpu(),
-                     config_of(p.model, "backbone", "init", "last_stride", "embed_dim"), "baseline",
+                     config_of(p.model, *model_fields("pretrain")), "baseline",
                      {"stage": "pretrain", "num_classes": num_classes,
                       "criterion": criterion.cpu().state_dict()})
         drop_checkpoint(resume)

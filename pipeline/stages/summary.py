@@ -35,15 +35,12 @@ from pipeline.files import check_writable, write_json
 from pipeline.formatting import NA, num_stat, pct_stat, text_table
 from pipeline.metrics import SUMMARY_METRICS, headline, summarize
 from pipeline.params import load_params, run_name
+from pipeline.stage_inputs import live_folders
 from pipeline.stages.common import run
 
-# Each run's DVCLive folders under --live, as dvc.yaml's training stages write them (a test
-# checks this against dvc.yaml): stage -> folder with {run} = <set>-<split>.
-LIVE_FOLDERS = {"pretrain": "pretrain",
-                "finetune": "finetune/{run}",
-                "attention spatial": "attention/{run}/spatial",
-                "attention temporal": "attention/{run}/temporal",
-                "joint": "joint/{run}"}
+# Each run's DVCLive folders under --live, as dvc.yaml's training stages declare them: stage ->
+# folder with {run} = <set>-<split>.
+LIVE_FOLDERS = live_folders()
 # The protocol of the headline (metrics/results: R1.base, mAP.spa, ...), whatever else
 # evaluate.protocols lists, so that `dvc exp show` compares experiments on the same figures (the
 # evaluate stage computes it always).

@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from pipeline.params import dotted
+
 
 class DocsError(Exception):
     """A source that cannot be read, or a document whose blocks are broken: names the file."""
@@ -35,11 +37,10 @@ def read_json(root: Path, relative: str, command: str) -> Any:
 
 def field_of(tree: Any, relative: str, *keys: str) -> Any:
     """``tree[k1][k2]...``; a missing key is an error naming the file and the key."""
-    for i, key in enumerate(keys):
-        if not isinstance(tree, dict) or key not in tree:
-            raise DocsError(f"{relative}: expected the key {'.'.join(keys[:i + 1])}")
-        tree = tree[key]
-    return tree
+    value = dotted(tree, ".".join(keys), default=DocsError)
+    if value is DocsError:
+        raise DocsError(f"{relative}: expected the key {'.'.join(keys)}")
+    return value
 
 
 WIDTH = 100  # generated prose is wrapped at this many columns (tables and pictures are not)

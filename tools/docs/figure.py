@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.params import load_params, run_name
+from pipeline.stage_inputs import output
 from tools.docs.common import NotProduced
 
 
 def figure_block(root: Path) -> str:
     p = load_params(root / "params.yaml")
     dataset, split = p.data.video[0], p.data.splits[0]
-    folder = f"metrics/plots/attention/{run_name(dataset, split)}"
+    folder = output("evaluate", "metrics/plots/attention/").format(run=run_name(dataset, split))
     pictures = sorted((root / folder).glob("*.png"))
     if not pictures:
         raise NotProduced(f"{folder}/*.png", "make repro")

@@ -10,7 +10,8 @@ from pipeline.attention_stats import GROUND_TRUTH_STATS, head_count
 from pipeline.formatting import corr, markdown_table, num, pct_of
 from pipeline.metrics import HEADLINE_CI
 from pipeline.names import ROW, SHORT
-from pipeline.params import load_params
+from pipeline.params import load_params, run_name
+from pipeline.stage_inputs import output
 from pipeline.stages.summary import HEADLINE_PROTOCOL
 from tools.docs.common import field_of, read_json
 
@@ -19,7 +20,7 @@ def headline_block(root: Path) -> str:
     p = load_params(root / "params.yaml")
     parts = []
     for dataset in p.data.video:
-        relative = f"metrics/results/{dataset}.json"
+        relative = f"{output('summary', 'metrics/results')}/{dataset}.json"
         head = read_json(root, relative, "make repro")
         short = list(field_of(head, relative, "R1"))
         columns = [(m, s) for m in ("R1", "mAP") for s in short]
@@ -43,7 +44,7 @@ def results_block(root: Path) -> str:
 
 
 def eval_detail(root: Path, dataset: str, split: int, labels: dict[str, str]) -> str:
-    relative = f"metrics/eval/{dataset}-{split}.json"
+    relative = output("evaluate", "metrics/eval/").format(run=run_name(dataset, split))
     ev = read_json(root, relative, "make repro")
     models = field_of(ev, relative, "models")
     some = field_of(models, relative, next(iter(models)))  # every model has the same protocols
@@ -108,7 +109,7 @@ def _pct(scores: dict, relative: str, protocol: str, metric: str) -> str:
 
 
 def datasets_block(root: Path) -> str:
-    relative = "metrics/datasets.json"
+    relative = output("index", "metrics/datasets")
     stats = read_json(root, relative, "make repro (the index stage)")
     rows = []
     for name, splits in field_of(stats, relative, "video").items():

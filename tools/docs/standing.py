@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipeline.formatting import markdown_table
 from pipeline.names import ROW
-from pipeline.params import load_params
+from pipeline.params import load_params, run_name
+from pipeline.stage_inputs import output
 from tools.docs.common import NotProduced, read_json
 from tools.locality import rows as locality_rows
 from tools.references import STANDING_HEADER, standing_rows
@@ -22,7 +23,7 @@ LOCALITY = "metrics/locality.json"
 def standing_block(root: Path) -> str:
     p = load_params(root / "params.yaml")
     dataset, split = p.data.video[0], p.data.splits[0]
-    relative = f"metrics/eval/{dataset}-{split}.json"
+    relative = output("evaluate", "metrics/eval/").format(run=run_name(dataset, split))
     evaluation = read_json(root, relative, "make repro")
     optional = {}
     for name in (REFERENCES, PROBE):  # both written by `make references`

@@ -9,15 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.formatting import markdown_table
+from pipeline.stage_inputs import rerun_by, stages
 from pipeline.stages.check import locked_stages
 from pipeline.stages.common import TIMINGS, timing_path
 from tools.docs.common import NotProduced, field_of, read_json
 
 LOCK = "dvc.lock"
-ORDER = ("check", "download", "index", "pretrain", "union_cnn", "finetune", "cache", "baseline",
-         "union_heads", "attention", "joint", "evaluate", "summary")  # dvc.yaml's, as they run
+ORDER = tuple(stages())  # dvc.yaml's, as they run
 # what model.K re-runs (union_heads: under per_set, in a second)
-HEADS_ONLY = ("check", "union_heads", "attention", "joint", "evaluate", "summary")
+HEADS_ONLY = tuple(rerun_by("model.K"))
 
 
 def minutes(seconds: float) -> str:
