@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import CheckpointError, InputError
 from pipeline.files import nearest_folder, write_with
-from pipeline.model import HEADS, Backbone, VideoReIDNet, unloadable
+from pipeline.model import HEADS, Backbone, VideoReIDNet, load_tensors
 from pipeline.params import ModelParams, canonical_grid_block, from_dict
 
 
@@ -55,15 +55,7 @@ def tensor_bytes(tree: Any) -> int:
     return 0
 
 
-def load(path: str | Path) -> dict:
-    """A checkpoint of plain tensors and containers; anything else is refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # unpickling refused, truncated file, not a torch file
-        raise CheckpointError(f"{path}: not a loadable checkpoint of plain tensors "
-                              f"({unloadable(err)})") from err
+load = load_tensors  # a checkpoint of plain tensors and containers; anything else is refused
 
 
 def drop_checkpoint(resume_path: str | Path) -> None:

@@ -38,7 +38,6 @@ import contextlib
 import functools
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.data import eval_loader, load_frame
 from pipeline.errors import CacheError
-from pipeline.files import atomic_path, check_writable, nearest_folder, sha256_file
+from pipeline.files import atomic_path, check_room, check_writable, sha256_file
 from pipeline.model import HeadOutput
 from pipeline.params import canonical_grid_block
 
@@ -131,12 +130,9 @@ def check_free_space(path: Path, needed: int, files: int = 1, what: str = "the f
     HDF5's own structures) beside ``path`` when its file system has less free space, instead of
     filling the disk. ``what`` names what is to be written, ``remedy`` adds a way out."""
     needed = int(needed * 1.02) + files * (64 << 20)
-    free = shutil.disk_usage(nearest_folder(path.parent)).free  # the folder may not exist yet
+    free = check_room(path, needed, what, ", point data/cache at a larger disk, or lower "
+                      f"cache.max_frames_per_tracklet{remedy}", CacheError)
     log.info("%s: %s, about %.2f GB to write, %.2f GB free", path, what, needed / 1e9, free / 1e9)
-    if free < needed:
-        raise CacheError(f"{path}: {what} needs about {needed / 1e9:.2f} GB but {path.parent} "
-                         f"has {free / 1e9:.2f} GB free; free some space, point data/cache at a "
-                         f"larger disk, or lower cache.max_frames_per_tracklet{remedy}")
 
 
 def label_fractions(labels: np.ndarray, grid: tuple[int, int], num_labels: int) -> np.ndarray:

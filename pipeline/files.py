@@ -70,18 +70,21 @@ def nearest_folder(path: str | Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
-def check_room(path: str | Path, needed: int, what: str) -> None:
+def check_room(path: str | Path, needed: int, what: str, remedy: str = "",
+               error: type[InputError] = InputError) -> int:
     """Fail before a computation whose result, ``needed`` bytes, could not be written to
-    ``path`` for lack of free space.
+    ``path`` (or the folder it will be created in) for lack of free space: the one disk check
+    of the pipeline. ``remedy``: ways out beside freeing space. Returns the bytes free.
 
     Raises:
-        InputError: naming ``path``, ``what`` it is, the bytes needed and the bytes free.
+        error: naming ``path``, ``what`` it is, the bytes needed and the bytes free.
     """
-    free = shutil.disk_usage(nearest_folder(Path(path).parent)).free
+    folder = nearest_folder(Path(path).parent)  # the folder may not exist yet
+    free = shutil.disk_usage(folder).free
     if free < needed:
-        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        raise InputError(f"{path}: {what} needs about {needed / 1e6:.0f} MB but "
-                         f"{free / 1e6:.0f} MB are free, {disk_error_text(full)}")
+        raise error(f"{path}: {what} needs about {needed / 1e9:.2f} GB but {folder} has "
+                    f"{free / 1e9:.2f} GB free; free some space{remedy}, then run the stage again")
+    return free
 
 
 def temporary_path(path: str | Path) -> Path:

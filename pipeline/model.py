@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -240,12 +240,8 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"model.init: {path} is neither 'imagenet', 'scratch' nor an "
                                 "existing checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused (not plain tensors), damaged, not a torch file
-        raise CheckpointError(f"model.init: {path} is not a loadable checkpoint of plain tensors: "
-                              f"{unloadable(err)}; expected a state dict of tensors "
-                              "(torchvision's, or a model this pipeline exported)") from err
+    state = load_tensors(path, "model.init: ", "; expected a state dict of tensors (torchvision's, "
+                         "or a model this pipeline exported)")
     for key in ("state", "model"):  # this pipeline's exported models and resume checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -255,6 +251,19 @@ def backbone_state_from_file(path: str | Path) -> dict[str, Tensor]:
     prefixed = {k.removeprefix("backbone."): v for k, v in state.items()
                 if k.startswith("backbone.")}
     return prefixed or _drop_classifier(state)
+
+
+def load_tensors(path: str | Path, key: str = "", expected: str = "") -> Any:
+    """A file of plain tensors and containers (``torch.load(..., weights_only=True)``); anything
+    else is refused in one message: ``key`` (the params key that named the file) and ``path``,
+    why (``unloadable``), then ``expected``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # unpickling refused (not plain tensors), damaged, not a torch file
+        raise CheckpointError(f"{key}{path}: not a loadable checkpoint of plain tensors "
+                              f"({unloadable(err)}){expected}") from err
 
 
 def unloadable(err: Exception) -> str:

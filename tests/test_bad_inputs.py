@@ -182,7 +182,7 @@ def test_a_truncated_cache_is_refused(tmp_path):
 def test_model_init_refuses_a_pickled_object(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state": {"w": torch.zeros(1)}, "hook": Path("/etc/passwd")}, path)
-    with pytest.raises(InputError, match=r"model\.init: .*evil\.pt is not a loadable checkpoint"):
+    with pytest.raises(InputError, match=r"model\.init: .*evil\.pt: not a loadable checkpoint"):
         backbone_state_from_file(path)
 
 

@@ -390,8 +390,8 @@ def test_a_model_init_file_that_is_not_plain_tensors_is_refused_by_check(tmp_pat
     torch.save({"state": Backbone("mobilenet_v2").state_dict(), "hook": Path("/etc")}, evil)
     err = refused_by_the_stage(tmp_path, capsys, params(tmp_path, model={"init": str(evil)}))
     assert err == (
-        f"error: model.init: {evil} is not a loadable checkpoint of plain tensors: it holds a "
-        f"pathlib.PosixPath object besides tensors, which cannot be loaded safely; expected a "
+        f"error: model.init: {evil}: not a loadable checkpoint of plain tensors (it holds a "
+        f"pathlib.PosixPath object besides tensors, which cannot be loaded safely); expected a "
         f"state dict of tensors (torchvision's, or a model this pipeline exported)")
     assert "weights_only" not in err
     other = tmp_path / "resnet18.pt"

@@ -784,7 +784,7 @@ def test_the_cache_stage_checks_the_disk_for_every_cache_of_the_matrix_not_yet_w
         f"data.splits; 120 frames of 4 x 2 x 2 float16 values) needs about "
         f"{needed / 1e9:.2f} GB but {own_out.parent} has {(needed - 1) / 1e9:.2f} GB free; free "
         "some space, point data/cache at a larger disk, or lower cache.max_frames_per_tracklet, "
-        "or run fewer splits at a time (data.splits)")
+        "or run fewer splits at a time (data.splits), then run the stage again")
     free_disk(monkeypatch, needed)
     check(caches)
     # a cache already written is on the disk already: it no longer counts

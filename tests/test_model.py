@@ -570,7 +570,7 @@ def test_an_init_file_that_is_not_plain_tensors_is_refused_without_torchs_advice
     with pytest.raises(CheckpointError) as caught:
         build_backbone("resnet18", str(path))
     assert str(caught.value) == (
-        f"model.init: {path} is not a loadable checkpoint of plain tensors: {reason}; expected a "
+        f"model.init: {path}: not a loadable checkpoint of plain tensors ({reason}); expected a "
         "state dict of tensors (torchvision's, or a model this pipeline exported)")
     assert "weights_only" not in str(caught.value) and "\n" not in str(caught.value)
 
