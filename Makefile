@@ -31,8 +31,8 @@ repro: setup ## Run the DVC pipeline (dvc repro) with the project virtualenv
 
 exp: setup ## The experiments table: changed params and the headline (rank-1, mAP per model), then each experiment against its commit with paired intervals
 	$(BIN)/dvc exp show --no-pager --only-changed --drop 'Created|.*/.*|(^|:)ci\.' --keep '(^|:)(R1|mAP)\.'
-	@$(BIN)/python -m tools.noise metrics/results
-	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.paired --experiments
+	@$(BIN)/python -m tools.experiments.noise metrics/results
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.experiments.paired --experiments
 
 DATASET ?= mars
 paper: setup ## Run the paper's setting (ResNet-50, 256x128, ImageNet, paper schedule) on DATASET (one set, or several: "prid2011 ilidsvid" trains across them) as a DVC experiment; ARGS: more options, after the paper's (they win)
@@ -61,28 +61,28 @@ ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with J
 
 sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, probe the cells, then report
 	$(BIN)/python -m tools.experiments run sweep --jobs $(JOBS)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.sweep --out metrics/sweep.json
-	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.experiments.sweep --out metrics/sweep.json
+	$(BIN)/python -m tools.probes.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
 
 references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms), its grid's locality (cell probe, candidate grids on the test and the training tracklets), then docs
-	$(BIN)/python -m tools.references --out metrics/references.json
-	$(BIN)/python -m tools.cell_probe --out metrics/cell_probe.json
-	$(BIN)/python -m tools.locality --out metrics/locality.json
-	$(BIN)/python -m tools.locality --subset train --out metrics/locality_train.json
+	$(BIN)/python -m tools.probes.references --out metrics/references.json
+	$(BIN)/python -m tools.probes.cell_probe --out metrics/cell_probe.json
+	$(BIN)/python -m tools.probes.locality --out metrics/locality.json
+	$(BIN)/python -m tools.probes.locality --subset train --out metrics/locality_train.json
 	$(MAKE) --no-print-directory docs
 
 report: setup ## Write metrics/report.json (the report as data), then metrics/report.md and metrics/plots/table1.png from it (REV=<commit>: the commit the experiments were run from, default HEAD; SCHEDULE_REV=<commit>: make schedule's, when another)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.report --params params.yaml --seeds $(SEEDS) \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.experiments.report --params params.yaml --seeds $(SEEDS) \
 		--json metrics/report.json --out metrics/report.md --chart metrics/plots/table1.png \
 		$(if $(REV),--rev $(REV),) $(if $(SCHEDULE_REV),--schedule-rev $(SCHEDULE_REV),)
 	$(MAKE) --no-print-directory docs
 
 docs: setup ## Regenerate the figures in README.md and docs/ from the files they come from
-	$(BIN)/python -m tools.docs
+	$(BIN)/python -m tools.project.docs
 
 bench: setup ## Speed and memory figures of the hot paths: print a table, write metrics/bench.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.bench --out metrics/bench.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.project.bench --out metrics/bench.json
 	$(MAKE) --no-print-directory docs
 
 test: setup ## Run the whole test suite, one worker per core (CPU only, no network)

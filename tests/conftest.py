@@ -15,8 +15,8 @@ import pytest
 import yaml
 from filelock import FileLock
 
+from tools.project.tinyrepo import tiny_repo
 from tools.shell import run
-from tools.tinyrepo import tiny_repo
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,8 +112,9 @@ def copy_repo(source: Path, dest: Path) -> Path:
 
 @dataclass(frozen=True)
 class Reproduced:
-    """The tiny pipeline (``tools.tinyrepo``) after `dvc repro`, committed. Shared by the tests
-    of a session: read it, never change it (the ``repo`` fixture gives a test its own copy)."""
+    """The tiny pipeline (``tools.project.tinyrepo``) after `dvc repro`, committed. Shared by the
+    tests of a session: read it, never change it (the ``repo`` fixture gives a test its own
+    copy)."""
 
     path: Path
     output: str  # what `dvc repro` printed

@@ -667,9 +667,9 @@ def test_under_torchrun_a_batch_that_does_not_split_is_one_line_from_rank_0(pret
 
 def test_the_imagenet_candidate_of_the_locality_offline_is_one_line(stage, tmp_path, monkeypatch):
     """`make references` with a ResNet backbone on a machine offline without the cached ImageNet
-    weights: tools.locality names the candidate, the file it expected and what to do, before it
-    measures any candidate (the fine-tuned one given first is not run), and writes nothing."""
-    from tools import locality
+    weights: tools.probes.locality names the candidate, the file it expected and what to do, before
+    it measures any candidate (the fine-tuned one given first is not run), and writes nothing."""
+    from tools.probes import locality
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
@@ -693,7 +693,8 @@ def test_the_imagenet_candidate_of_the_locality_offline_is_one_line(stage, tmp_p
         "--params", params, "--index", index, "--out", tmp_path / "locality.json",
         "--candidate", f"fine-tuned, layer4={tmp_path / 'finetune.pt'}:layer4",
         "--candidate", "ImageNet, layer4=imagenet:layer4"]) == [
-        f"error: candidate 'ImageNet, layer4' of tools.locality: the ImageNet weights of resnet18 "
+        f"error: candidate 'ImageNet, layer4' of tools.probes.locality: the ImageNet weights of "
+        f"resnet18 "
         f"are not cached at {weights} and could not be downloaded (OSError: <urlopen error "
         f"[Errno -3] Temporary failure in name resolution>). Download {url} on a machine with "
         f"internet and copy it to {weights} (set TORCH_HOME to use another cache folder); or "

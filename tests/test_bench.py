@@ -1,6 +1,6 @@
-"""Tests of tools/bench: its reference evaluators score exactly like evaluate_rank, its FLOP count
-matches a hand count, a row's ratio and verdict follow its figures, and a --quick run writes every
-figure."""
+"""Tests of tools/project/bench: its reference evaluators score exactly like evaluate_rank, its FLOP
+count matches a hand count, a row's ratio and verdict follow its figures, and a --quick run writes
+every figure."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import yaml
 
 from pipeline.metrics import evaluate_rank
 from pipeline.params import PROTOCOLS
-from tools.bench.__main__ import main
-from tools.bench.common import QUICK, Setup, Target, row, table_rows
-from tools.bench.evaluation import mars_like_problem, sort_bound, usual_evaluator
-from tools.bench.experiment import bench_experiment
-from tools.tinyrepo import TINY, tiny_repo
+from tools.project.bench.__main__ import main
+from tools.project.bench.common import QUICK, Setup, Target, row, table_rows
+from tools.project.bench.evaluation import mars_like_problem, sort_bound, usual_evaluator
+from tools.project.bench.experiment import bench_experiment
+from tools.project.tinyrepo import TINY, tiny_repo
 
 PAPER_ROWS = {"cache_throughput_paper", "attention_cached_epoch_paper",
               "cached_step_overhead_paper"}

@@ -1,6 +1,6 @@
-"""The cell probe (tools/cell_probe.py) on a hand-made cache: a 2 x 1 grid whose top cell carries
-the identity (one-hot per person, all person) and whose bottom cell is the same for everyone (all
-background)."""
+"""The cell probe (tools/probes/cell_probe.py) on a hand-made cache: a 2 x 1 grid whose top cell
+carries the identity (one-hot per person, all person) and whose bottom cell is the same for everyone
+(all background)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tools.cell_probe import main, probe
-from tools.report_tables import probe_section
+from tools.experiments.tables import probe_section
+from tools.probes.cell_probe import main, probe
 
 
 def write_cache(path):

@@ -30,9 +30,9 @@ from pipeline.errors import DatasetError, DownloadError
 from pipeline.files import content_fingerprint, md5_file
 from pipeline.stages import download, index
 from pipeline.tables import load_image_index, load_video_index
-from tools.experiments import out_of_date
+from tools.experiments.cells import out_of_date
+from tools.project.tinyrepo import tiny_repo
 from tools.shell import run
-from tools.tinyrepo import tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SYNTHETIC = {

@@ -1,7 +1,7 @@
 """The documentation: README.md and docs/*.md.
 
-- Every generated block equals what ``tools.docs`` renders from the files now (a stale figure
-  fails), and the generator itself is checked on small fabricated files.
+- Every generated block equals what ``tools.project.docs`` renders from the files now (a stale
+figure   fails), and the generator itself is checked on small fabricated files.
 - No measured-looking figure is typed by hand outside the generated blocks and code fences.
 - Every test the docs name (the bad-input catalogue above all) exists.
 - The front page stays short, its contents list resolves, and every relative link resolves.
@@ -20,13 +20,13 @@ import yaml
 
 from pipeline.params import flatten
 from pipeline.stages.common import timing_path
-from tools import docs
-from tools.docs import BLOCKS, blocks, fill, main
-from tools.docs import render as render_wrapped
-from tools.docs.common import WIDTH, DocsError, wrap
-from tools.docs.params_reference import field_comments, yaml_comments
-from tools.report_data import Report, RowResult, Stat, write_report
-from tools.report_tables import claims
+from tools.experiments.data import Report, RowResult, Stat, write_report
+from tools.experiments.tables import claims
+from tools.project import docs
+from tools.project.docs import BLOCKS, blocks, fill, main
+from tools.project.docs import render as render_wrapped
+from tools.project.docs.common import WIDTH, DocsError, wrap
+from tools.project.docs.params_reference import field_comments, yaml_comments
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = docs.documents(ROOT)
@@ -38,7 +38,8 @@ REQUIRED = {"headline": "README.md", "claims": "README.md", "standing": "README.
 
 
 def render(name: str, root: Path) -> str:
-    """A block as tools.docs writes it, its wrapped prose joined again (what the tests read)."""
+    """A block as tools.project.docs writes it, its wrapped prose joined again (what the tests
+    read)."""
     return re.sub(r"(?<=[^|\n])\n(?=[^|\n-])", " ", render_wrapped(name, root).replace("\n  ", " "))
 
 
@@ -221,7 +222,8 @@ def test_bench_block_and_notes_from_bench_json(tmp_path):
 
 
 def report_row(label: str, model: str, rank1, mean_ap, ci: float | None = 0.02, person=None):
-    """A Table 1 row as tools.report makes it (fractions); ``person``: with ground truth."""
+    """A Table 1 row as tools.experiments.report makes it (fractions); ``person``: with ground
+    truth."""
     truth = {} if person is None else {
         "person": Stat(person, 0.0, 1), "parts": Stat(3.0, 0.0, 1),
         "heads_below": Stat(2.0, 0.0, 1), "visibility": Stat(0.1, 0.0, 1),
@@ -237,7 +239,7 @@ def report_row(label: str, model: str, rank1, mean_ap, ci: float | None = 0.02, 
 
 
 def write_report_json(root, official, torchreid, problems=None):
-    """metrics/report.json as tools.report writes it (claims made from Table 1)."""
+    """metrics/report.json as tools.experiments.report writes it (claims made from Table 1)."""
     tables = {("synthetic", "official"): official, ("synthetic", "torchreid"): torchreid}
     report = Report("0123456789abcdef", "main", (0, 1), 0, 6, ("synthetic",), tables,
                     {key: [] for key in tables}, problems or {},
@@ -338,7 +340,8 @@ def test_check_names_a_stale_block_and_make_docs_fixes_it(tmp_path, capsys):
     assert main(["--root", str(tmp_path)]) == 0
     text = (tmp_path / "docs/page.md").read_text()
     assert "an old figure" not in text and "| SpaAtn+Q+TemAtn+Ind | 93.2 |" in text
-    assert text.startswith("# Title\n\n<!-- generated: paper -->\nFrom `tools/experiments.py`")
+    assert text.startswith(
+        "# Title\n\n<!-- generated: paper -->\nFrom `tools/experiments/cells.py`")
     assert text.endswith("<!-- end generated -->\n\ntext after\n")
     assert main(["--check", "--root", str(tmp_path)]) == 0
     assert fill(text, tmp_path) == (text, [])
@@ -441,7 +444,7 @@ def hand_typed(page: str, text: str) -> list[str]:
 @pytest.mark.parametrize("path", DOCUMENTS, ids=rel)
 def test_no_measured_figure_is_typed_by_hand(path):
     found = hand_typed(rel(path), path.read_text())
-    assert not found, ("figures typed by hand (put them in a generated block of tools/docs.py, "
+    assert not found, ("figures typed by hand (put them in a generated block of tools.project.docs "
                        f"or add a commented exception): {found}")
 
 
@@ -550,14 +553,18 @@ def test_readme_is_a_front_page():
 
 
 def test_readme_layout_table_names_every_module():
-    """The repository layout names every module of pipeline/ and tools/ in its folder's row."""
+    """The repository layout names every module of pipeline/, tools/ and tools' folders in its
+    folder's row (tools' folders: in the row of tools/)."""
     text = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(pipeline|tools)/` \| (.+) \|$", text, flags=re.MULTILINE))
-    missing = [f"{folder}/{path.name}" for folder in ("pipeline", "tools")
+    folders = ("pipeline", "tools", *(f"tools/{d.name}" for d in (ROOT / "tools").iterdir()
+                                       if (d / "__init__.py").exists()))
+    missing = [f"{folder}/{path.name}" for folder in folders
                for path in sorted((ROOT / folder).iterdir())
-               if (path.suffix == ".py" and path.name != "__init__.py")
+               if (path.suffix == ".py" and path.name not in ("__init__.py", "__main__.py"))
                or (path.is_dir() and (path / "__init__.py").exists())
-               if f"`{path.name}{'/' if path.is_dir() else ''}`" not in rows.get(folder, "")
+               if f"`{path.name}{'/' if path.is_dir() else ''}`"
+               not in rows.get(folder.split("/")[0], "")
                and f"| `{folder}/{path.name}/` |" not in text]  # or a row of its own
     assert not missing, f"README.md's layout table does not name {missing}"
 
@@ -676,8 +683,8 @@ def test_claims_block_reads_the_claims_of_the_first_protocol(tmp_path):
 
 
 def test_the_architecture_block_lists_every_stage_its_entry_point_and_its_modules(tmp_path):
-    from tools.docs.architecture import EVERY_STAGE, architecture_block
-    from tools.docs.common import DocsError
+    from tools.project.docs.architecture import EVERY_STAGE, architecture_block
+    from tools.project.docs.common import DocsError
 
     text = architecture_block(ROOT)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

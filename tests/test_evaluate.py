@@ -28,7 +28,7 @@ from pipeline.stages import baseline as baseline_stage
 from pipeline.stages import evaluate as stage
 from pipeline.stages import summary
 from pipeline.tables import LABELS, load_video_index, save_video_index
-from tools.paired import compare_files
+from tools.experiments.paired import compare_files
 
 # The test set: (pid, camid, is_query, angle in degrees of the 2-D unit feature). Squared
 # Euclidean distances between unit vectors are 2 - 2 cos(angle difference), so each query ranks

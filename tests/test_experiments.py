@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from pipeline.params import parse_params
-from tools import experiments
-from tools.experiments import (
+from tools.experiments import cells as experiments
+from tools.experiments import show
+from tools.experiments.cells import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     SEED_KEY,
@@ -142,7 +143,7 @@ def test_dvc_runs_the_projects_dvc_here_in_the_users_environment(monkeypatch, ca
         calls.append((cwd, cmd, env, stdout_only, capture))
         return "logs of the queue\n" if capture else ""
 
-    monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(show, "run", fake_run)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", "/home/someone")
     assert dvc("exp", "show", "--json") == "logs of the queue\n"
@@ -166,7 +167,7 @@ def test_only_the_always_changed_check_stage_counts_as_up_to_date():
 
 
 def test_the_noise_line_reads_the_headline_intervals(tmp_path):
-    from tools.noise import noise_lines
+    from tools.experiments.noise import noise_lines
 
     (tmp_path / "synthetic.json").write_text(json.dumps(
         {"R1": {"base": 30.0}, "mAP": {"base": 28.0}, "ci": {"R1": 3.4, "mAP": 2.9}}))
@@ -181,7 +182,7 @@ def test_the_noise_line_reads_the_headline_intervals(tmp_path):
 def test_a_noise_of_width_zero_or_none_is_undefined_not_below_zero_points(tmp_path):
     """One test identity (or every query scored alike) gives intervals of width 0: no line may
     say that differences below 0.0 points are noise."""
-    from tools.noise import noise_lines
+    from tools.experiments.noise import noise_lines
 
     (tmp_path / "a.json").write_text(json.dumps({"ci": {"R1": 0.0, "mAP": 0.0}}))
     (tmp_path / "b.json").write_text(json.dumps({"ci": {"R1": 2.5}}))
@@ -204,7 +205,7 @@ def test_a_noise_of_width_zero_or_none_is_undefined_not_below_zero_points(tmp_pa
 def test_a_corrupt_headline_file_is_one_line_naming_it(tmp_path, capsys, content, expected):
     """`make exp` with a truncated metrics/results/<set>.json: one line naming the file and how
     to restore it, status 1, no JSONDecodeError traceback."""
-    from tools.noise import main as noise_main
+    from tools.experiments.noise import main as noise_main
 
     path = tmp_path / "synthetic.json"
     path.write_bytes(content)

@@ -1,7 +1,8 @@
 """The paired bootstrap of a difference between two models (pipeline.metrics.paired_bootstrap,
 paired_bootstrap_splits) against a brute-force loop that draws the same resamples, its
 invariants (identical models: [0, 0]; a model better on every query: an interval above 0), and
-tools.paired: the comparison of two evaluate outputs, its verdicts and its command line."""
+tools.experiments.paired: the comparison of two evaluate outputs, its verdicts and its command
+line."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pipeline.metrics import (
     query_scores,
 )
 from pipeline.stages.evaluate import per_query_record, results_json
-from tools import paired
+from tools.experiments import paired
 
 # --- a hand-made ranking: two models on the same 6 queries of 4 identities -----------------------
 
@@ -200,7 +201,7 @@ def test_paired_bootstrap_splits_needs_a_split():
         paired_bootstrap_splits([])
 
 
-# --- tools.paired: two evaluate outputs ----------------------------------------------------------
+# --- tools.experiments.paired: two evaluate outputs ---------------------------------------------
 
 
 def evaluation(scores: dict, split: int = 0) -> dict:
@@ -303,7 +304,7 @@ def test_each_experiment_is_compared_with_its_baseline_commit_model_by_model():
     """`make exp`'s paired table: per experiment, run and model, the differences with their
     intervals and verdicts; a commit whose files lack per-query scores, or an experiment that
     failed, says so instead of a number."""
-    from tools.report_sources import Source, Sources
+    from tools.experiments.show import Source, Sources
 
     scores = hand_made_scores()
     models = ("baseline", "spatial", "temporal", "joint")

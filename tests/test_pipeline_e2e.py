@@ -37,10 +37,10 @@ from pipeline.params import grid_size
 from pipeline.stages.check import WORKSPACE_HINT
 from pipeline.stages.summary import LIVE_FOLDERS
 from pipeline.tables import load_video_index
-from tools.experiments import out_of_date
-from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH
+from tools.experiments.cells import out_of_date
+from tools.experiments.chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH
+from tools.project.tinyrepo import TINY
 from tools.shell import BIN, clean_env, run
-from tools.tinyrepo import TINY
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("git") is None, reason="needs git")]
@@ -110,7 +110,7 @@ def test_queued_ablation_and_report(repo):
     assert set(headline["ci"]) == {"R1", "mAP"}  # the widest 95% half-width of the models
     assert up_to_date(repo)  # the workspace as it was
 
-    run(repo, sys.executable, "-m", "tools.report", "--params", "params.yaml", "--out",
+    run(repo, sys.executable, "-m", "tools.experiments.report", "--params", "params.yaml", "--out",
         "metrics/report.md", "--chart", "metrics/plots/table1.png", env=env)
     report = (repo / "metrics" / "report.md").read_text()
     table1 = report.split("## synthetic, official protocol")[1].split("### Table 1 beside")[0]

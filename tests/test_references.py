@@ -1,5 +1,5 @@
-"""The reference points of tools/references.py: the stripe colour histogram and the grey-world
-normalisation on hand-made frames, and the chance level against its closed form."""
+"""The reference points of tools/probes/references.py: the stripe colour histogram and the
+grey-world normalisation on hand-made frames, and the chance level against its closed form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from tools.references import GREY, chance, grey_world, standing_rows, stripe_histogram
+from tools.probes.references import GREY, chance, grey_world, standing_rows, stripe_histogram
 
 
 def colour_bin(r: int, g: int, b: int, levels: int = 4) -> int:
@@ -111,7 +111,7 @@ def test_locality_pools_each_frame_by_its_label_shares():
     """Two frames of a 2 x 1 grid, one channel: cell values (1, 3) and (5, 7). Person shares
     (1, 0) and (0.5, 0.5), background (0, 1) and (0, 0): uniform = mean of 2 and 6 = 4; person =
     mean of 1 and 6 = 3.5; background = mean of 3 and 0 (no background cell: weight 0) = 1.5."""
-    from tools.locality import parse_candidate, pool_grids
+    from tools.probes.locality import parse_candidate, pool_grids
 
     grids = np.array([[1.0, 3.0], [5.0, 7.0]]).reshape(2, 1, 2, 1)
     shares = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 0.0]]]).reshape(2, 2, 2, 1)
@@ -131,7 +131,7 @@ def test_locality_of_the_training_tracklets_ranks_each_against_the_others(tmp_pa
     from pipeline.checkpoints import export_model
     from pipeline.model import build_model
     from pipeline.params import ModelParams
-    from tools import locality
+    from tools.probes import locality
 
     seen: list[pd.DataFrame] = []
 
@@ -163,7 +163,7 @@ def test_the_grid_rule_picks_the_deepest_local_block_of_the_fine_tuned_backbone_
     lies above the interval of every cell alike; the deepest local block of the fine-tuned
     backbone is chosen (candidates are measured deepest first); the ImageNet candidate and the
     test set are never used."""
-    from tools.locality import chosen_block, rows
+    from tools.probes.locality import chosen_block, rows
 
     def candidate(source, module, uniform_hi, person):
         return {"source": source, "module": module, "grid": [8, 4, 2], "pooled": {

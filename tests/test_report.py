@@ -1,7 +1,7 @@
-"""Tests of the report of Tables 1 and 2 (tools/report*.py) on hand-made `dvc exp show --json`
-outputs and a fake `git show` of their commits' per-split results: where each row is read from,
-the mean ± std over splits and seeds, missing rows and files, the paper's numbers, the chart and
-the atomic writes. No dvc is run; git only where a test builds a repository."""
+"""Tests of the report of Tables 1 and 2 (tools/experiments/report.py and its modules) on hand-made
+`dvc exp show --json` outputs and a fake `git show` of their commits' per-split results: where each
+row is read from, the mean ± std over splits and seeds, missing rows and files, the paper's numbers,
+the chart and the atomic writes. No dvc is run; git only where a test builds a repository."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import yaml
 from PIL import Image
 
 from pipeline.params import run_name
-from tools.report import build_report, main
-from tools.report_chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH, draw_chart
-from tools.report_data import MISSING, Report, Stat, from_data, to_data
-from tools.report_sources import EVAL_FILE, ReportError, git_show
-from tools.report_tables import claims, render_markdown
+from tools.experiments.chart import CHART_DPI, CHART_PANEL_HEIGHT, CHART_WIDTH, draw_chart
+from tools.experiments.data import MISSING, Report, Stat, from_data, to_data
+from tools.experiments.report import build_report, main
+from tools.experiments.show import ReportError
+from tools.experiments.sources import EVAL_FILE, git_show
+from tools.experiments.tables import claims, render_markdown
 from tools.shell import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +30,8 @@ HEAD = "a" * 40
 
 
 def render(report: Report, command: str = "cmd", **extras) -> str:
-    """metrics/report.md as tools.report renders it: through report.json's data (the claims made
-    from Table 1 where the report has none yet)."""
+    """metrics/report.md as tools.experiments.report renders it: through report.json's data (the
+    claims made from Table 1 where the report has none yet)."""
     report = dataclasses.replace(
         report, command=command, extras=extras,
         claims=report.claims or {key: claims(rows) for key, rows in report.table1.items()})
@@ -99,7 +100,7 @@ def params_of(runs: list[dict], extra: dict | None = None) -> dict:
     (nested sections) on top."""
     params: dict = {}
     if runs:
-        # the table's seed is attention.seed (tools.experiments.SEED_KEY); the evaluate output
+        # the table's seed is attention.seed (tools.experiments.cells.SEED_KEY); the evaluate output
         # records the top-level seed, here the same number
         params = {"seed": runs[0]["seed"], "attention": {"seed": runs[0]["seed"]},
                   "data": {"video": list(dict.fromkeys(e["dataset"] for e in runs)),
@@ -186,7 +187,7 @@ def test_rows_come_from_their_experiments_mean_and_std_over_seeds(git):
     assert base.experiments == ("baseline commit", "t1-s1", "t1-s2")
     assert base.rank1.mean == pytest.approx(0.27)
 
-    text = render(report, "python -m tools.report")
+    text = render(report, "python -m tools.experiments.report")
     cells = md_row(text, "SpaAtn")
     assert cells[1:3] == ["55.0 ± 3.7", "45.0 ± 3.7"]  # rank-1, mAP (percent, one decimal)
     assert cells[3:5] == ["0.300 ± 0.000", "2.000 ± 0.000"]  # overlap, entropy
@@ -221,7 +222,7 @@ def test_cells_print_the_interval_of_the_test_set(git):
     test set: its noise does not average out). A seed without intervals (older results): none."""
     base = evals(0, {"temporal": 0.5}, half_width=0.05)
     show = exp_show(git, base, [])
-    text = render(report_of(git, show, seeds=[0]), "python -m tools.report")
+    text = render(report_of(git, show, seeds=[0]), "python -m tools.experiments.report")
     assert md_row(text, "SpaAtn+Q+TemAtn")[1:3] == ["50.0 ± 0.0 [45.0, 55.0]",
                                                      "40.0 ± 0.0 [35.0, 45.0]"]
     assert md_row(text, "6")[1] == "50.0 ± 0.0 [45.0, 55.0]"  # Table 2, K = 6
@@ -250,7 +251,7 @@ def test_missing_and_failed_experiments_show_missing_never_zero(git):
     report = report_of(git, show, seeds=[0, 1, 2])
     spa = row(report.table1["synthetic", "official"], "SpaAtn")
     assert spa.seeds_found == 1 and spa.rank1 == Stat(0.50, 0.0, 1)
-    text = render(report, "python -m tools.report")
+    text = render(report, "python -m tools.experiments.report")
     cells = md_row(text, "SpaAtn")
     assert cells[-2] == "1/3"
     assert "t1-s1-nodiv (missing)" in cells[-3] and "t1-s2-nodiv (missing)" in cells[-3]
@@ -422,7 +423,8 @@ def test_main_writes_report_and_chart_atomically(git, tmp_path, capsys):
         ("mars", "official"), ("mars", "torchreid"), ("synthetic", "official"),
         ("synthetic", "torchreid")]
     assert render_markdown(from_data(data)) == text  # the markdown is the data, rendered
-    assert text.startswith("# ") and "--show-json" in text and "python -m tools.report" in text
+    assert text.startswith("# ") and "--show-json" in text
+    assert "python -m tools.experiments.report" in text
     with Image.open(chart) as image:  # two datasets: two panels
         assert image.size == (round(CHART_WIDTH * CHART_DPI),
                               round(2 * CHART_PANEL_HEIGHT * CHART_DPI))
@@ -537,12 +539,12 @@ def test_cnn_seed_rows_come_from_the_cs_experiments(git):
 def test_rev_that_is_no_commit_is_refused_before_dvc_runs(tmp_path, monkeypatch):
     """`make report REV=...` names the commit the experiments were run from; a name git does
     not know is refused in one line, without running dvc."""
-    import tools.report_sources as sources
+    import tools.experiments.show as show
 
     def no_dvc(*args, **kwargs):
         raise AssertionError("dvc ran")
 
-    monkeypatch.setattr(sources, "dvc", no_dvc)
+    monkeypatch.setattr(show, "dvc", no_dvc)
     params = tmp_path / "params.yaml"
     params.write_text("data:\n  video: [synthetic]\n  splits: [0]\n")
     with pytest.raises(SystemExit, match=r"^error: --rev no-such-commit: not a commit of this "
@@ -599,13 +601,13 @@ def test_repeated_or_invalid_seeds_are_refused_before_dvc_runs(tmp_path, monkeyp
                                                                expected):
     """SEEDS="0 0" counted seed 0 twice ("seeds found 2/2"); SEEDS=-1 reported rows of an
     experiment no check lets run. One line naming SEEDS and the range; no dvc, no file."""
-    import tools.report as report
-    import tools.report_sources as sources
+    import tools.experiments.report as report
+    import tools.experiments.show as show
 
     def no_dvc(*args, **kwargs):
         raise AssertionError("dvc ran")
 
-    monkeypatch.setattr(sources, "dvc", no_dvc)
+    monkeypatch.setattr(show, "dvc", no_dvc)
     monkeypatch.setattr(report, "git_head", lambda rev: HEAD)
     params = tmp_path / "params.yaml"
     params.write_text("data:\n  video: [synthetic]\n  splits: [0]\n")

@@ -1,9 +1,10 @@
-"""Tests of the claims of Table 1 read from paired intervals (tools/report_tables.py: paired_rows,
-ordering, gain_claims, claims; tools/report_sources.read_results' per-query scores) on hand-made
-results: 8 test queries of 6 identities, each row's per-query rank-1 hits and APs chosen here, the
-evaluate outputs written as the evaluate stage writes them (per_query_record) and read back through
-the report's own sources (the fake `git show` of tests/test_report.py). The expected intervals are
-those of tools.paired.compare / pipeline.metrics.paired_bootstrap_splits on the same arrays."""
+"""Tests of the claims of Table 1 read from paired intervals (tools/experiments/tables.py:
+paired_rows, ordering, gain_claims, claims; tools/report_sources.read_results' per-query scores) on
+hand-made results: 8 test queries of 6 identities, each row's per-query rank-1 hits and APs chosen
+here, the evaluate outputs written as the evaluate stage writes them (per_query_record) and read
+back through the report's own sources (the fake `git show` of tests/test_report.py). The expected
+intervals are those of tools.experiments.paired.compare / pipeline.metrics.paired_bootstrap_splits
+on the same arrays."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from pipeline.metrics import paired_bootstrap_splits
 from pipeline.stages.evaluate import per_query_record
 from tests.test_report import FakeGit, exp_show, experiment, report_of
 from tests.test_sweep_report import result
-from tools.experiments import table1_cells
-from tools.paired import Queries, compare
-from tools.report_sources import collect_sources, read_results, resolve
-from tools.report_tables import (
+from tools.experiments.cells import table1_cells
+from tools.experiments.paired import Queries, compare
+from tools.experiments.show import collect_sources
+from tools.experiments.sources import read_results, resolve
+from tools.experiments.tables import (
     CONTROL_GAIN,
     FULL_MODEL_GAIN,
     aggregate,
@@ -94,7 +96,8 @@ def table1(seeds=(0,), per_query: bool = True, splits=(0,)) -> tuple[FakeGit, li
 
 
 def resolved_of(git: FakeGit, show: list[dict], seeds=(0,)):
-    """Table 1's cells and each one's results, as tools.report.build_report resolves them."""
+    """Table 1's cells and each one's results, as tools.experiments.report.build_report resolves
+    them."""
     sources = collect_sources(show)
     cells = table1_cells(list(seeds), 0)
     return cells, {cell: resolve(cell, sources, lambda s: read_results(s, git.read))[0]
@@ -126,8 +129,8 @@ def test_read_results_keeps_each_splits_per_query_scores():
 
 
 def test_paired_rows_compare_two_rows_on_the_same_queries():
-    """high - low on the official protocol: tools.paired.compare of the low row's runs (A)
-    against the high row's (B), the same as paired_bootstrap_splits on the bare arrays;
+    """high - low on the official protocol: tools.experiments.paired.compare of the low row's runs
+    (A) against the high row's (B), the same as paired_bootstrap_splits on the bare arrays;
     reversed, the difference changes sign; a row that never ran has none."""
     paired = paired_rows(*resolved_of(*table1()), "synthetic", "official")
     found = paired("SpaAtn+Q", "Width control")
@@ -150,8 +153,8 @@ def test_paired_rows_compare_two_rows_on_the_same_queries():
 
 def test_paired_rows_pair_every_seed_of_both_rows():
     """Two seeds: each row's runs are its seeds' (the baseline commit and t1-s1 for SpaAtn+Q,
-    t1-s0-width and t1-s1-width for the control), compared as tools.paired.compare compares
-    them."""
+    t1-s0-width and t1-s1-width for the control), compared as tools.experiments.paired.compare
+    compares them."""
     seeds = (0, 1)
     cells, resolved = resolved_of(*table1(seeds), seeds)
     assert all(resolved[cell] is not None for cell in cells
@@ -335,7 +338,7 @@ def test_table1_under_both_schedules_reads_the_sc_experiments_and_pairs_across_w
     assert rows["per_set"]["SpaAtn+Q+TemAtn+Ind"].rank1.mean == pytest.approx(np.mean(TEMPORAL[0]))
     assert rows["across_sets"]["SpaAtn+Q+TemAtn+Ind"].rank1.mean == pytest.approx(
         np.mean(JOINT[0]))
-    # each row across sets against per set: tools.paired.compare on the same queries
+    # each row across sets against per set: tools.experiments.paired.compare on the same queries
     between = {b["label"]: b for b in table.between}
     expected = compare([{0: queries(TEMPORAL)}], [{0: queries(JOINT)}])
     assert between["SpaAtn+Q+TemAtn+Ind"]["rank1"] == pytest.approx(expected["rank1"])
@@ -393,8 +396,8 @@ def test_a_missing_schedule_experiment_is_listed_and_its_rows_say_missing():
 
 
 def test_the_docs_block_shows_both_schedules_on_the_first_protocol_of_each_set(tmp_path):
-    from tools.docs.report import REPORT, schedules_block
-    from tools.report_data import write_report
+    from tools.experiments.data import write_report
+    from tools.project.docs.report import REPORT, schedules_block
 
     git, show = schedule_show()
     write_report(tmp_path / REPORT, report_of(git, show))

@@ -1,5 +1,5 @@
-"""Tests of the attention sweep (tools/sweep.py) and of the report's sections beside the paper
-(tools/report_tables.py: gains, orderings, claims; tools/report_sources.head_summary), on
+"""Tests of the attention sweep (tools/experiments/sweep.py) and of the report's sections beside the
+paper (tools/experiments/tables.py: gains, orderings, claims; tools/report_sources.head_summary), on
 hand-made `dvc exp show --json` outputs (the helpers of tests/test_report.py) and hand-built rows,
 every expected value worked out by hand."""
 
@@ -11,17 +11,10 @@ import math
 import pytest
 
 from tests.test_report import HEAD, FakeGit, exp_show, experiment, md_row, render
-from tools.experiments import SWEEP
-from tools.report_data import MISSING, PAPER, TARGET, Report, RowResult, Stat
-from tools.report_sources import head_summary
-from tools.report_tables import (
-    claims,
-    mechanism_rows,
-    ordering,
-    paper_rows,
-    sweep_section,
-)
-from tools.sweep import (
+from tools.experiments.cells import SWEEP
+from tools.experiments.data import MISSING, PAPER, TARGET, Report, RowResult, Stat
+from tools.experiments.sources import head_summary
+from tools.experiments.sweep import (
     LEGACY_CURVE,
     LIVE_SUMMARY,
     choice_line,
@@ -33,6 +26,13 @@ from tools.sweep import (
     matched_overlap,
     sweep_rows,
     training_maps,
+)
+from tools.experiments.tables import (
+    claims,
+    mechanism_rows,
+    ordering,
+    paper_rows,
+    sweep_section,
 )
 
 CURVE = LEGACY_CURVE.format(run="synthetic-0")

@@ -1,3 +1,4 @@
-"""Tools beside the pipeline: benchmarks, the paper's experiments and their report, the generated
-parts of the docs, the tiny repository the end-to-end tests and a benchmark run. They import the
-library (``pipeline``); the library never imports them."""
+"""Tools beside the pipeline, by who uses them: ``experiments`` (running the paper's experiments,
+the report, paired comparisons), ``probes`` (the floor and ceiling references), ``project`` (the
+benchmarks, the docs generator, the tests' tiny repository). They import the library
+(``pipeline``); the library never imports them."""

@@ -14,7 +14,7 @@ over the query identities (``rank1_lo``, ``rank1_hi``, ``mAP_lo``, ``mAP_hi``); 
 its interval and chance level (``pipeline.metrics.same_camera``); under ``per_query``, for the
 official protocol, the query pids once and each model's rank-1 hit (0/1) and AP per query (4
 decimals), what a paired comparison of two models or two runs reads (``per_query_record``,
-``tools.paired``); for every model
+``tools.experiments.paired``); for every model
 with spatial attention the maps' mean overlap and entropy over the test frames, and where the
 cache holds the ground truth of the frames (the synthetic set) where the heads look and how the
 temporal weights follow the visibility of each head's part

@@ -1,0 +1,736 @@
+"""The report's tables: each row's mean ± std over the seeds found (or over one seed's splits),
+and both tables as markdown (``metrics/report.md``) and as plain text for the terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.formatting import corr, markdown_table, num_stat, pct_stat, text_table
+from pipeline.names import ROW
+from pipeline.params import SCHEDULES, dotted
+from tools.experiments.cells import (
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    SCHEDULE_SETS,
+    TABLE1,
+    TABLE2_MODEL,
+    Cell,
+    schedule_of,
+)
+from tools.experiments.data import (
+    MISSING,
+    NOT_APPLICABLE,
+    PAPER,
+    TARGET,
+    Claim,
+    Interval,
+    Report,
+    RowResult,
+    ScheduleTable,
+    Stat,
+    Value,
+)
+from tools.experiments.paired import PROTOCOL as PAIRED_PROTOCOL
+from tools.experiments.paired import Queries, compare, queries_of
+from tools.experiments.paired import verdict as paired_verdict
+from tools.experiments.sources import PERSON_FLOOR
+from tools.experiments.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
+from tools.probes.cell_probe import grid_rows, pooled_rows
+from tools.probes.references import STANDING_HEADER, standing_rows
+
+PROTOCOL_NOTES = {
+    "official": "Official protocol, each benchmark's own: on MARS and the sets in its layout "
+                "(synthetic included) the MARS evaluation code, each query ranked against all "
+                "test tracklets, queries included; on PRID2011 and iLIDS-VID each probe "
+                "(camera 1) ranked against the other camera's test sequences only; junk "
+                "skipped; rank-1 and mAP divided by all queries, so a query without a true "
+                "match counts as a miss. The paper's numbers are under these protocols.",
+    "torchreid": "Torchreid protocol: the gallery is the test tracklets without the queries and "
+                 "without junk (pid -1); queries without a valid match are skipped, so rank-1 "
+                 "and mAP are divided by the valid queries only.",
+}
+TABLE1_ORDER = {row.label: i for i, row in enumerate(TABLE1)}  # the paper's row order
+PAPER_DATASETS = ("prid2011", "ilidsvid", "mars")  # the video sets of the paper's tables
+PAPER_COLUMNS = {"prid2011": "PRID2011 rank-1", "ilidsvid": "iLIDS-VID rank-1",
+                 "mars": "MARS rank-1", "mars_mAP": "MARS mAP"}
+NO_PAPER_NUMBER = "n/a (no paper number)"
+BASELINE_COMMIT = "baseline commit"  # how a cell read from the baseline commit is named
+# the ground-truth figures of a row: key of the attention summary -> RowResult field
+TRUTH_KEYS = {"person": "person", "parts_covered": "parts", "heads_below": "heads_below",
+              "person_uniform": "person_uniform", "visibility_corr": "visibility"}
+HEAD_KEYS = ("heads_below", "person_uniform")  # read from report_sources.head_summary
+
+
+# --- combining seeds -----------------------------------------------------------------------------
+
+
+def combine_intervals(bounds: Sequence[Interval]) -> Interval | None:
+    """The 95 percent intervals of a row's seeds (each over its splits, ``summarize``) -> one: the
+    mean of their bounds. The seeds are scored on the same test set, whose sampling noise does
+    not average out over them, so the interval does not shrink with more seeds."""
+    if not bounds:
+        return None
+    return float(np.mean([lo for lo, _ in bounds])), float(np.mean([hi for _, hi in bounds]))
+
+
+def combine(values: Sequence[tuple[float, float]]) -> Stat | None:
+    """(mean over splits, std over splits) of each seed found -> one Stat (None if none): the
+    mean of the means ± their population std, or ± the split std for a single seed."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return Stat(float(values[0][0]), float(values[0][1]), 1)
+    means = np.array([mean for mean, _ in values], dtype=float)
+    return Stat(float(means.mean()), float(means.std()), len(values))
+
+
+def aggregate(cells: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
+              protocol: str) -> list[RowResult]:
+    """One RowResult per row label of ``cells`` (in the paper's order), on ``dataset`` under
+    ``protocol``, from each cell's results (``resolved``; None: missing)."""
+    labels = sorted(dict.fromkeys(cell.label for cell in cells),
+                    key=lambda label: TABLE1_ORDER.get(label, len(TABLE1_ORDER)))  # stable
+    return [aggregate_row([cell for cell in cells if cell.label == label], resolved, dataset,
+                          protocol) for label in labels]
+
+
+def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
+                  protocol: str) -> RowResult:
+    """The cells of one row (one per seed) combined into a RowResult."""
+    metrics: dict[str, list[tuple[float, float]]] = {"rank1": [], "mAP": []}
+    intervals: dict[str, list[Interval]] = {"rank1": [], "mAP": []}
+    attention: dict[str, list[tuple[float, float]]] = {"overlap": [], "entropy": []}
+    not_applicable = {"overlap": False, "entropy": False}
+    truth: dict[str, list[tuple[float, float]]] = {k: [] for k in TRUTH_KEYS}
+    visibility_bounds: list[Interval] = []
+    valid, experiments, found = [], [], 0
+    for cell in group:
+        results = resolved.get(cell)
+        entry = dotted(results, f"results.{dataset}.{cell.model}.{protocol}")
+        name = cell.experiment or BASELINE_COMMIT
+        experiments.append(name if isinstance(entry, dict) else f"{name} ({MISSING})")
+        if not isinstance(entry, dict):
+            continue
+        found += 1
+        if entry.get("num_valid_queries") is not None:
+            valid.append(float(entry["num_valid_queries"]))
+        for metric, values in metrics.items():
+            if isinstance(entry.get(metric), dict):
+                values.append((entry[metric]["mean"], entry[metric].get("std", 0.0)))
+                if "lo" in entry[metric] and "hi" in entry[metric]:
+                    intervals[metric].append((entry[metric]["lo"], entry[metric]["hi"]))
+        maps = dotted(results, f"attention.{dataset}.{cell.model}")
+        for key, values in attention.items():
+            if not isinstance(maps, dict) or not maps:
+                continue  # results from before attention was measured
+            value = maps.get(key)
+            if value is None or (isinstance(value, dict) and value.get("mean") is None):
+                not_applicable[key] = True  # overlap with K = 1: no pairs of maps
+            elif isinstance(value, dict):
+                values.append((value["mean"], value.get("std") or 0.0))
+        for key, values in truth.items():
+            value = (maps or {}).get(key) if key not in HEAD_KEYS else dotted(
+                results, f"heads.{dataset}.{cell.model}.{key}")
+            if isinstance(value, dict) and value.get("mean") is not None:
+                values.append((value["mean"], value.get("std") or 0.0))
+            elif isinstance(value, int | float):
+                values.append((float(value), 0.0))
+        heads = dotted(results, f"heads.{dataset}.{cell.model}") or {}
+        if "visibility_lo" in heads:
+            visibility_bounds.append((heads["visibility_lo"], heads["visibility_hi"]))
+    model = group[0].model
+    no_maps = NOT_APPLICABLE if model == "baseline" else MISSING  # the baseline has no maps
+    return RowResult(
+        label=group[0].label, model=model,
+        rank1=combine(metrics["rank1"]) or MISSING, mean_ap=combine(metrics["mAP"]) or MISSING,
+        overlap=combine(attention["overlap"])
+        or (NOT_APPLICABLE if not_applicable["overlap"] else no_maps),
+        entropy=combine(attention["entropy"])
+        or (NOT_APPLICABLE if not_applicable["entropy"] else no_maps),
+        valid_queries=float(np.mean(valid)) if valid else None,
+        seeds_found=found, seeds_wanted=len(group), experiments=tuple(experiments),
+        # an interval only where every seed found has one (results from before intervals: none)
+        rank1_ci=combine_intervals(intervals["rank1"]) if len(intervals["rank1"]) == found
+        else None,
+        mean_ap_ci=combine_intervals(intervals["mAP"]) if len(intervals["mAP"]) == found
+        else None,
+        **{field_name: combine(truth[key]) or NOT_APPLICABLE
+           for key, field_name in TRUTH_KEYS.items()},
+        visibility_ci=combine_intervals(visibility_bounds)
+        if visibility_bounds and len(visibility_bounds) == len(truth["visibility_corr"]) else None)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def percent(value: Value, interval: Interval | None = None) -> str:
+    """A fraction as percent with one decimal, ± its std, then its 95 percent interval in
+    brackets where known; strings ("missing") as they are."""
+    if isinstance(value, str):
+        return value
+    return pct_stat(value.mean, value.std, *(interval or (None, None)))
+
+
+def plain(value: Value) -> str:
+    """An overlap or entropy with three decimals, ± its std."""
+    return value if isinstance(value, str) else num_stat(value.mean, value.std)
+
+
+def _maps(value: Value, row: RowResult) -> str:
+    """An attention value of a row, saying so when fewer seeds measured it than the row found
+    (results from before attention was measured)."""
+    if isinstance(value, Stat) and value.seeds < row.seeds_found:
+        return f"{plain(value)} ({value.seeds}/{row.seeds_found} seeds)"
+    return plain(value)
+
+
+def paper_rank1(key: str | int, dataset: str, table: dict) -> str:
+    """The paper's rank-1 of a row (a Table 1 label or a Table 2 K) on ``dataset``, if any."""
+    number = table.get(key, {}).get(dataset) if dataset in PAPER_DATASETS else None
+    return NO_PAPER_NUMBER if number is None else f"{number:.1f}"
+
+
+def table1_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of Table 1 on ``dataset``."""
+    header = ["row", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
+              f"paper rank-1 ({dataset})"]
+    if dataset == "mars":
+        header.append("paper mAP (mars)")
+    header += ["experiments", "seeds found", "valid queries"]
+    cells = []
+    for row in rows:
+        line = [row.label, percent(row.rank1, row.rank1_ci), percent(row.mean_ap, row.mean_ap_ci),
+                _maps(row.overlap, row),
+                _maps(row.entropy, row), paper_rank1(row.label, dataset, PAPER_TABLE1)]
+        if dataset == "mars":
+            line.append(f"{PAPER_TABLE1[row.label]['mars_mAP']:.1f}"
+                        if row.label in PAPER_TABLE1 else NO_PAPER_NUMBER)
+        line += [", ".join(row.experiments), f"{row.seeds_found}/{row.seeds_wanted}",
+                 MISSING if row.valid_queries is None else f"{row.valid_queries:.1f}"]
+        cells.append(line)
+    return header, cells
+
+
+def table2_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of Table 2 on ``dataset``."""
+    header = ["K", "rank-1 (%)", "mAP (%)", "map overlap", "map entropy (nats)",
+              f"paper rank-1 ({dataset})", "experiment"]
+    cells = []
+    for row in rows:
+        k = int(row.label.removeprefix("K = "))
+        cells.append([str(k), percent(row.rank1, row.rank1_ci),
+                      percent(row.mean_ap, row.mean_ap_ci), _maps(row.overlap, row),
+                      _maps(row.entropy, row), paper_rank1(k, dataset, PAPER_TABLE2),
+                      ", ".join(row.experiments)])
+    return header, cells
+
+
+def _mean(value: Value) -> float | None:
+    return value.mean if isinstance(value, Stat) else None
+
+
+def _gain(value: Value, base: Value) -> str:
+    """Percent points over the Baseline row, or n/a."""
+    a, b = _mean(value), _mean(base)
+    return NOT_APPLICABLE if a is None or b is None else f"{100 * (a - b):+.1f}"
+
+
+def _paper_gain(label: str, column: str) -> str:
+    number, base = PAPER_TABLE1.get(label, {}).get(column), PAPER_TABLE1["Baseline"][column]
+    return NO_PAPER_NUMBER if number is None else f"{number:.1f} ({number - base:+.1f})"
+
+
+def paper_rows(dataset: str, rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Table 1 beside the paper's: each measured row's rank-1 and mAP gain over the measured
+    Baseline, then the paper's four numbers of that row with its gain over the paper's
+    Baseline, whatever set was run (the trends compare; the numbers only on the same set)."""
+    base = next((r for r in rows if r.label == "Baseline"), None)
+    header = ["row", "rank-1 (%)", "gain over Baseline", "mAP (%)", "gain over Baseline",
+              *(f"paper {PAPER_COLUMNS[c]} (gain)" for c in PAPER_COLUMNS)]
+    cells = []
+    for row in rows:
+        cells.append([row.label, percent(row.rank1, row.rank1_ci),
+                      _gain(row.rank1, base.rank1) if base else NOT_APPLICABLE,
+                      percent(row.mean_ap, row.mean_ap_ci),
+                      _gain(row.mean_ap, base.mean_ap) if base else NOT_APPLICABLE,
+                      *(_paper_gain(row.label, c) for c in PAPER_COLUMNS)])
+    return header, cells
+
+
+def _corr(row: RowResult) -> str:
+    if not isinstance(row.visibility, Stat):
+        return row.visibility
+    return corr(row.visibility.mean, *(row.visibility_ci or (None, None)),
+                std=row.visibility.std)
+
+
+def mechanism_rows(rows: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """Where the heads look (the synthetic set's label maps): rows with attention maps."""
+    header = ["row", "person mass", "uniform map's person mass",
+              f"heads below {PERSON_FLOOR} person", "parts covered", "map overlap",
+              "map entropy (nats)", "r(temporal weight, visibility) [95%]"]
+    cells = [[row.label, plain(row.person), plain(row.person_uniform), plain(row.heads_below),
+              plain(row.parts),
+              _maps(row.overlap, row), _maps(row.entropy, row), _corr(row)]
+             for row in rows if row.model != "baseline"]
+    return header, cells
+
+
+# The paper's orderings of Table 1 (higher, lower) and the attention figures it argues for.
+ORDERINGS = (("SpaAtn+Q", "SpaAtn+Q'"), ("SpaAtn+Q'", "SpaAtn"), ("SpaAtn+Q", "SpaAtn"),
+             ("SpaAtn+Q+TemAtn", "SpaAtn+Q"), ("SpaAtn+Q+TemAtn+Ind", "SpaAtn+Q+TemAtn"))
+FULL_MODEL_GAIN = 0.03  # the full model over Baseline, rank-1 and mAP (fractions)
+# Table 1's controls of SpaAtn+Q: its rows that change the heads' maps (tools.experiments)
+CONTROLS = tuple(row.label for row in TABLE1 if "model.maps" in row.overrides)
+CONTROL_GAIN = 0.04  # SpaAtn+Q over each control, rank-1 and mAP (fractions)
+MAP_TARGETS = {"entropy": 1.0, "overlap": 0.15, "person": 0.6, "heads_below": 1, "parts": 4}
+
+
+def _metric(row: RowResult, metric: str) -> tuple[Value, Interval | None]:
+    """A row's ``rank1`` or ``mAP`` and its 95 percent interval."""
+    return (row.rank1, row.rank1_ci) if metric == "rank1" else (row.mean_ap, row.mean_ap_ci)
+
+
+def _half_width(row: RowResult, metric: str) -> float | None:
+    value, ci = _metric(row, metric)
+    if ci is None or not isinstance(value, Stat):
+        return None
+    return max(value.mean - ci[0], ci[1] - value.mean)
+
+
+# (high row, low row) -> the paired difference high - low per metric
+# (tools.experiments.paired.compare), or None where the rows' per-query scores are not there
+# (another protocol, older results)
+Paired = Callable[[str, str], "dict[str, dict[str, float]] | None"]
+
+
+def no_pairs(high: str, low: str) -> None:
+    return None
+
+
+def paired_rows(cells: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
+                protocol: str) -> Paired:
+    """The paired comparison of two Table 1 rows on ``dataset``: every seed of each row found
+    (``resolved``), the same test queries of every split, by a paired bootstrap over the query
+    identities (tools.experiments.paired.compare). Only under the protocol whose per-query scores
+    the evaluate stage stores (tools.experiments.paired.PROTOCOL)."""
+    if protocol != PAIRED_PROTOCOL:
+        return no_pairs
+
+    @functools.cache
+    def runs(label: str) -> list[dict[int, Queries]]:
+        """Every found seed of the row; a seed found without per-query scores (results from
+        before they were stored) makes the whole row unpaired (InputError), so that the paired
+        interval never covers fewer seeds than the row's mean."""
+        out = []
+        for cell in cells:
+            results = resolved.get(cell)
+            if cell.label != label or results is None:
+                continue
+            per_split = dotted(results, f"per_query.{dataset}")
+            if not per_split:
+                raise InputError(f"{cell.experiment or BASELINE_COMMIT}: no per-query scores")
+            out.append({split: queries_of({"per_query": record}, cell.model,
+                                          f"{cell.experiment or BASELINE_COMMIT} split {split}")
+                        for split, record in per_split.items()})
+        return out
+
+    def compare_rows(high: str, low: str) -> dict[str, dict[str, float]] | None:
+        try:
+            a, b = runs(low), runs(high)
+            return compare(a, b) if a and b else None
+        except InputError:  # a model or split without per-query scores, other queries
+            return None
+
+    return compare_rows
+
+
+def _paired_figures(result: dict[str, float]) -> str:
+    lo, hi = 100 * result["lo"], 100 * result["hi"]
+    return (f"{100 * result['b']:.1f} vs {100 * result['a']:.1f}, {100 * result['diff']:+.1f} "
+            f"[{lo:+.1f}, {hi:+.1f}], half-width {(hi - lo) / 2:.1f}")
+
+
+def ordering(high: RowResult, low: RowResult, metric: str = "rank1",
+             paired: dict[str, float] | None = None) -> tuple[str, str]:
+    """(verdict, figures). With ``paired`` (the paired difference high - low of this metric):
+    "holds" when its 95 percent interval lies above 0, "does not hold" below, else "not
+    resolved". Without (no per-query scores): "holds" when ``high`` beats ``low`` by more than
+    the larger half-width of their unpaired 95 percent intervals, "does not hold" when it trails
+    by more, else "within the noise"."""
+    if paired is not None:
+        return paired_verdict(paired["lo"], paired["hi"]), _paired_figures(paired)
+    a, b = _mean(_metric(high, metric)[0]), _mean(_metric(low, metric)[0])
+    if a is None or b is None:
+        return f"not measured ({MISSING})", ""
+    widths = [w for w in (_half_width(high, metric), _half_width(low, metric)) if w is not None]
+    noise = max(widths) if widths else 0.0
+    verdict = ("holds" if a - b > noise else "does not hold" if b - a > noise
+               else "within the noise")
+    return verdict, (f"{100 * a:.1f} vs {100 * b:.1f}, {100 * (a - b):+.1f}; noise "
+                     f"±{100 * noise:.1f}")
+
+
+def gain_claims(high: RowResult, low: RowResult, gain: float, paired: Paired) -> list[Claim]:
+    """``high`` at least ``low`` + ``gain`` (a fraction) in rank-1 and in mAP: holds when the
+    difference reaches the gain and, where per-query scores give a paired interval, that
+    interval lies above 0."""
+    out = []
+    result = paired(high.label, low.label)
+    for metric, name in (("rank1", "rank-1"), ("mAP", "mAP")):
+        a, b = _mean(_metric(high, metric)[0]), _mean(_metric(low, metric)[0])
+        if a is None or b is None:
+            continue
+        pair = None if result is None else result[metric]
+        ok = a - b >= gain and (pair is None or pair["lo"] > 0)
+        figures = _paired_figures(pair) if pair else f"{100 * (a - b):+.2f}, unpaired"
+        out.append(Claim(f"{high.label} >= {low.label} + {100 * gain:.0f} {name}", TARGET,
+                         _holds(ok), figures))
+    return out
+
+
+def claims(rows: list[RowResult], paired: Paired = no_pairs, maps: bool = True) -> list[Claim]:
+    """The claims as measured on one Table 1: the paper's orderings (rank-1; verdicts from the
+    paired intervals of ``paired`` where it has them), then this project's targets: SpaAtn+Q
+    against its two controls (the width control, uniform maps), the full model's gain over
+    Baseline and, with ``maps``, the attention figures of SpaAtn+Q and the temporal weights'
+    correlation with visibility (where the ground truth was measured)."""
+    by = {r.label: r for r in rows}
+    out = []
+    for high, low in ORDERINGS:
+        if high in by and low in by:
+            result = paired(high, low)
+            out.append(Claim(f"{high} > {low}", PAPER, *ordering(
+                by[high], by[low], paired=None if result is None else result["rank1"])))
+    q = by.get(ROW["spatial"])
+    for control in CONTROLS:
+        if q is not None and control in by:
+            out += gain_claims(q, by[control], CONTROL_GAIN, paired)
+    full, base = by.get(ROW["joint"]), by.get(ROW["baseline"])
+    if full and base:
+        out += gain_claims(full, base, FULL_MODEL_GAIN, paired)
+    if not maps:
+        return out
+    q = by.get(ROW["spatial"])
+    if q is not None and isinstance(q.person, Stat):
+        checks = (("map entropy", q.entropy, ">=", MAP_TARGETS["entropy"], "{:.3f} nats"),
+                  ("map overlap", q.overlap, "<=", MAP_TARGETS["overlap"], "{:.4f}"),
+                  ("person mass", q.person, ">=", MAP_TARGETS["person"], "{:.3f}"),
+                  (f"heads below {PERSON_FLOOR} person", q.heads_below, "<=",
+                   MAP_TARGETS["heads_below"], "{:.1f}"),
+                  ("parts covered", q.parts, ">=", MAP_TARGETS["parts"], "{:.1f}"))
+        for name, value, op, target, fmt in checks:
+            v = _mean(value)
+            if v is None:
+                continue
+            ok = v >= target if op == ">=" else v <= target
+            chance = _mean(q.person_uniform) if name == "person mass" else None
+            out.append(Claim(f"{q.label} {name} {op} {target}", TARGET, _holds(ok),
+                             fmt.format(v) + ("" if chance is None
+                                              else f"; a uniform map: {chance:.3f}")))
+    tem = by.get(ROW["temporal"])
+    if tem is not None and isinstance(tem.visibility, Stat):
+        lo = tem.visibility_ci[0] if tem.visibility_ci else None
+        ok = tem.visibility.mean > 0 and lo is not None and lo > 0
+        out.append(Claim("temporal weights follow the visibility of the heads' parts (r > 0 "
+                         "beyond its interval)", TARGET, _holds(ok), _corr(tem)))
+    return out
+
+
+def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
+                    pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ScheduleTable]:
+    """Table 1 under both schedules (``cells``: tools.experiments.cells.schedule_cells) on each
+    (dataset, protocol) of ``pairs``: each schedule's rows and claims (the paper's orderings and
+    the full model's gain, paired within the schedule), and each row across sets against per
+    set, paired over the same queries and every seed found of both."""
+    out = {}
+    tagged = {dataclasses.replace(cell, label=f"{cell.label} ({schedule_of(cell)})"):
+              resolved.get(cell) for cell in cells}
+    groups = {schedule: [c for c in cells if schedule_of(c) == schedule] for schedule in SCHEDULES}
+    for dataset, protocol in pairs:
+        rows = {schedule: aggregate(group, resolved, dataset, protocol)
+                for schedule, group in groups.items()}
+        found = {schedule: claims(rows[schedule], paired_rows(group, resolved, dataset, protocol),
+                                  maps=False) for schedule, group in groups.items()}
+        paired = paired_rows(list(tagged), tagged, dataset, protocol)
+        between = []
+        for row in rows["across_sets"]:
+            result = paired(f"{row.label} (across_sets)", f"{row.label} (per_set)")
+            between.append({"label": row.label, **{
+                metric: None if result is None else result[metric] for metric in ("rank1", "mAP")}})
+        out[dataset, protocol] = ScheduleTable(rows, found, between)
+    return out
+
+
+SCHEDULE_NOTES = {  # what each schedule trains (docs/method.md, "Ind, and the two schedules")
+    "per_set": "Every set fine-tuned on its own from the pretrained CNN and its heads trained on "
+               "it (`schedule: per_set`), so +Ind is a second joint pass on the same set; the "
+               "paper trains every row before +Ind on its three sets together.",
+    "across_sets": "The paper's schedule (`schedule: across_sets`): the CNN and the heads "
+                   "trained once on the union of the sets, +Ind alone per set.",
+}
+
+
+def _difference(result: dict | None) -> tuple[str, str]:
+    """A paired difference (across minus per set) in points with its interval, and its
+    verdict; "not paired" without per-query scores."""
+    if result is None:
+        return "not paired", NOT_APPLICABLE
+    lo, hi = 100 * result["lo"], 100 * result["hi"]
+    return (f"{100 * result['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]",
+            paired_verdict(result["lo"], result["hi"]))
+
+
+def schedule_rows(table: ScheduleTable) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: each row per set and across sets, rank-1 then mAP, and across minus per
+    set with its paired interval and whether across sets is ahead."""
+    per = {r.label: r for r in table.rows["per_set"]}
+    header = ["row", "rank-1 per set (%)", "rank-1 across sets (%)", "across - per set [95%]",
+              "across ahead", "mAP per set (%)", "mAP across sets (%)", "across - per set [95%]",
+              "across ahead", "seeds found (per set, across sets)"]
+    cells = []
+    for row, between in zip(table.rows["across_sets"], table.between, strict=True):
+        other = per.get(row.label)
+        cells.append([
+            row.label, percent(other.rank1) if other else MISSING, percent(row.rank1),
+            *_difference(between["rank1"]),
+            percent(other.mean_ap) if other else MISSING, percent(row.mean_ap),
+            *_difference(between["mAP"]),
+            f"{other.seeds_found if other else 0}, {row.seeds_found} of {row.seeds_wanted}"])
+    return header, cells
+
+
+def schedule_claims(table: ScheduleTable) -> list[str]:
+    """The claims of each schedule's table, each line naming its schedule."""
+    return [f"- {schedule.replace('_', ' ')}: {claim.line()[2:]}"
+            for schedule, found in table.claims.items() for claim in found]
+
+
+def schedule_section(report: Report) -> list[str]:
+    """Markdown: Table 1 under both schedules, per set and protocol, with the claims of each."""
+    sets = ", ".join(f"`{name}`" for name in SCHEDULE_SETS)
+    parts = ["## Table 1 under both schedules",
+             f"The default pipeline's rows on the generated sets {sets} (the PRID-like "
+             "`synthetic2`: two cameras, one query each), heads' seed(s) "
+             f"{', '.join(map(str, report.schedule_seeds))} (experiments "
+             "`sc-per-s<seed>`, `sc-across-s<seed>`, `make schedule`, of commit "
+             f"`{(report.schedule_commit or report.commit)[:7]}`). Per set: every set "
+             "fine-tuned on its own from the pretrained CNN, and its heads trained on it, so "
+             "+Ind is a second joint pass on the same set. Across sets, the paper's schedule "
+             "(§4.2, §4.3): the CNN and the heads trained once on the union of both training "
+             "sets, +Ind alone fine-tuning the whole network to each set (docs/method.md, "
+             "\"Ind, and the two schedules\"). Values: mean ± std over the seeds found. "
+             "Across minus per set: the paired difference over the same queries and every seed "
+             "of both (tools.experiments.paired); \"across ahead\" holds when its 95 percent "
+             "interval lies "
+             "above 0, does not hold below, else not resolved."]
+    for (dataset, protocol), table in report.schedules.items():
+        parts += [f"### {dataset}, {protocol} protocol",
+                  markdown_table(*schedule_rows(table)), "\n".join(schedule_claims(table))]
+    return [part for part in parts if part]
+
+
+def _holds(ok: bool) -> str:
+    return "holds" if ok else "does not hold"
+
+
+CLAIM_HEADINGS = {
+    PAPER: ("The paper's orderings, as measured",
+            "Each row of the paper's Table 1 above the row it builds on, as the paper reports "
+            "on every set (rank-1). Under the official protocol each verdict comes from the "
+            "95 percent interval of the paired difference (the same query identities resampled "
+            "for both rows, over every seed found; tools.experiments.paired): above 0 holds, below "
+            "0 does "
+            "not hold, around 0 not resolved. Elsewhere the noise is the larger half-width of "
+            "the two rows' own intervals; a difference within it neither holds nor fails."),
+    TARGET: ("This project's targets, as measured",
+             "Thresholds this project set for its default run (not numbers of the paper): "
+             "SpaAtn+Q against its controls on the same grid (the grid's average at the heads' "
+             "width, the heads with uniform maps), the full model's gain over Baseline, each "
+             "with its paired interval, and where the heads look against the ground "
+             "truth (the paper argues for diverse part maps, §3.3, and for temporal weights that "
+             "follow visibility, §3.4, without figures)."),
+}
+
+
+def claim_groups(found: list[Claim]) -> list[tuple[str, list[str]]]:
+    """The claims' lines by origin, in CLAIM_HEADINGS' order (PAPER, then TARGET); an origin
+    without a claim is left out."""
+    groups = [(origin, [c.line() for c in found if c.origin == origin])
+              for origin in CLAIM_HEADINGS]
+    return [(origin, lines) for origin, lines in groups if lines]
+
+
+def claim_sections(found: list[Claim], schedule: str) -> list[str]:
+    """Markdown: the claims under two headings, the paper's and this project's, each naming
+    the ``schedule`` they were measured under."""
+    parts = []
+    for origin, lines in claim_groups(found):
+        title, note = CLAIM_HEADINGS[origin]
+        parts += [f"### {title}, schedule {schedule}", note, "\n".join(lines)]
+    return parts
+
+
+def render_markdown(report: Report) -> str:
+    """``metrics/report.md``: how it was made, then per dataset and protocol both tables, Table 1
+    beside the paper's, where the heads look and the claims as measured; then, from the report's
+    ``extras`` where measured, where the default run's models sit (its evaluation and the
+    references), the attention sweep (tools.experiments.sweep) and the cell probe
+    (tools.probes.cell_probe)."""
+    extras = report.extras
+    commit = f"`{report.commit}`" + (f" ({report.commit_name})" if report.commit_name else "")
+    seeds = ", ".join(map(str, report.seeds))
+    parts = [
+        "# DRSA reproduction: Tables 1 and 2",
+        f"Produced by `{report.command}` from the DVC experiments of baseline commit {commit}. "
+        f"Table 1: seed(s) {seeds}. Table 2: seed {report.base_seed}, the `{TABLE2_MODEL}` model "
+        f"(SpaAtn+Q+TemAtn) with K varied; its K = {report.base_k} row is the baseline commit.",
+        "Rank-1 and mAP are in percent. With several seeds a value is the mean over the seeds of "
+        "each seed's mean over the dataset's splits, ± the standard deviation over the seeds; "
+        "with one seed, ± the standard deviation over the splits (0.0 for a set of one split). "
+        "In brackets, the 95 percent interval of the test set (a bootstrap over the query "
+        "identities of each split, combined over the splits; over seeds, the mean of their "
+        "bounds, since every seed is scored on the same queries): a difference between two rows "
+        "within it is test-set noise. "
+        f'"{MISSING}": no usable results (see the list at the end), never a zero. Map overlap: '
+        "mean pairwise Bhattacharyya coefficient between the K spatial attention maps "
+        "(0 disjoint, 1 identical); map entropy in nats. The paper's numbers are its rank-1 (and "
+        "MARS mAP) on PRID2011, iLIDS-VID and MARS.",
+    ]
+    for dataset, protocol in report.table1:
+        rows = report.table1[dataset, protocol]
+        parts += [f"## {dataset}, {protocol} protocol",
+                  PROTOCOL_NOTES.get(protocol, f"Protocol {protocol}."),
+                  f"### Table 1, schedule {report.schedule}",
+                  SCHEDULE_NOTES[report.schedule],
+                  markdown_table(*table1_rows(dataset, rows)),
+                  "### Table 1 beside the paper",
+                  "Each row's gain over Baseline in this run and in the paper (rank-1 on each of "
+                  "the paper's sets, and MARS mAP), side by side: the trends compare whatever "
+                  "set was run; the numbers themselves only on the same set and protocol.",
+                  markdown_table(*paper_rows(dataset, rows))]
+        if any(isinstance(r.person, Stat) for r in rows):
+            parts += ["### Where the heads look",
+                      "From the label maps of the test frames (synthetic set): the mean attention "
+                      "mass on the person over the K heads, beside the mass a uniform map would "
+                      "put there (a head that ignores the frame); heads with less than "
+                      f"{PERSON_FLOOR} of their mass on the person; the distinct parts that are "
+                      "some head's top part (docs/method.md); the within-clip correlation of "
+                      "each head's temporal weight with the visibility of its part, mean over "
+                      "heads (0 by construction under average pooling).",
+                      markdown_table(*mechanism_rows(rows))]
+        parts += claim_sections(report.claims.get((dataset, protocol), []), report.schedule)
+        if (dataset, protocol) in report.cnn:
+            parts += [f"### Over CNN seeds, schedule {report.schedule}",
+                      f"The default pipeline trained again from pretraining on at `seed` "
+                      f"{', '.join(map(str, report.cnn_seeds))} (experiments `cs-s<seed>`, "
+                      "`make cnnseeds`): mean ± std over those seeds, the spread of the whole "
+                      "pipeline's training, where Table 1's seeds re-train the heads alone.",
+                      markdown_table(*table1_rows(dataset, report.cnn[dataset, protocol]))]
+        parts += [f"### Table 2, schedule {report.schedule}",
+                  markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
+    if report.schedules:
+        parts += schedule_section(report)
+    if extras.get("evaluation") is not None:
+        parts += standing_section(extras["evaluation"], extras.get("references"),
+                                  extras.get("probe"))
+    if extras.get("sweep") is not None:
+        parts += sweep_section(extras["sweep"])
+    if extras.get("probe") is not None:
+        parts += probe_section(extras["probe"])
+    parts.append("## Missing results")
+    if report.problems:
+        parts.append("\n".join(f"- `{name}`: {why}" for name, why in report.problems.items()))
+        parts.append("Run the missing experiments with `make ablations` (Table 1, `SEEDS=...`), "
+                     "`make ksweep` (Table 2) or `make schedule` (Table 1 under both "
+                     "schedules); each ends by writing this report again.")
+    else:
+        parts.append("None: every row was found.")
+    return "\n\n".join(parts) + "\n"
+
+
+def standing_section(evaluation: dict, references: dict | None,
+                     probe: dict | None) -> list[str]:
+    """The default run's models between the floor and the ceilings of its test set."""
+    return [
+        "## Where the models sit",
+        f"The workspace's run ({evaluation['dataset']} split {evaluation['split']}, seed "
+        f"{evaluation.get('seed', '?')}; official protocol) between the floor and the ceilings "
+        "of the same test tracklets (`python -m tools.probes.references`, `python -m "
+        "tools.probes.cell_probe`): chance and hand-made colour features at the bottom, oracles "
+        "that read the ground-truth label maps at the top, and the fine-tuned backbone's grid "
+        "pooled on fixed maps (its locality: a grid whose person cells rank no better than its "
+        "background cells gives spatial attention nothing to find). Same camera top 10: the "
+        "share of each query's 10 nearest gallery tracklets from its own camera, beside its "
+        "chance level.",
+        markdown_table(STANDING_HEADER, standing_rows(references, evaluation, probe, ROW)),
+    ]
+
+
+def sweep_section(sweep: dict) -> list[str]:
+    """The attention sweep (metrics/sweep.json) as the report prints it."""
+    matched = matched_lines(sweep)
+    return [
+        "## The attention sweep",
+        f"Settings the paper leaves open (docs/method.md), each a DVC experiment on the cache of "
+        f"baseline commit `{sweep['commit']}` ({sweep['dataset']} split {sweep['split']}, one "
+        f"seed; `python -m tools.experiments run sweep`, then `python -m "
+        f"tools.experiments.sweep`). Train "
+        f"entropy and saturated: the training maps in the last epoch of phase 1 (mean entropy in "
+        f"nats, share of entries below 1e-6); the other map figures are the SpaAtn+Q "
+        f"model's on the test frames; rank-1 and mAP (official protocol) with their 95 percent "
+        f"intervals; r: the temporal model's weight-visibility correlation.",
+        markdown_table(SWEEP_HEADER, sweep_rows(sweep)),
+        "Q against Q' at the same overlap (the paper's argument for Q, §3.3: broader maps that "
+        "still do not overlap):",
+        "\n".join(matched) if matched else "No Q row's overlap lies within the Q' rows' range.",
+        choice_line(sweep),
+    ]
+
+
+def probe_section(probe: dict) -> list[str]:
+    """The cell probe (metrics/cell_probe.json, tools.probes.cell_probe) as the report prints it."""
+    return [
+        "## Identity in each cell",
+        f"`python -m tools.probes.cell_probe` on `{probe['cache']}` (test set, official protocol): "
+        "each res5c cell's feature alone, mean over a tracklet's cached frames, ranked; in "
+        "brackets the cell's person share. A cell off the person that ranks like one on it "
+        "sees the person through its receptive field. Then the whole grid pooled with fixed "
+        "maps: uniform, each frame's person share, its background share.",
+        markdown_table(*grid_rows(probe)),
+        f"Correlation of a cell's rank-1 with its person share: "
+        f"{probe['rank1_person_share_corr']:+.2f}.",
+        markdown_table(*pooled_rows(probe)),
+    ]
+
+
+def render_terminal(report: Report) -> str:
+    """Both tables per dataset and protocol, as plain-text tables."""
+    parts = []
+    for dataset, protocol in report.table1:
+        parts.append(f"Table 1, {dataset}, {protocol} protocol, schedule {report.schedule} "
+                     "(percent)\n"
+                     + text_table(*table1_rows(dataset, report.table1[dataset, protocol])))
+        for origin, lines in claim_groups(report.claims.get((dataset, protocol), [])):
+            parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol, "
+                         f"schedule {report.schedule}\n"
+                         + "\n".join(lines))
+        parts.append(f"Table 2, {dataset}, {protocol} protocol, schedule {report.schedule} "
+                     "(percent)\n"
+                     + text_table(*table2_rows(dataset, report.table2[dataset, protocol])))
+    for (dataset, protocol), table in report.schedules.items():
+        parts.append(f"Table 1 under both schedules, {dataset}, {protocol} protocol (percent)\n"
+                     + text_table(*schedule_rows(table)) + "\n" + "\n".join(
+                         schedule_claims(table)))
+    if report.problems:
+        parts.append("missing:\n" + "\n".join(f"  {name}: {why}"
+                                             for name, why in report.problems.items()))
+    return "\n\n".join(parts)
