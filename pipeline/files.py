@@ -82,9 +82,15 @@ def check_room(path: str | Path, needed: int, what: str, remedy: str = "",
     folder = nearest_folder(Path(path).parent)  # the folder may not exist yet
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise error(f"{path}: {what} needs about {needed / 1e9:.2f} GB but {folder} has "
-                    f"{free / 1e9:.2f} GB free; free some space{remedy}, then run the stage again")
+        raise error(f"{path}: {what} needs about {size(needed)} but {folder} has {size(free)} "
+                    f"free, no space left on device: free some space{remedy}, then run the stage "
+                    "again")
     return free
+
+
+def size(num_bytes: int) -> str:
+    """Bytes as people read a disk: GB with two decimals from 1 GB on, else whole MB."""
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.0f} MB"
 
 
 def temporary_path(path: str | Path) -> Path:

@@ -208,7 +208,7 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
     path = imagenet_weights_file(name)
     if name == "mobilenet_v2":
         return mobilenet_state_dict(path)
-    return _drop_classifier(torch.load(path, map_location="cpu", weights_only=True))
+    return _drop_classifier(load_tensors(path, "model.init=imagenet: "))
 
 
 def mobilenet_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -217,7 +217,7 @@ def mobilenet_state_dict(path: str | Path) -> dict[str, Tensor]:
     (their names differ inside the inverted residual blocks, their order and shapes do not).
     The file must be the one the pinned package ships (its sha256)."""
     check_mobilenet_weights(path)
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_tensors(path, "model.init=imagenet: ")
     target = {f"features.{k}": v for k, v in
               torchvision.models.mobilenet_v2(weights=None).features.state_dict().items()}
     if len(source) != len(target):

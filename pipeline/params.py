@@ -722,9 +722,10 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def dotted(tree: Any, key: str, default: Any = None) -> Any:
-    """``tree["a"]["b"]`` for the key ``"a.b"``, or ``default`` where a level is absent."""
-    for part in key.split("."):
+def dotted(tree: Any, key: str | Sequence[str], default: Any = None) -> Any:
+    """``tree["a"]["b"]`` for the key ``"a.b"`` (or its parts ``("a", "b")``: keys that may hold
+    a dot), or ``default`` where a level is absent."""
+    for part in key.split(".") if isinstance(key, str) else key:
         if not isinstance(tree, dict) or part not in tree:
             return default
         tree = tree[part]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import yaml
 from pipeline.params import Params, dotted, to_dict
 
 DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
-# the names a matrix stage's paths give one (set, split) run and one split, as format fields
+# the name a matrix stage's paths give one (set, split) run (pipeline.params.run_name)
 RUN = "${item.dataset}-${item.split}"
-DATASET = "${item.dataset}"
-SPLIT = "${item.split}"
+# keys of how a stage runs, not of what it computes (launcher, device, loader workers: the same
+# result, tests/test_pipeline_e2e.py): a run interrupted under one resumes under another
+NOT_IN_RESUME_KEY = ("runtime", "data.num_workers")
 
 
 @functools.cache
@@ -33,21 +35,36 @@ def stages() -> dict[str, dict]:
 
 
 def stage(name: str) -> dict:
+    """Stage ``name``'s entry (a ``foreach`` stage's ``do``)."""
     try:
-        return stages()[name]
+        spec = stages()[name]
     except KeyError:
         raise KeyError(f"{DVC_YAML}: no stage {name!r} (stages: {', '.join(stages())})") from None
+    return spec.get("do", spec)
 
 
 def params_of(name: str) -> tuple[str, ...]:
-    """The params keys stage ``name`` lists (a section name stands for the whole section)."""
-    return tuple(key for key in stage(name).get("params", []) if isinstance(key, str))
+    """The params keys stage ``name`` lists (a section name stands for the whole section);
+    ``- params.yaml: [keys]`` entries included. Keys of another file, or a whole file, are
+    refused: nothing here could hash them."""
+    keys: list[str] = []
+    for entry in stage(name).get("params", []):
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, dict) and set(entry) == {"params.yaml"} \
+                and isinstance(entry["params.yaml"], list) and entry["params.yaml"]:
+            keys.extend(entry["params.yaml"])
+        else:
+            raise ValueError(f"{DVC_YAML}: stage {name}: params entry {entry!r}: expected a key "
+                             "of params.yaml, or `params.yaml: [keys]`")
+    return tuple(keys)
 
 
 def settings(p: Params, name: str) -> dict[str, Any]:
-    """{key: value} of every params key stage ``name`` lists: what its resume fingerprint hashes."""
+    """{key: value} of every params key stage ``name`` lists but ``NOT_IN_RESUME_KEY``: what its
+    resume fingerprint hashes."""
     tree = to_dict(p)
-    return {key: dotted(tree, key) for key in params_of(name)}
+    return {key: dotted(tree, key) for key in params_of(name) if key not in NOT_IN_RESUME_KEY}
 
 
 def model_fields(name: str) -> tuple[str, ...]:
@@ -72,7 +89,11 @@ def output(name: str, prefix: str, kind: str = "outs") -> str:
     if len(found) != 1:
         raise KeyError(f"{DVC_YAML}: stage {name} has {len(found)} {kind} under {prefix} "
                        f"({', '.join(found) or 'none'}); expected one")
-    return found[0].replace(RUN, "{run}").replace(DATASET, "{dataset}").replace(SPLIT, "{split}")
+    path = re.sub(r"\$\{item\.(\w+)\}", r"{\1}", found[0].replace(RUN, "{run}"))
+    if "${" in path:
+        raise ValueError(f"{DVC_YAML}: stage {name}: {found[0]}: only ${{item.<field>}} "
+                         "templates are read here")
+    return path
 
 
 def live_folders(root: str = "metrics/live") -> dict[str, str]:

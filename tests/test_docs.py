@@ -1,7 +1,7 @@
 """The documentation: README.md and docs/*.md.
 
 - Every generated block equals what ``tools.project.docs`` renders from the files now (a stale
-figure   fails), and the generator itself is checked on small fabricated files.
+  figure fails), and the generator itself is checked on small fabricated files.
 - No measured-looking figure is typed by hand outside the generated blocks and code fences.
 - Every test the docs name (the bad-input catalogue above all) exists.
 - The front page stays short, its contents list resolves, and every relative link resolves.

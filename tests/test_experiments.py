@@ -117,9 +117,13 @@ def test_existing_experiments_are_the_completed_ones_of_the_commit():
         {"rev": "workspace", "name": None, "data": {}, "error": None, "experiments": None},
         {"rev": "a" * 40, "name": "main", "data": {}, "error": None,
          "experiments": [exp_entry("t1-s0-nodiv"), exp_entry("t1-s0-sparse", {"msg": "failed"}),
-                         exp_entry("t2-k8")]},
+                         exp_entry("t2-k8"), *(dict(exp_entry(f"t2-k{k}"),
+                                                    executor={"state": state})
+                                               for k, state in ((1, "queued"), (2, "running"),
+                                                                (4, "failed")))]},
     ]
-    assert existing_experiments(show) == {"t1-s0-nodiv", "t2-k8"}
+    # queued or running: not queued again; failed (an error, or its run's state): run again
+    assert existing_experiments(show) == {"t1-s0-nodiv", "t2-k8", "t2-k1", "t2-k2"}
     assert existing_experiments(show[:1]) == set()
 
 

@@ -724,7 +724,8 @@ def test_a_cache_larger_than_the_free_disk_fails_before_writing(table, tmp_path,
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 ** 6))
     path = tmp_path / "cache.h5"
-    with pytest.raises(CacheError, match=r"needs about 0\.07 GB but .* has 0\.00 GB free"):
+    with pytest.raises(CacheError, match=r"needs about 67 MB but .* has 1 MB free, no space left "
+                                         r"on device: free some space, point data/cache"):
         write_cache(path, TinyBackbone(), split(table), SIZE, ATTRS, batch_size=2)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 ** 9))
@@ -782,7 +783,8 @@ def test_the_cache_stage_checks_the_disk_for_every_cache_of_the_matrix_not_yet_w
     assert str(err.value) == (
         f"{own_out}: writing the 3 feature caches of {out} not yet written (splits 0, 1, 2 of "
         f"data.splits; 120 frames of 4 x 2 x 2 float16 values) needs about "
-        f"{needed / 1e9:.2f} GB but {own_out.parent} has {(needed - 1) / 1e9:.2f} GB free; free "
+        f"{needed / 1e6:.0f} MB but {own_out.parent} has {(needed - 1) / 1e6:.0f} MB free, no "
+        "space left on device: free "
         "some space, point data/cache at a larger disk, or lower cache.max_frames_per_tracklet, "
         "or run fewer splits at a time (data.splits), then run the stage again")
     free_disk(monkeypatch, needed)

@@ -606,8 +606,6 @@ def test_frames_added_to_data_raw_rerun_download_and_index_only(repo):
     assert up_to_date(repo)
 
 
-
-
 def test_frames_written_over_at_the_same_paths_rerun_every_stage_that_reads_them(repo,
                                                                                 monkeypatch):
     """A video frame replaced in data/raw (same path; the index's paths and ids unchanged): the

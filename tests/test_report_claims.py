@@ -1,5 +1,5 @@
 """Tests of the claims of Table 1 read from paired intervals (tools/experiments/tables.py:
-paired_rows, ordering, gain_claims, claims; tools/report_sources.read_results' per-query scores) on
+paired_rows, ordering, gain_claims, claims; sources.read_results' per-query scores) on
 hand-made results: 8 test queries of 6 identities, each row's per-query rank-1 hits and APs chosen
 here, the evaluate outputs written as the evaluate stage writes them (per_query_record) and read
 back through the report's own sources (the fake `git show` of tests/test_report.py). The expected

@@ -38,7 +38,8 @@ def test_every_params_key_of_dvc_yaml_exists():
 def test_settings_are_the_listed_keys_values():
     p = load_params(ROOT / "params.yaml", {"model.K": 4, "joint.lr": 0.001})
     joint = settings(p, "joint")
-    assert list(joint) == list(params_of("joint"))
+    assert list(joint) == [k for k in params_of("joint")
+                           if k not in ("runtime", "data.num_workers")]
     assert joint["joint"]["lr"] == 0.001 and joint["model.N"] == p.model.N
     assert settings(p, "attention")["model.K"] == 4
     assert "model.K" not in joint  # the joint stage does not list it: its resume key ignores it
@@ -54,6 +55,22 @@ def test_a_resume_key_follows_exactly_its_stage_s_keys():
                                      ("joint", {"attention.seed": 3}, {"attention.spatial.lr": .5}),
                                      ("pretrain", {"data.augment": False}, {"model.N": 4})):
         assert key(stage, changed) != key(stage, {}) == key(stage, unlisted)
+    # how it runs is no part of it: a run interrupted under python resumes under torchrun
+    for stage in ("finetune", "attention", "joint"):
+        assert key(stage, {"runtime.launcher": "torchrun --nproc_per_node=2",
+                           "data.num_workers": 0}) == key(stage, {})
+
+
+def test_other_dvc_yaml_shapes_are_read_or_refused(monkeypatch):
+    monkeypatch.setattr(stage_inputs, "stages", lambda: {
+        "a": {"foreach": [1, 2], "do": {"params": ["seed", {"params.yaml": ["model.K"]}],
+                                        "outs": ["out/${item}/${item.dataset}.json"]}},
+        "b": {"params": [{"other.yaml": ["x"]}], "outs": ["x/${key}.json"]}})
+    assert params_of("a") == ("seed", "model.K")
+    with pytest.raises(ValueError, match="stage b: params entry"):
+        params_of("b")
+    with pytest.raises(ValueError, match=r"stage b: x/\$\{key\}\.json: only"):
+        output("b", "x/")
 
 
 def test_exports_record_their_stage_s_model_keys():

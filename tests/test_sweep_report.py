@@ -1,5 +1,5 @@
 """Tests of the attention sweep (tools/experiments/sweep.py) and of the report's sections beside the
-paper (tools/experiments/tables.py: gains, orderings, claims; tools/report_sources.head_summary), on
+paper (tools/experiments/tables.py: gains, orderings, claims; sources.head_summary), on
 hand-made `dvc exp show --json` outputs (the helpers of tests/test_report.py) and hand-built rows,
 every expected value worked out by hand."""
 

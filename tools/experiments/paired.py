@@ -11,8 +11,7 @@ resolves the difference, its sign says which model is ahead.
 
     python -m tools.experiments.paired metrics/eval/synthetic-0.json:baseline \
         metrics/eval/synthetic-0.json:joint
-    python -m tools.experiments.paired --experiments    # `make exp`: each experiment against its
-    commit
+    python -m tools.experiments.paired --experiments   # `make exp`: each experiment vs its commit
 
 Each argument is ``<evaluation file>:<model>``; the two files may be two commits' or two
 workspaces' results of the same split (the same test queries), or one file with two models. Bad

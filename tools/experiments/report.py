@@ -10,8 +10,8 @@ split of its ``data.splits``; ``git show``), combined over the splits as the sum
 combines them. A Table 1 row run with several seeds shows the mean over the seeds of the per-seed
 means over splits, ± their standard deviation over the seeds; a row with one seed shows ± the
 standard deviation over the dataset's splits. A row without usable results says "missing", never
-0. Modules: ``report_sources`` (reading), ``report_data`` (the report as data, report.json),
-``report_tables`` (statistics, claims, markdown, terminal), ``report_chart`` (the chart).
+0. Modules: ``show`` (``dvc exp show``), ``sources`` (reading), ``data`` (the report as data,
+report.json), ``tables`` (statistics, claims, markdown, terminal), ``chart`` (the chart).
 
     python -m tools.experiments.report --params params.yaml --json metrics/report.json \
         --out metrics/report.md --chart metrics/plots/table1.png [--seeds 0 1 2] \

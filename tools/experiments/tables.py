@@ -63,7 +63,7 @@ BASELINE_COMMIT = "baseline commit"  # how a cell read from the baseline commit 
 # the ground-truth figures of a row: key of the attention summary -> RowResult field
 TRUTH_KEYS = {"person": "person", "parts_covered": "parts", "heads_below": "heads_below",
               "person_uniform": "person_uniform", "visibility_corr": "visibility"}
-HEAD_KEYS = ("heads_below", "person_uniform")  # read from report_sources.head_summary
+HEAD_KEYS = ("heads_below", "person_uniform")  # read from sources.head_summary
 
 
 # --- combining seeds -----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ background map ranks as well as the person map, the identity loss gives heads no
 at the person; a cell away from the person that ranks like one on it sees the person through its
 receptive field (at res5c that field spans the whole frame).
 
-    python -m tools.probes.cell_probe --cache data/cache/synthetic-0.h5 --out
-    metrics/cell_probe.json
+    python -m tools.probes.cell_probe --cache data/cache/synthetic-0.h5 \
+        --out metrics/cell_probe.json
 
 Needs a cache with ground truth (the synthetic set).
 """

@@ -12,7 +12,8 @@ the same-camera share of the nearest 10). Person above background: heads have a 
 the person; person at or below background: every cell already sees the person.
 
     python -m tools.probes.locality --out metrics/locality.json   # the default candidates
-    python -m tools.probes.locality --subset train --out metrics/locality_train.json  # choosing
+    python -m tools.probes.locality --subset train \
+        --out metrics/locality_train.json   # choosing a grid on training identities
     python -m tools.probes.locality \
         --candidate "mine=data/models/synthetic-0/finetune.pt:features.14"
 """

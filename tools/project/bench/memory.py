@@ -19,7 +19,7 @@ from pipeline.features import write_cache
 from pipeline.model import Backbone
 from tools.project.bench.common import Setup, Target, log, row, tracklet_table
 
-ROOT = Path(__file__).resolve().parents[2]  # the project: what the child needs on its sys.path
+ROOT = Path(__file__).resolve().parents[3]  # the project: what the child needs on its sys.path
 
 
 def _rss_kb(field: str) -> int:

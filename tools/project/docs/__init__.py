@@ -25,7 +25,7 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``standing``: the default run's models between the floor and the ceilings of the same test set
   (``metrics/references.json``, ``metrics/eval/<set>-<split>.json``, ``metrics/cell_probe.json``);
 - ``locality``: the candidate grids' locality (``metrics/locality.json``,
-``tools.probes.locality``);
+  ``tools.probes.locality``);
 - ``architecture``: each DVC stage's entry point and the library modules it reads (``dvc.yaml``);
 - ``cache-disk``: the disk a whole split matrix of feature caches takes per real video set and the
   time caching takes (the sets' published frame counts, ``metrics/bench.json``).

@@ -37,7 +37,7 @@ def read_json(root: Path, relative: str, command: str) -> Any:
 
 def field_of(tree: Any, relative: str, *keys: str) -> Any:
     """``tree[k1][k2]...``; a missing key is an error naming the file and the key."""
-    value = dotted(tree, ".".join(keys), default=DocsError)
+    value = dotted(tree, keys, default=DocsError)
     if value is DocsError:
         raise DocsError(f"{relative}: expected the key {'.'.join(keys)}")
     return value
