@@ -821,7 +821,7 @@ def test_the_cache_stage_fails_on_a_matrix_too_large_before_reading_a_frame(tmp_
     free_disk(monkeypatch, 3 * (64 << 20))  # the HDF5 allowance of 3 caches, no byte for grids
     with pytest.raises(CacheError, match=(
             r"writing the 3 feature caches .* \(splits 0, 1, 3 of data\.splits; 144 frames of "
-            r"512 x 2 x 1 float16 values\) needs about 0\.20 GB")):
+            r"512 x 2 x 1 float16 values\) needs about 202 MB")):
         stage.main(["--params", str(params), "--index", index.format(split=0), "--model",
                     str(tmp_path / "finetune.pt"), "--out", out.format(split=0),
                     "--matrix-index", index, "--matrix-out", out])
