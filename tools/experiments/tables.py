@@ -452,7 +452,10 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
     the full model's gain, paired within the schedule), and each row across sets against per
     set, paired over the same queries and every seed found of both."""
     out = {}
-    tagged = {dataclasses.replace(cell, label=f"{cell.label} ({schedule_of(cell)})"):
+    def tag(label: str, schedule: str | None) -> str:  # one row under one schedule
+        return f"{label} ({schedule})"
+
+    tagged = {dataclasses.replace(cell, label=tag(cell.label, schedule_of(cell))):
               resolved.get(cell) for cell in cells}
     groups = {schedule: [c for c in cells if schedule_of(c) == schedule] for schedule in SCHEDULES}
     for dataset, protocol in pairs:
@@ -463,7 +466,7 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
         paired = paired_rows(list(tagged), tagged, dataset, protocol)
         between = []
         for row in rows["across_sets"]:
-            result = paired(f"{row.label} (across_sets)", f"{row.label} (per_set)")
+            result = paired(tag(row.label, "across_sets"), tag(row.label, "per_set"))
             between.append({"label": row.label, **{
                 metric: None if result is None else result[metric] for metric in ("rank1", "mAP")}})
         out[dataset, protocol] = ScheduleTable(rows, found, between)
@@ -530,8 +533,7 @@ def schedule_section(report: Report) -> list[str]:
              "\"Ind, and the two schedules\"). Values: mean ± std over the seeds found. "
              "Across minus per set: the paired difference over the same queries and every seed "
              "of both (tools.experiments.paired); \"across ahead\" holds when its 95 percent "
-             "interval lies "
-             "above 0, does not hold below, else not resolved."]
+             "interval lies above 0, does not hold below, else not resolved."]
     for (dataset, protocol), table in report.schedules.items():
         parts += [f"### {dataset}, {protocol} protocol",
                   markdown_table(*schedule_rows(table)), "\n".join(schedule_claims(table))]
@@ -548,9 +550,9 @@ CLAIM_HEADINGS = {
             "on every set (rank-1). Under the official protocol each verdict comes from the "
             "95 percent interval of the paired difference (the same query identities resampled "
             "for both rows, over every seed found; tools.experiments.paired): above 0 holds, below "
-            "0 does "
-            "not hold, around 0 not resolved. Elsewhere the noise is the larger half-width of "
-            "the two rows' own intervals; a difference within it neither holds nor fails."),
+            "0 does not hold, around 0 not resolved. Elsewhere the noise is the larger "
+            "half-width of the two rows' own intervals; a difference within it neither holds nor "
+            "fails."),
     TARGET: ("This project's targets, as measured",
              "Thresholds this project set for its default run (not numbers of the paper): "
              "SpaAtn+Q against its controls on the same grid (the grid's average at the heads' "
@@ -683,11 +685,11 @@ def sweep_section(sweep: dict) -> list[str]:
         f"Settings the paper leaves open (docs/method.md), each a DVC experiment on the cache of "
         f"baseline commit `{sweep['commit']}` ({sweep['dataset']} split {sweep['split']}, one "
         f"seed; `python -m tools.experiments run sweep`, then `python -m "
-        f"tools.experiments.sweep`). Train "
-        f"entropy and saturated: the training maps in the last epoch of phase 1 (mean entropy in "
-        f"nats, share of entries below 1e-6); the other map figures are the SpaAtn+Q "
-        f"model's on the test frames; rank-1 and mAP (official protocol) with their 95 percent "
-        f"intervals; r: the temporal model's weight-visibility correlation.",
+        f"tools.experiments.sweep`). Train entropy and saturated: the training maps in the last "
+        f"epoch of phase 1 (mean entropy in nats, share of entries below 1e-6); the other map "
+        f"figures are the SpaAtn+Q model's on the test frames; rank-1 and mAP (official "
+        f"protocol) with their 95 percent intervals; r: the temporal model's weight-visibility "
+        f"correlation.",
         markdown_table(SWEEP_HEADER, sweep_rows(sweep)),
         "Q against Q' at the same overlap (the paper's argument for Q, §3.3: broader maps that "
         "still do not overlap):",

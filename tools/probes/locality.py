@@ -90,9 +90,8 @@ def load_backbone(name: str, source: str, params_path: Path) -> nn.Module:
         reason = re.sub(r",? or set model\.init=scratch\.?$", "",
                         str(err).removeprefix("model.init=imagenet: "))
         raise MissingWeightsError(f"candidate {name!r} of tools.probes.locality: {reason}; or "
-                                  "measure "
-                                  "the other grids alone: --candidate NAME=SOURCE:MODULE for "
-                                  "each") from err
+                                  "measure the other grids alone: --candidate "
+                                  "NAME=SOURCE:MODULE for each") from err
 
 
 def pool_grids(grids: np.ndarray, shares: np.ndarray) -> dict[str, np.ndarray]:

@@ -111,8 +111,7 @@ def claims_block(root: Path) -> str:
     return (f"From {origin(report)}; Table 1's seeds {', '.join(map(str, report.seeds))}; rank-1 "
             "unless said; [lo, hi]: the 95 percent interval of the paired difference over the "
             "same query identities and seeds (tools.experiments.paired): a claim that needs more "
-            "than a "
-            "difference (`>`, `+ N`) holds only with it above 0.\n\n"
+            "than a difference (`>`, `+ N`) holds only with it above 0.\n\n"
             + "\n\n".join(parts))
 
 
