@@ -123,10 +123,7 @@ def split_file() -> str:
 
 def _concrete(path: str) -> str:
     """A templated path with one value for every ``${...}``: the paths of one run compare."""
-    while "${" in path:
-        start = path.index("${")
-        path = path[:start] + "x" + path[path.index("}", start) + 1:]
-    return path
+    return re.sub(r"\$\{[^}]*\}", "x", path)
 
 
 def _feeds(outs: list[str], deps: list[str]) -> bool:

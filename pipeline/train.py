@@ -35,9 +35,7 @@ from pipeline.errors import DivergedError, ParamsError
 from pipeline.files import check_room
 from pipeline.losses import diversity_penalty
 from pipeline.model import HeadOutput
-from pipeline.params import (
-    TrainParams,
-)
+from pipeline.params import TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import CheckpointError
-from pipeline.files import atomic_dir, write_json, write_with
-from pipeline.params import Params
+from pipeline.files import atomic_dir, check_writable, write_json, write_with
+from pipeline.params import Params, load_params
 
 if TYPE_CHECKING:  # imported where used: under per_set a union stage needs neither (nor torch)
     import pandas as pd
@@ -48,6 +48,17 @@ def add_union_args(parser: argparse.ArgumentParser) -> None:
                         help="the index folder (<set>/split_<k>.json of every set)")
     parser.add_argument("--out", type=Path, required=True, help="the union's folder")
     parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+
+
+def begin(parser: argparse.ArgumentParser, argv: list[str] | None,
+          per_set_stage: str) -> tuple[argparse.Namespace, Params] | None:
+    """A union stage's arguments (``add_union_args`` and its own, added to ``parser``) and params,
+    its folders checked writable; None under ``per_set``, its folder written
+    (``nothing_to_train``)."""
+    args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.scratch)
+    p = load_params(args.params)
+    return None if nothing_to_train(args.out, p, args.split, per_set_stage) else (args, p)
 
 
 def nothing_to_train(out: Path, p: Params, split: int, per_set_stage: str) -> bool:

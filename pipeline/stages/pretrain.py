@@ -28,6 +28,8 @@ from pipeline.tables import load_image_index, pool_sets
 from pipeline.train import Step, fit
 
 log = logging.getLogger("pretrain")
+
+
 def export_untrained(p: Params, out: Path, live: Path) -> None:
     """No image sets: export the backbone of ``model.init`` (ImageNet weights, a checkpoint, or a
     seeded random init) with a baseline head as initialised, and a curves folder without steps,

@@ -20,15 +20,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.files import check_writable, sha256_file
-from pipeline.params import load_params
+from pipeline.files import sha256_file
 from pipeline.stages.common import run
 from pipeline.union import (
     CNN_FILES,
     LIVE,
     add_union_args,
+    begin,
     index_files,
-    nothing_to_train,
     pooled_training,
     publish,
     union_classes,
@@ -41,11 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_union_args(parser)
     parser.add_argument("--init", type=Path, required=True, help="the pretrained model")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.scratch)
-    p = load_params(args.params)
-    if nothing_to_train(args.out, p, args.split, "finetune"):
+    started = begin(parser, argv, "finetune")
+    if started is None:
         return
+    args, p = started
     # imported only to train: under per_set the stage never loads torch (a second, not five)
     from pipeline import distributed
     from pipeline.stages.finetune import train_cnn

@@ -22,16 +22,15 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import CacheError
-from pipeline.files import check_writable
-from pipeline.params import load_params, run_name
+from pipeline.params import run_name
 from pipeline.stages.common import run
 from pipeline.union import (
     CNN_FILES,
     HEADS_FILES,
     LIVE,
     add_union_args,
+    begin,
     index_files,
-    nothing_to_train,
     pooled_training,
     publish,
     union_classes,
@@ -48,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the cache folder (<set>-<k>.h5 of every set)")
     parser.add_argument("--cnn", type=Path, required=True,
                         help="the union_cnn stage's folder (its CNN made the caches)")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.scratch)
-    p = load_params(args.params)
-    if nothing_to_train(args.out, p, args.split, "attention"):
+    started = begin(parser, argv, "attention")
+    if started is None:
         return
+    args, p = started
     # imported only to train: under per_set the stage never loads torch (a second, not five)
     from pipeline import distributed
     from pipeline.data import UnionDataset
