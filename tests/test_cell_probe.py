@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tools.experiments.tables import probe_section
+from tests.test_sweep_report import claim_rows, render, report_of
 from tools.probes.cell_probe import main, probe
 
 
@@ -45,9 +45,10 @@ def test_a_cell_on_the_person_ranks_and_a_shared_background_cell_does_not(tmp_pa
     assert {k: v["rank1"] for k, v in result["pooled"].items()} == {
         "uniform map": 1.0, "person share map": 1.0, "background share map": 0.0}
     assert set(result["pooled"]["person share map"]) >= {"mAP", "rank1_lo", "same_camera_top10"}
-    lines = probe_section(result)
-    assert lines[0] == "## Identity in each cell"
-    assert "| row 1 | 100.0 (1.00) |" in lines[2] and "| row 2 | 0.0 (0.00) |" in lines[2]
+    text = render(report_of(claim_rows(0.1)), "cmd", probe=result)
+    lines = text.split("\n\n## Identity in each cell\n\n")[1].split("\n\n## ")[0].split("\n\n")
+    assert "| row 1 | 100.0 (1.00) |" in lines[1] and "| row 2 | 0.0 (0.00) |" in lines[1]
+    assert lines[2] == "Correlation of a cell's rank-1 with its person share: +1.00."
     assert "| background share map | 0.0 [0.0, 0.0] |" in lines[-1]
 
 

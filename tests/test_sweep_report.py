@@ -32,7 +32,6 @@ from tools.experiments.tables import (
     mechanism_rows,
     ordering,
     paper_rows,
-    sweep_section,
 )
 
 CURVE = LEGACY_CURVE.format(run="synthetic-0")
@@ -360,14 +359,14 @@ def test_render_markdown_has_the_sections_beside_the_paper_and_the_sweep():
     assert "### Table 1 beside the paper" in text
 
 
-def test_sweep_section_prints_the_matched_lines():
+def test_the_sweep_section_prints_the_matched_lines():
     matched = {"coefficient": 0.03, "overlap": 0.05, "entropy_q": 1.0, "entropy_sparse": 0.5,
                "difference": 0.5, "between": [0.1, 0.01]}
-    section = sweep_section({"commit": "c0ffee", "dataset": "synthetic", "split": 0,
-                             "rows": [], "matched": [matched]})
-    assert section[0] == "## The attention sweep"
-    assert "baseline commit `c0ffee` (synthetic split 0, one seed;" in section[1]
-    assert section[2].startswith("| row | setting | train entropy | train saturated |")
+    text = render(report_of(claim_rows(0.1)), "cmd", sweep={
+        "commit": "c0ffee", "dataset": "synthetic", "split": 0, "rows": [], "matched": [matched]})
+    section = text.split("\n\n## The attention sweep\n\n")[1].split("\n\n## ")[0].split("\n\n")
+    assert "baseline commit `c0ffee` (synthetic split 0, one seed;" in section[0]
+    assert section[1].startswith("| row | setting | train entropy | train saturated |")
     assert section[-2] == ("- Q x0.03: overlap 0.050, entropy 1.000 nats; Q' at the same overlap "
                            "(between its coefficients 0.1 and 0.01): 0.500; Q broader by +0.500 "
                            "nats")

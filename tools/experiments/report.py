@@ -11,7 +11,8 @@ combines them. A Table 1 row run with several seeds shows the mean over the seed
 means over splits, ± their standard deviation over the seeds; a row with one seed shows ± the
 standard deviation over the dataset's splits. A row without usable results says "missing", never
 0. Modules: ``show`` (``dvc exp show``), ``sources`` (reading), ``data`` (the report as data,
-report.json), ``tables`` (statistics, claims, markdown, terminal), ``chart`` (the chart).
+report.json), ``tables`` (statistics, claims, markdown through the template
+``report.md.j2``, terminal), ``chart`` (the chart).
 
     python -m tools.experiments.report --params params.yaml --json metrics/report.json \
         --out metrics/report.md --chart metrics/plots/table1.png [--seeds 0 1 2] \

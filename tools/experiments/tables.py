@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from pipeline.errors import InputError
@@ -43,17 +46,6 @@ from tools.experiments.sweep import SWEEP_HEADER, choice_line, matched_lines, sw
 from tools.probes.cell_probe import grid_rows, pooled_rows
 from tools.probes.references import STANDING_HEADER, standing_rows
 
-PROTOCOL_NOTES = {
-    "official": "Official protocol, each benchmark's own: on MARS and the sets in its layout "
-                "(synthetic included) the MARS evaluation code, each query ranked against all "
-                "test tracklets, queries included; on PRID2011 and iLIDS-VID each probe "
-                "(camera 1) ranked against the other camera's test sequences only; junk "
-                "skipped; rank-1 and mAP divided by all queries, so a query without a true "
-                "match counts as a miss. The paper's numbers are under these protocols.",
-    "torchreid": "Torchreid protocol: the gallery is the test tracklets without the queries and "
-                 "without junk (pid -1); queries without a valid match are skipped, so rank-1 "
-                 "and mAP are divided by the valid queries only.",
-}
 TABLE1_ORDER = {row.label: i for i, row in enumerate(TABLE1)}  # the paper's row order
 PAPER_DATASETS = ("prid2011", "ilidsvid", "mars")  # the video sets of the paper's tables
 PAPER_COLUMNS = {"prid2011": "PRID2011 rank-1", "ilidsvid": "iLIDS-VID rank-1",
@@ -163,9 +155,6 @@ def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], data
            for key, field_name in TRUTH_KEYS.items()},
         visibility_ci=combine_intervals(visibility_bounds)
         if visibility_bounds and len(visibility_bounds) == len(truth["visibility_corr"]) else None)
-
-
-# --- the report ----------------------------------------------------------------------------------
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -473,15 +462,6 @@ def schedule_tables(cells: Sequence[Cell], resolved: dict[Cell, dict | None],
     return out
 
 
-SCHEDULE_NOTES = {  # what each schedule trains (docs/method.md, "Ind, and the two schedules")
-    "per_set": "Every set fine-tuned on its own from the pretrained CNN and its heads trained on "
-               "it (`schedule: per_set`), so +Ind is a second joint pass on the same set; the "
-               "paper trains every row before +Ind on its three sets together.",
-    "across_sets": "The paper's schedule (`schedule: across_sets`): the CNN and the heads "
-                   "trained once on the union of the sets, +Ind alone per set.",
-}
-
-
 def _difference(result: dict | None) -> tuple[str, str]:
     """A paired difference (across minus per set) in points with its interval, and its
     verdict; "not paired" without per-query scores."""
@@ -517,201 +497,68 @@ def schedule_claims(table: ScheduleTable) -> list[str]:
             for schedule, found in table.claims.items() for claim in found]
 
 
-def schedule_section(report: Report) -> list[str]:
-    """Markdown: Table 1 under both schedules, per set and protocol, with the claims of each."""
-    sets = ", ".join(f"`{name}`" for name in SCHEDULE_SETS)
-    parts = ["## Table 1 under both schedules",
-             f"The default pipeline's rows on the generated sets {sets} (the PRID-like "
-             "`synthetic2`: two cameras, one query each), heads' seed(s) "
-             f"{', '.join(map(str, report.schedule_seeds))} (experiments "
-             "`sc-per-s<seed>`, `sc-across-s<seed>`, `make schedule`, of commit "
-             f"`{(report.schedule_commit or report.commit)[:7]}`). Per set: every set "
-             "fine-tuned on its own from the pretrained CNN, and its heads trained on it, so "
-             "+Ind is a second joint pass on the same set. Across sets, the paper's schedule "
-             "(§4.2, §4.3): the CNN and the heads trained once on the union of both training "
-             "sets, +Ind alone fine-tuning the whole network to each set (docs/method.md, "
-             "\"Ind, and the two schedules\"). Values: mean ± std over the seeds found. "
-             "Across minus per set: the paired difference over the same queries and every seed "
-             "of both (tools.experiments.paired); \"across ahead\" holds when its 95 percent "
-             "interval lies above 0, does not hold below, else not resolved."]
-    for (dataset, protocol), table in report.schedules.items():
-        parts += [f"### {dataset}, {protocol} protocol",
-                  markdown_table(*schedule_rows(table)), "\n".join(schedule_claims(table))]
-    return [part for part in parts if part]
-
-
 def _holds(ok: bool) -> str:
     return "holds" if ok else "does not hold"
 
 
-CLAIM_HEADINGS = {
-    PAPER: ("The paper's orderings, as measured",
-            "Each row of the paper's Table 1 above the row it builds on, as the paper reports "
-            "on every set (rank-1). Under the official protocol each verdict comes from the "
-            "95 percent interval of the paired difference (the same query identities resampled "
-            "for both rows, over every seed found; tools.experiments.paired): above 0 holds, below "
-            "0 does not hold, around 0 not resolved. Elsewhere the noise is the larger "
-            "half-width of the two rows' own intervals; a difference within it neither holds nor "
-            "fails."),
-    TARGET: ("This project's targets, as measured",
-             "Thresholds this project set for its default run (not numbers of the paper): "
-             "SpaAtn+Q against its controls on the same grid (the grid's average at the heads' "
-             "width, the heads with uniform maps), the full model's gain over Baseline, each "
-             "with its paired interval, and where the heads look against the ground "
-             "truth (the paper argues for diverse part maps, §3.3, and for temporal weights that "
-             "follow visibility, §3.4, without figures)."),
-}
+CLAIM_TITLES = {PAPER: "The paper's orderings, as measured",
+                TARGET: "This project's targets, as measured"}
 
 
 def claim_groups(found: list[Claim]) -> list[tuple[str, list[str]]]:
-    """The claims' lines by origin, in CLAIM_HEADINGS' order (PAPER, then TARGET); an origin
+    """The claims' lines by origin, in CLAIM_TITLES' order (PAPER, then TARGET); an origin
     without a claim is left out."""
     groups = [(origin, [c.line() for c in found if c.origin == origin])
-              for origin in CLAIM_HEADINGS]
+              for origin in CLAIM_TITLES]
     return [(origin, lines) for origin, lines in groups if lines]
 
 
-def claim_sections(found: list[Claim], schedule: str) -> list[str]:
-    """Markdown: the claims under two headings, the paper's and this project's, each naming
-    the ``schedule`` they were measured under."""
-    parts = []
-    for origin, lines in claim_groups(found):
-        title, note = CLAIM_HEADINGS[origin]
-        parts += [f"### {title}, schedule {schedule}", note, "\n".join(lines)]
-    return parts
+TEMPLATE = Path(__file__).with_name("report.md.j2")  # the report's prose and layout
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["para"] = lambda text: " ".join(text.split()) + "\n"  # one paragraph, one line
+    return env.get_template(TEMPLATE.name)
 
 
 def render_markdown(report: Report) -> str:
-    """``metrics/report.md``: how it was made, then per dataset and protocol both tables, Table 1
-    beside the paper's, where the heads look and the claims as measured; then, from the report's
-    ``extras`` where measured, where the default run's models sit (its evaluation and the
-    references), the attention sweep (tools.experiments.sweep) and the cell probe
-    (tools.probes.cell_probe)."""
+    """``metrics/report.md`` (its prose and layout: TEMPLATE): how it was made, then per dataset
+    and protocol both tables, Table 1 beside the paper's, where the heads look and the claims as
+    measured; then, from the report's ``extras`` where measured, where the default run's models
+    sit (its evaluation and the references), the attention sweep (tools.experiments.sweep) and
+    the cell probe (tools.probes.cell_probe)."""
     extras = report.extras
-    commit = f"`{report.commit}`" + (f" ({report.commit_name})" if report.commit_name else "")
-    seeds = ", ".join(map(str, report.seeds))
-    parts = [
-        "# DRSA reproduction: Tables 1 and 2",
-        f"Produced by `{report.command}` from the DVC experiments of baseline commit {commit}. "
-        f"Table 1: seed(s) {seeds}. Table 2: seed {report.base_seed}, the `{TABLE2_MODEL}` model "
-        f"(SpaAtn+Q+TemAtn) with K varied; its K = {report.base_k} row is the baseline commit.",
-        "Rank-1 and mAP are in percent. With several seeds a value is the mean over the seeds of "
-        "each seed's mean over the dataset's splits, ± the standard deviation over the seeds; "
-        "with one seed, ± the standard deviation over the splits (0.0 for a set of one split). "
-        "In brackets, the 95 percent interval of the test set (a bootstrap over the query "
-        "identities of each split, combined over the splits; over seeds, the mean of their "
-        "bounds, since every seed is scored on the same queries): a difference between two rows "
-        "within it is test-set noise. "
-        f'"{MISSING}": no usable results (see the list at the end), never a zero. Map overlap: '
-        "mean pairwise Bhattacharyya coefficient between the K spatial attention maps "
-        "(0 disjoint, 1 identical); map entropy in nats. The paper's numbers are its rank-1 (and "
-        "MARS mAP) on PRID2011, iLIDS-VID and MARS.",
-    ]
-    for dataset, protocol in report.table1:
-        rows = report.table1[dataset, protocol]
-        parts += [f"## {dataset}, {protocol} protocol",
-                  PROTOCOL_NOTES.get(protocol, f"Protocol {protocol}."),
-                  f"### Table 1, schedule {report.schedule}",
-                  SCHEDULE_NOTES[report.schedule],
-                  markdown_table(*table1_rows(dataset, rows)),
-                  "### Table 1 beside the paper",
-                  "Each row's gain over Baseline in this run and in the paper (rank-1 on each of "
-                  "the paper's sets, and MARS mAP), side by side: the trends compare whatever "
-                  "set was run; the numbers themselves only on the same set and protocol.",
-                  markdown_table(*paper_rows(dataset, rows))]
-        if any(isinstance(r.person, Stat) for r in rows):
-            parts += ["### Where the heads look",
-                      "From the label maps of the test frames (synthetic set): the mean attention "
-                      "mass on the person over the K heads, beside the mass a uniform map would "
-                      "put there (a head that ignores the frame); heads with less than "
-                      f"{PERSON_FLOOR} of their mass on the person; the distinct parts that are "
-                      "some head's top part (docs/method.md); the within-clip correlation of "
-                      "each head's temporal weight with the visibility of its part, mean over "
-                      "heads (0 by construction under average pooling).",
-                      markdown_table(*mechanism_rows(rows))]
-        parts += claim_sections(report.claims.get((dataset, protocol), []), report.schedule)
-        if (dataset, protocol) in report.cnn:
-            parts += [f"### Over CNN seeds, schedule {report.schedule}",
-                      f"The default pipeline trained again from pretraining on at `seed` "
-                      f"{', '.join(map(str, report.cnn_seeds))} (experiments `cs-s<seed>`, "
-                      "`make cnnseeds`): mean ± std over those seeds, the spread of the whole "
-                      "pipeline's training, where Table 1's seeds re-train the heads alone.",
-                      markdown_table(*table1_rows(dataset, report.cnn[dataset, protocol]))]
-        parts += [f"### Table 2, schedule {report.schedule}",
-                  markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))]
-    if report.schedules:
-        parts += schedule_section(report)
-    if extras.get("evaluation") is not None:
-        parts += standing_section(extras["evaluation"], extras.get("references"),
-                                  extras.get("probe"))
-    if extras.get("sweep") is not None:
-        parts += sweep_section(extras["sweep"])
-    if extras.get("probe") is not None:
-        parts += probe_section(extras["probe"])
-    parts.append("## Missing results")
-    if report.problems:
-        parts.append("\n".join(f"- `{name}`: {why}" for name, why in report.problems.items()))
-        parts.append("Run the missing experiments with `make ablations` (Table 1, `SEEDS=...`), "
-                     "`make ksweep` (Table 2) or `make schedule` (Table 1 under both "
-                     "schedules); each ends by writing this report again.")
-    else:
-        parts.append("None: every row was found.")
-    return "\n\n".join(parts) + "\n"
-
-
-def standing_section(evaluation: dict, references: dict | None,
-                     probe: dict | None) -> list[str]:
-    """The default run's models between the floor and the ceilings of its test set."""
-    return [
-        "## Where the models sit",
-        f"The workspace's run ({evaluation['dataset']} split {evaluation['split']}, seed "
-        f"{evaluation.get('seed', '?')}; official protocol) between the floor and the ceilings "
-        "of the same test tracklets (`python -m tools.probes.references`, `python -m "
-        "tools.probes.cell_probe`): chance and hand-made colour features at the bottom, oracles "
-        "that read the ground-truth label maps at the top, and the fine-tuned backbone's grid "
-        "pooled on fixed maps (its locality: a grid whose person cells rank no better than its "
-        "background cells gives spatial attention nothing to find). Same camera top 10: the "
-        "share of each query's 10 nearest gallery tracklets from its own camera, beside its "
-        "chance level.",
-        markdown_table(STANDING_HEADER, standing_rows(references, evaluation, probe, ROW)),
-    ]
-
-
-def sweep_section(sweep: dict) -> list[str]:
-    """The attention sweep (metrics/sweep.json) as the report prints it."""
-    matched = matched_lines(sweep)
-    return [
-        "## The attention sweep",
-        f"Settings the paper leaves open (docs/method.md), each a DVC experiment on the cache of "
-        f"baseline commit `{sweep['commit']}` ({sweep['dataset']} split {sweep['split']}, one "
-        f"seed; `python -m tools.experiments run sweep`, then `python -m "
-        f"tools.experiments.sweep`). Train entropy and saturated: the training maps in the last "
-        f"epoch of phase 1 (mean entropy in nats, share of entries below 1e-6); the other map "
-        f"figures are the SpaAtn+Q model's on the test frames; rank-1 and mAP (official "
-        f"protocol) with their 95 percent intervals; r: the temporal model's weight-visibility "
-        f"correlation.",
-        markdown_table(SWEEP_HEADER, sweep_rows(sweep)),
-        "Q against Q' at the same overlap (the paper's argument for Q, §3.3: broader maps that "
-        "still do not overlap):",
-        "\n".join(matched) if matched else "No Q row's overlap lies within the Q' rows' range.",
-        choice_line(sweep),
-    ]
-
-
-def probe_section(probe: dict) -> list[str]:
-    """The cell probe (metrics/cell_probe.json, tools.probes.cell_probe) as the report prints it."""
-    return [
-        "## Identity in each cell",
-        f"`python -m tools.probes.cell_probe` on `{probe['cache']}` (test set, official protocol): "
-        "each res5c cell's feature alone, mean over a tracklet's cached frames, ranked; in "
-        "brackets the cell's person share. A cell off the person that ranks like one on it "
-        "sees the person through its receptive field. Then the whole grid pooled with fixed "
-        "maps: uniform, each frame's person share, its background share.",
-        markdown_table(*grid_rows(probe)),
-        f"Correlation of a cell's rank-1 with its person share: "
-        f"{probe['rank1_person_share_corr']:+.2f}.",
-        markdown_table(*pooled_rows(probe)),
-    ]
+    evaluation, sweep, probe = extras.get("evaluation"), extras.get("sweep"), extras.get("probe")
+    sections = []
+    for (dataset, protocol), rows in report.table1.items():
+        cnn = report.cnn.get((dataset, protocol))
+        sections.append({
+            "dataset": dataset, "protocol": protocol,
+            "table1": markdown_table(*table1_rows(dataset, rows)),
+            "paper": markdown_table(*paper_rows(dataset, rows)),
+            "mechanism": any(isinstance(r.person, Stat) for r in rows)
+            and markdown_table(*mechanism_rows(rows)),
+            "claims": claim_groups(report.claims.get((dataset, protocol), [])),
+            "cnn": cnn is not None and markdown_table(*table1_rows(dataset, cnn)),
+            "table2": markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))})
+    text = _template().render(
+        report=report, sections=sections, missing=MISSING, table2_model=TABLE2_MODEL,
+        person_floor=PERSON_FLOOR, claim_titles=CLAIM_TITLES,
+        schedule_sets=", ".join(f"`{name}`" for name in SCHEDULE_SETS),
+        schedules=[{"dataset": d, "protocol": p, "table": markdown_table(*schedule_rows(t)),
+                    "claims": "\n".join(schedule_claims(t))}
+                   for (d, p), t in report.schedules.items()],
+        evaluation=evaluation,
+        standing=evaluation and markdown_table(STANDING_HEADER, standing_rows(
+            extras.get("references"), evaluation, probe, ROW)),
+        sweep=sweep, sweep_table=sweep and markdown_table(SWEEP_HEADER, sweep_rows(sweep)),
+        matched=sweep and matched_lines(sweep), choice=sweep and choice_line(sweep),
+        probe=probe, grid=probe and markdown_table(*grid_rows(probe)),
+        pooled=probe and markdown_table(*pooled_rows(probe)))
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
 def render_terminal(report: Report) -> str:
@@ -722,7 +569,7 @@ def render_terminal(report: Report) -> str:
                      "(percent)\n"
                      + text_table(*table1_rows(dataset, report.table1[dataset, protocol])))
         for origin, lines in claim_groups(report.claims.get((dataset, protocol), [])):
-            parts.append(f"{CLAIM_HEADINGS[origin][0]}, {dataset}, {protocol} protocol, "
+            parts.append(f"{CLAIM_TITLES[origin]}, {dataset}, {protocol} protocol, "
                          f"schedule {report.schedule}\n"
                          + "\n".join(lines))
         parts.append(f"Table 2, {dataset}, {protocol} protocol, schedule {report.schedule} "

@@ -96,7 +96,7 @@ def report_block(root: Path) -> str:
 def claims_block(root: Path) -> str:
     """The README's measured claims: for the first protocol of each set of the report, the
     paper's orderings and this project's targets as the report measured them (what each kind
-    means: the report's CLAIM_HEADINGS, in metrics/report.md)."""
+    means: the report's CLAIM_TITLES and its template's notes, in metrics/report.md)."""
     report = load_report(root)
     heads = {PAPER: "The paper's orderings (its Table 1: each row above the one it builds on)",
              TARGET: "This project's targets (thresholds set here, not numbers of the paper)"}
