@@ -52,10 +52,20 @@ PAPER_COLUMNS = {"prid2011": "PRID2011 rank-1", "ilidsvid": "iLIDS-VID rank-1",
                  "mars": "MARS rank-1", "mars_mAP": "MARS mAP"}
 NO_PAPER_NUMBER = "n/a (no paper number)"
 BASELINE_COMMIT = "baseline commit"  # how a cell read from the baseline commit is named
-# the ground-truth figures of a row: key of the attention summary -> RowResult field
-TRUTH_KEYS = {"person": "person", "parts_covered": "parts", "heads_below": "heads_below",
-              "person_uniform": "person_uniform", "visibility_corr": "visibility"}
-HEAD_KEYS = ("heads_below", "person_uniform")  # read from sources.head_summary
+# Where each figure of a row is in one seed's results (sources.read_results): RowResult field ->
+# (section, key) at ``<section>.<dataset>.<model>.<key>``, ``results`` under the protocol
+FIGURES = {"rank1": ("results", "rank1"), "mean_ap": ("results", "mAP"),
+           "overlap": ("attention", "overlap"), "entropy": ("attention", "entropy"),
+           "person": ("attention", "person"), "parts": ("attention", "parts_covered"),
+           "heads_below": ("heads", "heads_below"),  # sources.head_summary
+           "person_uniform": ("heads", "person_uniform"),
+           "visibility": ("attention", "visibility_corr")}
+MAPS = ("overlap", "entropy")  # n/a where measured without a value (overlap with K = 1)
+# The 95 percent interval of a figure: RowResult field -> (its figure, where its bounds are:
+# section, the key holding them or None for the section itself, the keys of lo and hi)
+INTERVALS = {"rank1_ci": ("rank1", ("results", "rank1", "lo", "hi")),
+             "mean_ap_ci": ("mean_ap", ("results", "mAP", "lo", "hi")),
+             "visibility_ci": ("visibility", ("heads", None, "visibility_lo", "visibility_hi"))}
 
 
 # --- combining seeds -----------------------------------------------------------------------------
@@ -91,70 +101,68 @@ def aggregate(cells: Sequence[Cell], resolved: dict[Cell, dict | None], dataset:
                           protocol) for label in labels]
 
 
+def seed_figures(results: dict | None, dataset: str, model: str,
+                 protocol: str) -> dict[str, tuple[float, float] | None] | None:
+    """One seed's figures of a row, ``{field: (mean, std) or None (not measured)}`` with each
+    interval's ``(lo, hi)`` under its field of INTERVALS, plus ``"queries"`` (valid queries) and
+    ``"maps"`` (the attention figures measured at all); None where the seed has no results."""
+    entry = dotted(results, f"results.{dataset}.{model}.{protocol}")
+    if not isinstance(entry, dict):
+        return None
+    where = {section: found if isinstance(found := dotted(results, path), dict) else {}
+             for section, path in (("results", f"results.{dataset}.{model}.{protocol}"),
+                                   ("attention", f"attention.{dataset}.{model}"),
+                                   ("heads", f"heads.{dataset}.{model}"))}
+    out: dict = {field: _mean_std(where[section].get(key))
+                 for field, (section, key) in FIGURES.items()}
+    for field, (_, (section, key, lo, hi)) in INTERVALS.items():
+        holder = where[section] if key is None else where[section].get(key)
+        out[field] = ((holder[lo], holder[hi]) if isinstance(holder, dict) and lo in holder
+                      and hi in holder else None)
+    out["queries"] = entry.get("num_valid_queries")
+    out["maps"] = bool(where["attention"])
+    return out
+
+
+def _mean_std(value: object) -> tuple[float, float] | None:
+    """A summary's ``{"mean", "std"}`` (std 0 where absent) or a bare number, as (mean, std)."""
+    if isinstance(value, dict) and value.get("mean") is not None:
+        return value["mean"], value.get("std") or 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), 0.0
+    return None
+
+
 def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
                   protocol: str) -> RowResult:
-    """The cells of one row (one per seed) combined into a RowResult."""
-    metrics: dict[str, list[tuple[float, float]]] = {"rank1": [], "mAP": []}
-    intervals: dict[str, list[Interval]] = {"rank1": [], "mAP": []}
-    attention: dict[str, list[tuple[float, float]]] = {"overlap": [], "entropy": []}
-    not_applicable = {"overlap": False, "entropy": False}
-    truth: dict[str, list[tuple[float, float]]] = {k: [] for k in TRUTH_KEYS}
-    visibility_bounds: list[Interval] = []
-    valid, experiments, found = [], [], 0
-    for cell in group:
-        results = resolved.get(cell)
-        entry = dotted(results, f"results.{dataset}.{cell.model}.{protocol}")
-        name = cell.experiment or BASELINE_COMMIT
-        experiments.append(name if isinstance(entry, dict) else f"{name} ({MISSING})")
-        if not isinstance(entry, dict):
-            continue
-        found += 1
-        if entry.get("num_valid_queries") is not None:
-            valid.append(float(entry["num_valid_queries"]))
-        for metric, values in metrics.items():
-            if isinstance(entry.get(metric), dict):
-                values.append((entry[metric]["mean"], entry[metric].get("std", 0.0)))
-                if "lo" in entry[metric] and "hi" in entry[metric]:
-                    intervals[metric].append((entry[metric]["lo"], entry[metric]["hi"]))
-        maps = dotted(results, f"attention.{dataset}.{cell.model}")
-        for key, values in attention.items():
-            if not isinstance(maps, dict) or not maps:
-                continue  # results from before attention was measured
-            value = maps.get(key)
-            if value is None or (isinstance(value, dict) and value.get("mean") is None):
-                not_applicable[key] = True  # overlap with K = 1: no pairs of maps
-            elif isinstance(value, dict):
-                values.append((value["mean"], value.get("std") or 0.0))
-        for key, values in truth.items():
-            value = (maps or {}).get(key) if key not in HEAD_KEYS else dotted(
-                results, f"heads.{dataset}.{cell.model}.{key}")
-            if isinstance(value, dict) and value.get("mean") is not None:
-                values.append((value["mean"], value.get("std") or 0.0))
-            elif isinstance(value, int | float):
-                values.append((float(value), 0.0))
-        heads = dotted(results, f"heads.{dataset}.{cell.model}") or {}
-        if "visibility_lo" in heads:
-            visibility_bounds.append((heads["visibility_lo"], heads["visibility_hi"]))
+    """The cells of one row (one per seed) combined into a RowResult: each figure the mean over
+    the seeds that measured it (``combine``); an interval only where every seed of its figure
+    has one (results from before intervals: none)."""
+    seeds = {cell: seed_figures(resolved.get(cell), dataset, cell.model, protocol)
+             for cell in group}
+    found = [figures for figures in seeds.values() if figures is not None]
+    stats = {field: combine([f[field] for f in found if f[field] is not None])
+             for field in FIGURES}
+    intervals = {field: [f[field] for f in found if f[field] is not None] for field in INTERVALS}
     model = group[0].model
     no_maps = NOT_APPLICABLE if model == "baseline" else MISSING  # the baseline has no maps
+    for field in MAPS:  # measured, without a value: n/a
+        if stats[field] is None and any(f["maps"] and f[field] is None for f in found):
+            stats[field] = NOT_APPLICABLE
+    valid = [f["queries"] for f in found if f["queries"] is not None]
     return RowResult(
         label=group[0].label, model=model,
-        rank1=combine(metrics["rank1"]) or MISSING, mean_ap=combine(metrics["mAP"]) or MISSING,
-        overlap=combine(attention["overlap"])
-        or (NOT_APPLICABLE if not_applicable["overlap"] else no_maps),
-        entropy=combine(attention["entropy"])
-        or (NOT_APPLICABLE if not_applicable["entropy"] else no_maps),
-        valid_queries=float(np.mean(valid)) if valid else None,
-        seeds_found=found, seeds_wanted=len(group), experiments=tuple(experiments),
-        # an interval only where every seed found has one (results from before intervals: none)
-        rank1_ci=combine_intervals(intervals["rank1"]) if len(intervals["rank1"]) == found
-        else None,
-        mean_ap_ci=combine_intervals(intervals["mAP"]) if len(intervals["mAP"]) == found
-        else None,
-        **{field_name: combine(truth[key]) or NOT_APPLICABLE
-           for key, field_name in TRUTH_KEYS.items()},
-        visibility_ci=combine_intervals(visibility_bounds)
-        if visibility_bounds and len(visibility_bounds) == len(truth["visibility_corr"]) else None)
+        **{field: (MISSING if field in ("rank1", "mean_ap") else no_maps if field in MAPS
+                   else NOT_APPLICABLE) if stats[field] is None else stats[field]
+           for field in FIGURES},
+        valid_queries=float(np.mean([float(v) for v in valid])) if valid else None,
+        seeds_found=len(found), seeds_wanted=len(group),
+        experiments=tuple(cell.experiment or BASELINE_COMMIT if figures is not None else
+                          f"{cell.experiment or BASELINE_COMMIT} ({MISSING})"
+                          for cell, figures in seeds.items()),
+        **{field: combine_intervals(bounds) if bounds and len(bounds) == sum(
+            f[figure] is not None for f in found) else None
+           for field, (figure, _) in INTERVALS.items() for bounds in [intervals[field]]})
 
 
 # --- formatting ----------------------------------------------------------------------------------
