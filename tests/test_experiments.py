@@ -26,6 +26,7 @@ from tools.experiments.cells import (
     existing_experiments,
     main,
     schedule_cells,
+    seeds_named,
     table1_cells,
     table2_cells,
     to_queue,
@@ -335,3 +336,16 @@ def test_one_job_runs_each_experiment_in_a_temporary_workspace_without_the_queue
     assert [c[:4] for c in calls] == [("exp", "run", "--queue", "-n")] * 3 + [
         ("exp", "run", "--run-all", "--jobs")]
     assert calls[-1][-1] == "2"
+
+
+def test_the_report_finds_the_seeds_of_the_names_the_runner_gives():
+    """One format per kind of experiment (cells.NAMES): the names table1_cells, cnn_seed_cells
+    and schedule_cells write give back their seeds, and no kind takes another's."""
+    names = {
+        "table1": [c.experiment for c in table1_cells([0, 4, 12], 0) if c.experiment],
+        "cnn": [c.experiment for c in cnn_seed_cells([0, 3, 7], 0, 0) if c.experiment],
+        "schedule": [c.experiment for c in schedule_cells([2, 9])]}
+    every = [name for found in names.values() for name in found]
+    assert {kind: seeds_named(every, kind) for kind in names} == {
+        "table1": {0, 4, 12}, "cnn": {3, 7}, "schedule": {2, 9}}  # t1-s0-<row> too
+    assert seeds_named(["t1-sx", "t1-s5x", "cs-s3-extra", "sc-per-s"], "table1") == set()

@@ -32,7 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,9 @@ SCHEDULE_SHORT = {schedule: schedule.split("_")[0] for schedule in SCHEDULES}
 # written by tools.experiments.report
 REPORT_OUTPUTS = ("metrics/report.json", "metrics/report.md", "metrics/plots/table1.png")
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
+# The experiments' names of each kind (a Table 1 row that changes something adds "-<its key>");
+# the report finds the seeds that were run from them (seeds_named)
+NAMES = {"table1": "t1-s{seed}", "cnn": "cs-s{seed}", "schedule": "sc-{short}-s{seed}"}
 
 # The paper's numbers (REFERENCE section 1): rank-1 on PRID2011, iLIDS-VID, MARS, and MARS mAP.
 PAPER_TABLE1 = {
@@ -152,10 +156,10 @@ def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
     cells = []
     for seed in seeds:
         seed_over = () if seed == base_seed else ((SEED_KEY, str(seed)),)
-        default = None if seed == base_seed else f"t1-s{seed}"
+        default = None if seed == base_seed else NAMES["table1"].format(seed=seed)
         cells += [Cell(row.label, row.model, seed, default, seed_over)
                   for row in TABLE1 if not row.overrides]
-        cells += [Cell(row.label, row.model, seed, f"t1-s{seed}-{row.key}",
+        cells += [Cell(row.label, row.model, seed, f"{NAMES['table1'].format(seed=seed)}-{row.key}",
                        seed_over + tuple(row.overrides.items()))
                   for row in TABLE1 if row.overrides]
     return cells
@@ -166,7 +170,8 @@ def cnn_seed_cells(seeds: Sequence[int], base_seed: int, heads_seed: int) -> lis
     ``seed`` = the params' own (``base_seed``) is the baseline commit, any other the experiment
     ``cs-s<seed>`` (the whole pipeline trained again, CNN included). Every cell keeps the
     params' Table 1 seed (``heads_seed``, ``attention.seed``), which its results record."""
-    return [Cell(row.label, row.model, heads_seed, None if seed == base_seed else f"cs-s{seed}",
+    return [Cell(row.label, row.model, heads_seed,
+                 None if seed == base_seed else NAMES["cnn"].format(seed=seed),
                  () if seed == base_seed else ((CNN_SEED_KEY, str(seed)),))
             for seed in seeds for row in TABLE1 if not row.overrides]
 
@@ -176,10 +181,18 @@ def schedule_cells(seeds: Sequence[int]) -> list[Cell]:
     each schedule at each heads' seed: per seed, one experiment per schedule; the per-set one
     first (its synthetic stages are the baseline commit's, restored from the run-cache)."""
     sets = "[" + ",".join(SCHEDULE_SETS) + "]"
-    return [Cell(row.label, row.model, seed, f"sc-{short}-s{seed}",
+    return [Cell(row.label, row.model, seed, NAMES["schedule"].format(short=short, seed=seed),
                  (("schedule", schedule), ("data.video", sets), (SEED_KEY, str(seed))))
             for seed in seeds for schedule, short in SCHEDULE_SHORT.items()
             for row in TABLE1 if not row.overrides]
+
+
+def seeds_named(names: Iterable[str], kind: str) -> set[int]:
+    """The seeds of the experiments among ``names`` named as NAMES[kind] says (Table 1's with or
+    without a row's key after it)."""
+    pattern = re.escape(NAMES[kind]).replace(r"\{seed\}", r"(\d+)").replace(r"\{short\}", "[a-z]+")
+    pattern += "(?:-|$)" if kind == "table1" else "$"
+    return {int(m.group(1)) for name in names if (m := re.match(pattern, name))}
 
 
 def schedule_of(cell: Cell) -> str | None:

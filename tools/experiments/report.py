@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from tools.experiments.cells import (
     checked_seeds,
     cnn_seed_cells,
     schedule_cells,
+    seeds_named,
     table1_cells,
     table2_cells,
 )
@@ -79,16 +79,12 @@ PROTOCOL_ORDER = ("official", "torchreid")
 
 def default_seeds(sources: Sources, base_seed: int) -> list[int]:
     """The params' seed and every seed some Table 1 experiment (``t1-s<seed>...``) exists for."""
-    pattern = re.compile(r"t1-s(\d+)(?:-|$)")
-    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
-    return sorted(found | {base_seed})
+    return sorted(seeds_named(sources.experiments, "table1") | {base_seed})
 
 
 def default_cnn_seeds(sources: Sources, base_seed: int) -> list[int]:
     """The params' seed and every seed a CNN-seed experiment (``cs-s<seed>``) exists for."""
-    pattern = re.compile(r"cs-s(\d+)$")
-    found = {int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))}
-    return sorted(found | {base_seed})
+    return sorted(seeds_named(sources.experiments, "cnn") | {base_seed})
 
 
 def schedule_seeds(sources: Sources) -> list[int]:
@@ -96,8 +92,7 @@ def schedule_seeds(sources: Sources) -> list[int]:
     (``sc-<schedule>-s<seed>``) exists for (none: the report leaves the table out). Its own, not
     Table 1's ``--seeds``: `make schedule` and `make ablations` may run other seeds; a seed run
     under one schedule and not the other shows the missing one."""
-    pattern = re.compile(r"sc-[a-z]+-s(\d+)$")
-    return sorted({int(m.group(1)) for name in sources.experiments if (m := pattern.match(name))})
+    return sorted(seeds_named(sources.experiments, "schedule"))
 
 
 def found_pairs(results: Sequence[dict | None]) -> list[tuple[str, str]]:
