@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.datasets import ilidsvid, mars, prid2011
 from pipeline.formatting import markdown_table
-from pipeline.params import VIDEO_SPLITS
+from pipeline.params import VIDEO_SPLITS, one_split_joins
 from tools.project.docs.common import NotProduced, field_of, read_json
 
 PAPER_GRID = (2048, 8, 4)  # D x h x w of ResNet-50's res5c for a 256x128 frame (paper §3.2)
@@ -52,9 +52,10 @@ def cache_disk_block(root: Path) -> str:
     per_frame = math.prod(PAPER_GRID) * BYTES_PER_VALUE
     rate = caching_rate(root)
     rows, joined = [], []
-    most = max(VIDEO_SPLITS[name] for name, *_ in video_sets())
+    names = [name for name, *_ in video_sets()]
+    most = max(VIDEO_SPLITS[name] for name in names)
     for name, label, frames, counted in video_sets():
-        if VIDEO_SPLITS[name] == 1:  # it joins every split index of the sets of ten across sets
+        if one_split_joins(name, names, range(most)):  # joins every split index across sets
             joined.append(f"{label} {frames * most * per_frame / 1e12:.2f} TB")
         splits = VIDEO_SPLITS[name]
         time = ("not measured" if rate is None
