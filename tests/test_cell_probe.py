@@ -46,6 +46,7 @@ def test_a_cell_on_the_person_ranks_and_a_shared_background_cell_does_not(tmp_pa
         "uniform map": 1.0, "person share map": 1.0, "background share map": 0.0}
     assert set(result["pooled"]["person share map"]) >= {"mAP", "rank1_lo", "same_camera_top10"}
     text = render(report_of(claim_rows(0.1)), "cmd", probe=result)
+    assert "\n\n## Identity in each cell\n\n" in text
     lines = text.split("\n\n## Identity in each cell\n\n")[1].split("\n\n## ")[0].split("\n\n")
     assert "| row 1 | 100.0 (1.00) |" in lines[1] and "| row 2 | 0.0 (0.00) |" in lines[1]
     assert lines[2] == "Correlation of a cell's rank-1 with its person share: +1.00."

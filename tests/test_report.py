@@ -616,3 +616,42 @@ def test_repeated_or_invalid_seeds_are_refused_before_dvc_runs(tmp_path, monkeyp
               str(tmp_path / "r.md"), "--chart", str(tmp_path / "c.png"), "--seeds", *seeds])
     assert exit_.value.code == f"error: {expected}"
     assert not list(tmp_path.glob("r.*"))
+
+
+def test_a_row_combines_each_figure_over_the_seeds_that_measured_it():
+    """aggregate_row on hand-made results of two seeds: rank-1 and its interval over both; the
+    overlap of K = 1 (measured, no value) n/a, a model without maps missing, the Baseline's n/a;
+    the ground-truth figures n/a where unmeasured; a correlation whose bounds come from another
+    seed than its value gets no interval; a seed without results is named missing."""
+    from tools.experiments.cells import Cell
+    from tools.experiments.tables import aggregate_row
+
+    def results(rank1: float, attention: dict, heads: dict | None = None) -> dict:
+        entry = {"rank1": {"mean": rank1, "std": 0.0, "lo": rank1 - 0.1, "hi": rank1 + 0.1},
+                 "mAP": {"mean": rank1 / 2, "std": 0.0}, "num_valid_queries": 10}
+        return {"results": {"s": {"spatial": {"official": entry}}},
+                "attention": {"s": {"spatial": attention}},
+                "heads": {"s": {"spatial": heads or {}}}}
+
+    cells = [Cell("SpaAtn+Q", "spatial", seed, f"e{seed}", ()) for seed in range(3)]
+    resolved = {cells[0]: results(0.5, {"overlap": None, "entropy": {"mean": 1.0, "std": 0.2},
+                                        "visibility_corr": {"mean": 0.3, "std": 0.0}}),
+                cells[1]: results(0.7, {"overlap": {"mean": None}, "entropy": {"mean": 2.0}},
+                                  {"visibility_lo": 0.1, "visibility_hi": 0.4}),
+                cells[2]: None}
+    row = aggregate_row(cells, resolved, "s", "official")
+    assert (row.rank1.mean, row.rank1.seeds, row.rank1_ci) == (
+        pytest.approx(0.6), 2, pytest.approx((0.5, 0.7)))
+    assert row.mean_ap_ci is None and row.valid_queries == 10.0  # no seed has mAP bounds
+    assert row.overlap == "n/a" and row.entropy == Stat(1.5, 0.5, 2)
+    assert row.person == "n/a" and row.visibility == Stat(0.3, 0.0, 1)
+    assert row.visibility_ci is None  # its bounds are the other seed's
+    assert (row.seeds_found, row.seeds_wanted, row.experiments) == (2, 3, ("e0", "e1",
+                                                                            "e2 (missing)"))
+    bare = {cell: results(0.5, {}) for cell in cells}
+    assert aggregate_row(cells, bare, "s", "official").overlap == MISSING  # maps not measured
+    base = [Cell("Baseline", "baseline", 0, None, ())]
+    baseline = aggregate_row(base, {base[0]: {"results": {"s": {"baseline": {"official": {
+        "rank1": {"mean": 0.4}}}}}}}, "s", "official")
+    assert (baseline.overlap, baseline.rank1, baseline.mean_ap, baseline.experiments) == (
+        "n/a", Stat(0.4, 0.0, 1), MISSING, ("baseline commit",))

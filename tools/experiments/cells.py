@@ -118,7 +118,8 @@ REPORT_OUTPUTS = ("metrics/report.json", "metrics/report.md", "metrics/plots/tab
 TABLE2_MODEL = "temporal"  # Table 2 varies K in SpaAtn+Q+TemAtn (its K = 6 row is Table 1's)
 # The experiments' names of each kind (a Table 1 row that changes something adds "-<its key>");
 # the report finds the seeds that were run from them (seeds_named)
-NAMES = {"table1": "t1-s{seed}", "cnn": "cs-s{seed}", "schedule": "sc-{short}-s{seed}"}
+NAMES = {"table1": "t1-s{seed}", "table2": "t2-k{k}", "cnn": "cs-s{seed}",
+         "schedule": "sc-{short}-s{seed}", "sweep": "sw-{key}"}
 
 # The paper's numbers (REFERENCE section 1): rank-1 on PRID2011, iLIDS-VID, MARS, and MARS mAP.
 PAPER_TABLE1 = {
@@ -201,14 +202,16 @@ def schedule_of(cell: Cell) -> str | None:
 
 
 def table2_cells(base_k: int, seed: int) -> list[Cell]:
-    return [Cell(f"K = {k}", TABLE2_MODEL, seed, None if k == base_k else f"t2-k{k}",
+    return [Cell(f"K = {k}", TABLE2_MODEL, seed,
+                 None if k == base_k else NAMES["table2"].format(k=k),
                  () if k == base_k else (("model.K", str(k)),)) for k in TABLE2_K]
 
 
 def sweep_cells(seed: int) -> list[Cell]:
     """The params' own setting (the baseline commit), then every row of SWEEP."""
     return [Cell("params.yaml", "spatial", seed, None, ()),
-            *(Cell(row.label, row.model, seed, f"sw-{row.key}", tuple(row.overrides.items()))
+            *(Cell(row.label, row.model, seed, NAMES["sweep"].format(key=row.key),
+                   tuple(row.overrides.items()))
               for row in SWEEP)]
 
 

@@ -60,7 +60,7 @@ FIGURES = {"rank1": ("results", "rank1"), "mean_ap": ("results", "mAP"),
            "heads_below": ("heads", "heads_below"),  # sources.head_summary
            "person_uniform": ("heads", "person_uniform"),
            "visibility": ("attention", "visibility_corr")}
-MAPS = ("overlap", "entropy")  # n/a where measured without a value (overlap with K = 1)
+MAPS = ("overlap", "entropy")  # the attention maps' own figures
 # The 95 percent interval of a figure: RowResult field -> (its figure, where its bounds are:
 # section, the key holding them or None for the section itself, the keys of lo and hi)
 INTERVALS = {"rank1_ci": ("rank1", ("results", "rank1", "lo", "hi")),
@@ -101,13 +101,11 @@ def aggregate(cells: Sequence[Cell], resolved: dict[Cell, dict | None], dataset:
                           protocol) for label in labels]
 
 
-def seed_figures(results: dict | None, dataset: str, model: str,
-                 protocol: str) -> dict[str, tuple[float, float] | None] | None:
-    """One seed's figures of a row, ``{field: (mean, std) or None (not measured)}`` with each
-    interval's ``(lo, hi)`` under its field of INTERVALS, plus ``"queries"`` (valid queries) and
-    ``"maps"`` (the attention figures measured at all); None where the seed has no results."""
-    entry = dotted(results, f"results.{dataset}.{model}.{protocol}")
-    if not isinstance(entry, dict):
+def seed_figures(results: dict | None, dataset: str, model: str, protocol: str) -> dict | None:
+    """One seed's figures of a row: ``{field: (mean, std) or None (not measured)}`` for FIGURES,
+    ``{field: (lo, hi) or None}`` for INTERVALS, ``"queries"``: its valid queries (or None) and
+    ``"maps"``: whether it measured attention at all; None where the seed has no results."""
+    if not isinstance(dotted(results, f"results.{dataset}.{model}.{protocol}"), dict):
         return None
     where = {section: found if isinstance(found := dotted(results, path), dict) else {}
              for section, path in (("results", f"results.{dataset}.{model}.{protocol}"),
@@ -119,7 +117,7 @@ def seed_figures(results: dict | None, dataset: str, model: str,
         holder = where[section] if key is None else where[section].get(key)
         out[field] = ((holder[lo], holder[hi]) if isinstance(holder, dict) and lo in holder
                       and hi in holder else None)
-    out["queries"] = entry.get("num_valid_queries")
+    out["queries"] = where["results"].get("num_valid_queries")
     out["maps"] = bool(where["attention"])
     return out
 
@@ -133,36 +131,46 @@ def _mean_std(value: object) -> tuple[float, float] | None:
     return None
 
 
+def _interval(found: list[dict], field: str) -> Interval | None:
+    """The interval of INTERVALS' ``field`` over the seeds ``found``: only where exactly the seeds
+    that measured its figure have one (results from before intervals: none)."""
+    figure = INTERVALS[field][0]
+    if any((f[field] is None) != (f[figure] is None) for f in found):
+        return None
+    return combine_intervals([f[field] for f in found if f[field] is not None])
+
+
 def aggregate_row(group: Sequence[Cell], resolved: dict[Cell, dict | None], dataset: str,
                   protocol: str) -> RowResult:
     """The cells of one row (one per seed) combined into a RowResult: each figure the mean over
-    the seeds that measured it (``combine``); an interval only where every seed of its figure
-    has one (results from before intervals: none)."""
-    seeds = {cell: seed_figures(resolved.get(cell), dataset, cell.model, protocol)
-             for cell in group}
-    found = [figures for figures in seeds.values() if figures is not None]
-    stats = {field: combine([f[field] for f in found if f[field] is not None])
-             for field in FIGURES}
-    intervals = {field: [f[field] for f in found if f[field] is not None] for field in INTERVALS}
+    the seeds that measured it (``combine``), each interval as ``_interval`` says. Where no seed
+    has a figure: rank-1 and mAP "missing"; the map figures "n/a" where attention was measured
+    without them (overlap with K = 1) or for the Baseline (no maps), else "missing"; the
+    ground-truth figures "n/a"."""
+    seeds = [(cell, seed_figures(resolved.get(cell), dataset, cell.model, protocol))
+             for cell in group]
+    found = [figures for _, figures in seeds if figures is not None]
     model = group[0].model
-    no_maps = NOT_APPLICABLE if model == "baseline" else MISSING  # the baseline has no maps
-    for field in MAPS:  # measured, without a value: n/a
-        if stats[field] is None and any(f["maps"] and f[field] is None for f in found):
-            stats[field] = NOT_APPLICABLE
-    valid = [f["queries"] for f in found if f["queries"] is not None]
+
+    def unmeasured(field: str) -> str:
+        if field in ("rank1", "mean_ap"):
+            return MISSING
+        if field in MAPS and model != "baseline" and not any(
+                f["maps"] and f[field] is None for f in found):
+            return MISSING
+        return NOT_APPLICABLE
+
+    stats = {field: combine([f[field] for f in found if f[field] is not None]) or unmeasured(field)
+             for field in FIGURES}
+    valid = [float(f["queries"]) for f in found if f["queries"] is not None]
+    names = [cell.experiment or BASELINE_COMMIT for cell, _ in seeds]
     return RowResult(
-        label=group[0].label, model=model,
-        **{field: (MISSING if field in ("rank1", "mean_ap") else no_maps if field in MAPS
-                   else NOT_APPLICABLE) if stats[field] is None else stats[field]
-           for field in FIGURES},
-        valid_queries=float(np.mean([float(v) for v in valid])) if valid else None,
+        label=group[0].label, model=model, **stats,
+        valid_queries=float(np.mean(valid)) if valid else None,
         seeds_found=len(found), seeds_wanted=len(group),
-        experiments=tuple(cell.experiment or BASELINE_COMMIT if figures is not None else
-                          f"{cell.experiment or BASELINE_COMMIT} ({MISSING})"
-                          for cell, figures in seeds.items()),
-        **{field: combine_intervals(bounds) if bounds and len(bounds) == sum(
-            f[figure] is not None for f in found) else None
-           for field, (figure, _) in INTERVALS.items() for bounds in [intervals[field]]})
+        experiments=tuple(name if figures is not None else f"{name} ({MISSING})"
+                          for name, (_, figures) in zip(names, seeds, strict=True)),
+        **{field: _interval(found, field) for field in INTERVALS})
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -528,7 +536,7 @@ TEMPLATE = Path(__file__).with_name("report.md.j2")  # the report's prose and la
 def _template() -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=False,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters["para"] = lambda text: " ".join(text.split()) + "\n"  # one paragraph, one line
+    env.filters["para"] = lambda text: text.strip("\n").replace("\n", " ") + "\n"  # one line
     return env.get_template(TEMPLATE.name)
 
 
@@ -554,7 +562,7 @@ def render_markdown(report: Report) -> str:
             "table2": markdown_table(*table2_rows(dataset, report.table2[dataset, protocol]))})
     text = _template().render(
         report=report, sections=sections, missing=MISSING, table2_model=TABLE2_MODEL,
-        person_floor=PERSON_FLOOR, claim_titles=CLAIM_TITLES,
+        person_floor=PERSON_FLOOR, claim_titles=CLAIM_TITLES, paper=PAPER, target=TARGET,
         schedule_sets=", ".join(f"`{name}`" for name in SCHEDULE_SETS),
         schedules=[{"dataset": d, "protocol": p, "table": markdown_table(*schedule_rows(t)),
                     "claims": "\n".join(schedule_claims(t))}

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from pipeline.formatting import markdown_table
 from pipeline.params import load_params
-from tools.experiments.cells import PAPER_TABLE1, PAPER_TABLE2, TABLE1, TABLE2_K, TABLE2_MODEL
+from tools.experiments.cells import (
+    NAMES,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    TABLE1,
+    TABLE2_K,
+    TABLE2_MODEL,
+)
 from tools.experiments.data import PAPER, TARGET, Report, RowResult, Stat, read_report
 from tools.experiments.tables import (
     claim_groups,
@@ -148,11 +155,12 @@ def paper_block(root: Path) -> str:
 
 def rows_block(root: Path) -> str:
     k = load_params(root / "params.yaml").model.K
+    named = NAMES["table1"].format(seed="<s>")
     t1 = [[row.label, f"`{row.model}`",
-           (f"`t1-s<s>-{row.key}`" if row.overrides else
-            "the baseline commit at its own seed, `t1-s<s>` at another"),
+           (f"`{named}-{row.key}`" if row.overrides else
+            f"the baseline commit at its own seed, `{named}` at another"),
            " ".join(f"`-S {o}={v}`" for o, v in row.overrides.items()) or "-"] for row in TABLE1]
     t2 = [[f"K = {n}", f"`{TABLE2_MODEL}`",
-           "the baseline commit" if n == k else f"`t2-k{n}`",
+           "the baseline commit" if n == k else f"`{NAMES['table2'].format(k=n)}`",
            "-" if n == k else f"`-S model.K={n}`"] for n in TABLE2_K]
     return markdown_table(["row", "model scored", "experiment (seed s)", "overrides"], t1 + t2)
