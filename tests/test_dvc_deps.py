@@ -190,7 +190,7 @@ def test_only_the_download_manifest_is_kept_from_the_run_cache():
     manifest restorable from DVC's run-cache, an experiment repeating another's synthetic setting
     would get the manifest (and, from it, an index of the new frames' content) without the frames
     being made, and its later stages would read the project's other frames. `persist` turns the
-    run-cache off for that stage alone; every other stage keeps it (nothing else is persist)."""
+    run-cache off for that stage; nothing else is persist."""
     persistent = {stage: [next(iter(out)) for out in spec.get("outs", [])
                           if isinstance(out, dict) and next(iter(out.values())).get("persist")]
                   for stage, spec in STAGES.items()}
@@ -200,8 +200,8 @@ def test_only_the_download_manifest_is_kept_from_the_run_cache():
 
 def test_every_stage_but_check_declares_its_time_record_as_its_first_uncached_output():
     """Each stage's time record (pipeline.stages.common.timing_path) is one of its own outputs,
-    not cached by DVC (git keeps it): the run-cache restores it with the outputs it timed, so the
-    README's time table never shows another run's time."""
+    not cached by DVC (git keeps it), so the README's time table shows the time of the run that
+    made the outputs dvc.lock records."""
     from pipeline.stages.common import timing_path
 
     for stage, spec in STAGES.items():

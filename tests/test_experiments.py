@@ -286,7 +286,7 @@ def test_cnn_seeds_queue_the_whole_default_pipeline_at_every_other_seed():
 
 def test_schedules_queue_both_schedules_on_the_generated_sets_at_every_seed():
     """Table 1 under both schedules: per seed the per-set experiment first (its first set's
-    stages come back from the run-cache), then the one across sets; none is the baseline commit
+    stages have the baseline commit's inputs), then the one across sets; none is the baseline commit
     (it trains one set); each sets the generated sets, its schedule and the heads' seed, which
     the params check accepts."""
     cells = schedule_cells([0, 1])

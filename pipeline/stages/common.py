@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from pipeline import signals
 from pipeline.errors import DatasetError, InputError
-from pipeline.files import DISK_ERRORS, disk_error_text, write_json
+from pipeline.files import DISK_ERRORS, check_writable, disk_error_text, write_json
+from pipeline.params import Params, load_params
 
 # Errors that mean bad input, not a bug: reported as one line, exit status 1, no traceback.
 # InputError covers every class of pipeline.errors; an OSError counts when its errno is one of
@@ -71,6 +73,20 @@ def leave_process_group(failed: bool = False) -> None:
         module.shutdown(failed=failed)
 
 
+def training_args(parser: argparse.ArgumentParser,
+                  argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
+    """A training stage's arguments: its own (on ``parser``, ``--params`` among them), then those
+    every training stage takes, ``--out`` (its model), ``--live`` (the DVCLive folder of its
+    curves) and ``--scratch`` (its resume checkpoints); their folders checked writable before any
+    work, and its params read."""
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
+    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
+    args = parser.parse_args(argv)
+    check_writable(args.out.parent, args.live, args.scratch)
+    return args, load_params(args.params)
+
+
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a stage's ``main`` with logging set up; bad input ends it with one line ``error: ...``
     on stderr (``error_line``; rank 0 alone under torchrun, ``reports``) and exit status 1,
@@ -111,9 +127,9 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
 # names the user's project even then, so it is not used: an experiment's timings stay in its own
 # commit). Every stage that ends well records its wall time (from the start of its process,
 # imports included) in its own file under metrics/timings/ (``timing_path``), which dvc.yaml
-# declares as an output of that stage (not cached: git keeps it). So the run-cache restores a
-# stage's time with the outputs it made, and the README's time table (`make docs`) never shows
-# the time of another run's stage.
+# declares as an output of that stage (not cached: git keeps it), so the README's time table
+# (`make docs`) shows the time of the run that made the outputs dvc.lock records. (DVC saves no
+# stage with an uncached output to its run-cache: a stage is run again, never restored.)
 
 DVC_STAGE = "DVC_STAGE"
 TIMINGS = Path("metrics") / "timings"

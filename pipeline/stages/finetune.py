@@ -22,13 +22,13 @@ import pandas as pd
 from pipeline import distributed
 from pipeline.checkpoints import config_of, drop_checkpoint, export_model, fingerprint
 from pipeline.data import ClipDataset, train_labels, train_loader
-from pipeline.files import check_writable, sha256_file
+from pipeline.files import sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import Params, load_params
+from pipeline.params import Params
 from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stage_inputs import model_fields, settings
-from pipeline.stages.common import run
+from pipeline.stages.common import run, training_args
 from pipeline.tables import load_video_index
 from pipeline.train import Step, fit
 from pipeline.union import CNN_FILES, pass_through, union_models
@@ -44,12 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--union", type=Path,
                         help="the union_cnn stage's folder: under schedule across_sets, its CNN "
                              "is this set's (pipeline.union); without it, trains on this set")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
-    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.live, args.scratch)
-    p = load_params(args.params)
+    args, p = training_args(parser, argv)
     union = args.union and union_models(args.union, p, CNN_FILES, "union_cnn")
     if union is not None:
         if distributed.world().is_main:

@@ -20,13 +20,13 @@ from pipeline.checkpoints import drop_checkpoint, export_model, fingerprint, loa
 from pipeline.curves import warn_if_saturated
 from pipeline.data import ClipDataset, train_labels, train_loader
 from pipeline.errors import CheckpointError
-from pipeline.files import check_writable, sha256_file
+from pipeline.files import sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import VideoReIDNet, grid_backbone
-from pipeline.params import canonical_grid_block, load_params
+from pipeline.params import canonical_grid_block
 from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stage_inputs import settings
-from pipeline.stages.common import run
+from pipeline.stages.common import run, training_args
 from pipeline.tables import load_video_index
 from pipeline.train import Step, fit
 from pipeline.union import set_rows
@@ -40,12 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=Path, required=True, help="a split_<k>.json")
     parser.add_argument("--backbone", type=Path, required=True, help="the fine-tuned model")
     parser.add_argument("--heads", type=Path, required=True, help="the attention stage's heads")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
-    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.live, args.scratch)
-    p = load_params(args.params)
+    args, p = training_args(parser, argv)
     seed_everything(p.heads_seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
 

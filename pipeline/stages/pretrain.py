@@ -17,13 +17,13 @@ from pathlib import Path
 from pipeline.checkpoints import config_of, drop_checkpoint, export_model, fingerprint
 from pipeline.curves import Curves
 from pipeline.data import ClipDataset, train_loader
-from pipeline.files import check_writable, sha256_file
+from pipeline.files import sha256_file
 from pipeline.losses import build_identity_loss
 from pipeline.model import build_model
-from pipeline.params import Params, load_params
+from pipeline.params import Params
 from pipeline.runtime import fit_options, seed_everything, start
 from pipeline.stage_inputs import model_fields, settings
-from pipeline.stages.common import run
+from pipeline.stages.common import run, training_args
 from pipeline.tables import load_image_index, pool_sets
 from pipeline.train import Step, fit
 
@@ -48,12 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--index", type=Path, required=True, help="the index stage's folder of "
                         "the image sets (<name>/images.json)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--live", type=Path, required=True, help="DVCLive folder of the curves")
-    parser.add_argument("--scratch", type=Path, required=True, help="resume checkpoints")
-    args = parser.parse_args(argv)
-    check_writable(args.out.parent, args.live, args.scratch)
-    p = load_params(args.params)
+    args, p = training_args(parser, argv)
     seed_everything(p.seed)
     world, device = start(p.runtime)  # under torchrun: this rank's device
     if not p.data.image:

@@ -16,9 +16,9 @@ two at a time would share the same cores) they run one after the other, each wit
 --run-all --jobs J``. An experiment that already exists for the current commit is not run again,
 so an interrupted ``make ablations`` picks up where it stopped.
 
-One at a time they run in order: each seed's default pipeline runs before that seed's ablation
-rows, whose CNN stages then come from the run-cache. A Table 1 experiment re-runs the attention,
-joint, evaluate and summary stages only.
+One at a time they run in order: each seed's default pipeline, then that seed's ablation rows. A
+Table 1 experiment re-runs the attention, joint, evaluate and summary stages only (its CNN
+stages' inputs are the baseline commit's).
 
     python -m tools.experiments run table1 --seeds 0 1 2 --jobs 1
     python -m tools.experiments run table2 --jobs 1
@@ -153,7 +153,7 @@ class Cell:
 
 def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
     """Every (row, seed) of Table 1, in the order to run them: per seed, the default pipeline
-    first (its stages feed the run-cache), then the rows that change something."""
+    first, then the rows that change something."""
     cells = []
     for seed in seeds:
         seed_over = () if seed == base_seed else ((SEED_KEY, str(seed)),)
@@ -180,7 +180,8 @@ def cnn_seed_cells(seeds: Sequence[int], base_seed: int, heads_seed: int) -> lis
 def schedule_cells(seeds: Sequence[int]) -> list[Cell]:
     """The default pipeline's rows (Baseline, SpaAtn+Q, +TemAtn, +Ind) on SCHEDULE_SETS under
     each schedule at each heads' seed: per seed, one experiment per schedule; the per-set one
-    first (its synthetic stages are the baseline commit's, restored from the run-cache)."""
+    first (its stages of the first set have the baseline commit's inputs: only the second set's
+    run)."""
     sets = "[" + ",".join(SCHEDULE_SETS) + "]"
     return [Cell(row.label, row.model, seed, NAMES["schedule"].format(short=short, seed=seed),
                  (("schedule", schedule), ("data.video", sets), (SEED_KEY, str(seed))))

@@ -2,7 +2,7 @@
 a full run that an experiment on the attention heads (``-S model.K=8``) re-runs. Every stage DVC
 runs writes its own record (``pipeline.stages.common.record_time``, at ``timing_path``), an output
 of that stage in dvc.yaml; the stages read are those of ``dvc.lock``, so each time shown is that
-of the run that made the outputs the lock records (the run-cache restores both together)."""
+of the run that made the outputs the lock records."""
 
 from __future__ import annotations
 
