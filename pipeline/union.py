@@ -52,24 +52,19 @@ def add_union_args(parser: argparse.ArgumentParser) -> None:
 
 def begin(parser: argparse.ArgumentParser, argv: list[str] | None,
           per_set_stage: str) -> tuple[argparse.Namespace, Params] | None:
-    """A union stage's arguments (``add_union_args`` and its own, added to ``parser``) and params,
-    its folders checked writable; None under ``per_set``, its folder written
-    (``nothing_to_train``)."""
+    """A union stage's arguments (``add_union_args`` and its own, on ``parser``) and params, its
+    folders checked writable. Under ``per_set`` there is nothing to train: its folder is written
+    with its ``schedule.json`` alone, the log says which per-set stage trains instead, and None
+    is returned."""
     args = parser.parse_args(argv)
     check_writable(args.out.parent, args.scratch)
     p = load_params(args.params)
-    return None if nothing_to_train(args.out, p, args.split, per_set_stage) else (args, p)
-
-
-def nothing_to_train(out: Path, p: Params, split: int, per_set_stage: str) -> bool:
-    """Under ``per_set``: write the union stage's folder with its ``schedule.json`` alone, say
-    which per-set stage trains instead, and return True; under ``across_sets`` False."""
     if p.schedule == "across_sets":
-        return False
-    write_union(out, p, split)
+        return args, p
+    write_union(args.out, p, args.split)
     log.info("schedule %s: every set's %s stage trains on that set alone", p.schedule,
              per_set_stage)
-    return True
+    return None
 
 
 def index_files(root: Path, p: Params, split: int) -> dict[str, Path]:

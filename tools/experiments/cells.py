@@ -157,10 +157,10 @@ def table1_cells(seeds: list[int], base_seed: int) -> list[Cell]:
     cells = []
     for seed in seeds:
         seed_over = () if seed == base_seed else ((SEED_KEY, str(seed)),)
-        default = None if seed == base_seed else NAMES["table1"].format(seed=seed)
-        cells += [Cell(row.label, row.model, seed, default, seed_over)
+        name = NAMES["table1"].format(seed=seed)
+        cells += [Cell(row.label, row.model, seed, None if seed == base_seed else name, seed_over)
                   for row in TABLE1 if not row.overrides]
-        cells += [Cell(row.label, row.model, seed, f"{NAMES['table1'].format(seed=seed)}-{row.key}",
+        cells += [Cell(row.label, row.model, seed, f"{name}-{row.key}",
                        seed_over + tuple(row.overrides.items()))
                   for row in TABLE1 if row.overrides]
     return cells

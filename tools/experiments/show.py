@@ -39,6 +39,7 @@ class Source:
     rev: str | None
     params: dict | None
     problem: str | None = None
+    state: str | None = None  # DVC's executor state where not finished: queued, running, failed
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def experiments_of(entry: dict) -> dict[str, Source]:
                 found = Source(name, None, None,
                                f"failed ({_describe_error(revision['error'])})")
             elif state in ("queued", "running", "failed"):
-                found = Source(name, None, None, f"{state}, not finished")
+                found = Source(name, None, None, f"{state}, not finished", state)
             else:
                 found = _source(name, revision.get("rev"), revision.get("data"))
             # A name appears once per commit; if twice, keep a usable one.
@@ -154,4 +155,4 @@ def existing_experiments(show: list[dict]) -> set[str]:
     finished or still queued (not to be queued again)."""
     entries = [rev for rev in show if rev.get("rev") != "workspace"]
     return {name for entry in entries for name, source in experiments_of(entry).items()
-            if source.problem is None or source.problem.startswith(("queued", "running"))}
+            if source.problem is None or source.state in ("queued", "running")}

@@ -105,12 +105,13 @@ def seed_figures(results: dict | None, dataset: str, model: str, protocol: str) 
     """One seed's figures of a row: ``{field: (mean, std) or None (not measured)}`` for FIGURES,
     ``{field: (lo, hi) or None}`` for INTERVALS, ``"queries"``: its valid queries (or None) and
     ``"maps"``: whether it measured attention at all; None where the seed has no results."""
-    if not isinstance(dotted(results, f"results.{dataset}.{model}.{protocol}"), dict):
+    entry = dotted(results, f"results.{dataset}.{model}.{protocol}")
+    if not isinstance(entry, dict):
         return None
-    where = {section: found if isinstance(found := dotted(results, path), dict) else {}
-             for section, path in (("results", f"results.{dataset}.{model}.{protocol}"),
-                                   ("attention", f"attention.{dataset}.{model}"),
-                                   ("heads", f"heads.{dataset}.{model}"))}
+    where = {"results": entry, **{
+        section: found if isinstance(found := dotted(results, f"{section}.{dataset}.{model}"),
+                                     dict) else {}
+        for section in ("attention", "heads")}}
     out: dict = {field: _mean_std(where[section].get(key))
                  for field, (section, key) in FIGURES.items()}
     for field, (_, (section, key, lo, hi)) in INTERVALS.items():
