@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_VERSION := 26.3
 
-.PHONY: help setup repro exp paper ablations schedule cnnseeds ksweep sweep references report docs bench test test-fast lint format lock clean
+.PHONY: help setup repro exp paper ablations schedule cnnseeds ksweep sweep locality report docs bench test test-fast lint format lock clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,15 +59,12 @@ ksweep: setup ## Table 2: queue and run the K = 1, 2, 4, 6, 8 experiments with J
 	$(BIN)/python -m tools.experiments run table2 --jobs $(JOBS)
 	$(MAKE) --no-print-directory report
 
-sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, probe the cells, then report
+sweep: setup ## The attention sweep: queue and run its experiments with JOBS workers, collect metrics/sweep.json, then report
 	$(BIN)/python -m tools.experiments run sweep --jobs $(JOBS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tools.experiments.sweep --out metrics/sweep.json
-	$(BIN)/python -m tools.probes.cell_probe --out metrics/cell_probe.json
 	$(MAKE) --no-print-directory report
 
-references: setup ## Floor and ceilings of the default run's test set (chance, colour histograms), its grid's locality (cell probe, candidate grids on the test and the training tracklets), then docs
-	$(BIN)/python -m tools.probes.references --out metrics/references.json
-	$(BIN)/python -m tools.probes.cell_probe --out metrics/cell_probe.json
+locality: setup ## The candidate grids' locality (each backbone block pooled on the person, the background, every cell) on the test and the training tracklets, then docs (the floor, the ceilings and the cell probe: make repro)
 	$(BIN)/python -m tools.probes.locality --out metrics/locality.json
 	$(BIN)/python -m tools.probes.locality --subset train --out metrics/locality_train.json
 	$(MAKE) --no-print-directory docs

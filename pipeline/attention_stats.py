@@ -1,6 +1,6 @@
 """Statistics of the spatial attention maps and temporal weights on the test clips: how diverse the
 K maps are (overlap, entropy), and, where the set has per-frame ground truth (the synthetic set:
-``features.read_parts``), where they look (mass on the person, the occluder, the background; each
+``read_parts``), where they look (mass on the person, the occluder, the background; each
 head's body part; the parts the K heads cover) and whether a head's temporal weight follows the
 visibility of its part (a correlation with a bootstrap interval over clips). Definitions:
 docs/method.md. Averaged over splits by ``summarize_attention``.
@@ -10,10 +10,33 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, bootstrap_weights
+
+# --- the ground truth the cache holds -----------------------------------------------------------
+
+
+def read_parts(cache: str | Path | h5py.File, subset: str
+               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
+    """The ground truth of ``subset``'s cached frames (``pipeline.features`` writes it): ``parts``
+    (F, P, h, w) and ``visibility`` (F, P) as float32, and the P ``part_names``; None for a cache
+    without them (a set without label maps, or a file written before they existed). ``cache``: a
+    path, or a file ``features.open_cache`` opened."""
+    if not isinstance(cache, h5py.File):
+        with h5py.File(cache, "r") as f:
+            return read_parts(f, subset)
+    group = cache.get(subset)
+    if not isinstance(group, h5py.Group) or "parts" not in group:
+        return None
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n)
+                  for n in cache.attrs["part_names"])
+    return (group["parts"][()].astype(np.float32), group["visibility"][()].astype(np.float32),
+            names)
+
 
 # --- how diverse the spatial attention maps are --------------------------------------------------
 

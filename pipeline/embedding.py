@@ -29,11 +29,12 @@ from pipeline.attention_stats import (
     attention_summary,
     cached_rows,
     clip_ground_truth,
+    read_parts,
 )
 from pipeline.checkpoints import load, load_exported
 from pipeline.data import CachedClipDataset, ClipDataset, eval_loader
 from pipeline.errors import CacheError, DatasetError
-from pipeline.features import cache_attrs, embed, open_cache, read_parts
+from pipeline.features import cache_attrs, embed, open_cache
 from pipeline.files import sha256_file, write_with
 from pipeline.model import HeadOutput
 from pipeline.params import Params

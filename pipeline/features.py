@@ -21,7 +21,8 @@ frame's visible label map (``pipeline.tables.LABELS``) resized to the network in
 neighbour) and pooled into the h x w grid, pixel row r and column c falling in cell
 (r * h // H, c * w // W) as ``pipeline.figures.cell_maps`` draws it, so each cell's fractions sum
 to 1; ``visibility`` counts the label map at its own size. The file attribute ``part_names`` names
-the P labels; ``read_parts`` reads the three, or None from a cache of a set without label maps.
+the P labels; ``attention_stats.read_parts`` reads the three, or None from a cache of a set
+without label maps.
 
 Attributes record what the grids depend on (``checkpoint_sha256``, ``backbone``, ``last_stride``,
 ``grid_block``: the backbone's block whose output they are, stored only when not its last, see
@@ -400,24 +401,6 @@ def _layout_problem(f: h5py.File, subset: str) -> str:
                 return (f"{subset}/{name} has shape {found}, expected {shape}: one per grid, for "
                         f"the {P} part_names")
     return ""
-
-
-def read_parts(cache: str | Path | h5py.File, subset: str
-               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
-    """The ground truth of ``subset``'s cached frames (see the module docstring): ``parts``
-    (F, P, h, w) and ``visibility`` (F, P) as float32, and the P ``part_names``; None for a cache
-    without them (a set without label maps, or a file written before they existed). ``cache``: a
-    path, or a file ``open_cache`` opened."""
-    if not isinstance(cache, h5py.File):
-        with h5py.File(cache, "r") as f:
-            return read_parts(f, subset)
-    group = cache.get(subset)
-    if not isinstance(group, h5py.Group) or "parts" not in group:
-        return None
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n)
-                  for n in cache.attrs["part_names"])
-    return (group["parts"][()].astype(np.float32), group["visibility"][()].astype(np.float32),
-            names)
 
 
 def _plain(value):

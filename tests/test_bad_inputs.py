@@ -662,11 +662,11 @@ def test_under_torchrun_a_batch_that_does_not_split_is_one_line_from_rank_0(pret
     assert files(tmp_path) == before
 
 
-# --- tools (make references) ----------------------------------------------------------------------
+# --- tools (make locality) ------------------------------------------------------------------------
 
 
 def test_the_imagenet_candidate_of_the_locality_offline_is_one_line(stage, tmp_path, monkeypatch):
-    """`make references` with a ResNet backbone on a machine offline without the cached ImageNet
+    """`make locality` with a ResNet backbone on a machine offline without the cached ImageNet
     weights: tools.probes.locality names the candidate, the file it expected and what to do, before
     it measures any candidate (the fine-tuned one given first is not run), and writes nothing."""
     from tools.probes import locality

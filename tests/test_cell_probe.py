@@ -1,15 +1,19 @@
-"""The cell probe (tools/probes/cell_probe.py) on a hand-made cache: a 2 x 1 grid whose top cell
-carries the identity (one-hot per person, all person) and whose bottom cell is the same for everyone
-(all background)."""
+"""The cell probe (pipeline/cell_probe.py) and the references stage on a hand-made cache: a 2 x 1
+grid whose top cell carries the identity (one-hot per person, all person) and whose bottom cell is
+the same for everyone (all background)."""
 
 from __future__ import annotations
+
+import json
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
+from pipeline.cell_probe import probe
+from pipeline.stages.references import main
 from tests.test_sweep_report import claim_rows, render, report_of
-from tools.probes.cell_probe import main, probe
 
 
 def write_cache(path):
@@ -53,13 +57,45 @@ def test_a_cell_on_the_person_ranks_and_a_shared_background_cell_does_not(tmp_pa
     assert "| background share map | 0.0 [0.0, 0.0] |" in lines[-1]
 
 
-def test_main_writes_the_json_and_refuses_a_cache_without_label_maps(tmp_path, capsys):
+def write_index(folder):
+    """The index of the cache's test set: the same 4 tracklets (pids, cameras, queries), each of
+    two frames of one colour per person, no label maps."""
+    rows = []
+    for t, (pid, cam) in enumerate(((1, 1), (2, 1), (1, 2), (2, 2))):
+        frames = []
+        for n in range(2):
+            frames.append(f"t{t}f{n}.png")
+            Image.new("RGB", (8, 16), (255, 0, 0) if pid == 1 else (0, 0, 255)).save(
+                folder / frames[-1])
+        rows.append({"pid": pid, "camid": cam, "subset": "test", "is_query": cam == 1,
+                     "frames": frames, "labels": []})
+    index = folder / "split_0.json"
+    index.write_text(json.dumps({"root": str(folder), "tracklets": rows}))
+    return index
+
+
+def test_the_stage_writes_both_and_a_cache_without_label_maps_has_no_probe(tmp_path, capsys):
+    """The references stage: the floor and the whole-frame histogram (no label maps: no person
+    ceiling) and the cell probe in one file; a cache without label maps gives a null probe, said
+    so; a missing cache is refused."""
     write_cache(tmp_path / "c.h5")
-    main(["--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "p.json")])
-    assert (tmp_path / "p.json").exists() and "person share map" in capsys.readouterr().out
+    index = write_index(tmp_path)
+    (tmp_path / "params.yaml").write_text("model: {N: 2}\n")
+    args = ["--params", str(tmp_path / "params.yaml"), "--dataset", "synthetic",
+            "--index", str(index), "--cache", str(tmp_path / "c.h5")]
+    main([*args, "--out", str(tmp_path / "out" / "p.json")])
+    result = json.loads((tmp_path / "out" / "p.json").read_text())
+    assert set(result["references"]) == {"index", "dataset", "frames_per_tracklet", "chance",
+                                         "histogram_frame"}
+    assert result["references"]["frames_per_tracklet"] == 2  # model.N
+    # one colour per person: the whole-frame histogram finds each query's match first
+    assert result["references"]["histogram_frame"]["rank1"] == 1.0
+    assert result["cell_probe"] == probe(tmp_path / "c.h5")
+    assert "person share map" in capsys.readouterr().out
     with h5py.File(tmp_path / "c.h5", "a") as f:
         del f["test/parts"]
-    with pytest.raises(SystemExit, match=r"c\.h5: no label maps"):
-        main(["--cache", str(tmp_path / "c.h5"), "--out", str(tmp_path / "q.json")])
-    with pytest.raises(SystemExit, match=r"nothere\.h5: no such cache"):
-        main(["--cache", str(tmp_path / "nothere.h5")])
+    main([*args, "--out", str(tmp_path / "q.json")])
+    assert json.loads((tmp_path / "q.json").read_text())["cell_probe"] is None
+    assert "cell probe: none" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match=r"nothere\.h5"):
+        main([*args[:-1], str(tmp_path / "nothere.h5"), "--out", str(tmp_path / "r.json")])

@@ -94,7 +94,7 @@ def test_stage_lists_exactly_the_modules_it_imports(stage):
 # lists only the stages whose own deps name the module.
 
 ALL = {"check", "download", "index", "pretrain", "union_cnn", "finetune", "cache", "baseline",
-       "union_heads", "attention", "joint", "evaluate", "summary"}
+       "union_heads", "attention", "joint", "evaluate", "references", "summary"}
 MODELS = {"pretrain", "union_cnn", "finetune", "cache", "baseline", "union_heads", "attention",
           "joint", "evaluate"}
 UNION = {"union_cnn", "union_heads"}
@@ -102,7 +102,7 @@ INVALIDATES = {
     "pipeline/download.py": {"download"},
     "pipeline/datasets": {"check", "download", "index"},  # check: the sets' sources
     "pipeline/tables.py": {"check", "download", "index", "pretrain", "finetune", "cache",
-                           "baseline", "attention", "joint", "evaluate"} | UNION,
+                           "baseline", "attention", "joint", "evaluate", "references"} | UNION,
     "pipeline/errors.py": ALL,
     "pipeline/files.py": ALL,
     "pipeline/params.py": ALL,
@@ -118,16 +118,19 @@ INVALIDATES = {
     "pipeline/weights.py": MODELS | {"check"},  # (MobileNetV2's, found and checked without torch)
     "pipeline/losses.py": MODELS - {"cache", "baseline", "evaluate"},
     "pipeline/data.py": MODELS,
-    "pipeline/sampling.py": MODELS,
+    "pipeline/sampling.py": MODELS | {"references"},  # (the frames each tracklet is seen by)
     "pipeline/features.py": {"cache", "baseline", "attention", "union_heads", "evaluate"},
     # the schedule across sets: the union stages and the per-set stages that take their models
     "pipeline/union.py": {"finetune", "attention", "joint"} | UNION,
     "pipeline/embedding.py": {"baseline", "evaluate"},  # the test set as the models see it
-    "pipeline/metrics.py": {"baseline", "evaluate", "summary"},
-    "pipeline/attention_stats.py": {"baseline", "evaluate", "summary"},
+    "pipeline/metrics.py": {"baseline", "evaluate", "references", "summary"},
+    "pipeline/attention_stats.py": {"baseline", "evaluate", "references", "summary"},
     "pipeline/figures.py": {"evaluate", "summary"},
-    "pipeline/formatting.py": {"index", "evaluate", "summary"},  # the tables they print
-    "pipeline/names.py": {"baseline", "evaluate", "summary"},
+    "pipeline/formatting.py": {"index", "evaluate", "references", "summary"},  # their tables
+    "pipeline/names.py": {"baseline", "evaluate", "references", "summary"},
+    # the floor, the ceilings and the grid's locality of a split: on its index and cache alone
+    "pipeline/references.py": {"references"},
+    "pipeline/cell_probe.py": {"references"},
     # dvc.yaml read: the resume keys and exports of who trains, the check's models folder, the
     # summary's DVCLive folders
     "pipeline/stage_inputs.py": MODELS - {"cache", "baseline", "evaluate"} | {"check", "summary"},
@@ -235,7 +238,7 @@ def test_the_matrix_for_two_sets_and_two_splits_has_the_stages_and_deps_of_the_d
                    cwd=tmp_path, check=True)
     stages = {stage.name: stage for stage in Repo(str(tmp_path)).index.stages}
     runs = [f"{s}-{k}" for s in ("synthetic", "synthetic2") for k in (0, 1)]
-    per_set = ("finetune", "cache", "baseline", "attention", "joint", "evaluate")
+    per_set = ("finetune", "cache", "baseline", "attention", "joint", "evaluate", "references")
     assert set(stages) == {"check", "download", "index", "pretrain", "summary",
                            *(f"{u}@{k}" for u in ("union_cnn", "union_heads") for k in (0, 1)),
                            *(f"{stage}@{run}" for stage in per_set for run in runs)}

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torch.testing import assert_close
 
+from pipeline.attention_stats import read_parts
 from pipeline.data import (
     CachedClipDataset,
     eval_loader,
@@ -41,7 +42,6 @@ from pipeline.features import (
     embed,
     label_fractions,
     open_cache,
-    read_parts,
     select_frames,
     sha256_file,
     write_cache,

@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("git") is None, reason="needs git")]
 
 ROOT = Path(__file__).resolve().parents[1]
-PER_SPLIT = ("finetune", "cache", "baseline", "attention", "joint", "evaluate")
+PER_SPLIT = ("finetune", "cache", "baseline", "attention", "joint", "evaluate", "references")
 MODELS = SHORT  # model -> its short name in the headline
 RUN = "synthetic-0"  # the one (set, split) of the tiny params
 # the stage every `dvc repro` runs first, before any other (always_changed): the params checked
@@ -455,6 +455,15 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
         assert 0.0 < stats["person_uniform"] < 1.0  # the person fills part of every frame
         assert stats["frames_measured"] > 0 and stats["frames_missing"] == 0
 
+    # the floor, the ceilings and the cell probe of the same test set, on model.N frames and the
+    # cache's grid
+    measured = json.loads((repo / "metrics" / "references" / f"{RUN}.json").read_text())
+    assert measured["references"]["frames_per_tracklet"] == model["N"]
+    assert set(measured["references"]) >= {"chance", "histogram_frame",
+                                           "histogram_person_greyworld"}
+    assert np.shape(measured["cell_probe"]["cell_rank1"]) == tuple(
+        grid_size(data["height"], data["width"], model["last_stride"]))
+
     headline = json.loads((repo / "metrics" / "results" / "synthetic.json").read_text())
     assert sorted(p.name for p in (repo / "metrics" / "results").iterdir()) == ["synthetic.json"]
     official = {name: evaluation["models"][name]["official"] for name in MODELS}
@@ -576,21 +585,19 @@ def exp_run_refused(repo: Path, override: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("model.init=data/models/pretrain.pt", "error: model.init: "
-                                           "data/models/pretrain.pt is an output of this pipeline"),
-    ("data.video=[mars]", "error: dataset 'mars' is not available: get bbox_train.zip"),
-])
-def test_an_init_from_the_pipeline_or_a_set_without_sources_costs_nothing(repo, override,
-                                                                         expected):
-    """Refused by the check stage before DVC deletes pretrain.pt or data/download.json; the
+def test_an_init_from_the_pipeline_or_a_set_without_sources_costs_nothing(repo):
+    """Each refused by the check stage before DVC deletes pretrain.pt or data/download.json; the
     value stays in the workspace's params.yaml, so the next `dvc exp run -S` of another key is
     refused for it again, and both refusals say where it lives and how to restore the file."""
-    first = exp_run_refused(repo, override)
-    assert first.startswith(expected) and first.endswith(f"({WORKSPACE_HINT})")
-    assert (repo / "data" / "models" / "pretrain.pt").is_file()
-    assert (repo / "data" / "download.json").is_file()
-    committed_results_untouched(repo)
+    for override, expected in (
+            ("data.video=[mars]", "error: dataset 'mars' is not available: get bbox_train.zip"),
+            ("model.init=data/models/pretrain.pt",
+             "error: model.init: data/models/pretrain.pt is an output of this pipeline")):
+        first = exp_run_refused(repo, override)
+        assert first.startswith(expected) and first.endswith(f"({WORKSPACE_HINT})"), first
+        assert (repo / "data" / "models" / "pretrain.pt").is_file()
+        assert (repo / "data" / "download.json").is_file()
+        committed_results_untouched(repo)
     assert exp_run_refused(repo, "model.K=2") == first  # the lingering value, named again
     run(repo, "git", "checkout", "--", "params.yaml")
     assert ran(run(repo, "dvc", "repro")) == {CHECK}  # nothing to make again
@@ -621,7 +628,7 @@ def test_frames_written_over_at_the_same_paths_rerun_every_stage_that_reads_them
     status = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True) or "{}")
     assert set(out_of_date(status)) == {"union_cnn@0", f"finetune@{RUN}",
                                         f"cache@{RUN}", f"baseline@{RUN}", "union_heads@0",
-                                        f"joint@{RUN}", f"evaluate@{RUN}"}
+                                        f"joint@{RUN}", f"evaluate@{RUN}", f"references@{RUN}"}
 
 
 def test_evaluate_refuses_the_index_of_another_split(repo):
@@ -642,14 +649,23 @@ def test_evaluate_refuses_the_index_of_another_split(repo):
 
 def test_another_file_behind_the_same_model_init_reruns_pretraining(repo):
     """model.init names a file; DVC sees the params value, not the file: the check stage records
-    its sha256, on which pretrain depends."""
+    its sha256, on which pretrain depends. (The lock is made to record the first file with
+    `dvc commit`, without training: what DVC decides depends on the records, not on the model.)"""
     weights = repo / "weights" / "init.pt"
     weights.parent.mkdir()
     shutil.copy(repo / "data" / "models" / "pretrain.pt", weights)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["init"] = "weights/init.pt"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(run(repo, "dvc", "repro", "pretrain")) == {CHECK, "pretrain"}  # a new value
+    assert ran(run(repo, "dvc", "repro", "check")) == {CHECK}
+    assert not up_to_date(repo, "pretrain")  # a new value
+    run(repo, "dvc", "commit", "-f", "pretrain")
     assert up_to_date(repo, "pretrain")
     shutil.copy(repo / "data" / "models" / RUN / "finetune.pt", weights)  # same path, new file
-    assert ran(run(repo, "dvc", "repro", "pretrain")) == {CHECK, "pretrain"}
+    assert up_to_date(repo, "pretrain")  # the record is the check stage's, made when it runs
+    assert ran(run(repo, "dvc", "repro", "check")) == {CHECK}
+    status = json.loads(run(repo, "dvc", "status", "--json", "pretrain", stdout_only=True))
+    assert out_of_date(status) == ["pretrain"]
+    [changed] = [entry["changed deps"] for entry in status["pretrain"]
+                 if isinstance(entry, dict) and "changed deps" in entry]
+    assert list(changed.values()) == ["modified"], changed  # the check stage's record alone

@@ -1,4 +1,4 @@
-"""The reference points of tools/probes/references.py: the stripe colour histogram and the
+"""The reference points of pipeline/references.py: the stripe colour histogram and the
 grey-world normalisation on hand-made frames, and the chance level against its closed form."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from tools.probes.references import GREY, chance, grey_world, standing_rows, stripe_histogram
+from pipeline.references import GREY, chance, grey_world, standing_rows, stripe_histogram
 
 
 def colour_bin(r: int, g: int, b: int, levels: int = 4) -> int:

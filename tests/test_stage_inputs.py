@@ -85,7 +85,8 @@ def test_exports_record_their_stage_s_model_keys():
     ("evaluate.batch_size", ["check", "baseline", "evaluate", "summary"]),
     ("joint.lr", ["check", "joint", "evaluate", "summary"]),
     ("data.bad_frames", ["check", "index", "pretrain", "union_cnn", "finetune", "cache",
-                         "baseline", "union_heads", "attention", "joint", "evaluate", "summary"]),
+                         "baseline", "union_heads", "attention", "joint", "evaluate",
+                         "references", "summary"]),
 ])
 def test_rerun_by_follows_the_listed_keys_and_the_files_downstream(key, expected):
     assert rerun_by(key) == expected

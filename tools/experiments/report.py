@@ -57,6 +57,7 @@ from tools.experiments.show import (
 from tools.experiments.sources import (
     EVAL_DIR,
     EVAL_FILE,
+    REFERENCES_FILE,
     Reader,
     commit_of,
     git_head,
@@ -203,12 +204,6 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     parser.add_argument("--sweep", type=Path, default=Path("metrics/sweep.json"),
                         help="the attention sweep (tools.experiments.sweep), printed when the file "
                              "exists")
-    parser.add_argument("--probe", type=Path, default=Path("metrics/cell_probe.json"),
-                        help="the cell probe (tools.probes.cell_probe), printed when the file "
-                             "exists")
-    parser.add_argument("--references", type=Path, default=Path("metrics/references.json"),
-                        help="floor and ceilings of the test set (tools.probes.references), "
-                             "printed with the run's models when the file exists")
     parser.add_argument("--seeds", nargs="+",
                         help="Table 1 seeds (default: the params' seed and every seed a "
                              "t1-s<seed> experiment exists for)")
@@ -236,12 +231,16 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
     except (ReportError, ParamsError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     command = shlex.join(["python", "-m", "tools.experiments.report", *argv])
+    run = run_name(p.data.video[0], p.data.splits[0])  # the default run: its first split
     extras = {name: _optional_json(path, tool) for name, path, tool in (
-        ("evaluation", Path(EVAL_FILE.format(run=run_name(p.data.video[0], p.data.splits[0]))),
-         "pipeline.stages.evaluate (make repro)"),
-        ("references", args.references, "tools.probes.references"),
-        ("sweep", args.sweep, "tools.experiments.sweep"),
-        ("probe", args.probe, "tools.probes.cell_probe"))}
+        ("evaluation", Path(EVAL_FILE.format(run=run)), "pipeline.stages.evaluate (make repro)"),
+        ("references", Path(REFERENCES_FILE.format(run=run)),
+         "pipeline.stages.references (make repro)"),
+        ("sweep", args.sweep, "tools.experiments.sweep"))}
+    # the references stage's file holds the floor and ceilings and the cell probe
+    extras["references"], extras["probe"] = (
+        (extras["references"]["references"], extras["references"]["cell_probe"])
+        if extras["references"] is not None else (None, None))
     write_report(args.json, dataclasses.replace(report, command=command, extras=extras))
     report = read_report(args.json)  # everything below renders the file, as the docs do
     write_text(args.out, render_markdown(report))

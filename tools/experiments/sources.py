@@ -24,6 +24,8 @@ from tools.shell import run, user_env
 # pipeline.params.run_name(dataset, split)
 EVAL_FILE = output("evaluate", "metrics/eval/")
 EVAL_DIR = str(Path(EVAL_FILE).parent)
+# ... and the floor, the ceilings and the cell probe of its test set (the references stage)
+REFERENCES_FILE = output("references", "metrics/references/")
 # a head with less of its attention mass on the person looks elsewhere: the threshold under which
 # the evaluate stage counts no part for it (parts_covered)
 PERSON_FLOOR = COVER_MIN_PERSON

@@ -12,10 +12,12 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from pipeline.cell_probe import grid_rows, pooled_rows
 from pipeline.errors import InputError
 from pipeline.formatting import corr, markdown_table, num_stat, pct_stat, text_table
 from pipeline.names import ROW
 from pipeline.params import SCHEDULES, dotted
+from pipeline.references import STANDING_HEADER, standing_rows
 from tools.experiments.cells import (
     PAPER_TABLE1,
     PAPER_TABLE2,
@@ -43,8 +45,6 @@ from tools.experiments.paired import Queries, compare, queries_of
 from tools.experiments.paired import verdict as paired_verdict
 from tools.experiments.sources import PERSON_FLOOR
 from tools.experiments.sweep import SWEEP_HEADER, choice_line, matched_lines, sweep_rows
-from tools.probes.cell_probe import grid_rows, pooled_rows
-from tools.probes.references import STANDING_HEADER, standing_rows
 
 TABLE1_ORDER = {row.label: i for i, row in enumerate(TABLE1)}  # the paper's row order
 PAPER_DATASETS = ("prid2011", "ilidsvid", "mars")  # the video sets of the paper's tables
@@ -546,7 +546,7 @@ def render_markdown(report: Report) -> str:
     and protocol both tables, Table 1 beside the paper's, where the heads look and the claims as
     measured; then, from the report's ``extras`` where measured, where the default run's models
     sit (its evaluation and the references), the attention sweep (tools.experiments.sweep) and
-    the cell probe (tools.probes.cell_probe)."""
+    the cell probe (the references stage)."""
     extras = report.extras
     evaluation, sweep, probe = extras.get("evaluation"), extras.get("sweep"), extras.get("probe")
     sections = []

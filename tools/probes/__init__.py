@@ -1,3 +1,3 @@
-"""Probes that place the learned models between a floor and a ceiling of the same test set:
-hand-made references (``references``), what one grid cell holds (``cell_probe``), how local a
-backbone's grid is (``locality``)."""
+"""Probes of a choice the pipeline takes as given: how local each candidate backbone block's grid
+is (``locality``), read to choose ``model.grid_block``. (The floor, the ceilings and the cached
+grid's locality of every split's test set are the pipeline's ``references`` stage.)"""

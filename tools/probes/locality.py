@@ -7,7 +7,7 @@ last block; ``features.13``, an earlier one; ``layer4`` of a ResNet). For each t
 N test frames (each chunk's first) go through the backbone, and the grid is pooled three ways,
 each frame weighted by its ground-truth label map resized to the grid (the synthetic set): on
 every cell alike, by each cell's person share, by its background share. Each pooled descriptor
-is scored like the cell probe's (``tools.probes.cell_probe.scores``: rank-1 and mAP with intervals,
+is scored like the cell probe's (``pipeline.cell_probe.scores``: rank-1 and mAP with intervals,
 the same-camera share of the nearest 10). Person above background: heads have a reason to move onto
 the person; person at or below background: every cell already sees the person.
 
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.attention_stats import BACKGROUND, person_labels
+from pipeline.cell_probe import scores
 from pipeline.checkpoints import load_exported
 from pipeline.data import ClipDataset
 from pipeline.errors import MissingWeightsError
@@ -44,7 +45,6 @@ from pipeline.sampling import restricted_random_sample
 from pipeline.stage_inputs import output, split_file
 from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
-from tools.probes.cell_probe import scores
 
 MAPS = ("uniform", "person", "background")  # the pooling maps, in the order they are printed
 # the grids measured without --candidate, per backbone: the last block (the cache's), then

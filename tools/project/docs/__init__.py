@@ -23,7 +23,7 @@ A block is a pair of HTML comments on lines of their own, ``<!-- generated: NAME
 - ``figure``: the README's Fig. 3 picture: the default run's first query
   (``metrics/plots/attention/<set>-<split>/``);
 - ``standing``: the default run's models between the floor and the ceilings of the same test set
-  (``metrics/references.json``, ``metrics/eval/<set>-<split>.json``, ``metrics/cell_probe.json``);
+  (``metrics/eval/<set>-<split>.json``, ``metrics/references/<set>-<split>.json``);
 - ``locality``: the candidate grids' locality (``metrics/locality.json``,
   ``tools.probes.locality``);
 - ``architecture``: each DVC stage's entry point and the library modules it reads (``dvc.yaml``);

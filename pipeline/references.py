@@ -15,16 +15,12 @@ a ceiling measured on the same test tracklets, under the official protocol.
 Each reference gets rank-1 and mAP with their 95 percent intervals (``pipeline.metrics.score``)
 and the share of each query's 10 nearest gallery tracklets from its own camera
 (``pipeline.metrics.same_camera``). The histograms need the label maps of the synthetic set;
-chance and the whole-frame histogram run on any set.
-
-    python -m tools.probes.references --index data/index/synthetic/split_0.json \
-        --out metrics/references.json
+chance and the whole-frame histogram run on any set. The ``references`` stage writes them for
+every (set, split), beside the cell probe (``pipeline.cell_probe``).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +28,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.attention_stats import person_labels
-from pipeline.files import write_json
-from pipeline.formatting import pct_of, text_table
+from pipeline.formatting import pct_of
 from pipeline.metrics import evaluate_rank, protocol_gallery, same_camera, score
 from pipeline.sampling import restricted_random_sample
-from pipeline.stage_inputs import split_file
-from pipeline.stages.common import run
 from pipeline.tables import LABELS, load_video_index
 
 STRIPES = 8  # horizontal stripes of a frame
 LEVELS = 4  # histogram bins per colour channel (LEVELS**3 colours)
 CHANCE_DRAWS = 20  # random rankings averaged for the chance level
-N_FRAMES = 6  # frames per tracklet (the default model.N: each chunk's first frame)
 
 
 GREY = 128.0  # the mean each channel is scaled to by ``grey_world``
@@ -109,8 +101,9 @@ def chance(pids: np.ndarray, camids: np.ndarray, is_query: np.ndarray, dataset: 
             "mAP": float(np.mean([r["mAP"] for r in results])), "draws": draws}
 
 
-def references(index: Path, dataset: str, N: int = N_FRAMES) -> dict:
-    """Every reference point of the test split of ``index`` (a split_<k>.json)."""
+def references(index: Path, dataset: str, N: int) -> dict:
+    """Every reference point of the test split of ``index`` (a split_<k>.json), ``N`` frames per
+    tracklet (``model.N``: the first of each chunk, as the models see them)."""
     table = load_video_index(index)
     test = table[table["subset"] == "test"].reset_index(drop=True)
     ids = (test["pid"].to_numpy(), test["camid"].to_numpy(), test["is_query"].to_numpy(bool))
@@ -151,8 +144,8 @@ def standing_rows(references: dict | None, evaluation: dict, probe: dict | None,
                   labels: dict[str, str], protocol: str = "official") -> list[list[str]]:
     """The learned models of one evaluation file (``metrics/eval/<set>-<k>.json``) between the
     floor and the ceilings of the same test set: chance and the whole-frame histogram
-    (``references``, this module's output), the models (``labels``: model name -> its Table 1
-    row), the fine-tuned backbone's grid pooled on fixed maps (``probe``, tools.probes.cell_probe's
+    (``references``, this module's), the models (``labels``: model name -> its Table 1
+    row), the fine-tuned backbone's grid pooled on fixed maps (``probe``, ``pipeline.cell_probe``'s
     output) and the person-masked grey-world histogram. Rows under ``STANDING_HEADER``; a
     source that is None gives no rows."""
     def shares(m: dict) -> str:
@@ -179,22 +172,3 @@ def standing_rows(references: dict | None, evaluation: dict, probe: dict | None,
         out.append(row("ceiling", "colour histogram of the person's pixels, grey-world "
                        "normalised (oracle)", references["histogram_person_greyworld"]))
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", type=Path,
-                        default=Path(split_file().format(dataset="synthetic", split=0)))
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--out", type=Path, default=Path("metrics/references.json"))
-    args = parser.parse_args(argv)
-    if not args.index.exists():
-        sys.exit(f"error: {args.index}: no such index; run `make repro` first")
-    result = references(args.index, args.dataset)
-    write_json(args.out, result)
-    print(text_table(*rows(result)))
-    print(f"\nwrote {args.out}")
-
-
-if __name__ == "__main__":
-    run(main)  # bad input: one line, exit status 1

@@ -13,30 +13,21 @@ background map ranks as well as the person map, the identity loss gives heads no
 at the person; a cell away from the person that ranks like one on it sees the person through its
 receptive field (at res5c that field spans the whole frame).
 
-    python -m tools.probes.cell_probe --cache data/cache/synthetic-0.h5 \
-        --out metrics/cell_probe.json
-
-Needs a cache with ground truth (the synthetic set).
+Needs a cache with ground truth (the synthetic set); the ``references`` stage runs it on every
+(set, split) whose cache has it.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.attention_stats import BACKGROUND, person_labels
-from pipeline.features import read_parts
-from pipeline.files import write_json
+from pipeline.attention_stats import BACKGROUND, person_labels, read_parts
 from pipeline.formatting import pct_of, text_table
 from pipeline.metrics import same_camera, score
-from pipeline.params import run_name
-from pipeline.stage_inputs import output
-from pipeline.stages.common import run
 
 
 def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
@@ -75,11 +66,12 @@ def rank1(features: np.ndarray, pids, camids, is_query) -> float:
     return _official(features, pids, camids, is_query)[1]["rank1"]
 
 
-def probe(cache: Path) -> dict:
+def probe(cache: Path) -> dict | None:
+    """Every cell's rank-1 beside its person share, and the grid pooled on the fixed maps, of the
+    test set of ``cache``; None for a cache without ground truth (no label maps)."""
     truth = read_parts(cache, "test")
     if truth is None:
-        raise SystemExit(f"error: {cache}: no label maps (test/parts); the probe needs the "
-                         "synthetic set's ground truth")
+        return None
     parts, _, names = truth  # (F, P, h, w)
     person = parts[:, person_labels(names)].sum(axis=1)  # (F, h, w)
     maps = {"person share map": person, "background share map": parts[:, names.index(BACKGROUND)]}
@@ -120,21 +112,3 @@ def render(result: dict) -> str:
         f"Correlation of a cell's rank-1 with its person share: "
         f"{result['rank1_person_share_corr']:+.2f}",
         text_table(*pooled_rows(result))])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cache = output("cache", "data/cache/").format(run=run_name("synthetic", 0))
-    parser.add_argument("--cache", type=Path, default=Path(cache))
-    parser.add_argument("--out", type=Path, default=Path("metrics/cell_probe.json"))
-    args = parser.parse_args(argv)
-    if not args.cache.exists():
-        sys.exit(f"error: {args.cache}: no such cache; run `make repro` first")
-    result = probe(args.cache)
-    write_json(args.out, result)
-    print(render(result))
-    print(f"\nwrote {args.out}")
-
-
-if __name__ == "__main__":
-    run(main)  # bad input: one line, exit status 1
