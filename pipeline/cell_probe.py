@@ -47,28 +47,31 @@ def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
     return np.stack(means), {name: np.stack(rows) for name, rows in pooled.items()}
 
 
-def _official(features: np.ndarray, pids, camids, is_query) -> tuple[np.ndarray, dict]:
-    """``features`` L2-normalised, and their official scores (rank-1, mAP, intervals)."""
+def _official(features: np.ndarray, pids, camids, is_query,
+              dataset: str | None) -> tuple[np.ndarray, dict]:
+    """``features`` L2-normalised, and their official scores (rank-1, mAP, intervals) under
+    ``dataset``'s protocol (``pipeline.metrics.score``)."""
     features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    metrics = score(features, pids, camids, is_query, ["official"], 1)[0]
+    metrics = score(features, pids, camids, is_query, ["official"], 1, dataset)[0]
     return features, metrics["official"]
 
 
-def scores(features: np.ndarray, pids, camids, is_query) -> dict:
+def scores(features: np.ndarray, pids, camids, is_query, dataset: str | None = None) -> dict:
     """Official rank-1 and mAP with their 95 percent intervals, and the same-camera share of the
     nearest 10 (``pipeline.metrics.same_camera``), of L2-normalised ``features``."""
-    features, official = _official(features, pids, camids, is_query)
+    features, official = _official(features, pids, camids, is_query, dataset)
     return {**official, **same_camera(features, pids, camids, is_query)}
 
 
-def rank1(features: np.ndarray, pids, camids, is_query) -> float:
+def rank1(features: np.ndarray, pids, camids, is_query, dataset: str | None = None) -> float:
     """Official rank-1 alone (one per cell: no same-camera share computed)."""
-    return _official(features, pids, camids, is_query)[1]["rank1"]
+    return _official(features, pids, camids, is_query, dataset)[1]["rank1"]
 
 
-def probe(cache: Path) -> dict | None:
+def probe(cache: Path, dataset: str | None = None) -> dict | None:
     """Every cell's rank-1 beside its person share, and the grid pooled on the fixed maps, of the
-    test set of ``cache``; None for a cache without ground truth (no label maps)."""
+    test set of ``cache``, under ``dataset``'s official protocol; None for a cache without ground
+    truth (no label maps)."""
     truth = read_parts(cache, "test")
     if truth is None:
         return None
@@ -81,12 +84,12 @@ def probe(cache: Path) -> dict | None:
         means, weighted = tracklet_pools(group["grids"], group["offsets"][()], maps)
     pooled = {"uniform map": means.mean(axis=(2, 3)), **weighted}
     h, w = means.shape[2:]
-    cells = [[rank1(means[:, :, y, x], *ids) for x in range(w)] for y in range(h)]
+    cells = [[rank1(means[:, :, y, x], *ids, dataset) for x in range(w)] for y in range(h)]
     share = person.mean(axis=0)
     corr = float(np.corrcoef(np.ravel(cells), share.ravel())[0, 1])
     return {"cache": str(cache), "cell_rank1": cells, "cell_person_share": share.tolist(),
             "rank1_person_share_corr": corr,
-            "pooled": {name: scores(x, *ids) for name, x in pooled.items()}}
+            "pooled": {name: scores(x, *ids, dataset) for name, x in pooled.items()}}
 
 
 def grid_rows(result: dict) -> tuple[list[str], list[list[str]]]:

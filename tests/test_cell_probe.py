@@ -99,3 +99,15 @@ def test_the_stage_writes_both_and_a_cache_without_label_maps_has_no_probe(tmp_p
     assert "cell probe: none" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match=r"nothere\.h5"):
         main([*args[:-1], str(tmp_path / "nothere.h5"), "--out", str(tmp_path / "r.json")])
+
+
+def test_the_probe_scores_under_the_set_s_own_protocol(tmp_path, monkeypatch):
+    """Every ranking of the probe (each cell, each pooled map) is scored under the official
+    protocol of the set it is given (a camera-pair set's gallery is the other camera)."""
+    from pipeline import cell_probe
+
+    seen, score = [], cell_probe.score
+    monkeypatch.setattr(cell_probe, "score", lambda *args: seen.append(args[-1]) or score(*args))
+    write_cache(tmp_path / "c.h5")
+    probe(tmp_path / "c.h5", "prid2011")
+    assert seen and set(seen) == {"prid2011"}

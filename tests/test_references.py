@@ -4,12 +4,15 @@ grey-world normalisation on hand-made frames, and the chance level against its c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
 from pipeline.references import GREY, chance, grey_world, standing_rows, stripe_histogram
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def colour_bin(r: int, g: int, b: int, levels: int = 4) -> int:
@@ -105,6 +108,36 @@ def test_standing_rows_put_the_models_between_floor_and_ceiling():
     assert rows[4][2] == "90.0 [45.0, 55.0]"
     # without references and probe: the models alone
     assert [r[0] for r in standing_rows(None, evaluation, None, {})] == ["learned"]
+
+
+def test_the_readme_block_of_a_set_without_label_maps_shows_the_floor_and_says_why(tmp_path):
+    """The README's standing block of a default run on a real set (no label maps): the floor and
+    the models, no ceiling and no pooled grid, and a sentence that says why; a file of another
+    shape is one error naming the file and the key."""
+    import yaml
+
+    from tools.project.docs.common import DocsError
+    from tools.project.docs.standing import standing_block
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(video=["mars"], splits=[0])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    m = {"rank1": 0.5, "rank1_lo": 0.45, "rank1_hi": 0.55, "mAP": 0.4, "mAP_lo": 0.38,
+         "mAP_hi": 0.42}
+    for folder, data in (("eval", {"models": {"baseline": {"official": m}}}),
+                         ("references", {"references": {"chance": {"rank1": 0.0, "mAP": 0.0},
+                                                        "histogram_frame": m},
+                                         "cell_probe": None})):
+        (tmp_path / "metrics" / folder).mkdir(parents=True)
+        (tmp_path / "metrics" / folder / "mars-0.json").write_text(json.dumps(data))
+    block = standing_block(tmp_path)
+    assert "no label maps: no ceiling and no pooled grid, the floor alone" in block
+    kinds = [line.split(" | ")[0].strip("| ") for line in block.splitlines()[-3:]]
+    assert kinds == ["floor", "floor", "learned"]
+    (tmp_path / "metrics" / "references" / "mars-0.json").write_text(json.dumps({"floor": {}}))
+    with pytest.raises(DocsError, match=r"metrics/references/mars-0\.json: expected the key "
+                                        r"references"):
+        standing_block(tmp_path)
 
 
 def test_locality_pools_each_frame_by_its_label_shares():

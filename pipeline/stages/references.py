@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_writable(args.out.parent)
     p = load_params(args.params)
+    probe = cell_probe.probe(args.cache, args.dataset)  # (the cache first: it is the quicker)
     floor = references(args.index, args.dataset, p.model.N)
-    probe = cell_probe.probe(args.cache)
     print(text_table(*rows(floor)))
     print("\n" + (cell_probe.render(probe) if probe is not None else
                   f"cell probe: none ({args.cache} holds no label maps)"))

@@ -238,9 +238,12 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
          "pipeline.stages.references (make repro)"),
         ("sweep", args.sweep, "tools.experiments.sweep"))}
     # the references stage's file holds the floor and ceilings and the cell probe
-    extras["references"], extras["probe"] = (
-        (extras["references"]["references"], extras["references"]["cell_probe"])
-        if extras["references"] is not None else (None, None))
+    measured = extras["references"] or {"references": None, "cell_probe": None}
+    if set(measured) != {"references", "cell_probe"}:
+        raise SystemExit(f"error: {REFERENCES_FILE.format(run=run)}: expected the references "
+                         f"stage's keys references and cell_probe, got {', '.join(measured)}; "
+                         "`make repro` writes it again")
+    extras["references"], extras["probe"] = measured["references"], measured["cell_probe"]
     write_report(args.json, dataclasses.replace(report, command=command, extras=extras))
     report = read_report(args.json)  # everything below renders the file, as the docs do
     write_text(args.out, render_markdown(report))
