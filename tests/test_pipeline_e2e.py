@@ -483,7 +483,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced, repo, tmp_pat
     assert set(shown) == {"metrics/results/synthetic.json", *live}
 
     figures = sorted((repo / "metrics" / "plots" / "attention" / RUN).glob("*.png"))
-    assert len(figures) == 3  # evaluate.attention_figures of the 4 queries
+    assert len(figures) == TINY["evaluate"]["attention_figures"]  # of the 4 queries
     K, N, H, W = model["K"], model["N"], data["height"], data["width"]
     with Image.open(figures[0]) as image:  # frame, parts and K heads x N rows, title, legend
         assert image.mode == "P"  # a palette PNG

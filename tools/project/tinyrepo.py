@@ -28,7 +28,8 @@ TINY = {
     "model": {"backbone": "resnet18", "init": "scratch", "last_stride": 1, "N": 3, "K": 3,
               "d": 8, "embed_dim": 16, "grid_block": "last"},
     "cache": {"batch_size": 16},
-    "evaluate": {"batch_size": 8},
+    # one Fig. 3 picture: drawing one takes longer than scoring the tiny test set
+    "evaluate": {"batch_size": 8, "attention_figures": 1},
 }
 TINY_STAGES = ("pretrain", "finetune", "attention.spatial", "attention.temporal", "joint")
 
