@@ -1,4 +1,4 @@
-"""How much identity each res5c cell of the cached features carries, against how much of it is
+"""How much identity each cell of the cached grid carries, against how much of it is
 person: the test for whether attention on the person should pay on this CNN's features. The cells
 are those of the cache's grid: res5c, or the block ``model.grid_block`` names.
 
@@ -110,7 +110,7 @@ def pooled_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def render(result: dict) -> str:
     return "\n\n".join([
-        "Official rank-1 (%) of each res5c cell's feature alone, (its person share):",
+        "Official rank-1 (%) of each grid cell's feature alone, (its person share):",
         text_table(*grid_rows(result)),
         f"Correlation of a cell's rank-1 with its person share: "
         f"{result['rank1_person_share_corr']:+.2f}",
