@@ -27,7 +27,13 @@ from tqdm import tqdm
 
 from pipeline.attention_stats import BACKGROUND, person_labels, read_parts
 from pipeline.formatting import pct_of, text_table
-from pipeline.metrics import same_camera, score
+from pipeline.metrics import (
+    evaluate_rank,
+    pairwise_distance,
+    protocol_gallery,
+    same_camera,
+    score,
+)
 
 
 def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
@@ -47,25 +53,28 @@ def tracklet_pools(grids: h5py.Dataset, offsets: np.ndarray,
     return np.stack(means), {name: np.stack(rows) for name, rows in pooled.items()}
 
 
-def _official(features: np.ndarray, pids, camids, is_query,
-              dataset: str | None) -> tuple[np.ndarray, dict]:
-    """``features`` L2-normalised, and their official scores (rank-1, mAP, intervals) under
-    ``dataset``'s protocol (``pipeline.metrics.score``)."""
-    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    metrics = score(features, pids, camids, is_query, ["official"], 1, dataset)[0]
-    return features, metrics["official"]
+def _normalised(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def scores(features: np.ndarray, pids, camids, is_query, dataset: str | None = None) -> dict:
-    """Official rank-1 and mAP with their 95 percent intervals, and the same-camera share of the
-    nearest 10 (``pipeline.metrics.same_camera``), of L2-normalised ``features``."""
-    features, official = _official(features, pids, camids, is_query, dataset)
+    """Official rank-1 and mAP with their 95 percent intervals (under ``dataset``'s protocol,
+    ``pipeline.metrics.score``), and the same-camera share of the nearest 10
+    (``pipeline.metrics.same_camera``), of L2-normalised ``features``."""
+    features = _normalised(features)
+    official = score(features, pids, camids, is_query, ["official"], 1, dataset)[0]["official"]
     return {**official, **same_camera(features, pids, camids, is_query)}
 
 
 def rank1(features: np.ndarray, pids, camids, is_query, dataset: str | None = None) -> float:
-    """Official rank-1 alone (one per cell: no same-camera share computed)."""
-    return _official(features, pids, camids, is_query, dataset)[1]["rank1"]
+    """Official rank-1 alone (one per cell: ranked once, without the bootstrap interval and the
+    same-camera share the table of cells never shows)."""
+    features, is_query = _normalised(features), np.asarray(is_query, dtype=bool)
+    gallery = protocol_gallery("official", pids, is_query, dataset)
+    result = evaluate_rank(pairwise_distance(features[is_query], features[gallery]),
+                           pids[is_query], pids[gallery], camids[is_query], camids[gallery],
+                           max_rank=1)
+    return float(result["cmc"][0])
 
 
 def probe(cache: Path, dataset: str | None = None) -> dict | None:

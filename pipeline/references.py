@@ -122,18 +122,25 @@ def references(index: Path, dataset: str, N: int) -> dict:
     return out
 
 
+def shares(m: dict) -> str:
+    """The same-camera share of the nearest 10 beside its chance ("" where not measured)."""
+    if "same_camera_top10" not in m:
+        return ""
+    return f"{m['same_camera_top10']:.2f} (chance {m['same_camera_chance']:.2f})"
+
+
 def rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the references table (percent; shares as fractions)."""
-    body = [["chance", pct_of(result["chance"], "rank1"),
-             pct_of(result["chance"], "mAP"), ""]]
-    for name in ("histogram_frame", "histogram_person_greyworld"):
-        if name in result:
-            m = result[name]
-            body.append([name, pct_of(m, "rank1"), pct_of(m, "mAP"),
-                         f"{m['same_camera_top10']:.2f} (chance {m['same_camera_chance']:.2f})"])
+    body = [[name, pct_of(result[name], "rank1"), pct_of(result[name], "mAP"),
+             shares(result[name])]
+            for name in ("chance", "histogram_frame", "histogram_person_greyworld")
+            if name in result]
     return ["reference", "rank-1 (%)", "mAP (%)", "same camera top 10"], body
 
 
+# the references stage's file of a (set, split): these two keys, the cell probe None without
+# label maps
+FILE_KEYS = ("references", "cell_probe")
 STANDING_HEADER = ["", "what it is", "rank-1 (%)", "mAP (%)", "same camera top 10"]
 POOLED_LABELS = {"person share map": "the grid pooled on the person's cells (oracle)",
                  "background share map": "the grid pooled on the background's cells (oracle)",
@@ -148,11 +155,6 @@ def standing_rows(references: dict | None, evaluation: dict, probe: dict | None,
     row), the fine-tuned backbone's grid pooled on fixed maps (``probe``, ``pipeline.cell_probe``'s
     output) and the person-masked grey-world histogram. Rows under ``STANDING_HEADER``; a
     source that is None gives no rows."""
-    def shares(m: dict) -> str:
-        if "same_camera_top10" not in m:
-            return ""
-        return f"{m['same_camera_top10']:.2f} (chance {m['same_camera_chance']:.2f})"
-
     def row(kind: str, what: str, m: dict) -> list[str]:
         return [kind, what, pct_of(m, "rank1"), pct_of(m, "mAP"), shares(m)]
 

@@ -108,6 +108,10 @@ def test_the_probe_scores_under_the_set_s_own_protocol(tmp_path, monkeypatch):
 
     seen, score = [], cell_probe.score
     monkeypatch.setattr(cell_probe, "score", lambda *args: seen.append(args[-1]) or score(*args))
+    galleries, gallery = [], cell_probe.protocol_gallery  # each cell's rank-1, ranked apart
+    monkeypatch.setattr(cell_probe, "protocol_gallery",
+                        lambda *args: galleries.append(args[-1]) or gallery(*args))
     write_cache(tmp_path / "c.h5")
     probe(tmp_path / "c.h5", "prid2011")
     assert seen and set(seen) == {"prid2011"}
+    assert galleries == ["prid2011", "prid2011"]  # the grid's two cells

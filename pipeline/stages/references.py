@@ -22,7 +22,7 @@ from pipeline import cell_probe
 from pipeline.files import check_writable, write_json
 from pipeline.formatting import text_table
 from pipeline.params import load_params
-from pipeline.references import references, rows
+from pipeline.references import FILE_KEYS, references, rows
 from pipeline.stages.common import run
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text_table(*rows(floor)))
     print("\n" + (cell_probe.render(probe) if probe is not None else
                   f"cell probe: none ({args.cache} holds no label maps)"))
-    write_json(args.out, {"references": floor, "cell_probe": probe})
+    write_json(args.out, dict(zip(FILE_KEYS, (floor, probe), strict=True)))
     print(f"\nwrote {args.out}")
 
 

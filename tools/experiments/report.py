@@ -33,6 +33,7 @@ from pathlib import Path
 from pipeline.errors import ParamsError
 from pipeline.files import write_text
 from pipeline.params import Params, dotted, load_params, parse_params, run_name
+from pipeline.references import FILE_KEYS
 from tools.experiments.cells import (
     SEED_KEY,
     Cell,
@@ -238,12 +239,12 @@ def main(argv: list[str] | None = None, read: Reader = git_show) -> None:
          "pipeline.stages.references (make repro)"),
         ("sweep", args.sweep, "tools.experiments.sweep"))}
     # the references stage's file holds the floor and ceilings and the cell probe
-    measured = extras["references"] or {"references": None, "cell_probe": None}
-    if set(measured) != {"references", "cell_probe"}:
+    measured = extras["references"] or dict.fromkeys(FILE_KEYS)
+    if set(measured) != set(FILE_KEYS):
         raise SystemExit(f"error: {REFERENCES_FILE.format(run=run)}: expected the references "
-                         f"stage's keys references and cell_probe, got {', '.join(measured)}; "
+                         f"stage's keys {' and '.join(FILE_KEYS)}, got {', '.join(measured)}; "
                          "`make repro` writes it again")
-    extras["references"], extras["probe"] = measured["references"], measured["cell_probe"]
+    extras["references"], extras["probe"] = (measured[key] for key in FILE_KEYS)
     write_report(args.json, dataclasses.replace(report, command=command, extras=extras))
     report = read_report(args.json)  # everything below renders the file, as the docs do
     write_text(args.out, render_markdown(report))

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.formatting import markdown_table
 from pipeline.names import ROW
 from pipeline.params import load_params, run_name
-from pipeline.references import STANDING_HEADER, standing_rows
+from pipeline.references import FILE_KEYS, STANDING_HEADER, standing_rows
 from pipeline.stage_inputs import output
 from tools.probes.locality import rows as locality_rows
 from tools.project.docs.common import field_of, read_json
@@ -26,7 +26,7 @@ def standing_block(root: Path) -> str:
     measured = output("references", "metrics/references/").format(run=run)
     evaluation = read_json(root, evaluated, "make repro")
     measures = read_json(root, measured, "make repro")
-    references, probe = (field_of(measures, measured, key) for key in ("references", "cell_probe"))
+    references, probe = (field_of(measures, measured, key) for key in FILE_KEYS)
     oracles = ("" if probe is not None and "histogram_person_greyworld" in references else
                " The set has no label maps: no ceiling and no pooled grid, the floor alone.")
     return (f"{p.data.video[0]} split {p.data.splits[0]}, official protocol, from `{evaluated}` "
